@@ -1,0 +1,87 @@
+"""Settings for 4-bit quantization (bitsandbytes NF4) and LoRA adapters (peft).
+
+Kept apart from any model family: adapters turn these settings into the concrete
+``BitsAndBytesConfig`` / ``LoraConfig`` for their module layout.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}") from None
+
+
+@dataclass
+class QuantizationConfig:
+    """4-bit weight quantization of the language model (QLoRA).
+
+    The vision tower, projector and output head are never quantized: they are small next to
+    the language model, and quantizing the vision tower measurably hurts grounding.
+    """
+
+    load_in_4bit: bool = True
+    quant_type: str = "nf4"  # "nf4" or "fp4"
+    double_quant: bool = True  # quantize the quantization constants too (~0.4 bit/param saved)
+    compute_dtype: str = "bfloat16"  # dtype of the matmuls after dequantization
+
+    def to_bitsandbytes(self, skip_modules: Sequence[str]):
+        from transformers import BitsAndBytesConfig
+
+        if self.quant_type not in ("nf4", "fp4"):
+            raise ValueError(f"quant_type must be 'nf4' or 'fp4', got {self.quant_type!r}")
+        return BitsAndBytesConfig(
+            load_in_4bit=self.load_in_4bit,
+            bnb_4bit_quant_type=self.quant_type,
+            bnb_4bit_use_double_quant=self.double_quant,
+            bnb_4bit_compute_dtype=resolve_dtype(self.compute_dtype),
+            llm_int8_skip_modules=list(skip_modules),
+        )
+
+
+@dataclass
+class LoraSettings:
+    """LoRA on the language model's linear layers.
+
+    ``target_modules`` lists leaf names (``q_proj``, ``down_proj``...) matched only inside
+    the language model, or ``"all-linear"`` for every linear layer there; ``None`` takes the
+    model card's targets. The vision tower never receives LoRA unless ``include_vision``.
+    """
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Sequence[str] | str | None = None
+    include_vision: bool = False
+    bias: str = "none"
+
+
+def lora_target_regex(scopes: Sequence[str], leaf_names: Sequence[str]) -> str:
+    """A peft ``target_modules`` regex matching ``leaf_names`` below the given module scopes.
+
+    peft full-matches a string ``target_modules`` against each module's qualified name.
+    """
+    if not leaf_names:
+        raise ValueError("no LoRA target modules given")
+    scope = "|".join(re.escape(s) for s in scopes)
+    leaves = "|".join(re.escape(n) for n in leaf_names)
+    return rf"(?:{scope})\..*\.(?:{leaves})"

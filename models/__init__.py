@@ -1,0 +1,73 @@
+"""Model adapters: one contract (``VLMAdapter``) over several VLM families.
+
+>>> from mmalign.models import load_adapter
+>>> adapter = load_adapter("llava-hf/llava-1.5-7b-hf", quantization=QuantizationConfig())
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmalign.models.base import EncodedBatch, VLMAdapter, last_token_index
+from mmalign.models.cards import ModelCard, get_card, list_cards
+from mmalign.models.llava import LlavaAdapter
+from mmalign.models.llava_next import LlavaNextAdapter
+from mmalign.models.qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
+from mmalign.models.scalar_head import ScalarHeadModel
+
+ADAPTERS: dict[str, type[VLMAdapter]] = {
+    cls.family: cls for cls in (LlavaAdapter, LlavaNextAdapter, Qwen2VLAdapter, Qwen2_5_VLAdapter)
+}
+
+
+def detect_family(name_or_path: str | Path, trust_remote_code: bool = False) -> str:
+    """The adapter family of a checkpoint, from its config's ``model_type``."""
+    from transformers import AutoConfig
+
+    model_type = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code).model_type
+    if model_type not in ADAPTERS:
+        raise ValueError(
+            f"{name_or_path}: model_type {model_type!r} is not supported; "
+            f"supported families: {', '.join(sorted(ADAPTERS))}"
+        )
+    return model_type
+
+
+def load_adapter(name_or_path: str | Path, *, family: str | None = None, **kwargs) -> VLMAdapter:
+    """Load any supported checkpoint: a model card name, a hub id or a local folder.
+
+    Keyword arguments go to :meth:`VLMAdapter.from_pretrained` (``dtype``,
+    ``quantization``, ``device_map``, ``train_projector``...).
+    """
+    name = str(name_or_path)
+    card = kwargs.get("card")
+    if card is None and not Path(name).exists():
+        try:
+            card = get_card(name)
+            name, kwargs["card"] = card.hub_id, card
+        except KeyError:
+            pass
+    family = family or (card.family if isinstance(card, ModelCard) else None) or detect_family(
+        name, kwargs.get("trust_remote_code", False)
+    )
+    if family not in ADAPTERS:
+        raise ValueError(f"unknown family {family!r}; supported: {', '.join(sorted(ADAPTERS))}")
+    return ADAPTERS[family].from_pretrained(name, **kwargs)
+
+
+__all__ = [
+    "ADAPTERS",
+    "EncodedBatch",
+    "LlavaAdapter",
+    "LlavaNextAdapter",
+    "ModelCard",
+    "Qwen2VLAdapter",
+    "Qwen2_5_VLAdapter",
+    "ScalarHeadModel",
+    "VLMAdapter",
+    "detect_family",
+    "get_card",
+    "last_token_index",
+    "list_cards",
+    "load_adapter",
+]

@@ -1,0 +1,525 @@
+"""The adapter contract: the one place that knows a model family's quirks.
+
+Everything above this layer (collators, losses, trainers, benchmarks) talks to a
+``VLMAdapter``: it loads a checkpoint (fp32 / bf16 / 4-bit NF4), attaches LoRA to the
+language model only, turns (images, prompt, response) into model inputs with the
+response tokens marked and mapped to character offsets, computes image features once,
+returns per-token response log-probs, and generates.
+
+Family subclasses only declare module names and which processor outputs feed the vision
+encoder; the shared logic lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+
+from mmalign.models.cards import ModelCard, get_card, list_cards
+from mmalign.qlora import LoraSettings, QuantizationConfig, lora_target_regex, resolve_dtype
+
+#: A prompt is either plain user text (images go before it in one user turn) or a list of
+#: chat messages in the transformers / TRL conversational format.
+Prompt = str | list[dict[str, Any]]
+
+
+@dataclass
+class EncodedBatch:
+    """Model inputs for a batch of (images, prompt[, response]) rows.
+
+    ``input_ids``, ``attention_mask`` and ``response_mask`` are ``(batch, seq)``;
+    ``response_mask`` marks the response tokens (including the end-of-turn token).
+    ``image_inputs`` feed the vision encoder (pixel values, sizes, grids, one entry per
+    image across the batch); ``text_inputs`` are extra per-token tensors the language
+    model needs even when image features are cached (e.g. Qwen2-VL's token types).
+    ``response_offsets[b][j]`` is the character span of response token ``j`` of row ``b``
+    in that row's response string, so character spans map to token weights.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+    image_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    text_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    response_offsets: list[list[tuple[int, int]]] = field(default_factory=list)
+    images_per_row: list[int] = field(default_factory=list)
+
+    def to(self, device: torch.device | str) -> EncodedBatch:
+        def move(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {k: v.to(device) for k, v in d.items()}
+
+        return EncodedBatch(
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            response_mask=self.response_mask.to(device),
+            image_inputs=move(self.image_inputs),
+            text_inputs=move(self.text_inputs),
+            response_offsets=self.response_offsets,
+            images_per_row=self.images_per_row,
+        )
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(-1)
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token of each row, ``(batch,)``, under left or right padding."""
+    seq = attention_mask.shape[-1]
+    return seq - 1 - attention_mask.flip(-1).long().argmax(-1)
+
+
+def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[target] per row, ``(n, vocab), (n,) -> (n,)``, in float32.
+
+    Uses logsumexp instead of a full log_softmax so only one extra ``(n,)`` vector is kept.
+    """
+    logits = logits.float()
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def pad_rows(rows: Sequence[torch.Tensor], value: int, side: str = "right") -> torch.Tensor:
+    """Stack 1-D tensors into ``(len(rows), max_len)``, padding on ``side``."""
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=rows[0].dtype)
+    for i, r in enumerate(rows):
+        if side == "right":
+            out[i, : len(r)] = r
+        else:
+            out[i, width - len(r) :] = r
+    return out
+
+
+def normalise_images(images: Sequence[Any] | None, batch: int) -> list[list[Image.Image]]:
+    """Accept one image, ``None`` or a list of images per row; return lists of RGB images."""
+    if images is None:
+        return [[] for _ in range(batch)]
+    if len(images) != batch:
+        raise ValueError(f"got {len(images)} image entries for {batch} prompts")
+    rows: list[list[Image.Image]] = []
+    for i, entry in enumerate(images):
+        if entry is None:
+            entry = []
+        elif isinstance(entry, Image.Image):
+            entry = [entry]
+        for img in entry:
+            if not isinstance(img, Image.Image):
+                raise TypeError(f"row {i}: images must be PIL images, got {type(img).__name__}")
+        rows.append([img.convert("RGB") for img in entry])
+    return rows
+
+
+@dataclass
+class ModelInputsSpec:
+    """Which processor outputs go where, declared per family."""
+
+    image_keys: tuple[str, ...]  # arguments of ``get_image_features``
+    text_keys: tuple[str, ...] = ()  # per-token tensors the forward needs (padded like input_ids)
+    forward_image_keys: tuple[str, ...] = ()  # image tensors the forward needs with cached features
+
+
+class VLMAdapter:
+    """Base class of all model-family adapters. Use :func:`mmalign.models.load_adapter`."""
+
+    family: ClassVar[str]
+    model_class: ClassVar[type]
+    vision_scope: ClassVar[str]  # qualified name of the vision tower
+    projector_scopes: ClassVar[tuple[str, ...]]  # modules / parameters of the projector
+    language_scope: ClassVar[str]  # qualified name of the language model
+    inputs: ClassVar[ModelInputsSpec]
+    default_card_name: ClassVar[str | None] = None  # card used for local folders of this family
+
+    def __init__(self, model: torch.nn.Module, processor: Any, card: ModelCard):
+        self.model = model
+        self.processor = processor
+        self.card = card
+        self.tokenizer = processor.tokenizer
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if processor.chat_template is None:
+            processor.chat_template = card.chat_template
+        self.end_of_turn_ids = self._token_ids(card.end_of_turn)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def default_card(cls) -> ModelCard:
+        if cls.default_card_name:
+            return get_card(cls.default_card_name)
+        for card in list_cards():
+            if card.family == cls.family:
+                return card
+        raise LookupError(f"no model card for family {cls.family!r}")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        *,
+        card: ModelCard | str | None = None,
+        dtype: str | torch.dtype = "float32",
+        quantization: QuantizationConfig | None = None,
+        device_map: str | dict | None = None,
+        train_projector: bool = False,
+        attn_implementation: str | None = "sdpa",
+        trust_remote_code: bool = False,
+    ) -> VLMAdapter:
+        """Load model and processor exactly as a user would, from a folder or hub id.
+
+        With ``quantization`` the language model is loaded in 4 bits; the vision tower,
+        projector and output head stay in ``dtype``. Vision tower and projector are frozen
+        (``train_projector=True`` unfreezes the projector).
+        """
+        from transformers import AutoProcessor
+
+        if isinstance(card, str):
+            card = get_card(card)
+        card = card or cls._card_for(str(name_or_path))
+        kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype)}
+        if quantization is not None and quantization.load_in_4bit:
+            skip = [cls.vision_scope, *cls.projector_scopes, "lm_head"]
+            kwargs["quantization_config"] = quantization.to_bitsandbytes(skip)
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        model = cls.model_class.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code, **kwargs
+        )
+        processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        adapter = cls(model, processor, card)
+        adapter.freeze(train_projector=train_projector)
+        return adapter
+
+    @classmethod
+    def _card_for(cls, name_or_path: str) -> ModelCard:
+        try:
+            card = get_card(name_or_path)
+            if card.family == cls.family:
+                return card
+        except KeyError:
+            pass
+        return cls.default_card()
+
+    # ------------------------------------------------------------------ modules
+    @property
+    def base_model(self) -> torch.nn.Module:
+        """The transformers model underneath any peft wrapper."""
+        from peft import PeftModel
+
+        return self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def quantized(self) -> bool:
+        return bool(getattr(self.base_model, "is_loaded_in_4bit", False))
+
+    def _is_under(self, name: str, scopes: Sequence[str]) -> bool:
+        name = re.sub(r"^base_model\.model\.", "", name)
+        return any(name == s or name.startswith(s + ".") for s in scopes)
+
+    def vision_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [
+            (n, p)
+            for n, p in self.base_model.named_parameters()
+            if self._is_under(n, [self.vision_scope])
+            and not self._is_under(n, self.projector_scopes)
+        ]
+
+    def projector_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [
+            (n, p)
+            for n, p in self.base_model.named_parameters()
+            if self._is_under(n, self.projector_scopes)
+        ]
+
+    def freeze(self, train_projector: bool = False) -> None:
+        """Freeze the vision tower; freeze the projector unless ``train_projector``."""
+        self.train_projector = train_projector
+        for _, p in self.vision_parameters():
+            p.requires_grad_(False)
+        for _, p in self.projector_parameters():
+            p.requires_grad_(train_projector)
+
+    # ------------------------------------------------------------------ LoRA
+    def lora_config(self, settings: LoraSettings):
+        from peft import LoraConfig
+
+        targets = settings.target_modules or self.card.lora_targets
+        scopes = [self.language_scope] + ([self.vision_scope] if settings.include_vision else [])
+        if targets == "all-linear":
+            targets = sorted(self._linear_leaf_names(scopes))
+        elif isinstance(targets, str):
+            targets = [targets]
+        modules_to_save = None
+        if self.train_projector:
+            # Projector trained in full; peft saves it with the adapter.
+            modules_to_save = [s.rsplit(".", 1)[-1] for s in self.projector_scopes
+                               if isinstance(self.base_model.get_submodule(s), torch.nn.Module)]
+        return LoraConfig(
+            r=settings.r,
+            lora_alpha=settings.alpha,
+            lora_dropout=settings.dropout,
+            bias=settings.bias,
+            target_modules=lora_target_regex(scopes, list(targets)),
+            modules_to_save=modules_to_save,
+        )
+
+    def _linear_leaf_names(self, scopes: Sequence[str]) -> set[str]:
+        names = set()
+        for name, module in self.base_model.named_modules():
+            if self._is_under(name, scopes) and _is_linear(module):
+                names.add(name.rsplit(".", 1)[-1])
+        return names
+
+    def add_lora(self, settings: LoraSettings | None = None, *, gradient_checkpointing: bool = False) -> None:
+        """Wrap the model with fresh, trainable LoRA adapters (QLoRA when 4-bit)."""
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        settings = settings or LoraSettings(
+            r=self.card.lora_r, alpha=self.card.lora_alpha, dropout=self.card.lora_dropout
+        )
+        if self.quantized:
+            self.model = prepare_model_for_kbit_training(
+                self.model, use_gradient_checkpointing=gradient_checkpointing
+            )
+            self.freeze(self.train_projector)  # it may upcast and re-enable the projector
+        elif gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.model = get_peft_model(self.model, self.lora_config(settings))
+
+    def save_adapter(self, path: str | Path) -> Path:
+        """Save LoRA weights in the standard PEFT format (safetensors), written atomically."""
+        from mmalign.io import atomic_dir
+
+        with atomic_dir(path) as tmp:
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            (tmp / "mmalign_adapter.json").write_text(
+                json.dumps({"family": self.family, "card": self.card.name}, indent=2)
+            )
+        return Path(path)
+
+    def load_adapter(self, path: str | Path, *, adapter_name: str = "default", is_trainable: bool = False) -> None:
+        """Attach a saved PEFT adapter (a second call adds another named adapter)."""
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(str(path), adapter_name=adapter_name, is_trainable=is_trainable)
+            self.model.set_adapter(adapter_name)
+        else:
+            self.model = PeftModel.from_pretrained(
+                self.model, str(path), adapter_name=adapter_name, is_trainable=is_trainable
+            )
+
+    @contextmanager
+    def adapters_disabled(self):
+        """Run the frozen base (the usual DPO / PPO reference) without copying weights."""
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            with self.model.disable_adapter():
+                yield
+        else:
+            yield
+
+    # ------------------------------------------------------------------ inputs
+    def _token_ids(self, text: str) -> list[int]:
+        tid = self.tokenizer.convert_tokens_to_ids(text)
+        if isinstance(tid, int) and tid != self.tokenizer.unk_token_id:
+            return [tid]
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def format_prompt(self, prompt: Prompt, n_images: int) -> str:
+        """Render the chat template up to the start of the assistant's answer."""
+        if isinstance(prompt, str):
+            content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": prompt}]
+            messages = [{"role": "user", "content": content}]
+        else:
+            messages = prompt
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def _process_prompts(self, images: list[list[Image.Image]], prompts: Sequence[Prompt]):
+        texts = [self.format_prompt(p, len(imgs)) for p, imgs in zip(prompts, images, strict=True)]
+        flat = [img for row in images for img in row]
+        out = self.processor(
+            images=flat or None, text=texts, return_tensors="pt", padding=True, add_special_tokens=True
+        )
+        keep = out["attention_mask"].bool()
+        prompt_rows = [out["input_ids"][i][keep[i]] for i in range(len(texts))]
+        extra_rows = {
+            k: [out[k][i][keep[i]] for i in range(len(texts))] for k in self.inputs.text_keys if k in out
+        }
+        image_inputs = {k: out[k] for k in self.inputs.image_keys if k in out and flat}
+        return prompt_rows, extra_rows, image_inputs
+
+    def encode(
+        self,
+        images: Sequence[Any] | None,
+        prompts: Sequence[Prompt],
+        responses: Sequence[str] | None = None,
+        *,
+        max_length: int | None = None,
+        padding_side: str = "right",
+    ) -> EncodedBatch:
+        """Tokenize rows of (images, prompt[, response]) with the chat template.
+
+        The response is tokenized on its own (with character offsets) and followed by the
+        card's end-of-turn token, so a response's tokens are identical whatever the prompt.
+        ``max_length`` cuts the response tail; image and prompt tokens are never cut (a
+        row whose prompt alone is too long raises an error naming the row).
+        """
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list, one per row")
+        rows_images = normalise_images(images, len(prompts))
+        prompt_rows, extra_rows, image_inputs = self._process_prompts(rows_images, prompts)
+        ids_rows, resp_rows, offsets_all = [], [], []
+        for i, prompt_ids in enumerate(prompt_rows):
+            resp_ids: list[int] = []
+            offsets: list[tuple[int, int]] = []
+            if responses is not None:
+                enc = self.tokenizer(
+                    responses[i], add_special_tokens=False, return_offsets_mapping=True
+                )
+                resp_ids = list(enc["input_ids"]) + self.end_of_turn_ids
+                end = len(responses[i])
+                offsets = [tuple(o) for o in enc["offset_mapping"]] + [(end, end)] * len(self.end_of_turn_ids)
+            if max_length is not None:
+                room = max_length - len(prompt_ids)
+                if room < (1 if responses is not None else 0):
+                    raise ValueError(
+                        f"row {i}: prompt with image tokens is {len(prompt_ids)} tokens, "
+                        f"over max_length={max_length}; image tokens are never truncated"
+                    )
+                resp_ids, offsets = resp_ids[:room], offsets[:room]
+            ids_rows.append(torch.cat([prompt_ids, torch.tensor(resp_ids, dtype=torch.long)]))
+            resp_rows.append(
+                torch.cat([torch.zeros(len(prompt_ids), dtype=torch.bool), torch.ones(len(resp_ids), dtype=torch.bool)])
+            )
+            offsets_all.append(offsets)
+            for key, vals in extra_rows.items():
+                vals[i] = torch.cat([vals[i], torch.zeros(len(resp_ids), dtype=vals[i].dtype)])
+        pad = self.tokenizer.pad_token_id
+        return EncodedBatch(
+            input_ids=pad_rows(ids_rows, pad, padding_side),
+            attention_mask=pad_rows([torch.ones_like(r) for r in ids_rows], 0, padding_side),
+            response_mask=pad_rows(resp_rows, False, padding_side),
+            image_inputs=image_inputs,
+            text_inputs={k: pad_rows(v, 0, padding_side) for k, v in extra_rows.items()},
+            response_offsets=offsets_all,
+            images_per_row=[len(r) for r in rows_images],
+        )
+
+    # ------------------------------------------------------------------ forward
+    def image_features(self, batch: EncodedBatch, *, grad: bool | None = None) -> dict[str, Any] | None:
+        """Vision encoder + projector output for every image of the batch, computed once.
+
+        Pass the result as ``image_features=`` to the forward methods to skip the vision
+        tower. Without gradients by default when vision tower and projector are frozen.
+        """
+        if not batch.image_inputs:
+            return None
+        if grad is None:
+            grad = any(p.requires_grad for _, p in self.projector_parameters())
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            out = self.base_model.get_image_features(**batch.image_inputs, return_dict=True)
+        return {"image": out}
+
+    def forward_kwargs(self, batch: EncodedBatch, image_features: dict[str, Any] | None = None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "input_ids": batch.input_ids,
+            "attention_mask": batch.attention_mask,
+            **batch.text_inputs,
+        }
+        if image_features is not None:
+            kwargs["mm_encoder_outputs"] = image_features
+            kwargs.update({k: batch.image_inputs[k] for k in self.inputs.forward_image_keys if k in batch.image_inputs})
+        else:
+            kwargs.update(batch.image_inputs)
+        return kwargs
+
+    def response_logprobs(
+        self, batch: EncodedBatch, image_features: dict[str, Any] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probs of the response tokens: ``(batch, max_response_len)`` plus mask.
+
+        Only positions that predict a response token are projected to the vocabulary,
+        so no ``(batch, seq, vocab)`` tensor is built.
+        """
+        predicts = torch.zeros_like(batch.response_mask)
+        predicts[:, :-1] = batch.response_mask[:, 1:]
+        out = self.model(
+            **self.forward_kwargs(batch, image_features), logits_to_keep=predicts, use_cache=False
+        )
+        targets = batch.input_ids[batch.response_mask]
+        flat = gather_logprobs(out.logits.reshape(-1, out.logits.shape[-1]), targets)
+        return unflatten_rows(flat, batch.response_lengths)
+
+    def hidden_states(self, batch: EncodedBatch, image_features: dict[str, Any] | None = None) -> torch.Tensor:
+        """Final (normed) hidden states of the language model, ``(batch, seq, hidden)``."""
+        kwargs = self.forward_kwargs(batch, image_features)
+        return self.base_model.model(**kwargs, use_cache=False).last_hidden_state
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(
+        self,
+        images: Sequence[Any] | None,
+        prompts: Sequence[Prompt],
+        *,
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        num_return_sequences: int = 1,
+    ) -> list[str]:
+        """Batched generation with left padding; returns decoded answers, prompt removed.
+
+        With ``num_return_sequences=n`` the answers of row ``i`` are ``out[i*n:(i+1)*n]``.
+        """
+        batch = self.encode(images, prompts, padding_side="left").to(self.device)
+        stop = list(dict.fromkeys([*self.end_of_turn_ids, self.tokenizer.eos_token_id]))
+        gen_kwargs: dict[str, Any] = dict(
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            num_return_sequences=num_return_sequences,
+            eos_token_id=stop,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        if do_sample:
+            gen_kwargs.update(temperature=temperature, top_p=top_p)
+        out = self.model.generate(**self.forward_kwargs(batch), **gen_kwargs)
+        new = out[:, batch.input_ids.shape[1] :]
+        return self.tokenizer.batch_decode(new, skip_special_tokens=True)
+
+    def describe(self) -> dict[str, Any]:
+        """Counts of parameters by part, for logs and tests."""
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.model.parameters())
+        return {"family": self.family, "card": self.card.name, "trainable": trainable, "total": total,
+                "quantized": self.quantized}
+
+
+def unflatten_rows(flat: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split a row-major flat vector into a right-padded ``(rows, max_len)`` tensor + mask."""
+    rows = len(lengths)
+    width = int(lengths.max()) if rows else 0
+    mask = torch.arange(width, device=flat.device)[None, :] < lengths.to(flat.device)[:, None]
+    out = flat.new_zeros(rows, width)
+    out[mask] = flat
+    return out, mask
+
+
+def _is_linear(module: torch.nn.Module) -> bool:
+    # bitsandbytes' Linear4bit subclasses nn.Linear, so 4-bit layers count too.
+    return isinstance(module, torch.nn.Linear)

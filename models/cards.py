@@ -1,0 +1,84 @@
+"""Model cards: declarative descriptions of supported checkpoints.
+
+Adding a checkpoint of a supported family means adding a TOML file to ``models/cards``,
+not code. A card names the family (which adapter class handles it), the hub id, the chat
+template used when the checkpoint's processor has none, the image placeholder, LoRA
+targets and the recommended 4-bit settings.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    family: str
+    hub_id: str
+    description: str
+    image_token: str
+    end_of_turn: str
+    chat_template: str
+    lora_targets: tuple[str, ...]
+    lora_r: int = 64
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    load_in_4bit: bool = True
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str = "bfloat16"
+    params_b: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "ModelCard":
+        path = Path(path)
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+        try:
+            lora = raw.pop("lora", {})
+            quant = raw.pop("quantization", {})
+            known = {
+                "name", "family", "hub_id", "description", "image_token", "end_of_turn",
+                "chat_template", "params_b",
+            }
+            extra = {k: raw.pop(k) for k in list(raw) if k not in known}
+            return cls(
+                **raw,
+                lora_targets=tuple(lora.get("targets", ())),
+                lora_r=lora.get("r", 64),
+                lora_alpha=lora.get("alpha", 16),
+                lora_dropout=lora.get("dropout", 0.05),
+                load_in_4bit=quant.get("load_in_4bit", True),
+                quant_type=quant.get("quant_type", "nf4"),
+                double_quant=quant.get("double_quant", True),
+                compute_dtype=quant.get("compute_dtype", "bfloat16"),
+                extra=extra,
+            )
+        except TypeError as err:
+            raise ValueError(f"model card {path}: {err}") from err
+
+
+def _card_dir() -> Path:
+    return Path(str(resources.files("mmalign.models") / "cards"))
+
+
+def list_cards() -> list[ModelCard]:
+    """All shipped model cards, sorted by name."""
+    return sorted(
+        (ModelCard.from_toml(p) for p in _card_dir().glob("*.toml")), key=lambda c: c.name
+    )
+
+
+def get_card(name_or_hub_id: str) -> ModelCard:
+    """Find a card by its name (``llava-1.5-7b``) or hub id (``llava-hf/llava-1.5-7b-hf``)."""
+    for card in list_cards():
+        if name_or_hub_id in (card.name, card.hub_id):
+            return card
+    known = ", ".join(c.name for c in list_cards())
+    raise KeyError(f"no model card named {name_or_hub_id!r}; known cards: {known}")

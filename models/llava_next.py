@@ -1,0 +1,21 @@
+"""LLaVA-NeXT (1.6): any-resolution tiling; each image is a base view plus a grid of crops.
+
+The processor returns ``(images, crops, 3, H, W)`` pixel values padded to the largest crop
+count, plus ``image_sizes``; the model unpads and adds a learned newline embedding per
+row of patches, which belongs to the projector.
+"""
+
+from __future__ import annotations
+
+from transformers import LlavaNextForConditionalGeneration
+
+from mmalign.models.base import ModelInputsSpec, VLMAdapter
+
+
+class LlavaNextAdapter(VLMAdapter):
+    family = "llava_next"
+    model_class = LlavaNextForConditionalGeneration
+    vision_scope = "model.vision_tower"
+    projector_scopes = ("model.multi_modal_projector", "model.image_newline")
+    language_scope = "model.language_model"
+    inputs = ModelInputsSpec(image_keys=("pixel_values", "image_sizes"))

@@ -1,0 +1,73 @@
+"""Scalar-head variant of an adapter: reward, cost or value models.
+
+A linear head reads the final hidden state of the last real token of each row (found
+from the attention mask, so left and right padding both work and pad tokens are never
+scored). The base stays shared: the head sits beside the adapter's (possibly 4-bit +
+LoRA) model rather than copying it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mmalign.io import atomic_dir
+from mmalign.models.base import EncodedBatch, VLMAdapter, last_token_index
+
+HEAD_FILE = "scalar_head.safetensors"
+HEAD_CONFIG = "scalar_head.json"
+
+
+class ScalarHeadModel(torch.nn.Module):
+    """``adapter`` + a ``Linear(hidden, 1)`` head; ``forward(batch) -> (batch,)`` scores."""
+
+    def __init__(self, adapter: VLMAdapter, kind: str = "reward", head_dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.adapter = adapter
+        self.kind = kind
+        hidden = adapter.base_model.config.get_text_config().hidden_size
+        self.head = torch.nn.Linear(hidden, 1, device=adapter.device, dtype=head_dtype)
+        torch.nn.init.normal_(self.head.weight, std=1.0 / (hidden + 1) ** 0.5)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, batch: EncodedBatch, image_features: dict[str, Any] | None = None) -> torch.Tensor:
+        hidden = self.adapter.hidden_states(batch, image_features)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        last = hidden[rows, last_token_index(batch.attention_mask).to(hidden.device)]
+        return self.head(last.to(self.head.weight.dtype)).squeeze(-1)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """PEFT adapter (if any) + the head in safetensors + a small JSON config."""
+        from peft import PeftModel
+
+        with atomic_dir(path) as tmp:
+            if isinstance(self.adapter.model, PeftModel):
+                self.adapter.model.save_pretrained(tmp, safe_serialization=True)
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
+                      tmp / HEAD_FILE)
+            (tmp / HEAD_CONFIG).write_text(json.dumps({
+                "kind": self.kind,
+                "family": self.adapter.family,
+                "card": self.adapter.card.name,
+                "hidden_size": self.head.in_features,
+                "dtype": str(self.head.weight.dtype).removeprefix("torch."),
+            }, indent=2))
+        return Path(path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, adapter: VLMAdapter, *, is_trainable: bool = False) -> ScalarHeadModel:
+        """Attach a saved head (and its LoRA adapter, if saved) to a loaded base adapter."""
+        path = Path(path)
+        config = json.loads((path / HEAD_CONFIG).read_text())
+        if config["family"] != adapter.family:
+            raise ValueError(f"{path}: head was trained on family {config['family']!r}, not {adapter.family!r}")
+        if (path / "adapter_config.json").exists():
+            adapter.load_adapter(path, adapter_name=config["kind"], is_trainable=is_trainable)
+        model = cls(adapter, kind=config["kind"], head_dtype=getattr(torch, config["dtype"]))
+        model.head.load_state_dict(load_file(path / HEAD_FILE, device=str(adapter.device)))
+        model.head.requires_grad_(is_trainable)
+        return model
