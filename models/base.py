@@ -265,8 +265,7 @@ class VLMAdapter:
         modules_to_save = None
         if self.train_projector:
             # Projector trained in full; peft saves it with the adapter.
-            modules_to_save = [s.rsplit(".", 1)[-1] for s in self.projector_scopes
-                               if isinstance(self.base_model.get_submodule(s), torch.nn.Module)]
+            modules_to_save = [s.rsplit(".", 1)[-1] for s in self.projector_scopes]
         return LoraConfig(
             r=settings.r,
             lora_alpha=settings.alpha,
@@ -290,6 +289,7 @@ class VLMAdapter:
         settings = settings or LoraSettings(
             r=self.card.lora_r, alpha=self.card.lora_alpha, dropout=self.card.lora_dropout
         )
+        was_training = self.model.training
         if self.quantized:
             self.model = prepare_model_for_kbit_training(
                 self.model, use_gradient_checkpointing=gradient_checkpointing
@@ -298,6 +298,7 @@ class VLMAdapter:
         elif gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.model = get_peft_model(self.model, self.lora_config(settings))
+        self.model.train(was_training)  # new LoRA dropout layers start in training mode
 
     def save_adapter(self, path: str | Path) -> Path:
         """Save LoRA weights in the standard PEFT format (safetensors), written atomically."""
