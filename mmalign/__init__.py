@@ -1,3 +1,29 @@
-"""mmalign: align LLaVA-style multimodal LLMs with human and AI feedback."""
+"""mmalign: align LLaVA-style multimodal LLMs with human and AI feedback.
+
+The top-level names are imported lazily so ``import mmalign`` stays fast and the CLI's
+``--help`` does not pay for torch.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_adapter": "mmalign.models",
+    "list_cards": "mmalign.models",
+    "get_card": "mmalign.models",
+    "VLMAdapter": "mmalign.models",
+    "EncodedBatch": "mmalign.models",
+    "ScalarHeadModel": "mmalign.models",
+    "QuantizationConfig": "mmalign.qlora",
+    "LoraSettings": "mmalign.qlora",
+    "run_selftest": "mmalign.selftest",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'mmalign' has no attribute {name!r}")

@@ -408,7 +408,7 @@ class VLMAdapter:
                 torch.cat([torch.zeros(len(prompt_ids), dtype=torch.bool), torch.ones(len(resp_ids), dtype=torch.bool)])
             )
             offsets_all.append(offsets)
-            for key, vals in extra_rows.items():
+            for vals in extra_rows.values():
                 vals[i] = torch.cat([vals[i], torch.zeros(len(resp_ids), dtype=vals[i].dtype)])
         pad = self.tokenizer.pad_token_id
         return EncodedBatch(

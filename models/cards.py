@@ -8,11 +8,12 @@ targets and the recommended 4-bit settings.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class ModelCard:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> "ModelCard":
+    def from_toml(cls, path: str | Path) -> ModelCard:
         path = Path(path)
         with open(path, "rb") as fh:
             raw = tomllib.load(fh)

@@ -1,0 +1,27 @@
+# Two commands for a new user:
+#   make demo   set up everything, then run the main job on the embedded default
+#   make test   set up everything, then run the linter and the test suite
+# Set-up creates .venv once; later runs reuse it (re-installed when pyproject.toml changes).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.mmalign-installed
+
+.PHONY: demo test setup
+
+demo: $(STAMP)
+	$(BIN)/mmalign selftest
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch torchvision
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	touch $(STAMP)
