@@ -1,18 +1,10 @@
-"""The ``mmalign`` command. Each subcommand is a thin layer over a public Python API."""
+"""``mmalign version | models | selftest | tiny``."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
 
 from mmalign import __version__
-
-DESCRIPTION = """\
-mmalign aligns LLaVA-style vision-language models with human and AI feedback:
-segment-level Dense DPO (RLHF-V), factual reward models and PPO (LLaVA-RLHF),
-Safe RLHF-V, all trainable with 4-bit QLoRA, plus hallucination benchmarks.
-"""
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -79,13 +71,9 @@ def cmd_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def register(sub: argparse._SubParsersAction) -> None:
+    """Installation and model commands: version, models, selftest, tiny."""
     from mmalign.models.tiny import TINY_BUILDERS
-
-    parser = argparse.ArgumentParser(
-        prog="mmalign", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("version", help="print mmalign and key dependency versions")
     p.set_defaults(func=cmd_version)
@@ -113,17 +101,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_tiny)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
