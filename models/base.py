@@ -87,6 +87,22 @@ def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return picked - torch.logsumexp(logits, dim=-1)
 
 
+def message_text(message: dict[str, Any]) -> str:
+    """The text of a chat message whose content is a string or a list of parts."""
+    content = message["content"]
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+
+
+def user_turn(prompt: Prompt, n_images: int) -> list[dict[str, Any]]:
+    """Plain text becomes one user message with the images before the text."""
+    if not isinstance(prompt, str):
+        return list(prompt)
+    content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": prompt}]
+    return [{"role": "user", "content": content}]
+
+
 def pad_rows(rows: Sequence[torch.Tensor], value: int, side: str = "right") -> torch.Tensor:
     """Stack 1-D tensors into ``(len(rows), max_len)``, padding on ``side``."""
     width = max(len(r) for r in rows)
@@ -148,6 +164,11 @@ class VLMAdapter:
         if processor.chat_template is None:
             processor.chat_template = card.chat_template
         self.end_of_turn_ids = self._token_ids(card.end_of_turn)
+        # What the tokenizer puts in front of a text (BOS for Llama / Mistral, nothing for Qwen).
+        self.bos_ids = [
+            t for t in self.tokenizer("x", add_special_tokens=True)["input_ids"]
+            if t in self.tokenizer.all_special_ids
+        ][:1]
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -343,26 +364,44 @@ class VLMAdapter:
 
     def format_prompt(self, prompt: Prompt, n_images: int) -> str:
         """Render the chat template up to the start of the assistant's answer."""
-        if isinstance(prompt, str):
-            content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": prompt}]
-            messages = [{"role": "user", "content": content}]
-        else:
-            messages = prompt
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self._render(user_turn(prompt, n_images), add_generation_prompt=True)
 
-    def _process_prompts(self, images: list[list[Image.Image]], prompts: Sequence[Prompt]):
-        texts = [self.format_prompt(p, len(imgs)) for p, imgs in zip(prompts, images, strict=True)]
-        flat = [img for row in images for img in row]
-        out = self.processor(
-            images=flat or None, text=texts, return_tensors="pt", padding=True, add_special_tokens=True
+    def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        return self.processor.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, tokenize=False
         )
-        keep = out["attention_mask"].bool()
-        prompt_rows = [out["input_ids"][i][keep[i]] for i in range(len(texts))]
-        extra_rows = {
-            k: [out[k][i][keep[i]] for i in range(len(texts))] for k in self.inputs.text_keys if k in out
-        }
-        image_inputs = {k: out[k] for k in self.inputs.image_keys if k in out and flat}
-        return prompt_rows, extra_rows, image_inputs
+
+    def conversation_segments(self, messages: list[dict[str, Any]]) -> list[tuple[str, bool]]:
+        """Split a rendered conversation into (text, is_assistant) pieces.
+
+        Each assistant message becomes its bare content (tokenized alone, followed by the
+        end-of-turn token, exactly like a single-turn response); the text the template
+        puts between assistant turns is recovered by rendering growing prefixes, which
+        works for any template whose renderings extend each other.
+        """
+        eot = self.card.end_of_turn
+        segments: list[tuple[str, bool]] = []
+        rendered, carry = "", ""
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            prefix = self._render(messages[:i], add_generation_prompt=True)
+            if not prefix.startswith(rendered):
+                raise ValueError(f"message {i}: the chat template does not render prefixes stably")
+            content = message_text(message)
+            full = self._render(messages[: i + 1], add_generation_prompt=False)
+            at = full.find(content, len(prefix))
+            tail = full[at + len(content):] if at >= 0 else ""
+            if at < 0 or not tail.startswith(eot):
+                raise ValueError(
+                    f"message {i}: the chat template must render an assistant turn as its content "
+                    f"followed by {eot!r}"
+                )
+            segments += [(carry + prefix[len(rendered):], False), (content, True)]
+            rendered, carry = full, tail[len(eot):]
+        if not segments or messages[-1]["role"] != "assistant":
+            raise ValueError("a conversation for training must end with an assistant message")
+        return segments
 
     def encode(
         self,
@@ -377,45 +416,117 @@ class VLMAdapter:
 
         The response is tokenized on its own (with character offsets) and followed by the
         card's end-of-turn token, so a response's tokens are identical whatever the prompt.
-        ``max_length`` cuts the response tail; image and prompt tokens are never cut (a
-        row whose prompt alone is too long raises an error naming the row).
+        ``max_length`` cuts the response tail; image tokens are never cut (a row that
+        cannot keep its image tokens and at least one response token is an error naming
+        the row).
         """
         if isinstance(prompts, str):
             raise TypeError("prompts must be a list, one per row")
+        if responses is not None and len(responses) != len(prompts):
+            raise ValueError(f"got {len(responses)} responses for {len(prompts)} prompts")
         rows_images = normalise_images(images, len(prompts))
-        prompt_rows, extra_rows, image_inputs = self._process_prompts(rows_images, prompts)
-        ids_rows, resp_rows, offsets_all = [], [], []
-        for i, prompt_ids in enumerate(prompt_rows):
-            resp_ids: list[int] = []
-            offsets: list[tuple[int, int]] = []
+        rows = []
+        for i, (prompt, imgs) in enumerate(zip(prompts, rows_images)):
+            segs = [(self.format_prompt(prompt, len(imgs)), False)]
             if responses is not None:
-                enc = self.tokenizer(
-                    responses[i], add_special_tokens=False, return_offsets_mapping=True
-                )
-                resp_ids = list(enc["input_ids"]) + self.end_of_turn_ids
-                end = len(responses[i])
-                offsets = [tuple(o) for o in enc["offset_mapping"]] + [(end, end)] * len(self.end_of_turn_ids)
-            if max_length is not None:
-                room = max_length - len(prompt_ids)
-                if room < (1 if responses is not None else 0):
-                    raise ValueError(
-                        f"row {i}: prompt with image tokens is {len(prompt_ids)} tokens, "
-                        f"over max_length={max_length}; image tokens are never truncated"
-                    )
-                resp_ids, offsets = resp_ids[:room], offsets[:room]
-            ids_rows.append(torch.cat([prompt_ids, torch.tensor(resp_ids, dtype=torch.long)]))
-            resp_rows.append(
-                torch.cat([torch.zeros(len(prompt_ids), dtype=torch.bool), torch.ones(len(resp_ids), dtype=torch.bool)])
+                segs.append((responses[i], True))
+            rows.append(segs)
+        return self._encode_segments(rows_images, rows, max_length, padding_side)
+
+    def encode_conversations(
+        self,
+        images: Sequence[Any] | None,
+        conversations: Sequence[list[dict[str, Any]]],
+        *,
+        max_length: int | None = None,
+        padding_side: str = "right",
+    ) -> EncodedBatch:
+        """Tokenize multi-turn conversations; ``response_mask`` marks every assistant turn.
+
+        Messages use the transformers / TRL format (``{"role", "content"}``, content a
+        string or a list of ``{"type": "image"}`` / ``{"type": "text", "text"}`` parts);
+        images fill the image parts in order. ``response_offsets[b]`` lists the character
+        offsets of the response tokens of all assistant turns, each relative to its turn.
+        """
+        rows_images = normalise_images(images, len(conversations))
+        rows = []
+        for i, conv in enumerate(conversations):
+            n_parts = sum(
+                sum(p.get("type") == "image" for p in m["content"])
+                for m in conv if not isinstance(m["content"], str)
             )
+            if n_parts != len(rows_images[i]):
+                raise ValueError(f"row {i}: {n_parts} image placeholders but {len(rows_images[i])} images")
+            try:
+                rows.append(self.conversation_segments(conv))
+            except ValueError as err:
+                raise ValueError(f"row {i}: {err}") from None
+        return self._encode_segments(rows_images, rows, max_length, padding_side)
+
+    def _encode_segments(
+        self,
+        rows_images: list[list[Image.Image]],
+        rows: list[list[tuple[str, bool]]],
+        max_length: int | None,
+        padding_side: str,
+    ) -> EncodedBatch:
+        # All non-assistant texts of the batch go through the processor in one call: it
+        # expands each image placeholder for the next image in order and builds pixels.
+        texts = [text for segs in rows for text, is_resp in segs if not is_resp and text]
+        flat = [img for row in rows_images for img in row]
+        out = self.processor(images=flat or None, text=texts, return_tensors="pt", padding=True,
+                             add_special_tokens=False)
+        keep = out["attention_mask"].bool()
+        text_ids = iter([out["input_ids"][j][keep[j]] for j in range(len(texts))])
+        text_extras = {k: iter([out[k][j][keep[j]] for j in range(len(texts))])
+                       for k in self.inputs.text_keys if k in out}
+        image_id = getattr(self.base_model.config, "image_token_id", None)
+        ids_rows, resp_rows, offsets_all = [], [], []
+        extra_rows: dict[str, list[torch.Tensor]] = {k: [] for k in text_extras}
+        for i, segs in enumerate(rows):
+            pieces = [torch.tensor(self.bos_ids, dtype=torch.long)]
+            is_resp = [torch.zeros(len(self.bos_ids), dtype=torch.bool)]
+            extras = {k: [torch.zeros(len(self.bos_ids), dtype=torch.long)] for k in text_extras}
+            offsets: list[tuple[int, int]] = []
+            for text, resp in segs:
+                if resp:
+                    enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+                    ids = torch.tensor(list(enc["input_ids"]) + self.end_of_turn_ids, dtype=torch.long)
+                    offsets += [tuple(o) for o in enc["offset_mapping"]]
+                    offsets += [(len(text), len(text))] * len(self.end_of_turn_ids)
+                    for k in extras:
+                        extras[k].append(torch.zeros(len(ids), dtype=torch.long))
+                elif text:
+                    ids = next(text_ids)
+                    for k in extras:
+                        extras[k].append(next(text_extras[k]).long())
+                else:
+                    continue
+                pieces.append(ids)
+                is_resp.append(torch.full((len(ids),), resp, dtype=torch.bool))
+            ids, resp_mask = torch.cat(pieces), torch.cat(is_resp)
+            row_extras = {k: torch.cat(v) for k, v in extras.items()}
+            if max_length is not None and len(ids) > max_length:
+                images_cut = image_id is not None and bool((ids[max_length:] == image_id).any())
+                if images_cut or (resp_mask.any() and not resp_mask[:max_length].any()):
+                    raise ValueError(
+                        f"row {i}: {int((~resp_mask).sum())} prompt and image tokens leave no room for "
+                        f"the response within max_length={max_length}; image tokens are never truncated"
+                    )
+                offsets = offsets[: int(resp_mask[:max_length].sum())]
+                ids, resp_mask = ids[:max_length], resp_mask[:max_length]
+                row_extras = {k: v[:max_length] for k, v in row_extras.items()}
+            ids_rows.append(ids)
+            resp_rows.append(resp_mask)
             offsets_all.append(offsets)
-            for vals in extra_rows.values():
-                vals[i] = torch.cat([vals[i], torch.zeros(len(resp_ids), dtype=vals[i].dtype)])
+            for k, v in row_extras.items():
+                extra_rows[k].append(v)
         pad = self.tokenizer.pad_token_id
         return EncodedBatch(
             input_ids=pad_rows(ids_rows, pad, padding_side),
             attention_mask=pad_rows([torch.ones_like(r) for r in ids_rows], 0, padding_side),
             response_mask=pad_rows(resp_rows, False, padding_side),
-            image_inputs=image_inputs,
+            image_inputs={k: out[k] for k in self.inputs.image_keys if k in out and flat},
             text_inputs={k: pad_rows(v, 0, padding_side) for k, v in extra_rows.items()},
             response_offsets=offsets_all,
             images_per_row=[len(r) for r in rows_images],

@@ -218,3 +218,17 @@ def test_scalar_head_reads_last_real_token_under_any_padding(tiny_dirs, family, 
     again = ScalarHeadModel.from_pretrained(tmp_path / "rm", load(tiny_dirs, family))
     with torch.no_grad():
         torch.testing.assert_close(again(right), s_right)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_bf16_loading_keeps_float32_logprobs(tiny_dirs, family):
+    adapter = load(tiny_dirs, family, dtype="bfloat16")
+    lm_weight = next(p for n, p in adapter.base_model.named_parameters() if "language_model" in n)
+    assert lm_weight.dtype == torch.bfloat16
+    batch = adapter.encode(images(), PROMPTS, RESPONSES)
+    with torch.no_grad():
+        logps, mask = adapter.response_logprobs(batch)
+        manual = manual_logprobs(adapter, batch)
+    assert logps.dtype == torch.float32
+    for i, row in enumerate(manual):
+        torch.testing.assert_close(logps[i][mask[i]], row, atol=1e-4, rtol=1e-4)
