@@ -70,6 +70,27 @@ class EncodedBatch:
     def response_lengths(self) -> torch.Tensor:
         return self.response_mask.sum(-1)
 
+    def as_features(self) -> dict[str, torch.Tensor]:
+        """A flat dict of tensors, the shape data collators hand to ``Trainer``."""
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "response_mask": self.response_mask,
+            **self.image_inputs,
+            **self.text_inputs,
+        }
+
+    @classmethod
+    def from_features(cls, features: dict[str, torch.Tensor], spec: ModelInputsSpec) -> EncodedBatch:
+        """Inverse of :meth:`as_features` (offsets are not carried through a trainer)."""
+        return cls(
+            input_ids=features["input_ids"],
+            attention_mask=features["attention_mask"],
+            response_mask=features["response_mask"].bool(),
+            image_inputs={k: features[k] for k in spec.image_keys if k in features},
+            text_inputs={k: features[k] for k in spec.text_keys if k in features},
+        )
+
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the last real token of each row, ``(batch,)``, under left or right padding."""
@@ -265,11 +286,11 @@ class VLMAdapter:
             if self._is_under(n, self.projector_scopes)
         ]
 
-    def freeze(self, train_projector: bool = False) -> None:
-        """Freeze the vision tower; freeze the projector unless ``train_projector``."""
+    def freeze(self, train_projector: bool = False, train_vision: bool = False) -> None:
+        """Freeze the vision tower and the projector unless asked to train them."""
         self.train_projector = train_projector
         for _, p in self.vision_parameters():
-            p.requires_grad_(False)
+            p.requires_grad_(train_vision)
         for _, p in self.projector_parameters():
             p.requires_grad_(train_projector)
 
@@ -561,16 +582,21 @@ class VLMAdapter:
         return kwargs
 
     def response_logprobs(
-        self, batch: EncodedBatch, image_features: dict[str, Any] | None = None
+        self,
+        batch: EncodedBatch,
+        image_features: dict[str, Any] | None = None,
+        *,
+        model: torch.nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs of the response tokens: ``(batch, max_response_len)`` plus mask.
 
         Only positions that predict a response token are projected to the vocabulary,
-        so no ``(batch, seq, vocab)`` tensor is built.
+        so no ``(batch, seq, vocab)`` tensor is built. ``model`` overrides ``self.model``
+        with a wrapped copy (DDP / FSDP / DeepSpeed engine) inside a trainer.
         """
         predicts = torch.zeros_like(batch.response_mask)
         predicts[:, :-1] = batch.response_mask[:, 1:]
-        out = self.model(
+        out = (model or self.model)(
             **self.forward_kwargs(batch, image_features), logits_to_keep=predicts, use_cache=False
         )
         targets = batch.input_ids[batch.response_mask]

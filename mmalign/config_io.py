@@ -1,0 +1,63 @@
+"""Recipes: YAML files of flat keys, overridden by command-line flags.
+
+Every field of the dataclasses a command takes (``ModelConfig`` plus a method's
+``TrainingArguments`` subclass) is both a YAML key and a ``--flag``, as in TRL. The
+resolved configuration is written next to the checkpoints so every run can be repeated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+
+def parse_recipe(dataclass_types: Sequence[type], argv: Sequence[str], prog: str) -> tuple[Any, ...]:
+    """Parse ``[--config FILE] [--field value ...]`` into instances of ``dataclass_types``.
+
+    YAML values become defaults and flags override them; unknown YAML keys are an error
+    naming the key, so a typo never silently falls back to a default.
+    """
+    parser = HfArgumentParser(list(dataclass_types), prog=prog)
+    parser.add_argument("--config", default=None, help="YAML recipe; flags given after it override its values")
+    argv = list(argv)
+    config_path = None
+    if "--config" in argv:
+        at = argv.index("--config")
+        if at + 1 >= len(argv):
+            parser.error("--config needs a file")
+        config_path = argv[at + 1]
+        del argv[at : at + 2]
+    if config_path:
+        values = yaml.safe_load(Path(config_path).read_text()) or {}
+        if not isinstance(values, dict):
+            parser.error(f"{config_path}: a recipe is a mapping of option names to values")
+        known = {f.name for t in dataclass_types for f in dataclasses.fields(t)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            parser.error(f"{config_path}: unknown option(s) {', '.join(unknown)}")
+        parser.set_defaults(**values)
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def resolved_config(*configs: Any) -> dict[str, Any]:
+    """The effective options of a run, as plain data (JSON-safe)."""
+    out: dict[str, Any] = {}
+    for cfg in configs:
+        data = cfg.to_dict() if hasattr(cfg, "to_dict") else dataclasses.asdict(cfg)
+        out.update(json.loads(json.dumps(data, default=str)))
+    return out
+
+
+def write_resolved_config(path: str | Path, *configs: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(resolved_config(*configs), sort_keys=True))
+    tmp.replace(path)
+    return path

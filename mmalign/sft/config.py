@@ -1,0 +1,26 @@
+"""Training arguments for supervised fine-tuning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class SFTConfig(TrainingArguments):
+    """``transformers.TrainingArguments`` plus the data options SFT needs.
+
+    Defaults differ from ``TrainingArguments`` where VLM training needs it: the dataset
+    keeps its image / message columns (``remove_unused_columns=False``) and logging is
+    frequent enough to watch a short run.
+    """
+
+    dataset_path: str = field(default="", metadata={"help": "Training data: a saved datasets folder, .jsonl or .json."})
+    eval_dataset_path: str | None = field(default=None, metadata={"help": "Optional evaluation data, same formats."})
+    max_length: int | None = field(
+        default=2048, metadata={"help": "Longest sequence in tokens (image tokens included); the tail is cut."}
+    )
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep image and message columns."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: no, steps, epoch."})

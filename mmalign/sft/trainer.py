@@ -1,0 +1,79 @@
+"""``transformers.Trainer`` for VLM supervised fine-tuning through an adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from mmalign.models.base import EncodedBatch, VLMAdapter
+from mmalign.sft.collator import SFTCollator
+from mmalign.sft.config import SFTConfig
+
+
+def sft_loss(logps: torch.Tensor, mask: torch.Tensor, num_items: int | torch.Tensor | None = None) -> torch.Tensor:
+    """Negative log-likelihood of the assistant tokens.
+
+    Divided by ``num_items`` (all labelled tokens of the accumulated batch, so gradient
+    accumulation gives the same update as one large batch) or, without it, by the tokens
+    of this batch.
+    """
+    total = -(logps * mask).sum()
+    return total / (num_items if num_items is not None else mask.sum().clamp(min=1))
+
+
+class SFTTrainer(Trainer):
+    """Trains ``adapter.model`` (LoRA adapters, or the weights themselves) on conversations.
+
+    The loss only projects hidden states of positions that predict assistant tokens to
+    the vocabulary (see ``VLMAdapter.response_logprobs``).
+    """
+
+    def __init__(self, adapter: VLMAdapter, args: SFTConfig, train_dataset=None, eval_dataset=None, **kwargs: Any):
+        self.adapter = adapter
+        kwargs.setdefault("data_collator", SFTCollator(adapter, args.max_length))
+        kwargs.setdefault("processing_class", adapter.processor)
+        super().__init__(model=adapter.model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        batch = EncodedBatch.from_features(inputs, self.adapter.inputs)
+        logps, mask = self.adapter.response_logprobs(batch, model=model)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
+            # Trainer counted tokens over all processes; DDP averages gradients over them.
+            num_items_in_batch = num_items_in_batch / self.accelerator.num_processes
+        loss = sft_loss(logps, mask, num_items_in_batch)
+        return (loss, {"logps": logps}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+
+def run_sft(model_config, args: SFTConfig) -> Path:
+    """Load the model and data as configured, train, and save the result.
+
+    Checkpoints go to ``args.output_dir/checkpoint-*`` (resume with
+    ``resume_from_checkpoint``); the final adapter (or full model) and processor are
+    written atomically to ``args.output_dir/final`` with the resolved config beside them.
+    """
+    from mmalign.config_io import write_resolved_config
+    from mmalign.data_builders.sft import load_sft_dataset
+    from mmalign.io import atomic_dir
+
+    if not args.dataset_path:
+        raise ValueError("dataset_path is required")
+    adapter = model_config.load(gradient_checkpointing=bool(args.gradient_checkpointing))
+    train = load_sft_dataset(args.dataset_path)
+    evaluation = load_sft_dataset(args.eval_dataset_path) if args.eval_dataset_path else None
+    out = Path(args.output_dir)
+    write_resolved_config(out / "mmalign_config.yaml", model_config, args)
+    trainer = SFTTrainer(adapter, args, train_dataset=train, eval_dataset=evaluation)
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    with atomic_dir(out / "final") as tmp:
+        trainer.save_model(str(tmp))
+        write_resolved_config(tmp / "mmalign_config.yaml", model_config, args)
+    return out / "final"
