@@ -42,7 +42,8 @@ def parse_recipe(dataclass_types: Sequence[type], argv: Sequence[str], prog: str
         if unknown:
             parser.error(f"{config_path}: unknown option(s) {', '.join(unknown)}")
         parser.set_defaults(**values)
-    return parser.parse_args_into_dataclasses(args=argv)
+    # The parser also returns a namespace holding --config itself; keep the dataclasses.
+    return tuple(parser.parse_args_into_dataclasses(args=argv)[: len(dataclass_types)])
 
 
 def resolved_config(*configs: Any) -> dict[str, Any]:

@@ -44,7 +44,8 @@ def load_adapter(name_or_path: str | Path, *, family: str | None = None, **kwarg
     if card is None and not Path(name).exists():
         try:
             card = get_card(name)
-            name, kwargs["card"] = card.hub_id, card
+            kwargs["card"] = card
+            name = str(card.local_path() or card.hub_id)
         except KeyError:
             pass
     family = family or (card.family if isinstance(card, ModelCard) else None) or detect_family(

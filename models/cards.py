@@ -34,6 +34,7 @@ class ModelCard:
     double_quant: bool = True
     compute_dtype: str = "bfloat16"
     params_b: float | None = None
+    path: str | None = None  # weights shipped inside the package, relative to mmalign/models
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -46,7 +47,7 @@ class ModelCard:
             quant = raw.pop("quantization", {})
             known = {
                 "name", "family", "hub_id", "description", "image_token", "end_of_turn",
-                "chat_template", "params_b",
+                "chat_template", "params_b", "path",
             }
             extra = {k: raw.pop(k) for k in list(raw) if k not in known}
             return cls(
@@ -63,6 +64,15 @@ class ModelCard:
             )
         except TypeError as err:
             raise ValueError(f"model card {path}: {err}") from err
+
+
+    def local_path(self) -> Path | None:
+        """Folder of weights shipped with the package, if this card has any."""
+        return _package_dir() / self.path if self.path else None
+
+
+def _package_dir() -> Path:
+    return Path(str(resources.files("mmalign.models")))
 
 
 def _card_dir() -> Path:

@@ -17,6 +17,9 @@ class SFTConfig(TrainingArguments):
     """
 
     dataset_path: str = field(default="", metadata={"help": "Training data: a saved datasets folder, .jsonl or .json."})
+    image_folder: str | None = field(
+        default=None, metadata={"help": "Folder that image paths in JSON data are relative to (default: the file's)."}
+    )
     eval_dataset_path: str | None = field(default=None, metadata={"help": "Optional evaluation data, same formats."})
     max_length: int | None = field(
         default=2048, metadata={"help": "Longest sequence in tokens (image tokens included); the tail is cut."}

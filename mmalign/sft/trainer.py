@@ -67,8 +67,8 @@ def run_sft(model_config, args: SFTConfig) -> Path:
     if not args.dataset_path:
         raise ValueError("dataset_path is required")
     adapter = model_config.load(gradient_checkpointing=bool(args.gradient_checkpointing))
-    train = load_sft_dataset(args.dataset_path)
-    evaluation = load_sft_dataset(args.eval_dataset_path) if args.eval_dataset_path else None
+    train = load_sft_dataset(args.dataset_path, args.image_folder)
+    evaluation = load_sft_dataset(args.eval_dataset_path, args.image_folder) if args.eval_dataset_path else None
     out = Path(args.output_dir)
     write_resolved_config(out / "mmalign_config.yaml", model_config, args)
     trainer = SFTTrainer(adapter, args, train_dataset=train, eval_dataset=evaluation)
