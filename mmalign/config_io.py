@@ -17,6 +17,18 @@ import yaml
 from transformers import HfArgumentParser
 
 
+def resolve_recipe_path(name_or_path: str) -> Path:
+    """A recipe file, or the name of one shipped in ``mmalign/recipes`` (without ``.yaml``)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    shipped = Path(__file__).parent / "recipes" / f"{name_or_path}.yaml"
+    if shipped.exists():
+        return shipped
+    names = sorted(p.stem for p in (Path(__file__).parent / "recipes").glob("*.yaml"))
+    raise FileNotFoundError(f"no recipe file {name_or_path!r}; shipped recipes: {', '.join(names)}")
+
+
 def parse_recipe(dataclass_types: Sequence[type], argv: Sequence[str], prog: str) -> tuple[Any, ...]:
     """Parse ``[--config FILE] [--field value ...]`` into instances of ``dataclass_types``.
 
@@ -24,7 +36,8 @@ def parse_recipe(dataclass_types: Sequence[type], argv: Sequence[str], prog: str
     naming the key, so a typo never silently falls back to a default.
     """
     parser = HfArgumentParser(list(dataclass_types), prog=prog)
-    parser.add_argument("--config", default=None, help="YAML recipe; flags given after it override its values")
+    parser.add_argument("--config", default=None,
+                        help="YAML recipe file or shipped recipe name; flags override its values")
     argv = list(argv)
     config_path = None
     if "--config" in argv:
@@ -34,7 +47,7 @@ def parse_recipe(dataclass_types: Sequence[type], argv: Sequence[str], prog: str
         config_path = argv[at + 1]
         del argv[at : at + 2]
     if config_path:
-        values = yaml.safe_load(Path(config_path).read_text()) or {}
+        values = yaml.safe_load(resolve_recipe_path(config_path).read_text()) or {}
         if not isinstance(values, dict):
             parser.error(f"{config_path}: a recipe is a mapping of option names to values")
         known = {f.name for t in dataclass_types for f in dataclasses.fields(t)}

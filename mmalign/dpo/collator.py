@@ -1,0 +1,148 @@
+"""Batch preference pairs through the adapter, with image-aware truncation.
+
+Each row: ``images``, ``prompt``, ``chosen``, ``rejected`` and optionally
+``chosen_spans`` / ``rejected_spans`` (corrected segments as [start, end) character
+spans, for Dense DPO), ``reward_margin`` (MM-DPO dynamic β) and precomputed reference
+per-token log-probs ``ref_chosen_logps`` / ``ref_rejected_logps``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mmalign.models.base import VLMAdapter, message_text, pad_rows
+
+logger = logging.getLogger(__name__)
+
+_ROW_ERROR = re.compile(r"^row (\d+): ")
+
+
+def span_token_weights(offsets: Sequence[tuple[int, int]], spans: Sequence[Sequence[int]] | None,
+                       gamma: float) -> list[float]:
+    """Weight γ for each token whose characters overlap a corrected span, 1 otherwise.
+
+    Zero-width tokens (the end-of-turn token) never overlap and keep weight 1.
+    """
+    if not spans or gamma == 1.0:
+        return [1.0] * len(offsets)
+    return [gamma if any(s < b and a < e for a, b in spans) else 1.0 for s, e in offsets]
+
+
+def response_text(value: Any) -> str:
+    """A response given as text or as a conversational list ending in the answer."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value:
+        return message_text(value[-1])
+    raise TypeError(f"a response must be a string or a list of messages, got {type(value).__name__}")
+
+
+@dataclass
+class TruncationStats:
+    """What image-aware truncation had to do so far (logged by the trainer)."""
+
+    rows: int = 0
+    prompts_shortened: int = 0
+    dropped: int = 0
+
+
+@dataclass
+class DPOCollator:
+    """Encode chosen and rejected sequences of each pair (images processed once).
+
+    Over-long pairs keep every image token: first the responses' tails are cut, then
+    words are removed from the start of the prompt text, and a pair is dropped (and
+    counted) only when its images alone do not fit.
+    """
+
+    adapter: VLMAdapter
+    max_length: int | None = None
+    gamma: float = 1.0
+    stats: TruncationStats = field(default_factory=TruncationStats)
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        self.stats.rows += len(rows)
+        rows = [dict(r, _index=i) for i, r in enumerate(rows)]
+        while True:
+            images = [r.get("images") or [] for r in rows]
+            prompts = [r["prompt"] for r in rows]
+            try:
+                chosen = self.adapter.encode(images, prompts, [response_text(r["chosen"]) for r in rows],
+                                             max_length=self.max_length)
+                rejected = self.adapter.encode(images, prompts, [response_text(r["rejected"]) for r in rows],
+                                               max_length=self.max_length)
+                break
+            except ValueError as err:
+                match = _ROW_ERROR.match(str(err))
+                if not match or self.max_length is None:
+                    raise
+                i = int(match.group(1))
+                shorter = self._shorten_prompt(rows[i])
+                if shorter is None:
+                    logger.warning("dropping a pair whose image tokens alone exceed max_length=%d", self.max_length)
+                    self.stats.dropped += 1
+                    del rows[i]
+                    if not rows:
+                        raise ValueError(
+                            f"every pair of a batch is longer than max_length={self.max_length} "
+                            "even without prompt text; raise max_length"
+                        ) from err
+                else:
+                    self.stats.prompts_shortened += 1
+                    rows[i]["prompt"] = shorter
+        return self._features(rows, chosen, rejected)
+
+    def _shorten_prompt(self, row: dict[str, Any]) -> str | None:
+        """Drop words from the start of a text prompt until chosen and rejected fit."""
+        prompt = row["prompt"]
+        if not isinstance(prompt, str):
+            return None
+        words = prompt.split()
+        images = [row.get("images") or []]
+        lo, hi, best = 1, len(words) - 1, None
+        while lo <= hi:  # keep as many trailing words (the question) as fit
+            keep = (lo + hi) // 2
+            candidate = " ".join(words[-keep:])
+            try:
+                for key in ("chosen", "rejected"):
+                    self.adapter.encode(images, [candidate], [response_text(row[key])], max_length=self.max_length)
+                best, lo = candidate, keep + 1
+            except ValueError:
+                hi = keep - 1
+        return best
+
+    def _features(self, rows, chosen, rejected) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for key, batch in (("chosen", chosen), ("rejected", rejected)):
+            out[f"{key}_input_ids"] = batch.input_ids
+            out[f"{key}_attention_mask"] = batch.attention_mask
+            out[f"{key}_response_mask"] = batch.response_mask
+            for name, tensor in batch.text_inputs.items():
+                out[f"{key}_{name}"] = tensor
+            weights = [
+                torch.tensor(span_token_weights(offsets, row.get(f"{key}_spans"), self.gamma))
+                for offsets, row in zip(batch.response_offsets, rows)
+            ]
+            out[f"{key}_weights"] = pad_rows(weights, 0.0) if rows else torch.zeros(0, 0)
+            if all(row.get(f"ref_{key}_logps") is not None for row in rows):
+                ref = []
+                for i, (row, offsets) in enumerate(zip(rows, batch.response_offsets)):
+                    values = torch.tensor(row[f"ref_{key}_logps"], dtype=torch.float32)
+                    if len(values) < len(offsets):
+                        raise ValueError(
+                            f"row {i}: ref_{key}_logps has {len(values)} values but the response has "
+                            f"{len(offsets)} tokens; recompute reference log-probs for this model and max_length"
+                        )
+                    ref.append(values[: len(offsets)])
+                out[f"ref_{key}_logps"] = pad_rows(ref, 0.0)
+        out.update(chosen.image_inputs)  # both sequences share the images: keep them once
+        out["pair_index"] = torch.tensor([r["_index"] for r in rows])  # rows kept, in input order
+        if all(row.get("reward_margin") is not None for row in rows):
+            out["reward_margin"] = torch.tensor([float(r["reward_margin"]) for r in rows])
+        return out

@@ -1,0 +1,47 @@
+"""Training arguments for the DPO family and Dense DPO."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class DPOConfig(TrainingArguments):
+    """``transformers.TrainingArguments`` plus preference-optimisation options.
+
+    The defaults reproduce plain DPO (sigmoid loss, β = 0.1, summed log-probs). For
+    RLHF-V's Dense DPO set ``loss_type: ddpo`` and ``gamma`` (> 1 up-weights corrected
+    segments; the paper used γ = 5 with ``ddpo_normalize``, later runs γ = 1.1 without).
+    """
+
+    dataset_path: str = field(default="", metadata={"help": "Preference data: a saved datasets folder."})
+    eval_dataset_path: str | None = field(default=None, metadata={"help": "Optional evaluation data."})
+    beta: float = field(default=0.1, metadata={"help": "Preference temperature β (IPO: the regulariser τ)."})
+    loss_type: str = field(default="sigmoid", metadata={"help": "sigmoid, ipo, hinge, robust or ddpo."})
+    label_smoothing: float = field(default=0.0, metadata={"help": "Label noise ε (conservative DPO / robust)."})
+    gamma: float = field(default=1.0, metadata={"help": "Dense DPO weight of tokens in corrected segments."})
+    ddpo_normalize: bool = field(default=False, metadata={"help": "Divide Dense DPO scores by N = |y_u| + γ|y_c|."})
+    sft_weight: float = field(default=0.0, metadata={"help": "Weight α of an NLL term on the chosen response."})
+    dynamic_beta: bool = field(default=False, metadata={"help": "MM-DPO: per-pair β from the 'reward_margin' column."})
+    dynamic_beta_weight: float = field(default=0.5, metadata={"help": "MM-DPO w in β(δ) = β(1 + w(1 − e^(−kδ)))."})
+    dynamic_beta_k: float = field(default=0.5, metadata={"help": "MM-DPO k in β(δ)."})
+    reference_model_path: str | None = field(
+        default=None,
+        metadata={"help": "Separate reference model; default: the policy's base with LoRA adapters disabled."},
+    )
+    precompute_ref_logps: bool = field(
+        default=False, metadata={"help": "Compute reference log-probs once before training and reuse them."}
+    )
+    cache_image_features: bool = field(
+        default=True, metadata={"help": "Run the frozen vision tower once per pair instead of four times."}
+    )
+    share_prefix: bool = field(
+        default=False,
+        metadata={"help": "One forward over [image+prompt, chosen, rejected] (LLaVA families)."},
+    )
+    max_length: int | None = field(default=2048, metadata={"help": "Longest sequence in tokens, image tokens included."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep image and text columns."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: no, steps, epoch."})

@@ -1,0 +1,66 @@
+"""Reference per-token log-probs computed once and stored with the data.
+
+The reference model is frozen, so its log-probs on a pair never change: computing them
+once saves a forward pass per step, and storing them per token (not per sequence) lets
+Dense DPO's γ and normalisation change without recomputing. RLHF-V trained this way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+
+from mmalign.dpo.collator import DPOCollator
+from mmalign.models.base import VLMAdapter
+
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+@torch.no_grad()
+def precompute_reference_logps(
+    adapter: VLMAdapter,
+    dataset: Dataset,
+    *,
+    max_length: int | None = None,
+    batch_size: int = 8,
+    share_prefix: bool = False,
+    progress: bool = True,
+) -> Dataset:
+    """Return ``dataset`` with ``ref_chosen_logps`` / ``ref_rejected_logps`` columns.
+
+    The reference is ``adapter`` exactly as it is now (so a freshly attached LoRA, or a
+    loaded SFT adapter, is the reference). Pairs that cannot fit ``max_length`` even after
+    image-aware truncation are left out, as training would drop them.
+    """
+    from mmalign.dpo.prefix import shared_prefix_logprobs
+    from mmalign.dpo.trainer import concat_pair, repeat_features, split_pair
+
+    collator = DPOCollator(adapter, max_length)
+    was_training = adapter.model.training
+    adapter.model.eval()
+    columns: dict[str, list[Any]] = {name: [None] * len(dataset) for name in REF_COLUMNS}
+    starts = range(0, len(dataset), batch_size)
+    for start in tqdm(starts, desc="reference log-probs", disable=not progress):
+        rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        features = {k: v.to(adapter.device) for k, v in collator(rows).items()}
+        chosen, rejected = split_pair(features, adapter)
+        image_features = adapter.image_features(chosen)
+        if share_prefix:
+            c, mc, r, mr = shared_prefix_logprobs(adapter.model, adapter, chosen, rejected, image_features)
+        else:
+            pair = concat_pair(chosen, rejected, adapter.tokenizer.pad_token_id)
+            logps, mask = adapter.response_logprobs(pair, repeat_features(image_features))
+            n = chosen.input_ids.shape[0]
+            c, mc, r, mr = logps[:n], mask[:n], logps[n:], mask[n:]
+        for j, index in enumerate(features["pair_index"].tolist()):
+            columns["ref_chosen_logps"][start + index] = c[j][mc[j]].float().cpu().tolist()
+            columns["ref_rejected_logps"][start + index] = r[j][mr[j]].float().cpu().tolist()
+    adapter.model.train(was_training)
+    keep = [i for i, values in enumerate(columns["ref_chosen_logps"]) if values is not None]
+    out = dataset.remove_columns([c for c in REF_COLUMNS if c in dataset.column_names])
+    for name in REF_COLUMNS:
+        out = out.add_column(name, columns[name])
+    return out.select(keep) if len(keep) < len(dataset) else out

@@ -1,0 +1,208 @@
+"""``transformers.Trainer`` for DPO-family and Dense DPO training of VLMs.
+
+One step, straightforward path (what TRL does): chosen and rejected sequences go through
+the policy as one 2B-row batch, then through the reference; the vision tower runs on every
+row of both passes. Switches remove repeated work without changing the result (tests
+compare against the straightforward path):
+
+- ``cache_image_features``: the frozen vision tower and projector run once per pair and
+  their output feeds the policy and the reference, chosen and rejected;
+- ``share_prefix``: one sequence [image + prompt, chosen, rejected] per pair, rejected
+  blind to chosen, positions restarting after the prefix (LLaVA families);
+- ``precompute_ref_logps``: reference per-token log-probs computed once and stored with
+  the data (Dense DPO's γ can then change freely).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+from transformers import Trainer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from mmalign.dpo.collator import DPOCollator
+from mmalign.dpo.config import DPOConfig
+from mmalign.dpo.prefix import shared_prefix_logprobs
+from mmalign.losses.dpo import dpo_loss, dynamic_beta, sequence_logps, sft_term
+from mmalign.models.base import EncodedBatch, VLMAdapter
+
+
+def split_pair(inputs: dict[str, torch.Tensor], adapter: VLMAdapter) -> tuple[EncodedBatch, EncodedBatch]:
+    """The chosen and rejected batches of collated features (images shared by both)."""
+    images = {k: inputs[k] for k in adapter.inputs.image_keys if k in inputs}
+    batches = []
+    for key in ("chosen", "rejected"):
+        batches.append(EncodedBatch(
+            input_ids=inputs[f"{key}_input_ids"],
+            attention_mask=inputs[f"{key}_attention_mask"],
+            response_mask=inputs[f"{key}_response_mask"].bool(),
+            image_inputs=images,
+            text_inputs={k: inputs[f"{key}_{k}"] for k in adapter.inputs.text_keys if f"{key}_{k}" in inputs},
+        ))
+    return batches[0], batches[1]
+
+
+def _pad_to(t: torch.Tensor, width: int, value: float | int | bool) -> torch.Tensor:
+    if t.shape[1] >= width:
+        return t[:, :width]
+    pad = t.new_full((t.shape[0], width - t.shape[1]), value)
+    return torch.cat([t, pad], dim=1)
+
+
+def concat_pair(chosen: EncodedBatch, rejected: EncodedBatch, pad_id: int) -> EncodedBatch:
+    """Stack chosen then rejected rows (right padding to a common length), images twice."""
+    width = max(chosen.input_ids.shape[1], rejected.input_ids.shape[1])
+
+    def cat(a: torch.Tensor, b: torch.Tensor, value) -> torch.Tensor:
+        return torch.cat([_pad_to(a, width, value), _pad_to(b, width, value)])
+
+    return EncodedBatch(
+        input_ids=cat(chosen.input_ids, rejected.input_ids, pad_id),
+        attention_mask=cat(chosen.attention_mask, rejected.attention_mask, 0),
+        response_mask=cat(chosen.response_mask, rejected.response_mask, False),
+        image_inputs={k: torch.cat([v, v]) for k, v in chosen.image_inputs.items()},
+        text_inputs={k: cat(chosen.text_inputs[k], rejected.text_inputs[k], 0) for k in chosen.text_inputs},
+    )
+
+
+def repeat_features(features: dict[str, Any] | None, times: int = 2) -> dict[str, Any] | None:
+    """Image features of B images -> the same features for the 2B rows of a pair batch."""
+    if features is None:
+        return None
+    return {"image": BaseModelOutputWithPooling(pooler_output=list(features["image"].pooler_output) * times)}
+
+
+class DPOTrainer(Trainer):
+    """Preference optimisation on an adapter; the reference is the base with LoRA off by default."""
+
+    def __init__(
+        self,
+        adapter: VLMAdapter,
+        args: DPOConfig,
+        train_dataset=None,
+        eval_dataset=None,
+        reference: VLMAdapter | None = None,
+        **kwargs: Any,
+    ):
+        from peft import PeftModel
+
+        if reference is None and not isinstance(adapter.model, PeftModel) and not args.precompute_ref_logps:
+            raise ValueError("full fine-tuning needs a reference: pass reference= or set reference_model_path")
+        if args.share_prefix and adapter.inputs.text_keys:
+            raise ValueError(f"share_prefix is not available for {adapter.family} (3-D rotary positions)")
+        self.adapter = adapter
+        self.reference = reference
+        if args.precompute_ref_logps:
+            train_dataset, eval_dataset = (
+                self._with_reference(ds, args) for ds in (train_dataset, eval_dataset)
+            )
+        self.collator = kwargs.pop("data_collator", None) or DPOCollator(adapter, args.max_length, args.gamma)
+        self._stats: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        kwargs.setdefault("processing_class", adapter.processor)
+        super().__init__(model=adapter.model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         data_collator=self.collator, **kwargs)
+
+    def _with_reference(self, dataset, args: DPOConfig):
+        from mmalign.dpo.reference import REF_COLUMNS, precompute_reference_logps
+
+        if dataset is None or all(c in dataset.column_names for c in REF_COLUMNS):
+            return dataset
+        reference = self.reference or self.adapter
+        return precompute_reference_logps(reference, dataset, max_length=args.max_length,
+                                          batch_size=args.per_device_eval_batch_size,
+                                          share_prefix=args.share_prefix)
+
+    # ------------------------------------------------------------------ forward passes
+    def _features(self, adapter: VLMAdapter, batch: EncodedBatch) -> dict[str, Any] | None:
+        return adapter.image_features(batch) if self.args.cache_image_features else None
+
+    def pair_logprobs(
+        self, model, adapter: VLMAdapter, chosen: EncodedBatch, rejected: EncodedBatch, features=None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-token log-probs and masks of chosen and rejected responses, ``(B, R)`` each."""
+        if self.args.share_prefix:
+            return shared_prefix_logprobs(model, adapter, chosen, rejected, features)
+        pair = concat_pair(chosen, rejected, adapter.tokenizer.pad_token_id)
+        logps, mask = adapter.response_logprobs(pair, repeat_features(features), model=model)
+        n = chosen.input_ids.shape[0]
+        return logps[:n], mask[:n], logps[n:], mask[n:]
+
+    def reference_logprobs(self, model, chosen: EncodedBatch, rejected: EncodedBatch, features, inputs):
+        if "ref_chosen_logps" in inputs:
+            return inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        with torch.no_grad():
+            if self.reference is not None:
+                ref = self.reference
+                ref_features = self._features(ref, chosen)
+                c, _, r, _ = self.pair_logprobs(ref.model, ref, chosen, rejected, ref_features)
+                return c, r
+            with self.adapter.adapters_disabled():
+                if self.adapter.train_projector:  # the reference projector differs from the policy's
+                    features = self._features(self.adapter, chosen)
+                c, _, r, _ = self.pair_logprobs(model, self.adapter, chosen, rejected, features)
+            return c, r
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        args: DPOConfig = self.args
+        chosen, rejected = split_pair(inputs, self.adapter)
+        features = self._features(self.adapter, chosen)
+        pc, mc, pr, mr = self.pair_logprobs(model, self.adapter, chosen, rejected, features)
+        rc, rr = self.reference_logprobs(model, chosen, rejected, features, inputs)
+        rc, rr = _pad_to(rc, pc.shape[1], 0.0), _pad_to(rr, pr.shape[1], 0.0)
+        wc = _pad_to(inputs["chosen_weights"], pc.shape[1], 0.0)
+        wr = _pad_to(inputs["rejected_weights"], pr.shape[1], 0.0)
+        if args.loss_type != "ddpo":
+            wc = wr = None
+        normalize = args.loss_type == "ipo" or (args.loss_type == "ddpo" and args.ddpo_normalize)
+        scores = [sequence_logps(t, m, w, normalize=normalize)
+                  for t, m, w in ((pc, mc, wc), (pr, mr, wr), (rc, mc, wc), (rr, mr, wr))]
+        beta: float | torch.Tensor = args.beta
+        if args.dynamic_beta:
+            if "reward_margin" not in inputs:
+                raise ValueError("dynamic_beta needs a 'reward_margin' column in the data")
+            beta = dynamic_beta(inputs["reward_margin"], args.beta, args.dynamic_beta_weight, args.dynamic_beta_k)
+        out = dpo_loss(*scores, beta=beta, loss_type=args.loss_type, label_smoothing=args.label_smoothing)
+        loss = out.loss
+        if args.sft_weight:
+            loss = loss + args.sft_weight * sft_term(pc, mc)
+        self._record(model, out, scores, mc, wc)
+        return (loss, {"chosen_logps": scores[0], "rejected_logps": scores[1]}) if return_outputs else loss
+
+    def _record(self, model, out, scores, mask_chosen, weights_chosen) -> None:
+        stats = self._stats["train" if model.training else "eval"]
+        margins = out.chosen_rewards - out.rejected_rewards
+        values = {
+            "rewards/chosen": out.chosen_rewards.mean(),
+            "rewards/rejected": out.rejected_rewards.mean(),
+            "rewards/margins": margins.mean(),
+            "rewards/accuracies": (margins > 0).float().mean(),
+            "logps/chosen": scores[0].detach().mean(),
+            "logps/rejected": scores[1].detach().mean(),
+        }
+        if weights_chosen is not None:
+            corrected = (weights_chosen != 1) & mask_chosen
+            values["ddpo/corrected_token_share"] = corrected.sum() / mask_chosen.sum().clamp(min=1)
+        for name, value in values.items():
+            stats[name].append(float(self.accelerator.gather_for_metrics(value.detach().reshape(1)).mean()))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        for name, values in self._stats[mode].items():
+            if values:
+                logs[prefix + name] = sum(values) / len(values)
+        self._stats[mode].clear()
+        if mode == "train":
+            logs["truncation/dropped_pairs"] = self.collator.stats.dropped
+            logs["truncation/prompts_shortened"] = self.collator.stats.prompts_shortened
+        super().log(logs, start_time)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+

@@ -1,0 +1,1 @@
+"""Loss functions as pure tensor maths: tensors in, tensors out, no models."""

@@ -1,0 +1,140 @@
+"""DPO trainer: optimised paths equal the straightforward one; reference modes; truncation."""
+
+import pytest
+import torch
+
+from mmalign.dpo import DPOCollator, DPOConfig, DPOTrainer, span_token_weights
+from mmalign.dpo.reference import precompute_reference_logps
+from mmalign.models import load_adapter
+from mmalign.qlora import LoraSettings
+
+
+def make(tiny_dirs, family="llava", perturb=True, quantized=False):
+    from mmalign.qlora import QuantizationConfig
+
+    torch.manual_seed(0)
+    adapter = load_adapter(tiny_dirs[family], quantization=QuantizationConfig(compute_dtype="float32") if quantized else None)
+    adapter.add_lora(LoraSettings(r=4, dropout=0.0))
+    if perturb:
+        perturb_lora(adapter)
+    return adapter
+
+
+def perturb_lora(adapter, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in adapter.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+
+
+def step(adapter, dataset, tmp_path, **kw):
+    """Loss and LoRA gradients of one batch of all pairs."""
+    args = DPOConfig(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True,
+                     per_device_train_batch_size=len(dataset), **kw)
+    trainer = DPOTrainer(adapter, args, train_dataset=dataset)
+    adapter.model.eval()
+    adapter.model.zero_grad()
+    rows = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
+    loss = trainer.compute_loss(adapter.model, trainer.collator(rows))
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in adapter.model.named_parameters() if p.grad is not None}
+    return loss.item(), grads
+
+
+def assert_same(a, b, atol=1e-5):
+    assert a[0] == pytest.approx(b[0], abs=atol)
+    assert a[1].keys() == b[1].keys() and a[1]
+    for name, g in a[1].items():
+        torch.testing.assert_close(b[1][name], g, atol=atol, rtol=1e-4)
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ddpo"])
+def test_optimised_paths_equal_straightforward(tiny_dirs, pair_dataset, tmp_path, loss_type):
+    kw = dict(loss_type=loss_type, gamma=3.0, ddpo_normalize=loss_type == "ddpo")
+    plain = step(make(tiny_dirs), pair_dataset, tmp_path, cache_image_features=False, **kw)
+    cached = step(make(tiny_dirs), pair_dataset, tmp_path, cache_image_features=True, **kw)
+    shared = step(make(tiny_dirs), pair_dataset, tmp_path, share_prefix=True, cache_image_features=False, **kw)
+    both = step(make(tiny_dirs), pair_dataset, tmp_path, share_prefix=True, **kw)
+    assert plain[0] > 0
+    for other in (cached, shared, both):
+        assert_same(plain, other)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_next"])
+def test_feature_cache_equals_straightforward_other_families(tiny_dirs, pair_dataset, tmp_path, family):
+    plain = step(make(tiny_dirs, family), pair_dataset, tmp_path, cache_image_features=False)
+    cached = step(make(tiny_dirs, family), pair_dataset, tmp_path, cache_image_features=True)
+    assert_same(plain, cached)
+
+
+def test_share_prefix_refused_for_qwen(tiny_dirs, pair_dataset, tmp_path):
+    with pytest.raises(ValueError, match="share_prefix is not available for qwen2_vl"):
+        step(make(tiny_dirs, "qwen2_vl"), pair_dataset, tmp_path, share_prefix=True)
+
+
+def test_precomputed_reference_equals_adapters_off(tiny_dirs, pair_dataset, tmp_path):
+    fresh = make(tiny_dirs, perturb=False)  # fresh LoRA: policy == base == reference
+    with_ref = precompute_reference_logps(fresh, pair_dataset, progress=False)
+    assert with_ref.column_names[-2:] == ["ref_chosen_logps", "ref_rejected_logps"]
+    perturb_lora(fresh)
+    precomputed = step(fresh, with_ref, tmp_path)
+    live = step(make(tiny_dirs), pair_dataset, tmp_path)
+    assert_same(live, precomputed)
+    # the trainer can also precompute on its own at start-up
+    auto = make(tiny_dirs, perturb=False)
+    args = DPOConfig(output_dir=str(tmp_path / "a"), report_to="none", use_cpu=True, precompute_ref_logps=True)
+    trainer = DPOTrainer(auto, args, train_dataset=pair_dataset)
+    assert trainer.train_dataset["ref_chosen_logps"] == with_ref["ref_chosen_logps"]
+
+
+def test_ddpo_gamma_one_is_plain_dpo(tiny_dirs, pair_dataset, tmp_path):
+    sigmoid = step(make(tiny_dirs), pair_dataset, tmp_path, loss_type="sigmoid")
+    ddpo = step(make(tiny_dirs), pair_dataset, tmp_path, loss_type="ddpo", gamma=1.0)
+    assert_same(sigmoid, ddpo)
+    heavier = step(make(tiny_dirs), pair_dataset, tmp_path, loss_type="ddpo", gamma=5.0)
+    assert heavier[0] != pytest.approx(sigmoid[0], abs=1e-4)
+
+
+def test_span_weights_follow_characters():
+    offsets = [(0, 1), (2, 5), (6, 9), (9, 10), (10, 10)]  # "a red cup." + end of turn
+    assert span_token_weights(offsets, [[2, 5]], 5.0) == [1, 5, 1, 1, 1]
+    assert span_token_weights(offsets, [[3, 7]], 2.0) == [1, 2, 2, 1, 1]  # partial overlaps count
+    assert span_token_weights(offsets, [], 5.0) == [1] * 5
+
+
+def test_collator_weights_and_truncation(tiny_dirs, pair_dataset):
+    adapter = make(tiny_dirs)
+    features = DPOCollator(adapter, gamma=4.0)([pair_dataset[1]])  # "car" vs "ball"
+    tokens = adapter.tokenizer.convert_ids_to_tokens(
+        features["rejected_input_ids"][0][features["rejected_response_mask"][0]])
+    weights = features["rejected_weights"][0][: len(tokens)].tolist()
+    assert [t for t, w in zip(tokens, weights) if w == 4.0] == ["car"]
+
+    full = DPOCollator(adapter)([pair_dataset[0]])
+    prompt_len = int((~full["chosen_response_mask"][0].bool()).sum())
+    collator = DPOCollator(adapter, max_length=prompt_len + 2)
+    cut = collator([pair_dataset[0]])
+    assert cut["chosen_input_ids"].shape[1] == prompt_len + 2  # response tails cut first
+    assert collator.stats.prompts_shortened == 0
+    image_tokens = int((full["chosen_input_ids"] == adapter.base_model.config.image_token_id).sum())
+    tight = DPOCollator(adapter, max_length=image_tokens + 9)  # forces words out of the prompt
+    tight([pair_dataset[0], pair_dataset[1]])
+    assert tight.stats.prompts_shortened >= 1 and tight.stats.dropped == 0
+    impossible = DPOCollator(adapter, max_length=image_tokens)
+    with pytest.raises(ValueError, match="every pair of a batch is longer than max_length"):
+        impossible([pair_dataset[0]])
+    assert impossible.stats.dropped == 1
+
+
+def test_training_raises_margins_in_4bit(tiny_dirs, pair_dataset, tmp_path):
+    adapter = make(tiny_dirs, perturb=False, quantized=True)
+    args = DPOConfig(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True, per_device_train_batch_size=4,
+                     max_steps=15, learning_rate=5e-3, logging_steps=5, beta=0.5, save_strategy="no",
+                     loss_type="ddpo", gamma=2.0)
+    trainer = DPOTrainer(adapter, args, train_dataset=pair_dataset)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "rewards/margins" in h]
+    assert logs[-1]["rewards/margins"] > logs[0]["rewards/margins"] + 0.5
+    assert logs[-1]["rewards/accuracies"] == 1.0
+    assert 0 < logs[-1]["ddpo/corrected_token_share"] < 0.5
