@@ -1,4 +1,4 @@
-"""``mmalign train METHOD --config recipe.yaml [--option value ...]`` and ``mmalign export``."""
+"""``mmalign train METHOD``, ``mmalign precompute-ref`` and ``mmalign export``."""
 
 from __future__ import annotations
 
@@ -10,14 +10,16 @@ override the recipe. `mmalign train METHOD --help` lists the options of a method
 
 methods:
   sft    supervised fine-tuning on conversations (loss on assistant tokens only)
+  dpo    preference optimisation: --loss_type sigmoid | ipo | hinge | robust | ddpo (RLHF-V Dense DPO)
 """
 
 
 def _method_specs():
+    from mmalign.dpo import DPOConfig, run_dpo
     from mmalign.model_config import ModelConfig
     from mmalign.sft import SFTConfig, run_sft
 
-    return {"sft": ((ModelConfig, SFTConfig), run_sft)}
+    return {"sft": ((ModelConfig, SFTConfig), run_sft), "dpo": ((ModelConfig, DPOConfig), run_dpo)}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -27,6 +29,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     configs = parse_recipe(types, args.options, prog=f"mmalign train {args.method}")
     out = run(*configs)
     print(f"training finished; final model in {out}")
+    return 0
+
+
+def cmd_precompute_ref(args: argparse.Namespace) -> int:
+    from datasets import load_from_disk
+
+    from mmalign.dpo.reference import precompute_reference_logps
+    from mmalign.io import atomic_dir
+    from mmalign.models import load_adapter
+    from mmalign.qlora import QuantizationConfig
+
+    quantization = QuantizationConfig(compute_dtype=args.compute_dtype) if args.load_in_4bit else None
+    adapter = load_adapter(args.model, dtype=args.dtype, quantization=quantization)
+    if args.adapter:
+        adapter.load_adapter(args.adapter)
+    dataset = precompute_reference_logps(adapter, load_from_disk(args.data), max_length=args.max_length,
+                                         batch_size=args.batch_size)
+    with atomic_dir(args.out) as tmp:
+        dataset.save_to_disk(str(tmp))
+    print(f"wrote {len(dataset)} pairs with reference log-probs to {args.out}")
     return 0
 
 
@@ -42,11 +64,26 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model with a recipe (sft)", description=TRAIN_HELP,
+    p = sub.add_parser("train", help="train a model with a recipe (sft, dpo)", description=TRAIN_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("method", choices=["sft"], help="training method")
+    p.add_argument("method", choices=["sft", "dpo"], help="training method")
     p.add_argument("options", nargs=argparse.REMAINDER, help="--config FILE and --option value pairs")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("precompute-ref", help="store reference per-token log-probs with a preference dataset",
+                       description="Run the frozen reference once over a preference dataset and save a copy "
+                       "with ref_chosen_logps / ref_rejected_logps columns (per token, so Dense DPO's gamma "
+                       "can change later). Train on it and the reference forward is skipped.")
+    p.add_argument("--model", required=True, help="reference model: card name, hub id or folder")
+    p.add_argument("--adapter", default=None, help="optional PEFT adapter on the model (e.g. the SFT adapter)")
+    p.add_argument("--data", required=True, help="preference dataset folder")
+    p.add_argument("--out", required=True, help="output dataset folder")
+    p.add_argument("--max-length", type=int, default=2048, help="same max_length as training (default: 2048)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--load-in-4bit", action="store_true", help="load the reference in 4-bit NF4")
+    p.add_argument("--compute-dtype", default="bfloat16", help="4-bit compute dtype (float32 on CPU)")
+    p.set_defaults(func=cmd_precompute_ref)
 
     p = sub.add_parser("export", help="merge a LoRA adapter into its base for deployment",
                        description="Write a standard transformers checkpoint (safetensors) with the "

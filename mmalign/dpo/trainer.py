@@ -16,6 +16,7 @@ compare against the straightforward path):
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -206,3 +207,35 @@ class DPOTrainer(Trainer):
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
 
+
+
+def run_dpo(model_config, args: DPOConfig) -> Path:
+    """Load model, reference and preference data as configured, train, save.
+
+    Checkpoints go to ``args.output_dir/checkpoint-*``; the final adapter and processor
+    are written atomically to ``args.output_dir/final`` with the resolved config.
+    """
+    from datasets import load_from_disk
+
+    from mmalign.config_io import write_resolved_config
+    from mmalign.io import atomic_dir
+    from mmalign.models import load_adapter
+
+    if not args.dataset_path:
+        raise ValueError("dataset_path is required")
+    adapter = model_config.load(gradient_checkpointing=bool(args.gradient_checkpointing))
+    reference = None
+    if args.reference_model_path:
+        reference = load_adapter(args.reference_model_path, dtype=model_config.dtype,
+                                 quantization=model_config.quantization())
+        reference.model.eval()
+    train = load_from_disk(args.dataset_path)
+    evaluation = load_from_disk(args.eval_dataset_path) if args.eval_dataset_path else None
+    out = Path(args.output_dir)
+    write_resolved_config(out / "mmalign_config.yaml", model_config, args)
+    trainer = DPOTrainer(adapter, args, train_dataset=train, eval_dataset=evaluation, reference=reference)
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    with atomic_dir(out / "final") as tmp:
+        trainer.save_model(str(tmp))
+        write_resolved_config(tmp / "mmalign_config.yaml", model_config, args)
+    return out / "final"

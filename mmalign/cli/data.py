@@ -1,0 +1,331 @@
+"""``mmalign data import | build | validate | inspect``: preference-dataset builders.
+
+Each command is a thin layer over :mod:`mmalign.data_builders`; see docs/data.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+SCHEMA_HINT = "canonical schema: docs/data.md (images, prompt, chosen, rejected + optional columns)"
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+def _report(report: Any, what: str) -> None:
+    print(f"wrote {report.rows} {what} rows to {report.path}")
+    if report.sources:
+        print("  sources: " + ", ".join(f"{k}={v}" for k, v in sorted(report.sources.items())))
+    if report.skipped:
+        from mmalign.data_builders.schema import RowErrors
+
+        print("  " + RowErrors(lenient=True, skipped=report.skipped).summary())
+        for err in report.skipped[:10]:
+            print(f"    {err}")
+
+
+def _guarded(func):
+    """Turn data errors into a one-line message and exit code 1 (no traceback for bad input)."""
+
+    def run(args: argparse.Namespace) -> int:
+        from mmalign.data_builders.schema import RecordError
+
+        try:
+            return func(args)
+        except (RecordError, ValueError, FileNotFoundError, RuntimeError) as exc:
+            return _fail(str(exc))
+
+    run.__doc__ = func.__doc__
+    return run
+
+
+# ---------------------------------------------------------------------------- import
+@_guarded
+def cmd_import(args: argparse.Namespace) -> int:
+    from mmalign.data_builders.importers import IMPORTERS, import_dataset
+
+    options: dict[str, Any] = {}
+    if args.images:
+        options["image_root"] = args.images
+    if args.max_pixels is not None:
+        options["max_pixels"] = args.max_pixels or None
+    passed = {"facts": args.facts, "prefer": args.prefer, "split": args.split, "turns": args.turns}
+    accepted = {
+        "llava-rlhf": {"facts"}, "beavertails-v": {"prefer", "split"}, "pku-saferlhf": {"prefer", "split"},
+        "trl": {"split"}, "llava-conversations": {"turns"},
+    }.get(args.format, set())
+    for name, value in passed.items():
+        if value is not None:
+            if name not in accepted:
+                return _fail(f"--{name} does not apply to format {args.format}")
+            options[name] = value
+    report = import_dataset(args.format, args.path, args.out, lenient=args.lenient, **options)
+    _report(report, IMPORTERS[args.format].kind)
+    return 0
+
+
+# ---------------------------------------------------------------------------- build
+@_guarded
+def cmd_build_corrections(args: argparse.Namespace) -> int:
+    from mmalign.data_builders.corrections import read_corrections
+    from mmalign.data_builders.schema import RowErrors
+    from mmalign.data_builders.storage import write_dataset
+
+    errors = RowErrors(lenient=args.lenient)
+    records = read_corrections(args.input, image_root=args.images, errors=errors, min_match=args.min_match)
+    _report(write_dataset(records, args.out, errors=errors), "preference")
+    return 0
+
+
+def _load_model(name: str, args: argparse.Namespace):
+    from mmalign import QuantizationConfig, load_adapter
+
+    kwargs: dict[str, Any] = {"dtype": args.dtype}
+    if args.load_in_4bit:
+        kwargs["quantization"] = QuantizationConfig(compute_dtype=args.dtype)
+    if args.device_map:
+        kwargs["device_map"] = args.device_map
+    return load_adapter(name, **kwargs)
+
+
+def _ai_feedback_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None]:
+    """The sampling config and the judge endpoint settings: YAML file first, flags override."""
+    import yaml
+
+    from mmalign.data_builders.ai_feedback import AIFeedbackConfig
+
+    values: dict[str, Any] = {}
+    endpoint: dict[str, Any] | None = None
+    if args.config:
+        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{args.config}: expected a mapping of settings")
+        endpoint = loaded.pop("judge_endpoint", None)
+        values.update(loaded)
+    flags = {"num_samples": args.samples, "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
+             "min_gap": args.min_gap, "max_pairs_per_prompt": args.max_pairs, "seed": args.seed,
+             "prompts_per_batch": args.prompts_per_batch}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if args.no_length_balance:
+        values["balance_lengths"] = False
+    if args.judge_url:
+        endpoint = {**(endpoint or {}), "base_url": args.judge_url}
+    if endpoint is not None:
+        if args.judge_model:
+            endpoint["model"] = args.judge_model
+        if args.api_key_env:
+            endpoint["api_key_env"] = args.api_key_env
+    return AIFeedbackConfig.from_dict(values), endpoint
+
+
+@_guarded
+def cmd_build_ai_feedback(args: argparse.Namespace) -> int:
+    from mmalign.data_builders.ai_feedback import AIFeedbackBuilder, build_ai_feedback
+    from mmalign.data_builders.claims import (
+        AdapterJudge,
+        AdapterSplitter,
+        ChatEndpoint,
+        EndpointJudge,
+        EndpointSplitter,
+        SentenceSplitter,
+    )
+
+    config, endpoint_settings = _ai_feedback_settings(args)
+    if (endpoint_settings is None) == (args.judge is None):
+        return _fail("give exactly one judge: --judge MODEL (local) or --judge-url URL (or judge_endpoint in --config)")
+    if endpoint_settings is not None:
+        if "model" not in endpoint_settings:
+            return _fail("an endpoint judge needs a model name (--judge-model or judge_endpoint.model)")
+        endpoint = ChatEndpoint(**endpoint_settings)
+        judge: Any = EndpointJudge(endpoint)
+        splitter: Any = EndpointSplitter(endpoint) if args.splitter == "judge" else SentenceSplitter()
+    else:
+        judge_adapter = _load_model(args.judge, args)
+        judge = AdapterJudge(judge_adapter)
+        splitter = AdapterSplitter(judge_adapter) if args.splitter == "judge" else SentenceSplitter()
+    builder = AIFeedbackBuilder(_load_model(args.policy, args), judge, splitter, config)
+    report = build_ai_feedback(args.prompts, args.out, builder, image_root=args.images, lenient=args.lenient)
+    _report(report, "preference")
+    print(f"  {builder.stats.summary()}")
+    return 0
+
+
+@_guarded
+def cmd_build_safety_pairs(args: argparse.Namespace) -> int:
+    from mmalign.data_builders.safety import save_oriented
+    from mmalign.data_builders.storage import open_dataset
+
+    report = save_oriented(open_dataset(args.input, args.split), args.out, args.by, lenient=args.lenient)
+    _report(report, f"preference (ordered by {args.by})")
+    return 0
+
+
+# ---------------------------------------------------------------------------- validate / inspect
+@_guarded
+def cmd_validate(args: argparse.Namespace) -> int:
+    from mmalign.data_builders.safety import label_disagreements
+    from mmalign.data_builders.storage import (
+        iter_records,
+        open_dataset,
+        read_manifest,
+        validate_dataset,
+    )
+
+    ds = open_dataset(args.path, args.split)
+    report = validate_dataset(ds, lenient=True, check_images=not args.no_image_check)
+    manifest = read_manifest(args.path)
+    print(f"{args.path}: {report.kind} dataset, {report.rows} rows"
+          + (f", schema v{manifest['schema_version']}" if manifest else " (no mmalign manifest)"))
+    if report.kind == "preference" and "chosen_is_safe" in ds.column_names:
+        disagreements = label_disagreements(iter_records(ds.select_columns(
+            [c for c in ds.column_names if "_is_safe" in c or "_harmless_rate" in c])))
+        if disagreements:
+            print(f"  note: {disagreements} response(s) whose harmless rating sign disagrees with is_safe")
+    if report.ok:
+        print(f"ok: all {report.rows} rows are valid")
+        return 0
+    for err in report.errors[: args.max_errors]:
+        print(f"  {err}")
+    if len(report.errors) > args.max_errors:
+        print(f"  ... and {len(report.errors) - args.max_errors} more")
+    print(f"INVALID: {len(report.errors)} of {report.rows} rows fail ({SCHEMA_HINT})")
+    return 1
+
+
+@_guarded
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from mmalign.data_builders.preview import inspect_dataset, write_html_preview
+
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+    print(inspect_dataset(args.path, start=args.start, rows=args.rows, color=color, diff=args.diff))
+    if args.html:
+        out = write_html_preview(args.path, args.html, start=args.start, rows=args.rows, diff=args.diff)
+        print(f"\nwrote an HTML preview to {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+def _help(parser: argparse.ArgumentParser):
+    """A handler for a command group called without a subcommand: print its help."""
+
+    def show(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 0
+
+    return show
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default="float32", help="dtype of the models (default: float32)")
+    p.add_argument("--load-in-4bit", action="store_true", help="load policy and judge in 4-bit NF4")
+    p.add_argument("--device-map", help='e.g. "auto" or "cuda:0" (default: CPU)')
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Dataset commands: import public formats, build pairs, validate, inspect."""
+    from mmalign.data_builders.importers import IMPORTERS
+
+    data = sub.add_parser("data", help="import, build, validate and inspect preference datasets",
+                          description="Multimodal preference datasets in one canonical, TRL-compatible "
+                          "form. " + SCHEMA_HINT + ".")
+    dsub = data.add_subparsers(dest="data_command", metavar="COMMAND")
+    data.set_defaults(func=_help(data))
+
+    formats = "\n".join(f"  {name:<20} {imp.description}" for name, imp in IMPORTERS.items())
+    p = dsub.add_parser("import", help="convert a public dataset (local files) to the canonical form",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Read local files in a public format, validate every row and write a "
+                        "canonical dataset atomically.\n\nformats:\n" + formats)
+    p.add_argument("format", choices=list(IMPORTERS), metavar="FORMAT", help="one of: " + ", ".join(IMPORTERS))
+    p.add_argument("path", help="data file or folder (parquet / json / jsonl, or a datasets folder for trl)")
+    p.add_argument("--out", required=True, help="output dataset folder")
+    p.add_argument("--images", help="folder that relative image paths resolve in (default: the data's folder)")
+    p.add_argument("--facts", help="llava-rlhf: caption map JSON (image file name → captions)")
+    p.add_argument("--prefer", choices=["helpful", "safer"],
+                   help="beavertails-v / pku-saferlhf: preference that orders chosen/rejected (default helpful)")
+    p.add_argument("--split", help="split to read (a file-name prefix, or a DatasetDict split for trl)")
+    p.add_argument("--turns", choices=["first", "all"], help="llava-conversations: first turn or every turn")
+    p.add_argument("--max-pixels", type=int, help="refuse larger images (0 = no limit; default: PIL's limit)")
+    p.add_argument("--lenient", action="store_true", help="skip bad rows (counted and listed) instead of failing")
+    p.set_defaults(func=cmd_import)
+
+    build = dsub.add_parser("build", help="build preference pairs (corrections, ai-feedback, safety-pairs)")
+    bsub = build.add_subparsers(dest="build_command", metavar="BUILDER")
+    build.set_defaults(func=_help(build))
+
+    p = bsub.add_parser("corrections", help="answers + human corrections → pairs with corrected spans",
+                        description="Rows with original, corrected, question/prompt and image/images "
+                        "(JSON, JSON Lines or parquet) become chosen = corrected, rejected = original, with "
+                        "RLHF-V corrected spans on both sides.")
+    p.add_argument("input", help="file of corrections")
+    p.add_argument("--out", required=True, help="output dataset folder")
+    p.add_argument("--images", help="image folder (default: the input file's folder)")
+    p.add_argument("--min-match", type=int, default=3, help="shortest matching block kept by the diff (default 3)")
+    p.add_argument("--lenient", action="store_true", help="skip bad rows instead of failing")
+    p.set_defaults(func=cmd_build_corrections)
+
+    p = bsub.add_parser("ai-feedback", help="RLAIF-V divide-and-conquer pairs from a policy and a judge",
+                        description="Sample responses per prompt, split them into claims, ask a judge VLM "
+                        "yes/no per claim (P(yes) > P(no)), score = -(failed claims), pair with a gap >= 1, "
+                        "at most 2 pairs per prompt, balancing lengths. An endpoint's API key is read only "
+                        "from the environment variable named by --api-key-env.")
+    p.add_argument("--prompts", required=True,
+                   help="prompt set or dataset folder, LLaVA conversation JSON, or JSON(L)/parquet with image + question")
+    p.add_argument("--policy", required=True, help="policy model: folder, card name or hub id")
+    p.add_argument("--out", required=True, help="output dataset folder")
+    p.add_argument("--judge", help="local judge model (folder, card name or hub id)")
+    p.add_argument("--judge-url", help="OpenAI-compatible endpoint base URL, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--judge-model", help="model name to request from the endpoint")
+    p.add_argument("--api-key-env", help="environment variable holding the endpoint's API key (default OPENAI_API_KEY)")
+    p.add_argument("--splitter", choices=["sentence", "judge"], default="sentence",
+                   help="claim splitting: rule-based sentences (default) or ask the judge")
+    p.add_argument("--config", help="YAML with AIFeedbackConfig fields and an optional judge_endpoint mapping")
+    p.add_argument("--samples", type=int, help="responses sampled per prompt (default 10)")
+    p.add_argument("--temperature", type=float, help="sampling temperature (default 0.7)")
+    p.add_argument("--max-new-tokens", type=int, help="longest sampled response (default 256)")
+    p.add_argument("--min-gap", type=float, help="smallest score gap for a pair (default 1)")
+    p.add_argument("--max-pairs", type=int, help="pairs per prompt at most (default 2)")
+    p.add_argument("--no-length-balance", action="store_true", help="do not balance chosen/rejected lengths")
+    p.add_argument("--prompts-per-batch", type=int, help="prompts per generate call (default 4)")
+    p.add_argument("--seed", type=int, help="sampling seed (default 0)")
+    p.add_argument("--images", help="image folder for file prompt sources")
+    p.add_argument("--lenient", action="store_true", help="skip bad prompt rows instead of failing")
+    _model_options(p)
+    p.set_defaults(func=cmd_build_ai_feedback)
+
+    p = bsub.add_parser("safety-pairs", help="order dual-preference pairs for the reward or the cost model",
+                        description="From a dual-preference dataset (e.g. imported beavertails-v), write pairs "
+                        "with chosen = more helpful (--by helpful, reward model) or chosen = safer "
+                        "(--by safer, cost model); per-response labels follow their response.")
+    p.add_argument("input", help="dual-preference dataset folder")
+    p.add_argument("--by", required=True, choices=["helpful", "safer"])
+    p.add_argument("--out", required=True, help="output dataset folder")
+    p.add_argument("--split", help="split, if the folder holds several")
+    p.add_argument("--lenient", action="store_true", help="skip rows without the needed label")
+    p.set_defaults(func=cmd_build_safety_pairs)
+
+    p = dsub.add_parser("validate", help="check every row of a dataset folder against the canonical schema",
+                        description="Check every row (types, spans, labels, images fully decoded) and list "
+                        "errors naming the row and field. Exit code 1 if any row is invalid.")
+    p.add_argument("path", help="dataset folder")
+    p.add_argument("--split", help="split, if the folder holds several")
+    p.add_argument("--no-image-check", action="store_true", help="skip full image decoding (faster)")
+    p.add_argument("--max-errors", type=int, default=20, help="errors to list (default 20)")
+    p.set_defaults(func=cmd_validate)
+
+    p = dsub.add_parser("inspect", help="show rows with corrected spans highlighted",
+                        description="Print rows readably: corrected spans coloured in a terminal (or "
+                        "[[bracketed]] without colour); --html writes a preview page with images.")
+    p.add_argument("path", help="dataset folder")
+    p.add_argument("--start", type=int, default=0, help="first row (default 0)")
+    p.add_argument("--rows", type=int, default=5, help="number of rows (default 5)")
+    p.add_argument("--color", choices=["auto", "always", "never"], default="auto")
+    p.add_argument("--diff", action="store_true", help="also mark word-level differences between the responses")
+    p.add_argument("--html", help="also write an HTML preview with image thumbnails to this file")
+    p.set_defaults(func=cmd_inspect)
