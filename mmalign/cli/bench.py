@@ -163,7 +163,8 @@ def cmd_mmhal(args: argparse.Namespace) -> int:
         judge: Any = HTTPJudge(HTTPJudgeConfig(base_url=args.judge_url, model=args.judge_model,
                                                api_key_env=args.judge_key_env))
     else:
-        judge = AdapterJudge(_load_model(args.judge_local, args), name=f"local:{Path(args.judge_local).name}")
+        judge = AdapterJudge(_load_model(args.judge_local, args), name=f"local:{Path(args.judge_local).name}",
+                             max_new_tokens=args.judge_max_new_tokens)
     template = Path(args.judge_template).read_text(encoding="utf-8") if args.judge_template else JUDGE_TEMPLATE
     config = MMHalConfig(template=args.template, image_dir=args.images, judge=judge, judge_template=template)
     return _run(MMHalBenchmark(config), args)
@@ -260,6 +261,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     judge.add_argument("--judge-local", help="checkpoint of a local model to judge with")
     p.add_argument("--judge-model", help="model name sent to the endpoint")
     p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    p.add_argument("--judge-max-new-tokens", type=int, default=512, help="judgement length for --judge-local")
     p.add_argument("--judge-template", help="file with another judge prompt template")
     _add_source(p)
     p.set_defaults(func=_guarded(cmd_mmhal))

@@ -1,0 +1,203 @@
+"""Correctional feedback in the scene world: the world is the annotator.
+
+RLHF-V collects fine-grained human corrections of a model's own answers. Here the scene's
+annotations play the human: a model describes held-out scenes and answers existence
+questions; every object it names that is not in the scene is corrected (replaced by an
+object that is there but was not mentioned, or its clause removed), wrong colours are
+fixed, and wrong yes/no answers are flipped. Each (original, corrected) pair becomes a
+canonical preference record with RLHF-V corrected-segment spans, ready for Dense DPO.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmalign.data_builders.corrections import correction_record
+from mmalign.data_builders.scene_world import (
+    CATEGORY_SPECS,
+    COLORS,
+    TEMPLATES,
+    Scene,
+    WorldConfig,
+    absent_partners,
+    render,
+    scene_at,
+)
+
+TOKEN = re.compile(r"\w+|[^\w\s]")
+CLAUSE_BREAKS = {",", "and", "."}
+LEADS = {"shows", "is", "are", "with", "see", "contains", "has", "of"}
+DESCRIBE_PROMPT = "Describe the image."
+
+
+def _noun_forms() -> dict[str, tuple[str, bool]]:
+    forms: dict[str, tuple[str, bool]] = {}
+    for name, spec in CATEGORY_SPECS.items():
+        forms[name] = (name, False)
+        forms.setdefault(spec.plural, (name, True))
+    return forms
+
+
+NOUNS = _noun_forms()
+
+
+@dataclass
+class CaptionCorrection:
+    corrected: str
+    hallucinated: list[str] = field(default_factory=list)  # absent categories the caption named
+    recolored: list[str] = field(default_factory=list)  # present categories given a wrong colour
+
+
+def _tokens(text: str) -> list[tuple[str, int, int]]:
+    return [(m.group().lower(), m.start(), m.end()) for m in TOKEN.finditer(text)]
+
+
+def _apply(text: str, edits: list[tuple[int, int, str]]) -> str:
+    for start, end, new in sorted(edits, reverse=True):
+        text = text[:start] + new + text[end:]
+    return re.sub(r"\s+([,.])", r" \1", re.sub(r"\s{2,}", " ", text)).strip()
+
+
+def _clause(tokens: list[tuple[str, int, int]], i: int) -> tuple[int, int]:
+    """Character range of the clause around token ``i``, with one adjoining delimiter."""
+    lo = i
+    while lo > 0 and tokens[lo - 1][0] not in CLAUSE_BREAKS | LEADS:
+        lo -= 1
+    hi = i
+    while hi + 1 < len(tokens) and tokens[hi + 1][0] not in CLAUSE_BREAKS:
+        hi += 1
+    if lo > 0 and tokens[lo - 1][0] in (",", "and"):
+        return tokens[lo - 1][1], tokens[hi][2]  # drop the delimiter before the clause
+    if hi + 1 < len(tokens) and tokens[hi + 1][0] in (",", "and"):
+        return tokens[lo][1], tokens[hi + 1][2]  # first clause: drop the delimiter after it
+    return tokens[lo][1], tokens[hi][2]
+
+
+def correct_caption(caption: str, scene: Scene) -> CaptionCorrection:
+    """Fix the objects and colours of a description against the scene's annotations."""
+    tokens = _tokens(caption)
+    mentioned = {NOUNS[t][0] for t, _, _ in tokens if t in NOUNS}
+    present = scene.categories
+    spare = [c for c in present if c not in mentioned]
+    result = CaptionCorrection(corrected=caption)
+    edits: list[tuple[int, int, str]] = []
+    for i, (word, start, end) in enumerate(tokens):
+        if word not in NOUNS:
+            continue
+        category, plural = NOUNS[word]
+        if category not in present:
+            result.hallucinated.append(category)
+            if spare:
+                new = spare.pop(0)
+                edits.append((start, end, CATEGORY_SPECS[new].plural if plural else new))
+                category = new
+            else:
+                lo, hi = _clause(tokens, i)
+                if not any(lo <= s < hi for s, _, _ in edits):
+                    edits.append((lo, hi, ""))
+                continue
+        colours = {o.color for o in scene.instances(category)}
+        for j in range(max(0, i - 2), i):
+            adjective, a_start, a_end = tokens[j]
+            if adjective in COLORS and adjective not in colours:
+                result.recolored.append(category)
+                edits.append((a_start, a_end, scene.instances(category)[0].color))
+    # a deleted clause swallows any edit inside it
+    deletions = [(s, e) for s, e, new in edits if new == ""]
+    edits = [(s, e, n) for s, e, n in edits if n == "" or not any(ds <= s < de for ds, de in deletions)]
+    result.corrected = _apply(caption, edits) if edits else caption
+    return result
+
+
+def existence_questions(scene: Scene, config: WorldConfig, rng: random.Random) -> list[tuple[str, str]]:
+    """Balanced yes/no questions: absent co-occurring partners (the hallucination trap), one
+    random absent object, and as many present objects."""
+    absent = absent_partners(scene, config)
+    others = [c for c in config.categories if c not in scene.categories and c not in absent]
+    if others:
+        absent = absent + [rng.choice(others)]
+    present = rng.sample(scene.categories, min(len(absent), len(scene.categories)))
+    return [(c, "no") for c in absent] + [(c, "yes") for c in present]
+
+
+def _first_word(text: str) -> str:
+    words = TOKEN.findall(text.lower())
+    return words[0] if words else ""
+
+
+@dataclass
+class FeedbackStats:
+    scenes: int = 0
+    captions: int = 0
+    captions_with_hallucination: int = 0
+    hallucinated_objects: int = 0
+    questions: int = 0
+    wrong_answers: int = 0
+    records: int = 0
+
+
+def scene_feedback_records(
+    adapter,
+    config: WorldConfig,
+    n_scenes: int,
+    *,
+    split: str = "eval",
+    start: int = 100_001,
+    seed: int = 0,
+    batch_size: int = 32,
+    max_new_tokens: int = 48,
+    include_correct_answers: bool = True,
+) -> tuple[list[dict[str, Any]], FeedbackStats]:
+    """Generate with ``adapter`` on scenes ``start..start+n-1`` of ``split`` and correct it.
+
+    Scenes are taken far from the benchmark scenes (which start at 1) so feedback and
+    evaluation never share an image. Existence answers the model gets right are paired
+    with the flipped answer when ``include_correct_answers`` (keeping yes/no balanced,
+    which plain DPO on unbalanced yes/no pairs needs to avoid collapsing to one answer).
+    """
+    rng = random.Random(f"scene-feedback-{seed}")
+    scenes = [scene_at(config, start + i, split) for i in range(n_scenes)]
+    stats = FeedbackStats(scenes=n_scenes)
+    records: list[dict[str, Any]] = []
+    short = TEMPLATES["short_answer"]
+    for lo in range(0, n_scenes, batch_size):
+        chunk = scenes[lo : lo + batch_size]
+        images = [render(s) for s in chunk]
+        captions = adapter.generate(images, [DESCRIBE_PROMPT] * len(chunk), max_new_tokens=max_new_tokens)
+        questions = [(k, q) for k, s in enumerate(chunk) for q in existence_questions(s, config, rng)]
+        prompts = [f"Is there a {c} in the image? {short}" for _, (c, _) in questions]
+        answers = adapter.generate([images[k] for k, _ in questions], prompts, max_new_tokens=3) if questions else []
+        for scene, image, caption in zip(chunk, images, captions):
+            stats.captions += 1
+            fix = correct_caption(caption, scene)
+            if fix.hallucinated:
+                stats.captions_with_hallucination += 1
+                stats.hallucinated_objects += len(fix.hallucinated)
+            if fix.corrected != caption:
+                records.append(correction_record(
+                    caption, fix.corrected, prompt=DESCRIBE_PROMPT, images=[image], source="scene-world/caption",
+                    meta={"scene": scene.id, "hallucinated": fix.hallucinated, "recolored": fix.recolored},
+                ))
+        for (k, (category, truth)), prompt, answer in zip(questions, prompts, answers):
+            stats.questions += 1
+            said = _first_word(answer)
+            wrong = said != truth
+            stats.wrong_answers += wrong
+            if wrong or include_correct_answers:
+                rejected = answer.strip() if wrong and said in ("yes", "no") else ("No" if truth == "yes" else "Yes")
+                records.append(correction_record(
+                    rejected, truth.capitalize(), prompt=prompt, images=[images[k]], source="scene-world/existence",
+                    meta={"scene": chunk[k].id, "object": category, "model_wrong": wrong},
+                ))
+    stats.records = len(records)
+    return records, stats
+
+
+def caption_hallucination_rate(captions: Sequence[str], scenes: Sequence[Scene]) -> float:
+    """Share of captions naming at least one absent object (CHAIR_s in the world's terms)."""
+    bad = sum(bool(correct_caption(c, s).hallucinated) for c, s in zip(captions, scenes))
+    return bad / max(len(captions), 1)

@@ -1,0 +1,61 @@
+"""The world as annotator: corrections of descriptions and answers against ground truth."""
+
+import random
+
+from mmalign.data_builders.corrections import correction_spans
+from mmalign.data_builders.scene_feedback import correct_caption, existence_questions
+from mmalign.data_builders.scene_world import Scene, SceneObject, WorldConfig
+
+
+def scene(*objects):
+    objs = tuple(SceneObject(c, color, "small", (0, 0, 8, 8), cell) for cell, (c, color) in enumerate(objects))
+    return Scene(id="t-1", image_id=1, split="eval", seed=0, image_size=64, background="white",
+                 objects=objs, hazards=())
+
+
+CUP_TABLE = scene(("cup", "blue"), ("ball", "red"))
+
+
+def test_absent_object_replaced_by_an_unmentioned_present_one():
+    text = "the image shows a small blue cup on the left and a large red table on the right ."
+    fix = correct_caption(text, CUP_TABLE)
+    assert fix.hallucinated == ["table"]
+    assert fix.corrected == "the image shows a small blue cup on the left and a large red ball on the right ."
+    spans = correction_spans(text, fix.corrected)
+    assert [text[a:b] for a, b in spans.rejected] == ["table"]
+    assert [fix.corrected[a:b] for a, b in spans.chosen] == ["ball"]
+
+
+def test_clause_removed_when_nothing_is_left_to_name():
+    text = "the image shows a blue cup , a red ball and a small table on the right ."
+    fix = correct_caption(text, CUP_TABLE)
+    assert fix.hallucinated == ["table"]
+    assert fix.corrected == "the image shows a blue cup , a red ball ."
+    # RLHF-V drops matching blocks under 3 tokens, so the final "." joins the edit, which
+    # becomes a replacement of the whole removed clause
+    spans = correction_spans(text, fix.corrected)
+    assert [text[a:b] for a, b in spans.rejected] == ["and a small table on the right ."]
+
+
+def test_first_clause_removal_and_plurals():
+    text = "the image shows two tables , a blue cup and a red ball ."
+    fix = correct_caption(text, CUP_TABLE)
+    assert fix.corrected == "the image shows a blue cup and a red ball ."
+    fix = correct_caption("there are two tables and a blue cup .", CUP_TABLE)
+    assert fix.corrected == "there are two balls and a blue cup ."
+
+
+def test_wrong_colour_of_a_present_object_is_fixed():
+    fix = correct_caption("a green cup and a red ball .", CUP_TABLE)
+    assert fix.corrected == "a blue cup and a red ball ." and fix.recolored == ["cup"] and not fix.hallucinated
+    assert correct_caption("a blue cup and a red ball .", CUP_TABLE).corrected == "a blue cup and a red ball ."
+
+
+def test_existence_questions_target_missing_partners_and_stay_balanced():
+    config = WorldConfig()
+    questions = existence_questions(CUP_TABLE, config, random.Random(0))
+    absent = [c for c, a in questions if a == "no"]
+    present = [c for c, a in questions if a == "yes"]
+    assert "table" in absent  # cup's usual partner is missing: the hallucination trap
+    assert set(present) <= {"cup", "ball"} and len(present) == min(len(absent), 2)
+    assert not set(absent) & {"cup", "ball"}
