@@ -28,6 +28,7 @@ from mmalign.dpo.config import DPOConfig
 from mmalign.dpo.prefix import shared_prefix_logprobs
 from mmalign.losses.dpo import dpo_loss, dynamic_beta, sequence_logps, sft_term
 from mmalign.models.base import EncodedBatch, VLMAdapter
+from mmalign.training import LossOnlyEvaluation, train_and_save
 
 
 def split_pair(inputs: dict[str, torch.Tensor], adapter: VLMAdapter) -> tuple[EncodedBatch, EncodedBatch]:
@@ -75,7 +76,7 @@ def repeat_features(features: dict[str, Any] | None, times: int = 2) -> dict[str
     return {"image": BaseModelOutputWithPooling(pooler_output=list(features["image"].pooler_output) * times)}
 
 
-class DPOTrainer(Trainer):
+class DPOTrainer(LossOnlyEvaluation, Trainer):
     """Preference optimisation on an adapter; the reference is the base with LoRA off by default."""
 
     def __init__(
@@ -201,11 +202,6 @@ class DPOTrainer(Trainer):
             logs["truncation/prompts_shortened"] = self.collator.stats.prompts_shortened
         super().log(logs, start_time)
 
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
 
 
 
@@ -215,10 +211,7 @@ def run_dpo(model_config, args: DPOConfig) -> Path:
     Checkpoints go to ``args.output_dir/checkpoint-*``; the final adapter and processor
     are written atomically to ``args.output_dir/final`` with the resolved config.
     """
-    from datasets import load_from_disk
-
-    from mmalign.config_io import write_resolved_config
-    from mmalign.io import atomic_dir
+    from mmalign.data_builders.storage import load_preference_dataset
     from mmalign.models import load_adapter
 
     if not args.dataset_path:
@@ -229,13 +222,7 @@ def run_dpo(model_config, args: DPOConfig) -> Path:
         reference = load_adapter(args.reference_model_path, dtype=model_config.dtype,
                                  quantization=model_config.quantization())
         reference.model.eval()
-    train = load_from_disk(args.dataset_path)
-    evaluation = load_from_disk(args.eval_dataset_path) if args.eval_dataset_path else None
-    out = Path(args.output_dir)
-    write_resolved_config(out / "mmalign_config.yaml", model_config, args)
+    train = load_preference_dataset(args.dataset_path)
+    evaluation = load_preference_dataset(args.eval_dataset_path) if args.eval_dataset_path else None
     trainer = DPOTrainer(adapter, args, train_dataset=train, eval_dataset=evaluation, reference=reference)
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    with atomic_dir(out / "final") as tmp:
-        trainer.save_model(str(tmp))
-        write_resolved_config(tmp / "mmalign_config.yaml", model_config, args)
-    return out / "final"
+    return train_and_save(trainer, model_config, args)

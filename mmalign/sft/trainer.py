@@ -11,6 +11,7 @@ from transformers import Trainer
 from mmalign.models.base import EncodedBatch, VLMAdapter
 from mmalign.sft.collator import SFTCollator
 from mmalign.sft.config import SFTConfig
+from mmalign.training import LossOnlyEvaluation, train_and_save
 
 
 def sft_loss(logps: torch.Tensor, mask: torch.Tensor, num_items: int | torch.Tensor | None = None) -> torch.Tensor:
@@ -24,7 +25,7 @@ def sft_loss(logps: torch.Tensor, mask: torch.Tensor, num_items: int | torch.Ten
     return total / (num_items if num_items is not None else mask.sum().clamp(min=1))
 
 
-class SFTTrainer(Trainer):
+class SFTTrainer(LossOnlyEvaluation, Trainer):
     """Trains ``adapter.model`` (LoRA adapters, or the weights themselves) on conversations.
 
     The loss only projects hidden states of positions that predict assistant tokens to
@@ -46,11 +47,6 @@ class SFTTrainer(Trainer):
         loss = sft_loss(logps, mask, num_items_in_batch)
         return (loss, {"logps": logps}) if return_outputs else loss
 
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
 
 
 def run_sft(model_config, args: SFTConfig) -> Path:
@@ -60,20 +56,12 @@ def run_sft(model_config, args: SFTConfig) -> Path:
     ``resume_from_checkpoint``); the final adapter (or full model) and processor are
     written atomically to ``args.output_dir/final`` with the resolved config beside them.
     """
-    from mmalign.config_io import write_resolved_config
     from mmalign.data_builders.sft import load_sft_dataset
-    from mmalign.io import atomic_dir
 
     if not args.dataset_path:
         raise ValueError("dataset_path is required")
     adapter = model_config.load(gradient_checkpointing=bool(args.gradient_checkpointing))
     train = load_sft_dataset(args.dataset_path, args.image_folder)
     evaluation = load_sft_dataset(args.eval_dataset_path, args.image_folder) if args.eval_dataset_path else None
-    out = Path(args.output_dir)
-    write_resolved_config(out / "mmalign_config.yaml", model_config, args)
     trainer = SFTTrainer(adapter, args, train_dataset=train, eval_dataset=evaluation)
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    with atomic_dir(out / "final") as tmp:
-        trainer.save_model(str(tmp))
-        write_resolved_config(tmp / "mmalign_config.yaml", model_config, args)
-    return out / "final"
+    return train_and_save(trainer, model_config, args)
