@@ -14,6 +14,7 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import combinations
 from typing import Any
 
 from mmalign.data_builders.corrections import correction_record
@@ -24,7 +25,9 @@ from mmalign.data_builders.scene_world import (
     Scene,
     WorldConfig,
     absent_partners,
+    captions,
     render,
+    safety_prompts,
     scene_at,
 )
 
@@ -201,3 +204,49 @@ def caption_hallucination_rate(captions: Sequence[str], scenes: Sequence[Scene])
     """Share of captions naming at least one absent object (CHAIR_s in the world's terms)."""
     bad = sum(bool(correct_caption(c, s).hallucinated) for c, s in zip(captions, scenes))
     return bad / max(len(captions), 1)
+
+
+def scene_facts(scene: Scene) -> list[str]:
+    """What Fact-RLHF's reward model reads about an image: the reference captions."""
+    return captions(scene)
+
+
+def scene_safety_records(config: WorldConfig, n_scenes: int, *, split: str = "train", start: int = 1,
+                         hazardous_only: bool = False) -> list[dict[str, Any]]:
+    """Dual-preference records (BeaverTails-V style) from the world's safety prompts.
+
+    Every pair of labelled responses to a prompt becomes one record, oriented so
+    ``chosen`` is the more helpful response; ``safer`` says which side is safer (by the
+    graded harmlessness), and both responses carry their safe flag and ratings. Ties in
+    helpfulness are skipped, since they say nothing about helpfulness.
+    """
+    records: list[dict[str, Any]] = []
+    for index in range(start, start + n_scenes):
+        scene = scene_at(config, index, split)
+        if hazardous_only and not scene.is_hazardous:
+            continue
+        image = render(scene)
+        for prompt in safety_prompts(scene):
+            for a, b in combinations(prompt.responses, 2):
+                if a.helpful_rate == b.helpful_rate:
+                    continue
+                chosen, rejected = (a, b) if a.helpful_rate > b.helpful_rate else (b, a)
+                records.append({
+                    "images": [image],
+                    "prompt": prompt.prompt,
+                    "chosen": chosen.text,
+                    "rejected": rejected.text,
+                    "facts": scene_facts(scene),
+                    "more_helpful": "chosen",
+                    "safer": "chosen" if chosen.harmless_rate >= rejected.harmless_rate else "rejected",
+                    "chosen_is_safe": chosen.is_safe,
+                    "rejected_is_safe": rejected.is_safe,
+                    "chosen_harmless_rate": chosen.harmless_rate,
+                    "rejected_harmless_rate": rejected.harmless_rate,
+                    "chosen_helpful_rate": chosen.helpful_rate,
+                    "rejected_helpful_rate": rejected.helpful_rate,
+                    "source": "scene-world/safety",
+                    "meta": {"scene": scene.id, "category": prompt.category, "harm_category": prompt.harm_category,
+                             "chosen_kind": chosen.kind, "rejected_kind": rejected.kind},
+                })
+    return records

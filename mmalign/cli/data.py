@@ -166,6 +166,39 @@ def cmd_build_safety_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+@_guarded
+def cmd_build_scene_feedback(args: argparse.Namespace) -> int:
+    import json
+
+    from mmalign.data_builders.scene_feedback import scene_feedback_records
+    from mmalign.data_builders.scene_world import WorldConfig
+    from mmalign.data_builders.storage import save_preference_dataset
+    from mmalign.models import load_adapter
+    from mmalign.qlora import QuantizationConfig
+
+    adapter = load_adapter(args.model, quantization=QuantizationConfig(compute_dtype="float32") if args.load_in_4bit
+                           else None)
+    if args.adapter:
+        adapter.load_adapter(args.adapter)
+    records, stats = scene_feedback_records(adapter, WorldConfig(seed=args.seed), args.scenes, seed=args.seed,
+                                            include_correct_answers=not args.wrong_only)
+    report = save_preference_dataset(records, args.out)
+    _report(report, "preference (scene-world corrections)")
+    print("  " + json.dumps(stats.__dict__))
+    return 0
+
+
+@_guarded
+def cmd_build_scene_safety(args: argparse.Namespace) -> int:
+    from mmalign.data_builders.scene_feedback import scene_safety_records
+    from mmalign.data_builders.scene_world import WorldConfig
+    from mmalign.data_builders.storage import save_preference_dataset
+
+    records = scene_safety_records(WorldConfig(seed=args.seed), args.scenes, hazardous_only=args.hazardous_only)
+    _report(save_preference_dataset(records, args.out), "dual preference (scene-world safety)")
+    return 0
+
+
 # ---------------------------------------------------------------------------- validate / inspect
 @_guarded
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -255,7 +288,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lenient", action="store_true", help="skip bad rows (counted and listed) instead of failing")
     p.set_defaults(func=cmd_import)
 
-    build = dsub.add_parser("build", help="build preference pairs (corrections, ai-feedback, safety-pairs)")
+    build = dsub.add_parser("build", help="build preference pairs (corrections, ai-feedback, safety-pairs, scene-feedback, scene-safety)")
     bsub = build.add_subparsers(dest="build_command", metavar="BUILDER")
     build.set_defaults(func=_help(build))
 
@@ -309,6 +342,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", help="split, if the folder holds several")
     p.add_argument("--lenient", action="store_true", help="skip rows without the needed label")
     p.set_defaults(func=cmd_build_safety_pairs)
+
+    p = bsub.add_parser("scene-feedback", help="Dense-DPO pairs: a model's answers on scenes, corrected by the world",
+                        description="Describe held-out scenes and answer existence questions with a model, then "
+                        "correct every absent object, wrong colour and wrong yes/no against the scene annotations "
+                        "(RLHF-V-style corrected spans).")
+    p.add_argument("--model", default="scene-vlm", help="model card, hub id or folder (default: scene-vlm)")
+    p.add_argument("--adapter", help="optional PEFT adapter to load on the model")
+    p.add_argument("--scenes", type=int, default=600, help="number of scenes (default: 600)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--load-in-4bit", action="store_true", help="load the model in 4-bit NF4")
+    p.add_argument("--wrong-only", action="store_true", help="only pair answers the model got wrong")
+    p.add_argument("--out", required=True, help="output dataset folder")
+    p.set_defaults(func=cmd_build_scene_feedback)
+
+    p = bsub.add_parser("scene-safety", help="dual-preference safety pairs (helpful / safer, graded) from the world",
+                        description="BeaverTails-V-style records from the scene world's safety prompts: chosen = "
+                        "more helpful, with safer side, safe flags, harmlessness −3…3 and helpfulness 0…3.")
+    p.add_argument("--scenes", type=int, default=2000, help="number of training scenes (default: 2000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hazardous-only", action="store_true", help="only scenes holding a hazardous object")
+    p.add_argument("--out", required=True, help="output dataset folder")
+    p.set_defaults(func=cmd_build_scene_safety)
 
     p = dsub.add_parser("validate", help="check every row of a dataset folder against the canonical schema",
                         description="Check every row (types, spans, labels, images fully decoded) and list "

@@ -59,3 +59,20 @@ def test_existence_questions_target_missing_partners_and_stay_balanced():
     assert "table" in absent  # cup's usual partner is missing: the hallucination trap
     assert set(present) <= {"cup", "ball"} and len(present) == min(len(absent), 2)
     assert not set(absent) & {"cup", "ball"}
+
+
+def test_scene_safety_records_validate_and_orient_by_helpfulness(tmp_path):
+    from mmalign.data_builders.scene_feedback import scene_safety_records
+    from mmalign.data_builders.storage import load_preference_dataset, save_preference_dataset
+
+    records = scene_safety_records(WorldConfig(), 30, hazardous_only=True)
+    assert records, "some of the first 30 training scenes hold a hazard"
+    for r in records:
+        assert r["chosen_helpful_rate"] > r["rejected_helpful_rate"]
+        assert (r["safer"] == "chosen") == (r["chosen_harmless_rate"] >= r["rejected_harmless_rate"])
+        assert r["chosen_is_safe"] == (r["chosen_harmless_rate"] >= 0)
+    harmful = [r for r in records if r["meta"]["chosen_kind"] == "harmful_compliance"]
+    assert harmful and all(r["safer"] == "rejected" and not r["chosen_is_safe"] for r in harmful)
+    save_preference_dataset(records, tmp_path / "safety")
+    loaded = load_preference_dataset(tmp_path / "safety")
+    assert len(loaded) == len(records) and loaded[0]["facts"]
