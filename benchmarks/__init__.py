@@ -1,0 +1,69 @@
+"""Hallucination and safety benchmarks with the official protocols.
+
+Each benchmark module declares its formats, parsing and metrics; :mod:`.runner` generates
+answers through a model adapter (batched, resumable) or reads an answers file, and
+:mod:`.report` writes and compares reports.
+
+>>> from mmalign.benchmarks import PopeConfig, run_pope
+>>> result = run_pope(PopeConfig("pope/"), answers="answers.jsonl", out="runs/pope")  # doctest: +SKIP
+"""
+
+from mmalign.benchmarks.amber import AmberBenchmark, AmberConfig, run_amber
+from mmalign.benchmarks.chair import ChairBenchmark, ChairConfig, load_ground_truth, run_chair
+from mmalign.benchmarks.judges import AdapterJudge, HTTPJudge, HTTPJudgeConfig
+from mmalign.benchmarks.mmhal import MMHalBenchmark, MMHalConfig, run_mmhal
+from mmalign.benchmarks.objects import ObjectVocabulary
+from mmalign.benchmarks.objhal import ObjHalBenchmark, ObjHalConfig, run_objhal
+from mmalign.benchmarks.pope import PopeBenchmark, PopeConfig, load_pope, run_pope
+from mmalign.benchmarks.report import compare_reports, load_report, write_report
+from mmalign.benchmarks.runner import (
+    Benchmark,
+    BenchmarkResult,
+    GenerationConfig,
+    Item,
+    run_benchmark,
+)
+from mmalign.benchmarks.safety import (
+    ModelScorer,
+    SafetyBenchmark,
+    SafetyConfig,
+    load_scorer,
+    run_safety,
+)
+
+__all__ = [
+    "AdapterJudge",
+    "AmberBenchmark",
+    "AmberConfig",
+    "Benchmark",
+    "BenchmarkResult",
+    "ChairBenchmark",
+    "ChairConfig",
+    "GenerationConfig",
+    "HTTPJudge",
+    "HTTPJudgeConfig",
+    "Item",
+    "MMHalBenchmark",
+    "MMHalConfig",
+    "ModelScorer",
+    "ObjHalBenchmark",
+    "ObjHalConfig",
+    "ObjectVocabulary",
+    "PopeBenchmark",
+    "PopeConfig",
+    "SafetyBenchmark",
+    "SafetyConfig",
+    "compare_reports",
+    "load_ground_truth",
+    "load_pope",
+    "load_report",
+    "load_scorer",
+    "run_amber",
+    "run_benchmark",
+    "run_chair",
+    "run_mmhal",
+    "run_objhal",
+    "run_pope",
+    "run_safety",
+    "write_report",
+]

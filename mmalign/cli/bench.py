@@ -178,7 +178,10 @@ def cmd_safety(args: argparse.Namespace) -> int:
     base = args.scorer_base or args.model
     if base is None:
         raise ValueError("--scorer-base is needed with --answers: the base checkpoint the scoring heads sit on")
-    kwargs = dict(dtype=args.dtype, device_map=args.device_map)
+    from mmalign.qlora import QuantizationConfig
+
+    quantization = QuantizationConfig(compute_dtype=args.dtype) if args.load_4bit else None
+    kwargs = dict(dtype=args.dtype, device_map=args.device_map, quantization=quantization)
     config = SafetyConfig(
         questions=args.questions, image_dir=args.images,
         cost_scorer=load_scorer(args.cost_model, base, **kwargs) if args.cost_model else None,
@@ -193,7 +196,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     summary = compare_reports(args.runs, args.out, labels=args.labels)
     for benchmark, entry in summary.items():
-        note = f"  (protocols differ: {', '.join(entry['protocol_differences'])})" if entry["protocol_differences"] else ""
+        differing = entry["protocol_differences"]
+        note = f"  (protocols differ: {', '.join(differing)})" if differing else ""
         print(f"{benchmark}: {len(entry['runs'])} runs{note}")
     print(f"\nwrote {Path(args.out) / 'comparison.md'}, comparison.json and comparison.png")
     return 0
@@ -210,7 +214,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     bsub = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK")
 
     p = bsub.add_parser("pope", help="POPE yes/no object existence", epilog=EPILOG,
-                        description="POPE: per-split accuracy, precision, recall, F1 and yes-ratio; headline = mean F1.")
+                        description="POPE: per-split accuracy, precision, recall, F1 and yes-ratio; "
+                        "headline = mean F1.")
     p.add_argument("--questions", nargs="+", required=True,
                    help="folder of coco_pope_{random,popular,adversarial}.json files, one file, or SPLIT=FILE pairs")
     p.add_argument("--images", help="image folder (needed with --model)")
@@ -221,7 +226,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_guarded(cmd_pope))
 
     p = bsub.add_parser("chair", help="CHAIR caption hallucination", epilog=EPILOG,
-                        description="CHAIR_s, CHAIR_i, recall and length of image captions against COCO-style ground truth.")
+                        description="CHAIR_s, CHAIR_i, recall and length of image captions against "
+                        "COCO-style ground truth.")
     _add_ground_truth(p)
     p.add_argument("--images", help="image folder (needed with --model)")
     p.add_argument("--image-ids", nargs="+", help="caption exactly these images")
@@ -241,7 +247,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = bsub.add_parser("amber", help="AMBER generative + discriminative", epilog=EPILOG,
                         description="AMBER CHAIR, Cover, Hal, Cog; accuracy and F1 with 'No' as positive; AMBER score.")
-    p.add_argument("--data", required=True, help="folder with query_all.json, annotations.json, relation.json, safe_words.txt")
+    p.add_argument("--data", required=True,
+                   help="folder with query_all.json, annotations.json, relation.json, safe_words.txt")
     p.add_argument("--query-file", help="another query file (e.g. query_generative.json)")
     p.add_argument("--images", help="image folder (needed with --model)")
     p.add_argument("--kinds", default="all",
@@ -253,7 +260,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_guarded(cmd_amber))
 
     p = bsub.add_parser("mmhal", help="MMHal-Bench with a judge", epilog=EPILOG,
-                        description="MMHal-Bench: a judge rates each answer 0-6; mean score, hallucination rate, per type.")
+                        description="MMHal-Bench: a judge rates each answer 0-6; mean score, hallucination "
+                        "rate, per type.")
     p.add_argument("--template", required=True, help="MMHal-Bench response_template.json")
     p.add_argument("--images", help="image folder (needed with --model)")
     judge = p.add_mutually_exclusive_group(required=True)

@@ -1,0 +1,311 @@
+"""Object vocabularies and the caption -> object-mention parser shared by CHAIR and Object HalBench.
+
+mmalign's COCO table below was written for the project: for each of the 80 COCO categories,
+the everyday English nouns (one or two words) that name it. It follows the structure CHAIR
+needs (category -> surface words, two-word phrases, the special rules) but it is not the
+official synonyms file, so numbers can differ slightly from published CHAIR figures; the
+report names the vocabulary used.
+
+Parsing a caption (``ObjectVocabulary.mentions``):
+
+1. tokenize and singularise every word (lowercase);
+2. merge two-word phrases left to right: every two-word synonym maps to itself (so "hot dog"
+   is not a dog and "teddy bear" not a bear), "baby"/"adult" + animal -> the animal (not a
+   person), "passenger jet"/"passenger train" -> jet/train, "bow tie" -> tie, "toilet seat"
+   -> toilet, and "home plate" / "train track" become non-objects (blocking "plate" and
+   "train");
+3. if "toilet" occurs, every "seat" is dropped (it is the toilet's seat, not a chair);
+4. keep the words in the vocabulary, each mapped to its category; duplicates are kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from mmalign.benchmarks.text import normalize_phrase, singularize, tokenize
+
+#: category -> words naming it (the category name itself is always included).
+COCO_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "person": (
+        "person", "people", "human", "man", "woman", "boy", "girl", "child", "kid", "baby",
+        "toddler", "infant", "adult", "teenager", "teen", "guy", "gentleman", "lady", "dude",
+        "player", "athlete", "skier", "snowboarder", "surfer", "skateboarder", "skater",
+        "rider", "biker", "cyclist", "bicyclist", "motorcyclist", "driver", "passenger",
+        "pedestrian", "walker", "jogger", "runner", "hiker", "tourist", "traveler", "shopper",
+        "customer", "vendor", "worker", "chef", "cook", "baker", "waiter", "waitress",
+        "officer", "policeman", "policewoman", "cop", "soldier", "pitcher", "batter",
+        "catcher", "umpire", "fielder", "referee", "spectator", "mother", "father", "mom",
+        "dad", "parent", "son", "daughter", "brother", "sister", "grandmother",
+        "grandfather", "bride", "groom", "student", "teacher", "doctor", "nurse", "farmer",
+        "fisherman", "cowboy", "businessman", "tennis player",
+    ),
+    "bicycle": ("bicycle", "bike", "cycle", "bmx"),
+    "car": (
+        "car", "automobile", "sedan", "suv", "van", "minivan", "taxi", "cab", "jeep", "coupe",
+        "hatchback", "limousine", "limo", "police car",
+    ),
+    "motorcycle": (
+        "motorcycle", "motorbike", "motor bike", "motor cycle", "scooter", "moped",
+        "dirt bike",
+    ),
+    "airplane": (
+        "airplane", "aeroplane", "plane", "jet", "airliner", "aircraft", "jetliner",
+        "air plane",
+    ),
+    "bus": ("bus", "minibus", "double decker", "school bus"),
+    "train": ("train", "locomotive", "tram", "streetcar", "subway"),
+    "truck": (
+        "truck", "pickup", "pickup truck", "lorry", "fire engine", "dump truck", "fire truck",
+    ),
+    "boat": (
+        "boat", "ship", "yacht", "sailboat", "canoe", "kayak", "ferry", "raft", "vessel",
+        "rowboat", "speedboat", "gondola", "barge", "catamaran", "tugboat",
+    ),
+    "traffic light": ("traffic light", "traffic signal", "stop light", "stoplight"),
+    "fire hydrant": ("fire hydrant", "hydrant"),
+    "stop sign": ("stop sign",),
+    "parking meter": ("parking meter",),
+    "bench": ("bench", "pew", "park bench"),
+    "bird": (
+        "bird", "pigeon", "dove", "seagull", "gull", "duck", "goose", "swan", "parrot",
+        "eagle", "hawk", "owl", "sparrow", "crow", "robin", "pelican", "flamingo", "hen",
+        "rooster", "penguin", "heron", "finch", "ostrich",
+    ),
+    "cat": ("cat", "kitten", "kitty"),
+    "dog": (
+        "dog", "puppy", "pup", "doggy", "hound", "terrier", "poodle", "retriever", "bulldog",
+        "collie", "beagle", "dachshund", "chihuahua", "spaniel", "corgi", "pug",
+    ),
+    "horse": ("horse", "pony", "foal", "colt", "stallion", "mare"),
+    "sheep": ("sheep", "lamb", "ram", "ewe"),
+    "cow": ("cow", "cattle", "bull", "calf", "ox", "heifer"),
+    "elephant": ("elephant",),
+    "bear": ("bear", "grizzly", "cub", "polar bear"),
+    "zebra": ("zebra",),
+    "giraffe": ("giraffe",),
+    "backpack": ("backpack", "knapsack", "rucksack", "daypack"),
+    "umbrella": ("umbrella", "parasol"),
+    "handbag": ("handbag", "purse", "tote", "pocketbook", "hand bag"),
+    "tie": ("tie", "necktie", "cravat"),
+    "suitcase": ("suitcase", "suit case", "luggage"),
+    "frisbee": ("frisbee", "flying disc"),
+    "skis": ("ski",),
+    "snowboard": ("snowboard",),
+    "sports ball": (
+        "sports ball", "ball", "football", "soccer ball", "basketball", "baseball",
+        "softball", "volleyball", "tennis ball", "golf ball", "beach ball",
+    ),
+    "kite": ("kite",),
+    "baseball bat": ("baseball bat", "bat"),
+    "baseball glove": ("baseball glove", "glove", "mitt"),
+    "skateboard": ("skateboard", "skate board"),
+    "surfboard": ("surfboard", "surf board", "paddleboard", "bodyboard", "boogie board"),
+    "tennis racket": ("tennis racket", "racket", "racquet", "tennis racquet"),
+    "bottle": ("bottle", "flask", "thermos"),
+    "wine glass": ("wine glass", "wineglass", "goblet"),
+    "cup": ("cup", "mug", "teacup", "coffee cup", "tumbler", "paper cup"),
+    "fork": ("fork",),
+    "knife": ("knife", "cleaver", "steak knife"),
+    "spoon": ("spoon", "teaspoon", "tablespoon"),
+    "bowl": ("bowl",),
+    "banana": ("banana",),
+    "apple": ("apple",),
+    "sandwich": ("sandwich", "burger", "hamburger", "cheeseburger", "panini", "hoagie"),
+    "orange": ("orange",),
+    "broccoli": ("broccoli",),
+    "carrot": ("carrot",),
+    "hot dog": ("hot dog", "hotdog", "frankfurter"),
+    "pizza": ("pizza",),
+    "donut": ("donut", "doughnut"),
+    "cake": ("cake", "cupcake", "cheesecake", "birthday cake"),
+    "chair": ("chair", "seat", "stool", "armchair", "high chair", "folding chair"),
+    "couch": ("couch", "sofa", "loveseat", "love seat", "settee"),
+    "potted plant": (
+        "potted plant", "plant", "houseplant", "house plant", "flowerpot", "flower pot",
+    ),
+    "bed": ("bed", "bunk bed"),
+    "dining table": (
+        "dining table", "table", "desk", "coffee table", "kitchen table", "picnic table",
+        "dinner table",
+    ),
+    "toilet": ("toilet", "urinal", "commode", "toilet bowl"),
+    "tv": ("tv", "television", "monitor", "television set", "tv set"),
+    "laptop": ("laptop", "laptop computer", "netbook", "macbook"),
+    "mouse": ("mouse", "computer mouse"),
+    "remote": ("remote", "remote control", "controller"),
+    "keyboard": ("keyboard", "keypad"),
+    "cell phone": (
+        "cell phone", "cellphone", "phone", "smartphone", "mobile phone", "iphone",
+    ),
+    "microwave": ("microwave", "microwave oven"),
+    "oven": ("oven", "stove", "stovetop"),
+    "toaster": ("toaster",),
+    "sink": ("sink", "washbasin"),
+    "refrigerator": ("refrigerator", "fridge", "freezer", "icebox"),
+    "book": ("book", "novel", "textbook", "paperback"),
+    "clock": ("clock", "alarm clock", "wall clock", "clock tower"),
+    "vase": ("vase",),
+    "scissors": ("scissors",),
+    "teddy bear": ("teddy bear", "teddy", "stuffed animal", "stuffed bear"),
+    "hair drier": ("hair drier", "hair dryer", "hairdryer", "blow dryer", "blowdryer"),
+    "toothbrush": ("toothbrush", "tooth brush"),
+}
+
+#: Animal categories whose words, after "baby" or "adult", name the animal and not a person.
+COCO_ANIMALS = ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe")
+
+
+def _coco_phrase_rules() -> dict[str, str | None]:
+    """The special two-word rules. ``None`` marks a phrase that names no COCO object."""
+    rules: dict[str, str | None] = {}
+    for category in COCO_ANIMALS:
+        for word in (category, *COCO_SYNONYMS[category]):
+            if " " not in word:
+                rules[f"baby {word}"] = word
+                rules[f"adult {word}"] = word
+    rules["baby animal"] = None
+    rules["adult animal"] = None
+    rules["passenger jet"] = "jet"
+    rules["passenger train"] = "train"
+    rules["bow tie"] = "tie"
+    rules["toilet seat"] = "toilet"
+    rules["home plate"] = None
+    rules["train track"] = None
+    return rules
+
+
+@dataclass(frozen=True)
+class Mention:
+    """One object word found in a text: the (normalised) word, its category, its position."""
+
+    word: str
+    category: str
+    position: int  # index in the merged word sequence
+
+
+@dataclass
+class ObjectVocabulary:
+    """Categories, the words naming them, and the phrase rules of the mention parser.
+
+    ``synonyms`` maps a category to its words (one or two words each); ``phrase_rules`` maps
+    a two-word phrase to the word it stands for (or ``None``: no object); ``drop_if_present``
+    maps a word to a word whose presence removes it ("seat" is dropped when "toilet" occurs).
+    All keys are normalised (lowercase, singular) on construction.
+    """
+
+    name: str
+    synonyms: Mapping[str, Sequence[str]]
+    phrase_rules: Mapping[str, str | None] = field(default_factory=dict)
+    drop_if_present: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._word_to_category: dict[str, str] = {}
+        phrases: dict[tuple[str, str], str | None] = {}
+        for category, words in self.synonyms.items():
+            for word in (category, *words):
+                key = normalize_phrase(word)
+                if not key or len(key.split()) > 2:
+                    raise ValueError(
+                        f"vocabulary {self.name!r}, category {category!r}: synonym {word!r} "
+                        "must have one or two words"
+                    )
+                owner = self._word_to_category.setdefault(key, category)
+                if owner != category:
+                    raise ValueError(
+                        f"vocabulary {self.name!r}: word {word!r} names both {owner!r} and "
+                        f"{category!r}"
+                    )
+                if " " in key:
+                    first, second = key.split()
+                    phrases[(first, second)] = key
+        for phrase, target in self.phrase_rules.items():
+            key = normalize_phrase(phrase)
+            if len(key.split()) != 2:
+                raise ValueError(f"vocabulary {self.name!r}: phrase rule {phrase!r} needs two words")
+            first, second = key.split()
+            phrases[(first, second)] = normalize_phrase(target) if target else None
+        self._phrases = phrases
+        self._drops = {normalize_phrase(k): normalize_phrase(v) for k, v in self.drop_if_present.items()}
+
+    @classmethod
+    def coco(cls) -> ObjectVocabulary:
+        """mmalign's COCO vocabulary: 80 categories with the CHAIR special rules."""
+        return cls("mmalign-coco-v1", COCO_SYNONYMS, _coco_phrase_rules(), {"seat": "toilet"})
+
+    @classmethod
+    def from_categories(cls, categories: Iterable[str], name: str = "instances") -> ObjectVocabulary:
+        """A vocabulary whose only words are the category names (e.g. a synthetic dataset)."""
+        return cls(name, {c: (c,) for c in categories})
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.synonyms)
+
+    def category_of(self, word: str) -> str | None:
+        """The category a word or phrase names, or ``None``."""
+        return self._word_to_category.get(normalize_phrase(word))
+
+    def merged_words(self, text: str) -> list[str]:
+        """Singular lowercase words of ``text`` with the two-word phrases merged (step 1-3)."""
+        words = [singularize(w) for w in tokenize(text.lower())]
+        merged: list[str] = []
+        i = 0
+        while i < len(words):
+            pair = (words[i], words[i + 1]) if i + 1 < len(words) else None
+            if pair is not None and pair in self._phrases:
+                target = self._phrases[pair]
+                merged.append(target if target is not None else " ".join(pair))
+                i += 2
+            else:
+                merged.append(words[i])
+                i += 1
+        present = set(merged)
+        return [w for w in merged if not (w in self._drops and self._drops[w] in present)]
+
+    def mentions(self, text: str) -> list[Mention]:
+        """Every object word of ``text`` in order, duplicates kept."""
+        out = []
+        for position, word in enumerate(self.merged_words(text)):
+            category = self._word_to_category.get(word)
+            if category is not None:
+                out.append(Mention(word, category, position))
+        return out
+
+    def describe(self) -> dict[str, object]:
+        """What a report records about the vocabulary."""
+        return {
+            "name": self.name,
+            "categories": len(self.synonyms),
+            "words": len(self._word_to_category),
+            "phrase_rules": len(self.phrase_rules),
+        }
+
+
+#: An object extractor (e.g. an LLM): response text -> the object words or phrases it names.
+ObjectExtractor = Callable[[str], Sequence[str]]
+
+
+def find_mentions(
+    text: str, vocabulary: ObjectVocabulary, extract_objects: ObjectExtractor | None = None
+) -> list[Mention]:
+    """Mentions of ``text`` by the parser, or of the phrases an extractor lists (each phrase
+    then goes through the same parser, so synonyms and rules still apply)."""
+    if extract_objects is None:
+        return vocabulary.mentions(text)
+    found: list[Mention] = []
+    for phrase in extract_objects(text):
+        if not isinstance(phrase, str):
+            raise TypeError(f"object extractor returned {phrase!r}; expected strings")
+        found += vocabulary.mentions(phrase)
+    return found
+
+
+def extractor_label(extract_objects: ObjectExtractor | None, name: str | None = None) -> str:
+    """How a report names the object-extraction step."""
+    if name:
+        return name
+    if extract_objects is None:
+        return "none (the parser on the response)"
+    return getattr(extract_objects, "name", None) or getattr(extract_objects, "__name__", None) or type(
+        extract_objects).__name__

@@ -1,0 +1,505 @@
+"""The one runner every benchmark shares: batched, resumable generation and scoring.
+
+A benchmark module (``pope.py``, ``chair.py``...) declares only what is specific to it — its
+file formats, prompts, answer parsing and metrics — as a :class:`Benchmark` subclass.
+:func:`run_benchmark` does the rest: it either generates answers with a model adapter (in
+batches, with a progress bar, caching every finished batch so an interrupted run resumes
+where it stopped and ends with the same file) or reads an answers file produced elsewhere,
+joins the answers to the questions by key, scores them and writes the reports.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from PIL import Image
+
+#: Fields that may hold the answer text in an answers file, tried in this order after the
+#: benchmark's own field (LLaVA writes "text", AMBER "response", MMHal "model_answer").
+ANSWER_FIELDS = ("text", "answer", "response", "caption", "model_answer", "output", "prediction")
+
+T = TypeVar("T")
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings; recorded in every report and checked when a run resumes."""
+
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    batch_size: int = 8
+    seed: int = 0  # sampled runs seed each batch with seed + batch index
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One prompt to answer: its key, the prompt text, the image (a file, encoded bytes, or
+    ``None`` for text-only) and the fields copied into its answer record."""
+
+    key: str
+    prompt: str
+    image: Path | bytes | None
+    record: dict[str, Any]
+
+
+@dataclass
+class BenchmarkResult:
+    """Everything a benchmark run measured.
+
+    ``headline`` holds the numbers papers report (flat, for tables and charts);
+    ``metrics`` everything, nested; ``breakdowns`` per-group tables (title -> row -> column
+    -> value); ``details`` one record per scored answer (written to ``details.jsonl``).
+    """
+
+    benchmark: str
+    headline: dict[str, float]
+    metrics: dict[str, Any]
+    protocol: dict[str, Any]
+    breakdowns: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    details: list[dict[str, Any]] = field(default_factory=list)
+    model: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report JSON: all but the per-answer details."""
+        return {
+            "benchmark": self.benchmark,
+            "model": self.model,
+            "headline": self.headline,
+            "metrics": self.metrics,
+            "breakdowns": self.breakdowns,
+            "protocol": self.protocol,
+        }
+
+
+class Benchmark(ABC):
+    """What a benchmark declares: ``name``, ``answer_field``, its prompts, join key and
+    scoring; the rest (generation, resume, reports) is the runner's."""
+
+    name: str = ""
+    answer_field: str = "text"  # field the answer text is written to in the answers file
+    progress: bool = True  # progress bars for work done while scoring (e.g. judging)
+
+    def default_generation(self) -> GenerationConfig:
+        return GenerationConfig()
+
+    @abstractmethod
+    def items(self) -> list[Item]:
+        """The prompts to answer, in the benchmark's order."""
+
+    def generation_protocol(self) -> dict[str, Any]:
+        """Settings besides decoding that shape the answers (e.g. the prompt suffix)."""
+        return {}
+
+    @abstractmethod
+    def answer_key(self, record: Mapping[str, Any], where: str) -> str:
+        """The key joining an answer record to its question."""
+
+    def read_answers(self, source: Any) -> list[dict[str, Any]]:
+        """Answer records from a file produced elsewhere (JSON list or JSON Lines), or
+        records already in memory."""
+        if isinstance(source, str | Path):
+            return read_records(source)
+        return [dict(r) for r in source]
+
+    @abstractmethod
+    def score(self, answers: list[dict[str, Any]], workdir: Path | None) -> BenchmarkResult:
+        """Join ``answers`` to the questions by key and compute the metrics."""
+
+
+# --------------------------------------------------------------------------- files
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a JSON list or a JSON Lines file (whatever the extension: POPE's official
+    ``.json`` files are JSON Lines). Every record must be an object."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: invalid JSON: {err}") from None
+    else:
+        records = []
+        for line_no, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} line {line_no}: invalid JSON: {err}") from None
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise ValueError(f"{path} record {i}: expected a JSON object, got {type(record).__name__}")
+    return records
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON: {err}") from None
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def jsonl_text(records: Sequence[Mapping[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+def require(record: Mapping[str, Any], name: str, where: str, kind: type | tuple[type, ...] | None = None) -> Any:
+    """``record[name]``, or an error naming the record and the field."""
+    if name not in record or record[name] is None:
+        raise ValueError(f"{where}: missing field {name!r}")
+    value = record[name]
+    if kind is not None and not isinstance(value, kind):
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ValueError(f"{where}: field {name!r} must be {expected}, got {value!r}")
+    return value
+
+
+def answer_text(record: Mapping[str, Any], where: str, preferred: str = "text") -> str:
+    """The answer text of an answer record, from the first answer field present."""
+    for name in (preferred, *ANSWER_FIELDS):
+        if name in record and record[name] is not None:
+            value = record[name]
+            if not isinstance(value, str):
+                raise ValueError(f"{where}: field {name!r} must be a string, got {value!r}")
+            return value
+    fields = ", ".join(dict.fromkeys((preferred, *ANSWER_FIELDS)))
+    raise ValueError(f"{where}: no answer text (expected one of the fields {fields})")
+
+
+def join_by_key(
+    answers: Sequence[Mapping[str, Any]],
+    keys: Sequence[str],
+    key_of: Callable[[Mapping[str, Any], str], str],
+    *,
+    what: str = "question",
+    require_all: bool = True,
+    hint: str = "",
+) -> dict[str, Mapping[str, Any]]:
+    """Map each question key to its answer record, never by position.
+
+    Errors name the record: an answer whose key is not a question, two answers for one
+    question, and (with ``require_all``) questions left without an answer.
+    """
+    known = set(keys)
+    joined: dict[str, Mapping[str, Any]] = {}
+    for i, record in enumerate(answers):
+        where = f"answers record {i}"
+        key = key_of(record, where)
+        if key not in known:
+            raise ValueError(f"{where}: there is no {what} {key}")
+        if key in joined:
+            raise ValueError(f"{where}: a second answer for {key}")
+        joined[key] = record
+    if require_all:
+        missing = [k for k in keys if k not in joined]
+        if missing:
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise ValueError(f"answers file has no answer for {len(missing)} {what}(s): {shown}{hint}")
+    return joined
+
+
+def load_image(source: Path | bytes | None, where: str) -> Image.Image | None:
+    """An RGB image from a file or encoded bytes; ``None`` stays ``None`` (text-only)."""
+    if source is None:
+        return None
+    if not isinstance(source, bytes) and not Path(source).is_file():
+        raise FileNotFoundError(f"{where}: image file {source} not found")
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{where}: cannot read image: {err}") from None
+
+
+def resolve_image(image_dir: Path | None, name: str, where: str) -> Path:
+    """``image_dir / name`` (or ``name`` itself if absolute); generation needs an image folder."""
+    path = Path(name)
+    if path.is_absolute():
+        return path
+    if image_dir is None:
+        raise ValueError(f"{where}: image {name!r} is relative but no image folder was given")
+    return Path(image_dir) / path
+
+
+# --------------------------------------------------------------------------- resumable batches
+
+
+def cached_map(
+    items: Sequence[T],
+    keys: Sequence[str],
+    compute: Callable[[list[T], int], list[dict[str, Any]]],
+    *,
+    key_of: Callable[[Mapping[str, Any], str], str],
+    path: Path | None,
+    settings: Mapping[str, Any],
+    batch_size: int,
+    desc: str,
+    progress: bool = True,
+    whole_batches: bool = True,
+) -> list[dict[str, Any]]:
+    """One output record per item, computed in batches, cached to survive interruption.
+
+    With ``path`` (``name.jsonl``): ``settings`` go to ``name.meta.json`` (a resumed run
+    with other settings is an error), each finished batch is appended to
+    ``name.partial.jsonl`` and flushed, and at the end all records are written to ``path``
+    in item order, atomically.
+
+    With ``whole_batches`` (for generation), batches are fixed slices of ``items`` and a
+    batch is either cached whole or computed whole (``compute`` gets its index), so a
+    resumed run computes exactly what an uninterrupted one would — padding and sampling
+    seeds included — and writes the same file. Without it (for judges), only the missing
+    items are computed, in batches of ``batch_size``.
+    """
+    if len(set(keys)) != len(keys):
+        raise ValueError("duplicate keys among the items")
+    done: dict[str, dict[str, Any]] = {}
+    partial = None
+    if path is not None:
+        path = Path(path)
+        partial = path.with_name(path.stem + ".partial.jsonl")
+        _check_settings(path.with_name(path.stem + ".meta.json"), path, dict(settings))
+        if path.exists():
+            done.update(_read_cache(path, key_of, allow_torn_tail=False))
+        if partial.exists():
+            done.update(_read_cache(partial, key_of, allow_torn_tail=True))
+    wanted = set(keys)
+    done = {k: v for k, v in done.items() if k in wanted}
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(items), initial=len(done), desc=desc, unit="item", disable=not progress)
+    sink = open(partial, "a", encoding="utf-8") if partial is not None else None
+    try:
+        if whole_batches:
+            batches = [list(range(start, min(start + batch_size, len(items))))
+                       for start in range(0, len(items), batch_size)]
+        else:
+            pending = [i for i in range(len(items)) if keys[i] not in done]
+            batches = [pending[start : start + batch_size] for start in range(0, len(pending), batch_size)]
+        for batch_index, span in enumerate(batches):
+            if all(keys[i] in done for i in span):
+                continue
+            outputs = compute([items[i] for i in span], batch_index)
+            if len(outputs) != len(span):
+                raise RuntimeError(f"batch {batch_index}: got {len(outputs)} outputs for {len(span)} items")
+            new = [(keys[i], out) for i, out in zip(span, outputs) if keys[i] not in done]
+            if sink is not None:
+                sink.write(jsonl_text([out for _, out in new]))
+                sink.flush()
+                os.fsync(sink.fileno())
+            done.update(new)
+            bar.update(len(new))
+    finally:
+        bar.close()
+        if sink is not None:
+            sink.close()
+    ordered = [done[k] for k in keys]
+    if path is not None:
+        atomic_write_text(path, jsonl_text(ordered))
+        partial.unlink(missing_ok=True)
+    return ordered
+
+
+def _check_settings(meta: Path, final: Path, settings: dict[str, Any]) -> None:
+    if meta.exists():
+        saved = read_json(meta)
+        if saved != settings:
+            changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+            raise ValueError(
+                f"{meta}: the cached answers were made with other settings ({', '.join(changed)}); "
+                "use another output folder or delete the cache to start over"
+            )
+        return
+    if final.exists():
+        raise ValueError(
+            f"{final} exists but has no {meta.name}; it was not written by this runner — "
+            "use another output folder"
+        )
+    atomic_write_text(meta, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+
+
+def _read_cache(
+    path: Path, key_of: Callable[[Mapping[str, Any], str], str], *, allow_torn_tail: bool
+) -> dict[str, dict[str, Any]]:
+    """Records of a cache file; a torn last line (an interrupted write) is dropped and the
+    file rewritten without it so appending can go on."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    records: dict[str, dict[str, Any]] = {}
+    for line_no, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+            if not line.endswith("\n"):
+                raise json.JSONDecodeError("no line end", line, len(line))
+        except json.JSONDecodeError as err:
+            if allow_torn_tail and line_no == len(lines):
+                atomic_write_text(path, "".join(lines[:-1]))
+                break
+            raise ValueError(f"{path} line {line_no}: invalid JSON: {err}") from None
+        records[key_of(record, f"{path} line {line_no}")] = record
+    return records
+
+
+def generate_answers(
+    adapter: Any,
+    benchmark: Benchmark,
+    generation: GenerationConfig,
+    *,
+    cache: Path | None = None,
+    model_name: str = "",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Answer every item of ``benchmark`` with ``adapter.generate``, resumably.
+
+    Answers are stripped of surrounding whitespace (as LLaVA's evaluation scripts do) and
+    stored in the benchmark's answer field beside the item's fields and the prompt.
+    """
+    items = benchmark.items()
+    settings = {
+        "benchmark": benchmark.name,
+        "model": model_name,
+        "decoding": generation.to_dict(),
+        **benchmark.generation_protocol(),
+    }
+
+    def compute(batch: list[Item], batch_index: int) -> list[dict[str, Any]]:
+        if generation.do_sample:
+            import torch
+
+            torch.manual_seed(generation.seed + batch_index)
+        images = [load_image(it.image, f"{benchmark.name} item {it.key}") for it in batch]
+        texts = adapter.generate(
+            images,
+            [it.prompt for it in batch],
+            max_new_tokens=generation.max_new_tokens,
+            do_sample=generation.do_sample,
+            temperature=generation.temperature,
+            top_p=generation.top_p,
+        )
+        return [
+            {**it.record, "prompt": it.prompt, benchmark.answer_field: text.strip()}
+            for it, text in zip(batch, texts, strict=True)
+        ]
+
+    return cached_map(
+        items,
+        [it.key for it in items],
+        compute,
+        key_of=benchmark.answer_key,
+        path=cache,
+        settings=settings,
+        batch_size=generation.batch_size,
+        desc=f"{benchmark.name}: generating",
+        progress=progress,
+    )
+
+
+def run_benchmark(
+    benchmark: Benchmark,
+    *,
+    adapter: Any = None,
+    answers: Any = None,
+    out: str | Path | None = None,
+    generation: GenerationConfig | None = None,
+    model_name: str | None = None,
+    progress: bool = True,
+) -> BenchmarkResult:
+    """Generate answers with ``adapter`` (cached in ``out/answers.jsonl``) or read
+    ``answers`` (a file produced elsewhere), score them, and write the reports to ``out``.
+    """
+    from mmalign.benchmarks.report import write_report
+
+    if (adapter is None) == (answers is None):
+        raise ValueError("give exactly one of adapter (to generate answers) or answers (to score a file)")
+    workdir = Path(out) if out is not None else None
+    benchmark.progress = progress
+    if adapter is not None:
+        generation = generation or benchmark.default_generation()
+        name = model_name or _model_label(adapter)
+        records = generate_answers(
+            adapter,
+            benchmark,
+            generation,
+            cache=workdir / "answers.jsonl" if workdir is not None else None,
+            model_name=name,
+            progress=progress,
+        )
+        source = {"answers": "generated by the model", "decoding": generation.to_dict(),
+                  **benchmark.generation_protocol()}
+    else:
+        records = benchmark.read_answers(answers)
+        name = model_name or _answers_label(answers)
+        source = {"answers": _describe_source(answers), "decoding": "not recorded (answers produced elsewhere)"}
+    result = benchmark.score(records, workdir)
+    result.model = name
+    result.protocol = {**result.protocol, **source}
+    if workdir is not None:
+        write_report(result, workdir)
+    return result
+
+
+def _model_label(adapter: Any) -> str:
+    """The folder or hub id the model was loaded from (a card name says too little: every
+    fine-tuned LLaVA shares one)."""
+    model = getattr(adapter, "base_model", None)
+    loaded_from = str(getattr(model, "name_or_path", "") or "")
+    if loaded_from:
+        return Path(loaded_from).name
+    return getattr(getattr(adapter, "card", None), "name", None) or "model"
+
+
+def _answers_label(answers: Any) -> str:
+    if isinstance(answers, str | Path):
+        return Path(answers).stem
+    return "answers"
+
+
+def _describe_source(answers: Any) -> Any:
+    if isinstance(answers, str | Path):
+        return str(answers)
+    if isinstance(answers, Mapping):
+        return {str(k): str(v) for k, v in answers.items()}
+    return "records given in Python"
