@@ -27,7 +27,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from mmalign.world import PretrainConfig, pretrain_scene_vlm
 
     config = PretrainConfig(seed=args.seed, n_scenes=args.n_scenes, epochs=args.epochs,
-                            batch_size=args.batch_size, learning_rate=args.learning_rate)
+                            batch_size=args.batch_size, learning_rate=args.learning_rate,
+                            vision_steps=args.vision_steps)
     out = pretrain_scene_vlm(args.out, config)
     print(f"pretrained scene VLM written to {out}")
     return 0
@@ -60,7 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-scenes", type=int, default=24000, help="training scenes (default: 24000)")
-    p.add_argument("--epochs", type=float, default=2.0, help="passes over the scenes (default: 2)")
+    p.add_argument("--epochs", type=float, default=1.5, help="passes over the scenes (default: 1.5)")
+    p.add_argument("--vision-steps", type=int, default=1200,
+                   help="stage-1 patch-classification steps of the vision tower (default: 1200)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.set_defaults(func=cmd_pretrain)
