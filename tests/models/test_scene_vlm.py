@@ -1,0 +1,79 @@
+"""The shipped scene VLM loads like any llava-hf checkpoint and knows the scene world."""
+
+import pytest
+import torch
+
+from mmalign.data_builders.scene_world import WorldConfig, render, scene_at, world_vocabulary
+from mmalign.models import get_card, load_adapter
+from mmalign.models.scene_vlm import SceneVLMConfig, build_scene_vlm
+from mmalign.qlora import QuantizationConfig
+
+
+@pytest.fixture(scope="module")
+def scene_vlm():
+    return load_adapter("scene-vlm")
+
+
+def test_card_points_at_shipped_weights():
+    card = get_card("scene-vlm")
+    path = card.local_path()
+    assert card.family == "llava" and (path / "model.safetensors").exists()
+    assert (path / "pretrain_recipe.yaml").exists()
+    assert "measured" in card.extra, "the card records the model's measured benchmark numbers"
+
+
+def test_loads_through_the_llava_adapter_in_4bit():
+    adapter = load_adapter("scene-vlm", quantization=QuantizationConfig(compute_dtype="float32"))
+    assert adapter.family == "llava" and adapter.quantized
+    params = sum(p.numel() for p in adapter.base_model.parameters())
+    assert params < 10_000_000
+
+
+def test_tokenizer_covers_the_world_vocabulary(scene_vlm):
+    unk = scene_vlm.tokenizer.unk_token_id
+    ids = scene_vlm.tokenizer(" ".join(world_vocabulary()), add_special_tokens=False)["input_ids"]
+    assert unk not in ids
+
+
+def test_answers_existence_questions_with_yes_or_no(scene_vlm):
+    world = WorldConfig()
+    scenes = [scene_at(world, i, "eval") for i in range(1, 21)]
+    prompts = [f"Is there a {s.categories[0]} in the image? Answer the question using a single word or phrase."
+               for s in scenes]
+    answers = scene_vlm.generate([render(s) for s in scenes], prompts, max_new_tokens=3)
+    assert {a.split()[0].strip(",.").lower() for a in answers} <= {"yes", "no"}
+
+
+def test_weights_are_trained_and_use_the_image(scene_vlm):
+    """Instruction data from the world: low loss with the right images, higher with shuffled ones."""
+    from mmalign.data_builders.scene_sft import scene_sft_dataset
+    from mmalign.models import EncodedBatch
+    from mmalign.sft import SFTCollator, sft_loss
+
+    rows = [dict(r) for r in scene_sft_dataset(WorldConfig(), 32, split="eval")]
+    collator = SFTCollator(scene_vlm, 512)
+
+    def loss(batch_rows):
+        batch = EncodedBatch.from_features(collator(batch_rows), scene_vlm.inputs)
+        with torch.no_grad():
+            return sft_loss(*scene_vlm.response_logprobs(batch)).item()
+
+    right = loss(rows)
+    shuffled = loss([dict(r, images=rows[(i + 1) % len(rows)]["images"]) for i, r in enumerate(rows)])
+    assert right < 0.7 < shuffled + 0.2 and right < shuffled - 0.1
+
+
+def test_describes_a_scene_with_world_words(scene_vlm):
+    scene = scene_at(WorldConfig(), 1, "eval")
+    caption = scene_vlm.generate([render(scene)], ["Describe the image."], max_new_tokens=30)[0]
+    words = caption.replace(".", " ").replace(",", " ").split()
+    assert len(words) >= 4 and set(words) <= set(world_vocabulary())
+
+
+def test_builder_makes_the_same_architecture():
+    model, processor = build_scene_vlm(world_vocabulary(), SceneVLMConfig())
+    shipped = load_adapter("scene-vlm").base_model
+    assert model.config.text_config.hidden_size == shipped.config.text_config.hidden_size
+    assert len(processor.tokenizer) == shipped.config.text_config.vocab_size
+    with torch.no_grad():
+        assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in shipped.parameters())
