@@ -12,6 +12,7 @@ STAMP   = $(VENV)/.mmalign-installed
 
 demo: $(STAMP)
 	$(BIN)/mmalign selftest
+	$(BIN)/mmalign demo --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/ruff check .
