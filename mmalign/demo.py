@@ -20,15 +20,15 @@ from typing import Any
 
 @dataclass
 class DemoConfig:
-    eval_scenes: int = 300
-    feedback_scenes: int = 600
+    eval_scenes: int = 200
+    feedback_scenes: int = 150
     seed: int = 0
     model: str = "scene-vlm"
     lora_r: int = 8
     beta: float = 0.1
     gamma: float = 5.0
     learning_rate: float = 5e-4
-    epochs: float = 2.0
+    epochs: float = 1.0
     batch_size: int = 16
     max_length: int = 512
 
@@ -103,7 +103,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None,
             share_prefix=True, precompute_ref_logps=True, per_device_train_batch_size=config.batch_size,
             num_train_epochs=config.epochs, learning_rate=config.learning_rate, lr_scheduler_type="cosine",
             warmup_steps=5, logging_steps=10, save_strategy="no", report_to="none", seed=config.seed,
-            max_length=config.max_length,
+            max_length=config.max_length, per_device_eval_batch_size=32,
         )
         trainer = DPOTrainer(policy, args, train_dataset=load_preference_dataset(pairs_dir))
         trainer.train()

@@ -112,9 +112,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--model", default="scene-vlm", help="base model (default: the shipped scene-vlm)")
-    p.add_argument("--eval-scenes", type=int, default=300, help="held-out scenes for evaluation (default: 300)")
-    p.add_argument("--feedback-scenes", type=int, default=600, help="scenes for feedback pairs (default: 600)")
-    p.add_argument("--epochs", type=float, default=2.0, help="Dense DPO epochs (default: 2)")
+    p.add_argument("--eval-scenes", type=int, default=200, help="held-out scenes for evaluation (default: 200)")
+    p.add_argument("--feedback-scenes", type=int, default=150, help="scenes for feedback pairs (default: 150)")
+    p.add_argument("--epochs", type=float, default=1.0, help="Dense DPO epochs (default: 1)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
