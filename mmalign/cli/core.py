@@ -105,7 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_selftest)
 
     p = sub.add_parser(
-        "demo", help="the main job: cut the scene VLM's hallucination with Dense DPO (CPU, minutes)",
+        "demo", help="the main job: Dense DPO against the scene VLM's hallucination, before/after report (CPU, minutes)",
         description="Evaluate the shipped scene VLM (POPE, CHAIR) on held-out scenes, build Dense-DPO pairs "
         "from its own answers corrected against the scene ground truth, train a 4-bit QLoRA adapter, "
         "evaluate again and write a before/after report. Re-running resumes finished stages.",
