@@ -37,5 +37,7 @@ def train_and_save(trainer, *configs: Any) -> Path:
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     with atomic_dir(out / "final") as tmp:
         trainer.save_model(str(tmp))
+        # Trainer also pickles its arguments; the final folder keeps safetensors and YAML only.
+        (tmp / "training_args.bin").unlink(missing_ok=True)
         write_resolved_config(tmp / "mmalign_config.yaml", *configs)
     return out / "final"

@@ -145,6 +145,7 @@ def test_cli_recipe_with_flag_overrides(tiny_dirs, llava_json, tmp_path, capsys)
     assert main(["train", "sft", "--config", str(recipe), "--max_steps", "2", "--lora_r", "8"]) == 0
     final = tmp_path / "out" / "final"
     assert (final / "adapter_model.safetensors").exists()
+    assert not (final / "training_args.bin").exists()  # no pickle in the deliverable
     resolved = yaml.safe_load((final / "mmalign_config.yaml").read_text())
     assert resolved["max_steps"] == 2 and resolved["lora_r"] == 8 and resolved["load_in_4bit"] is True
     config = json.loads((final / "adapter_config.json").read_text())
