@@ -50,7 +50,6 @@ from mmalign.benchmarks.runner import (
     read_json,
     require,
     resolve_image,
-    run_benchmark,
 )
 from mmalign.benchmarks.text import singularize, tokenize
 
@@ -380,18 +379,4 @@ class AmberBenchmark(Benchmark):
         )
 
 
-def run_amber(
-    config: AmberConfig,
-    *,
-    adapter: Any = None,
-    answers: Any = None,
-    out: str | Path | None = None,
-    generation: GenerationConfig | None = None,
-    model_name: str | None = None,
-    progress: bool = True,
-) -> BenchmarkResult:
-    """Generate responses with ``adapter`` or score ``answers``; see :func:`run_benchmark`."""
-    return run_benchmark(
-        AmberBenchmark(config), adapter=adapter, answers=answers, out=out,
-        generation=generation, model_name=model_name, progress=progress,
-    )
+run_amber = AmberBenchmark.run

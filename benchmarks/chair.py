@@ -45,7 +45,6 @@ from mmalign.benchmarks.runner import (
     read_json,
     require,
     resolve_image,
-    run_benchmark,
 )
 from mmalign.benchmarks.text import tokenize
 
@@ -278,18 +277,4 @@ def _as_id(key: str) -> int | str:
     return int(key) if key.isdigit() else key
 
 
-def run_chair(
-    config: ChairConfig,
-    *,
-    adapter: Any = None,
-    answers: Any = None,
-    out: str | Path | None = None,
-    generation: GenerationConfig | None = None,
-    model_name: str | None = None,
-    progress: bool = True,
-) -> BenchmarkResult:
-    """Generate captions with ``adapter`` or score ``answers``; see :func:`run_benchmark`."""
-    return run_benchmark(
-        ChairBenchmark(config), adapter=adapter, answers=answers, out=out,
-        generation=generation, model_name=model_name, progress=progress,
-    )
+run_chair = ChairBenchmark.run

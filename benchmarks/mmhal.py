@@ -38,7 +38,6 @@ from mmalign.benchmarks.runner import (
     read_json,
     require,
     resolve_image,
-    run_benchmark,
 )
 
 #: Question types in the official interleaved order (record i has type i % 8).
@@ -238,18 +237,4 @@ class MMHalBenchmark(Benchmark):
         )
 
 
-def run_mmhal(
-    config: MMHalConfig,
-    *,
-    adapter: Any = None,
-    answers: Any = None,
-    out: str | Path | None = None,
-    generation: GenerationConfig | None = None,
-    model_name: str | None = None,
-    progress: bool = True,
-) -> BenchmarkResult:
-    """Generate answers with ``adapter`` or score ``answers``, then judge; see :func:`run_benchmark`."""
-    return run_benchmark(
-        MMHalBenchmark(config), adapter=adapter, answers=answers, out=out,
-        generation=generation, model_name=model_name, progress=progress,
-    )
+run_mmhal = MMHalBenchmark.run

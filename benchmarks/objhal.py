@@ -46,7 +46,6 @@ from mmalign.benchmarks.runner import (
     read_records,
     require,
     resolve_image,
-    run_benchmark,
 )
 
 _QUESTION_FIELDS = ("question", "text", "prompt", "instruction")
@@ -182,18 +181,4 @@ class ObjHalBenchmark(Benchmark):
         )
 
 
-def run_objhal(
-    config: ObjHalConfig,
-    *,
-    adapter: Any = None,
-    answers: Any = None,
-    out: str | Path | None = None,
-    generation: GenerationConfig | None = None,
-    model_name: str | None = None,
-    progress: bool = True,
-) -> BenchmarkResult:
-    """Generate responses with ``adapter`` or score ``answers``; see :func:`run_benchmark`."""
-    return run_benchmark(
-        ObjHalBenchmark(config), adapter=adapter, answers=answers, out=out,
-        generation=generation, model_name=model_name, progress=progress,
-    )
+run_objhal = ObjHalBenchmark.run

@@ -28,7 +28,6 @@ from mmalign.benchmarks.runner import (
     read_records,
     require,
     resolve_image,
-    run_benchmark,
 )
 
 SPLITS = ("random", "popular", "adversarial")
@@ -306,18 +305,4 @@ class PopeBenchmark(Benchmark):
         )
 
 
-def run_pope(
-    config: PopeConfig,
-    *,
-    adapter: Any = None,
-    answers: Any = None,
-    out: str | Path | None = None,
-    generation: GenerationConfig | None = None,
-    model_name: str | None = None,
-    progress: bool = True,
-) -> BenchmarkResult:
-    """Generate answers with ``adapter`` or score ``answers``; see :func:`run_benchmark`."""
-    return run_benchmark(
-        PopeBenchmark(config), adapter=adapter, answers=answers, out=out,
-        generation=generation, model_name=model_name, progress=progress,
-    )
+run_pope = PopeBenchmark.run

@@ -101,6 +101,25 @@ class Benchmark(ABC):
     def default_generation(self) -> GenerationConfig:
         return GenerationConfig()
 
+    @classmethod
+    def run(
+        cls,
+        config: Any,
+        *,
+        adapter: Any = None,
+        answers: Any = None,
+        out: str | Path | None = None,
+        generation: GenerationConfig | None = None,
+        model_name: str | None = None,
+        progress: bool = True,
+    ) -> BenchmarkResult:
+        """Build the benchmark from ``config``, then generate answers with ``adapter`` or
+        score ``answers``; see :func:`run_benchmark`. Each module exposes this as ``run_<name>``."""
+        return run_benchmark(
+            cls(config), adapter=adapter, answers=answers, out=out,
+            generation=generation, model_name=model_name, progress=progress,
+        )
+
     @abstractmethod
     def items(self) -> list[Item]:
         """The prompts to answer, in the benchmark's order."""

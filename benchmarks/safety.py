@@ -34,7 +34,6 @@ from mmalign.benchmarks.runner import (
     read_records,
     require,
     resolve_image,
-    run_benchmark,
 )
 
 Scorer = Callable[[list[Image.Image | None], list[str], list[str]], Sequence[float]]
@@ -235,18 +234,4 @@ class SafetyBenchmark(Benchmark):
         return out
 
 
-def run_safety(
-    config: SafetyConfig,
-    *,
-    adapter: Any = None,
-    answers: Any = None,
-    out: str | Path | None = None,
-    generation: GenerationConfig | None = None,
-    model_name: str | None = None,
-    progress: bool = True,
-) -> BenchmarkResult:
-    """Generate answers with ``adapter`` or score ``answers``; see :func:`run_benchmark`."""
-    return run_benchmark(
-        SafetyBenchmark(config), adapter=adapter, answers=answers, out=out,
-        generation=generation, model_name=model_name, progress=progress,
-    )
+run_safety = SafetyBenchmark.run
