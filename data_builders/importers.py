@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,22 @@ def _options(path: str | Path, image_root: str | Path | None, max_pixels: int | 
     return ImageOptions(root=root, max_pixels=max_pixels)
 
 
+def _validate_rows(
+    rows: Iterable[tuple[int, dict[str, Any]]],
+    errors: RowErrors,
+    convert: Callable[[dict[str, Any]], dict[str, Any]],
+    options: ImageOptions,
+    id_key: str | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Convert and validate each (row number, raw row), routing bad rows to ``errors``."""
+    for row, raw in rows:
+        record_id = str(raw[id_key]) if id_key and raw.get(id_key) is not None else None
+        try:
+            yield validate_record(convert(raw), row=row, record_id=record_id, images=options)
+        except RecordError as err:
+            errors(err.located(row, record_id))
+
+
 def _rows(
     path: str | Path,
     errors: RowErrors | None,
@@ -129,14 +145,9 @@ def _rows(
     id_key: str | None = None,
     split: str | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Convert and validate every row, routing bad rows to ``errors``."""
+    """Convert and validate every row of a file, routing bad rows to ``errors``."""
     errors = errors if errors is not None else RowErrors()
-    for row, raw in iter_rows(path, split=split, errors=errors):
-        record_id = str(raw[id_key]) if id_key and raw.get(id_key) is not None else None
-        try:
-            yield validate_record(convert(raw), row=row, record_id=record_id, images=options)
-        except RecordError as err:
-            errors(err.located(row, record_id))
+    yield from _validate_rows(iter_rows(path, split=split, errors=errors), errors, convert, options, id_key)
 
 
 # ---------------------------------------------------------------------------- RLHF-V
@@ -323,13 +334,7 @@ def read_llava_rlhf(
             "meta": {"id": raw["id"]} if raw.get("id") is not None else None,
         }
 
-    options = _options(path, image_root, max_pixels)
-    for row, raw in rows:
-        record_id = str(raw["id"]) if raw.get("id") is not None else None
-        try:
-            yield validate_record(convert(raw), row=row, record_id=record_id, images=options)
-        except RecordError as err:
-            errors(err.located(row, record_id))
+    yield from _validate_rows(rows, errors, convert, _options(path, image_root, max_pixels), id_key="id")
 
 
 def read_llava_conversations(
