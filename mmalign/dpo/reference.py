@@ -35,8 +35,7 @@ def precompute_reference_logps(
     loaded SFT adapter, is the reference). Pairs that cannot fit ``max_length`` even after
     image-aware truncation are left out, as training would drop them.
     """
-    from mmalign.dpo.prefix import shared_prefix_logprobs
-    from mmalign.dpo.trainer import concat_pair, repeat_features, split_pair
+    from mmalign.dpo.trainer import pair_logprobs, split_pair
 
     collator = DPOCollator(adapter, max_length)
     was_training = adapter.model.training
@@ -47,14 +46,8 @@ def precompute_reference_logps(
         rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         features = {k: v.to(adapter.device) for k, v in collator(rows).items()}
         chosen, rejected = split_pair(features, adapter)
-        image_features = adapter.image_features(chosen)
-        if share_prefix:
-            c, mc, r, mr = shared_prefix_logprobs(adapter.model, adapter, chosen, rejected, image_features)
-        else:
-            pair = concat_pair(chosen, rejected, adapter.tokenizer.pad_token_id)
-            logps, mask = adapter.response_logprobs(pair, repeat_features(image_features))
-            n = chosen.input_ids.shape[0]
-            c, mc, r, mr = logps[:n], mask[:n], logps[n:], mask[n:]
+        c, mc, r, mr = pair_logprobs(adapter.model, adapter, chosen, rejected, adapter.image_features(chosen),
+                                     share_prefix=share_prefix)
         for j, index in enumerate(features["pair_index"].tolist()):
             columns["ref_chosen_logps"][start + index] = c[j][mc[j]].float().cpu().tolist()
             columns["ref_rejected_logps"][start + index] = r[j][mr[j]].float().cpu().tolist()

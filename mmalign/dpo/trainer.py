@@ -76,6 +76,23 @@ def repeat_features(features: dict[str, Any] | None, times: int = 2) -> dict[str
     return {"image": BaseModelOutputWithPooling(pooler_output=list(features["image"].pooler_output) * times)}
 
 
+def pair_logprobs(
+    model, adapter: VLMAdapter, chosen: EncodedBatch, rejected: EncodedBatch, features=None,
+    *, share_prefix: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token log-probs and masks of chosen and rejected responses, ``(B, R)`` each.
+
+    One forward either way: a 2B-row batch (chosen rows, then rejected), or with
+    ``share_prefix`` one row per pair holding the prefix once.
+    """
+    if share_prefix:
+        return shared_prefix_logprobs(model, adapter, chosen, rejected, features)
+    pair = concat_pair(chosen, rejected, adapter.tokenizer.pad_token_id)
+    logps, mask = adapter.response_logprobs(pair, repeat_features(features), model=model)
+    n = chosen.input_ids.shape[0]
+    return logps[:n], mask[:n], logps[n:], mask[n:]
+
+
 class DPOTrainer(LossOnlyEvaluation, Trainer):
     """Preference optimisation on an adapter; the reference is the base with LoRA off by default."""
 
@@ -123,13 +140,7 @@ class DPOTrainer(LossOnlyEvaluation, Trainer):
     def pair_logprobs(
         self, model, adapter: VLMAdapter, chosen: EncodedBatch, rejected: EncodedBatch, features=None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-token log-probs and masks of chosen and rejected responses, ``(B, R)`` each."""
-        if self.args.share_prefix:
-            return shared_prefix_logprobs(model, adapter, chosen, rejected, features)
-        pair = concat_pair(chosen, rejected, adapter.tokenizer.pad_token_id)
-        logps, mask = adapter.response_logprobs(pair, repeat_features(features), model=model)
-        n = chosen.input_ids.shape[0]
-        return logps[:n], mask[:n], logps[n:], mask[n:]
+        return pair_logprobs(model, adapter, chosen, rejected, features, share_prefix=self.args.share_prefix)
 
     def reference_logprobs(self, model, chosen: EncodedBatch, rejected: EncodedBatch, features, inputs):
         if "ref_chosen_logps" in inputs:
