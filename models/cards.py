@@ -65,7 +65,6 @@ class ModelCard:
         except TypeError as err:
             raise ValueError(f"model card {path}: {err}") from err
 
-
     def local_path(self) -> Path | None:
         """Folder of weights shipped with the package, if this card has any."""
         return _package_dir() / self.path if self.path else None
@@ -76,7 +75,7 @@ def _package_dir() -> Path:
 
 
 def _card_dir() -> Path:
-    return Path(str(resources.files("mmalign.models") / "cards"))
+    return _package_dir() / "cards"
 
 
 def list_cards() -> list[ModelCard]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from mmalign.models.tiny import build_word_tokenizer
+from mmalign.models.tiny import build_word_tokenizer, llava_processor
 
 
 @dataclass
@@ -32,12 +32,10 @@ class SceneVLMConfig:
 def build_scene_vlm(vocabulary: list[str], config: SceneVLMConfig | None = None):
     """A randomly initialised scene VLM and its processor (tokenizer over ``vocabulary``)."""
     from transformers import (
-        CLIPImageProcessor,
         CLIPVisionConfig,
         LlamaConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
-        LlavaProcessor,
     )
 
     from mmalign.models.cards import get_card
@@ -73,15 +71,6 @@ def build_scene_vlm(vocabulary: list[str], config: SceneVLMConfig | None = None)
         vision_feature_layer=-1,
         tie_word_embeddings=False,
     )
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(
-            size={"shortest_edge": config.image_size},
-            crop_size={"height": config.image_size, "width": config.image_size},
-        ),
-        tokenizer=tokenizer,
-        patch_size=config.patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=get_card("scene-vlm").chat_template,
-    )
+    processor = llava_processor(tokenizer, config.image_size, config.patch_size,
+                                get_card("scene-vlm").chat_template)
     return LlavaForConditionalGeneration(model_config), processor

@@ -95,15 +95,26 @@ def _clip_vision(image_size: int, patch_size: int, hidden: int):
     )
 
 
+def llava_processor(tokenizer, image_size: int, patch_size: int, chat_template: str):
+    """A LLaVA-1.5 style processor: square CLIP preprocessing, CLS dropped ("default")."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    return LlavaProcessor(
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
+        ),
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=chat_template,
+    )
+
+
 def tiny_llava(image_size: int = 32, patch_size: int = 8, hidden: int = 64, layers: int = 2):
     """A LLaVA-1.5 shaped model (CLIP + 2-layer MLP projector + Llama) and its processor."""
-    from transformers import (
-        CLIPImageProcessor,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+    from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     tokenizer = build_word_tokenizer(["<image>"])
     config = LlavaConfig(
@@ -114,17 +125,7 @@ def tiny_llava(image_size: int = 32, patch_size: int = 8, hidden: int = 64, laye
         vision_feature_layer=-2,
         tie_word_embeddings=False,
     )
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(
-            size={"shortest_edge": image_size},
-            crop_size={"height": image_size, "width": image_size},
-        ),
-        tokenizer=tokenizer,
-        patch_size=patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=get_card("llava-1.5-7b").chat_template,
-    )
+    processor = llava_processor(tokenizer, image_size, patch_size, get_card("llava-1.5-7b").chat_template)
     return LlavaForConditionalGeneration(config), processor
 
 
