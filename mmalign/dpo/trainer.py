@@ -198,8 +198,11 @@ class DPOTrainer(LossOnlyEvaluation, Trainer):
         if weights_chosen is not None:
             corrected = (weights_chosen != 1) & mask_chosen
             values["ddpo/corrected_token_share"] = corrected.sum() / mask_chosen.sum().clamp(min=1)
-        for name, value in values.items():
-            stats[name].append(float(self.accelerator.gather_for_metrics(value.detach().reshape(1)).mean()))
+        # one collective per step for all metrics, averaged over processes
+        local = torch.stack([v.detach().float().reshape(()) for v in values.values()])
+        gathered = self.accelerator.gather_for_metrics(local).reshape(-1, len(values)).mean(0)
+        for name, value in zip(values, gathered.tolist()):
+            stats[name].append(value)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
