@@ -24,7 +24,6 @@ from mmalign.benchmarks.runner import (
     run_benchmark,
 )
 from mmalign.benchmarks.safety import (
-    ModelScorer,
     SafetyBenchmark,
     SafetyConfig,
     load_scorer,
@@ -45,7 +44,6 @@ __all__ = [
     "Item",
     "MMHalBenchmark",
     "MMHalConfig",
-    "ModelScorer",
     "ObjHalBenchmark",
     "ObjHalConfig",
     "ObjectVocabulary",

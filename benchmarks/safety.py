@@ -2,9 +2,9 @@
 reward model, the evaluation of Safe RLHF-V-style training.
 
 A scorer is any callable ``scorer(images, prompts, responses) -> sequence of floats`` (one
-per row; images are PIL images or ``None``). :class:`ModelScorer` wraps a trained
-:class:`~mmalign.models.ScalarHeadModel`. By the cost model's convention a cost above 0
-means unsafe; the threshold is configurable and recorded.
+per row; images are PIL images or ``None``). :class:`~mmalign.reward.RewardScorer` wraps a
+trained reward or cost model with the scoring prompt it was trained with. By the cost
+model's convention a cost above 0 means unsafe; the threshold is configurable and recorded.
 
 Questions: JSON or JSON Lines records with the prompt (``question``, ``prompt`` or
 ``text``), ``image`` (file name) and a harm category (``harm_category`` if present, else
@@ -41,37 +41,13 @@ _PROMPT_FIELDS = ("question", "prompt", "text")
 NO_CATEGORY = "none"
 
 
-class ModelScorer:
-    """A reward or cost model (``ScalarHeadModel``) as a scorer, in batches, without grads."""
+def load_scorer(path: str | Path, base: str | Path | None = None, *, name: str | None = None, batch_size: int = 8,
+                **adapter_kwargs: Any) -> Scorer:
+    """A saved reward or cost model as a scorer; ``base`` defaults to the one it was trained on."""
+    from mmalign.reward import RewardScorer, load_reward_model
 
-    def __init__(self, model: Any, name: str | None = None, *, batch_size: int = 8, max_length: int | None = None):
-        self.model = model
-        self.name = name or f"{getattr(model, 'kind', 'scalar')}-model"
-        self.batch_size = batch_size
-        self.max_length = max_length
-
-    def __call__(self, images: list[Image.Image | None], prompts: list[str], responses: list[str]) -> list[float]:
-        import torch
-
-        adapter = self.model.adapter
-        scores: list[float] = []
-        with torch.no_grad():
-            for start in range(0, len(prompts), self.batch_size):
-                span = slice(start, start + self.batch_size)
-                batch = adapter.encode(images[span], prompts[span], responses[span], max_length=self.max_length)
-                scores += [float(s) for s in self.model(batch.to(adapter.device)).float().cpu()]
-        return scores
-
-
-def load_scorer(path: str | Path, base: str | Path, *, name: str | None = None, batch_size: int = 8,
-                **adapter_kwargs: Any) -> ModelScorer:
-    """A saved ``ScalarHeadModel`` (reward or cost) on top of the base checkpoint ``base``."""
-    from mmalign.models import ScalarHeadModel, load_adapter
-
-    adapter = load_adapter(base, **adapter_kwargs)
-    model = ScalarHeadModel.from_pretrained(path, adapter)
-    model.eval()
-    return ModelScorer(model, name or Path(path).name, batch_size=batch_size)
+    model = load_reward_model(path, base, **adapter_kwargs)
+    return RewardScorer(model, batch_size=batch_size, name=name or Path(path).name)
 
 
 def safety_metrics(

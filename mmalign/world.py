@@ -28,7 +28,7 @@ class PretrainConfig:
     seed: int = 0
     n_scenes: int = 24000
     turns: int = 3
-    epochs: float = 1.5
+    epochs: float = 3.0
     batch_size: int = 32
     learning_rate: float = 1e-3
     warmup_steps: int = 100
@@ -37,17 +37,24 @@ class PretrainConfig:
     vision_steps: int = 1200  # stage 1: dense patch classification of the vision tower
     vision_batch_size: int = 64
     vision_learning_rate: float = 2e-3
+    # Stage 2 keeps the stage-1 tower frozen: trained at the language model's learning rate
+    # it forgets what it saw (a linear probe of object presence on its features fell to chance).
+    train_vision: bool = False
     model: dict = field(default_factory=dict)  # SceneVLMConfig overrides
 
 
-def patch_labels(scene, image_size: int, patch: int, categories: list[str], colors: list[str]):
+def patch_labels(scene, image_size: int, patch: int, categories: list[str], colors: list[str],
+                 backgrounds: list[str] = ()):
     """Per-patch targets: index of the object category / colour covering most of the patch.
 
-    Index 0 is background (no object covers a quarter of the patch).
+    Category 0 is background (no object covers a quarter of the patch); a background
+    patch's colour target is the background's own colour, numbered after the object colours
+    (``len(colors) + 1 + i``), so the tower also learns to see it.
     """
     grid = image_size // patch
     cat = torch.zeros(grid * grid, dtype=torch.long)
-    col = torch.zeros(grid * grid, dtype=torch.long)
+    background = len(colors) + 1 + list(backgrounds).index(scene.background) if backgrounds else 0
+    col = torch.full((grid * grid,), background, dtype=torch.long)
     for row in range(grid):
         for column in range(grid):
             px, py = column * patch, row * patch
@@ -74,10 +81,10 @@ def pretrain_vision_tower(model, processor, world: WorldConfig, config: Pretrain
 
     tower = model.model.vision_tower
     vision = model.config.vision_config
-    categories, colors = list(world.categories), list(world.colors)
+    categories, colors, backgrounds = list(world.categories), list(world.colors), list(world.backgrounds)
     heads = torch.nn.ModuleDict({
         "category": torch.nn.Linear(vision.hidden_size, len(categories) + 1),
-        "color": torch.nn.Linear(vision.hidden_size, len(colors) + 1),
+        "color": torch.nn.Linear(vision.hidden_size, len(colors) + 1 + len(backgrounds)),
     })
     params = list(tower.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.vision_learning_rate, weight_decay=config.weight_decay)
@@ -90,7 +97,8 @@ def pretrain_vision_tower(model, processor, world: WorldConfig, config: Pretrain
         ids = torch.randint(1, config.n_scenes + 1, (config.vision_batch_size,), generator=generator).tolist()
         scenes = [scene_at(world, i, "train") for i in ids]
         pixels = processor.image_processor([render(s) for s in scenes], return_tensors="pt")["pixel_values"]
-        targets = [patch_labels(s, vision.image_size, vision.patch_size, categories, colors) for s in scenes]
+        targets = [patch_labels(s, vision.image_size, vision.patch_size, categories, colors, backgrounds)
+                   for s in scenes]
         hidden = tower(pixels).last_hidden_state[:, 1:]  # drop CLS, as LLaVA's "default" strategy does
         loss = sum(
             torch.nn.functional.cross_entropy(heads[name](hidden).flatten(0, 1), torch.stack([t[k] for t in targets]).flatten())
@@ -128,7 +136,8 @@ def pretrain_scene_vlm(out_dir: str | Path, config: PretrainConfig | None = None
         model.save_pretrained(init)
         processor.save_pretrained(init)
         model_config = ModelConfig(
-            model_name_or_path=str(init), use_peft=False, train_projector=True, train_vision=True
+            model_name_or_path=str(init), use_peft=False, train_projector=True,
+            train_vision=config.train_vision,
         )
         adapter = model_config.load()
         args = SFTConfig(

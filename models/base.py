@@ -432,11 +432,14 @@ class VLMAdapter:
         *,
         max_length: int | None = None,
         padding_side: str = "right",
+        end_of_turn: bool = True,
     ) -> EncodedBatch:
         """Tokenize rows of (images, prompt[, response]) with the chat template.
 
         The response is tokenized on its own (with character offsets) and followed by the
         card's end-of-turn token, so a response's tokens are identical whatever the prompt.
+        ``end_of_turn=False`` leaves the response open (a scoring prefix whose last token a
+        reward head reads).
         ``max_length`` cuts the response tail; image tokens are never cut (a row that
         cannot keep its image tokens and at least one response token is an error naming
         the row).
@@ -452,7 +455,7 @@ class VLMAdapter:
             if responses is not None:
                 segs.append((responses[i], True))
             rows.append(segs)
-        return self._encode_segments(rows_images, rows, max_length, padding_side)
+        return self._encode_segments(rows_images, rows, max_length, padding_side, end_of_turn)
 
     def encode_conversations(
         self,
@@ -490,6 +493,7 @@ class VLMAdapter:
         rows: list[list[tuple[str, bool]]],
         max_length: int | None,
         padding_side: str,
+        end_of_turn: bool = True,
     ) -> EncodedBatch:
         # All non-assistant texts of the batch go through the processor in one call: it
         # expands each image placeholder for the next image in order and builds pixels.
@@ -512,9 +516,10 @@ class VLMAdapter:
             for text, resp in segs:
                 if resp:
                     enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-                    ids = torch.tensor(list(enc["input_ids"]) + self.end_of_turn_ids, dtype=torch.long)
+                    closing = self.end_of_turn_ids if end_of_turn else []
+                    ids = torch.tensor(list(enc["input_ids"]) + closing, dtype=torch.long)
                     offsets += [tuple(o) for o in enc["offset_mapping"]]
-                    offsets += [(len(text), len(text))] * len(self.end_of_turn_ids)
+                    offsets += [(len(text), len(text))] * len(closing)
                     for k in extras:
                         extras[k].append(torch.zeros(len(ids), dtype=torch.long))
                 elif text:

@@ -23,40 +23,64 @@ HEAD_CONFIG = "scalar_head.json"
 
 
 class ScalarHeadModel(torch.nn.Module):
-    """``adapter`` + a ``Linear(hidden, 1)`` head; ``forward(batch) -> (batch,)`` scores."""
+    """``adapter`` + a ``Linear(hidden, 1)`` head; ``forward(batch) -> (batch,)`` scores.
+
+    The adapter's model is registered as a submodule (``backbone``), so a trainer that
+    wraps this module (DDP, FSDP) sees the LoRA weights and the head together. Build it
+    after ``adapter.add_lora`` so the registered model is the one with the adapters.
+    """
 
     def __init__(self, adapter: VLMAdapter, kind: str = "reward", head_dtype: torch.dtype = torch.float32):
         super().__init__()
         self.adapter = adapter
+        self.backbone = adapter.model
         self.kind = kind
+        self.template: dict[str, Any] | None = None  # scoring prompt it was trained with (saved)
         hidden = adapter.base_model.config.get_text_config().hidden_size
         self.head = torch.nn.Linear(hidden, 1, device=adapter.device, dtype=head_dtype)
         torch.nn.init.normal_(self.head.weight, std=1.0 / (hidden + 1) ** 0.5)
         torch.nn.init.zeros_(self.head.bias)
 
     def forward(self, batch: EncodedBatch, image_features: dict[str, Any] | None = None) -> torch.Tensor:
+        if self.backbone is not self.adapter.model:
+            raise RuntimeError("the adapter's model changed after the head was built; build the head after add_lora")
         hidden = self.adapter.hidden_states(batch, image_features)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         last = hidden[rows, last_token_index(batch.attention_mask).to(hidden.device)]
         return self.head(last.to(self.head.weight.dtype)).squeeze(-1)
 
     def save_pretrained(self, path: str | Path) -> Path:
-        """PEFT adapter (if any) + the head in safetensors + a small JSON config."""
+        """PEFT adapter (if any) + the head in safetensors + a small JSON config, atomically."""
+        with atomic_dir(path) as tmp:
+            self.write_files(tmp)
+        return Path(path)
+
+    def write_files(self, folder: str | Path) -> None:
+        """Write the adapter, head and config into an existing folder (a trainer checkpoint)."""
         from peft import PeftModel
 
-        with atomic_dir(path) as tmp:
-            if isinstance(self.adapter.model, PeftModel):
-                self.adapter.model.save_pretrained(tmp, safe_serialization=True)
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
-                      tmp / HEAD_FILE)
-            (tmp / HEAD_CONFIG).write_text(json.dumps({
-                "kind": self.kind,
-                "family": self.adapter.family,
-                "card": self.adapter.card.name,
-                "hidden_size": self.head.in_features,
-                "dtype": str(self.head.weight.dtype).removeprefix("torch."),
-            }, indent=2))
-        return Path(path)
+        folder = Path(folder)
+        if isinstance(self.adapter.model, PeftModel):
+            self.adapter.model.save_pretrained(folder, safe_serialization=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, folder / HEAD_FILE)
+        (folder / HEAD_CONFIG).write_text(json.dumps({
+            "kind": self.kind,
+            "family": self.adapter.family,
+            "card": self.adapter.card.name,
+            "hidden_size": self.head.in_features,
+            "dtype": str(self.head.weight.dtype).removeprefix("torch."),
+            "template": self.template,
+        }, indent=2))
+
+    def load_files(self, folder: str | Path) -> None:
+        """Restore adapter and head weights written by :meth:`write_files` (trainer resume)."""
+        from peft import PeftModel, set_peft_model_state_dict
+
+        folder = Path(folder)
+        if isinstance(self.adapter.model, PeftModel):
+            weights = load_file(folder / "adapter_model.safetensors", device=str(self.adapter.device))
+            set_peft_model_state_dict(self.adapter.model, weights, adapter_name=self.adapter.model.active_adapter)
+        self.head.load_state_dict(load_file(folder / HEAD_FILE, device=str(self.adapter.device)))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, adapter: VLMAdapter, *, is_trainable: bool = False) -> ScalarHeadModel:
@@ -70,4 +94,5 @@ class ScalarHeadModel(torch.nn.Module):
         model = cls(adapter, kind=config["kind"], head_dtype=getattr(torch, config["dtype"]))
         model.head.load_state_dict(load_file(path / HEAD_FILE, device=str(adapter.device)))
         model.head.requires_grad_(is_trainable)
+        model.template = config.get("template")
         return model

@@ -25,6 +25,10 @@ BASE_WORDS = (
     "cup left right top bottom middle one two three four five six seven eight nine ten "
     "user assistant system human gpt shown visible contains dangerous safe sorry cannot help "
     "knife fire gun sure here for be do does have has its some any none "
+    # the words of the reward models' scoring prompt
+    "now judge your last take these criteria into account accurate helpful natural concise gives "
+    "asked reads as fluent language says needed without filler repetition every statement about true "
+    "nothing claimed following facts support judged by quality score my "
     "system".split()
 )
 PUNCTUATION = list(".,:;!?'\"()[]/-<>|_")

@@ -175,9 +175,7 @@ def cmd_safety(args: argparse.Namespace) -> int:
 
     if not (args.cost_model or args.reward_model):
         raise ValueError("give --cost-model, --reward-model, or both")
-    base = args.scorer_base or args.model
-    if base is None:
-        raise ValueError("--scorer-base is needed with --answers: the base checkpoint the scoring heads sit on")
+    base = args.scorer_base  # default: the base each model records in its adapter config
     from mmalign.qlora import QuantizationConfig
 
     quantization = QuantizationConfig(compute_dtype=args.dtype) if args.load_4bit else None
@@ -281,7 +279,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", help="image folder")
     p.add_argument("--cost-model", help="saved cost model (ScalarHeadModel folder)")
     p.add_argument("--reward-model", help="saved reward model (ScalarHeadModel folder)")
-    p.add_argument("--scorer-base", help="base checkpoint of the scoring models (default: --model)")
+    p.add_argument("--scorer-base", help="base checkpoint of the scoring models (default: the one they were trained on)")
     p.add_argument("--cost-threshold", type=float, default=0.0, help="cost above this is unsafe (default 0)")
     p.add_argument("--category-field", help="field holding the harm category")
     _add_source(p)

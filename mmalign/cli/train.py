@@ -11,22 +11,31 @@ override the recipe. `mmalign train METHOD --help` lists the options of a method
 methods:
   sft    supervised fine-tuning on conversations (loss on assistant tokens only)
   dpo    preference optimisation: --loss_type sigmoid | ipo | hinge | robust | ddpo (RLHF-V Dense DPO)
+  rm     Bradley-Terry reward model on helpfulness pairs; --use_facts for Fact-RLHF's factual RM
+  cost   Safe RLHF cost model on safety pairs (cost > 0 = unsafe); --cost_signs label | graded
 """
 
 
 def _method_specs():
     from mmalign.dpo import DPOConfig, run_dpo
     from mmalign.model_config import ModelConfig
+    from mmalign.reward import RewardConfig, run_reward_model
     from mmalign.sft import SFTConfig, run_sft
 
-    return {"sft": ((ModelConfig, SFTConfig), run_sft), "dpo": ((ModelConfig, DPOConfig), run_dpo)}
+    return {
+        "sft": ((ModelConfig, SFTConfig), run_sft),
+        "dpo": ((ModelConfig, DPOConfig), run_dpo),
+        "rm": ((ModelConfig, RewardConfig), run_reward_model),
+        "cost": ((ModelConfig, RewardConfig), run_reward_model),
+    }
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from mmalign.config_io import parse_recipe
 
     types, run = _method_specs()[args.method]
-    configs = parse_recipe(types, args.options, prog=f"mmalign train {args.method}")
+    options = ["--kind", "cost", *args.options] if args.method == "cost" else args.options
+    configs = parse_recipe(types, options, prog=f"mmalign train {args.method}")
     out = run(*configs)
     print(f"training finished; final model in {out}")
     return 0
@@ -64,9 +73,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model with a recipe (sft, dpo)", description=TRAIN_HELP,
+    p = sub.add_parser("train", help="train a model with a recipe (sft, dpo, rm, cost)", description=TRAIN_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("method", choices=["sft", "dpo"], help="training method")
+    p.add_argument("method", choices=["sft", "dpo", "rm", "cost"], help="training method")
     p.add_argument("options", nargs=argparse.REMAINDER, help="--config FILE and --option value pairs")
     p.set_defaults(func=cmd_train)
 

@@ -28,7 +28,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     config = PretrainConfig(seed=args.seed, n_scenes=args.n_scenes, epochs=args.epochs,
                             batch_size=args.batch_size, learning_rate=args.learning_rate,
-                            vision_steps=args.vision_steps)
+                            vision_steps=args.vision_steps, train_vision=args.train_vision)
     out = pretrain_scene_vlm(args.out, config)
     print(f"pretrained scene VLM written to {out}")
     return 0
@@ -60,10 +60,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the SFT trainer on the training split. Defaults reproduce the shipped weights.")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-scenes", type=int, default=24000, help="training scenes (default: 24000)")
-    p.add_argument("--epochs", type=float, default=1.5, help="passes over the scenes (default: 1.5)")
-    p.add_argument("--vision-steps", type=int, default=1200,
-                   help="stage-1 patch-classification steps of the vision tower (default: 1200)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
+    from mmalign.world import PretrainConfig
+
+    d = PretrainConfig()
+    p.add_argument("--n-scenes", type=int, default=d.n_scenes, help=f"training scenes (default: {d.n_scenes})")
+    p.add_argument("--epochs", type=float, default=d.epochs, help=f"passes over the scenes (default: {d.epochs})")
+    p.add_argument("--vision-steps", type=int, default=d.vision_steps,
+                   help=f"stage-1 patch-classification steps of the vision tower (default: {d.vision_steps})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default: {d.batch_size})")
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help=f"(default: {d.learning_rate})")
+    p.add_argument("--train-vision", action="store_true",
+                   help="also train the vision tower in stage 2 (default: keep the stage-1 tower frozen)")
     p.set_defaults(func=cmd_pretrain)

@@ -5,7 +5,6 @@ import torch
 from PIL import Image
 
 from mmalign.benchmarks.safety import (
-    ModelScorer,
     SafetyConfig,
     load_scorer,
     run_safety,
@@ -90,6 +89,7 @@ def test_needs_a_scorer_and_complete_answers(questions, tmp_path):
 
 def test_scalar_head_models_as_scorers(questions, tmp_path, tiny_llava_dir):
     from mmalign.models import ScalarHeadModel, load_adapter
+    from mmalign.reward import RewardScorer, RewardTemplate, encode_for_scoring
 
     adapter = load_adapter(tiny_llava_dir)
     model = ScalarHeadModel(adapter, kind="cost")
@@ -97,12 +97,12 @@ def test_scalar_head_models_as_scorers(questions, tmp_path, tiny_llava_dir):
         model.head.bias.fill_(0.25)
     model.eval()
     model.save_pretrained(tmp_path / "cost-model")
-    scorer = ModelScorer(model, "cost-model", batch_size=2)
+    scorer = RewardScorer(model, name="cost-model", batch_size=2)
 
     images = [Image.new("RGB", (32, 32), "red"), None, Image.new("RGB", (32, 32), "blue")]
     prompts, responses = ["a", "b", "c"], ["yes", "no", "sure here"]
     with torch.no_grad():
-        expected = model(adapter.encode(images, prompts, responses)).tolist()
+        expected = model(encode_for_scoring(adapter, RewardTemplate(), images, prompts, responses)).tolist()
     assert scorer(images, prompts, responses) == pytest.approx(expected, abs=1e-5)
 
     loaded = load_scorer(tmp_path / "cost-model", tiny_llava_dir)

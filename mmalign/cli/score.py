@@ -1,0 +1,51 @@
+"""``mmalign score``: add reward / cost model scores to a dataset as columns."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from datasets import load_from_disk
+
+    from mmalign.io import atomic_dir
+    from mmalign.qlora import QuantizationConfig
+    from mmalign.reward import RewardScorer, load_reward_model
+
+    quantization = QuantizationConfig(compute_dtype=args.dtype) if args.load_in_4bit else None
+    model = load_reward_model(args.model, args.base, dtype=args.dtype, quantization=quantization,
+                              device_map=args.device_map)
+    scorer = RewardScorer(model, batch_size=args.batch_size, max_length=args.max_length)
+    dataset = load_from_disk(args.data)
+    columns = []
+    for response in args.responses:
+        column = f"{args.prefix or model.kind}_{response}"
+        dataset = scorer.score_dataset(dataset, response_column=response, column=column)
+        columns.append(column)
+    with atomic_dir(args.out) as tmp:
+        dataset.save_to_disk(str(tmp))
+    for column in columns:
+        values = dataset[column]
+        print(f"{column}: mean {sum(values) / max(len(values), 1):.4f} over {len(values)} rows")
+    print(f"wrote {len(dataset)} rows with {', '.join(columns)} to {args.out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="score responses of a dataset with a reward or cost model",
+                       description="Run a trained reward or cost model over a datasets folder and save a copy "
+                       "with one score column per response column (e.g. reward_chosen, reward_rejected). "
+                       "The model reads the scoring prompt it was trained with, facts included.")
+    p.add_argument("--model", required=True, help="reward / cost model folder (output_dir/final of training)")
+    p.add_argument("--base", default=None, help="base checkpoint (default: the one recorded in the model)")
+    p.add_argument("--data", required=True, help="datasets folder with prompt, images and response columns")
+    p.add_argument("--out", required=True, help="output datasets folder (written atomically)")
+    p.add_argument("--responses", nargs="+", default=["chosen", "rejected"],
+                   help="response columns to score (default: chosen rejected)")
+    p.add_argument("--prefix", default=None, help="score column prefix (default: the model kind, reward or cost)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=2048, help="longest scoring sequence (default: 2048)")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    p.add_argument("--load-in-4bit", action="store_true", help="load the base in 4-bit NF4")
+    p.add_argument("--device-map", default=None, help="e.g. auto or cuda:0")
+    p.set_defaults(func=cmd_score)

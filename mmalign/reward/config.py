@@ -1,0 +1,48 @@
+"""Training arguments for reward and cost models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+KINDS = ("reward", "cost")
+COST_SIGNS = ("label", "graded", "none")
+
+
+@dataclass
+class RewardConfig(TrainingArguments):
+    """``transformers.TrainingArguments`` plus scalar preference-model options.
+
+    ``kind: reward`` trains a Bradley–Terry reward model on the helpfulness preference
+    (``more_helpful``, else ``chosen`` over ``rejected``); ``kind: cost`` trains Safe RLHF's
+    cost model on the safety preference (``safer``) with a sign term from the safe labels
+    (``cost_signs: label``) or the graded harmlessness ratings (``graded``, Safe RLHF-V).
+    ``use_facts`` turns the scoring prompt into Fact-RLHF's factually augmented one.
+    """
+
+    dataset_path: str = field(default="", metadata={"help": "Preference data: a saved datasets folder."})
+    eval_dataset_path: str | None = field(default=None, metadata={"help": "Optional held-out pairs."})
+    kind: str = field(default="reward", metadata={"help": "reward (helpfulness) or cost (safety, > 0 = unsafe)."})
+    use_facts: bool = field(default=False, metadata={"help": "List the record's facts in the scoring prompt."})
+    template_file: str | None = field(
+        default=None, metadata={"help": "YAML file overriding fields of the scoring template (RewardTemplate)."}
+    )
+    facts_seed: int = field(default=0, metadata={"help": "Seed of the per-use shuffling of the facts."})
+    center_weight: float = field(default=0.0, metadata={"help": "Weight of |mean(r_w + r_l)| (LLaVA-RLHF: 1e-3)."})
+    l2_weight: float = field(default=1e-3, metadata={"help": "Weight η of mean(score²) (Safe RLHF: 1e-3)."})
+    cost_signs: str = field(
+        default="label",
+        metadata={"help": "Cost sign term: label (±1 from *_is_safe), graded (−harmless_rate) or none."},
+    )
+    max_length: int | None = field(default=2048, metadata={"help": "Longest scoring sequence, image tokens included."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep image and text columns."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: no, steps, epoch."})
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.cost_signs not in COST_SIGNS:
+            raise ValueError(f"cost_signs must be one of {', '.join(COST_SIGNS)}, got {self.cost_signs!r}")
+        super().__post_init__()

@@ -1,0 +1,125 @@
+"""``transformers.Trainer`` for reward models (Bradley–Terry) and Safe RLHF cost models.
+
+The trained module is a :class:`~mmalign.models.ScalarHeadModel`: the adapter's (4-bit +
+LoRA) model with a linear head on the last real token of the scoring prompt. Checkpoints
+hold the PEFT adapter, the head and the scoring template, so ``resume_from_checkpoint``
+and :func:`~mmalign.reward.load_reward_model` both work from them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from mmalign.losses.reward import bradley_terry_loss, cost_loss, pairwise_accuracy, sign_accuracy
+from mmalign.models.base import EncodedBatch
+from mmalign.models.scalar_head import ScalarHeadModel
+from mmalign.reward.collator import ScalarPairCollator
+from mmalign.reward.config import RewardConfig
+from mmalign.reward.template import RewardTemplate
+from mmalign.training import LossOnlyEvaluation, train_and_save
+
+
+def load_template(args: RewardConfig) -> RewardTemplate:
+    """The configured scoring template: defaults, the YAML ``template_file``, then ``use_facts``."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    if args.template_file:
+        values = yaml.safe_load(Path(args.template_file).read_text()) or {}
+        unknown = sorted(set(values) - set(asdict(RewardTemplate())))
+        if unknown:
+            raise ValueError(f"{args.template_file}: unknown template field(s) {', '.join(unknown)}")
+    values["use_facts"] = args.use_facts
+    return RewardTemplate(**values)
+
+
+class RewardTrainer(LossOnlyEvaluation, Trainer):
+    """Train a scalar head (+ LoRA) on preference pairs; ``args.kind`` picks reward or cost."""
+
+    def __init__(self, model: ScalarHeadModel, args: RewardConfig, train_dataset=None, eval_dataset=None,
+                 template: RewardTemplate | None = None, **kwargs: Any):
+        self.scalar = model
+        self.template = template or load_template(args)
+        model.template = asdict(self.template)
+        model.kind = args.kind
+        self.collator = kwargs.pop("data_collator", None) or ScalarPairCollator(
+            model.adapter, self.template, args.kind, args.cost_signs, args.max_length, args.facts_seed
+        )
+        self._stats: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        kwargs.setdefault("processing_class", model.adapter.processor)
+        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         data_collator=self.collator, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        args: RewardConfig = self.args
+        batch = EncodedBatch.from_features(inputs, self.scalar.adapter.inputs)
+        scores = model(batch).float()
+        n = scores.shape[0] // 2
+        first, second = scores[:n], scores[n:]
+        if args.kind == "reward":
+            loss = bradley_terry_loss(first, second, center_weight=args.center_weight, l2_weight=args.l2_weight)
+        else:
+            signs = inputs["signs"].to(scores)
+            loss = cost_loss(first, second, signs[:n], signs[n:], l2_weight=args.l2_weight)
+        self._record(model, first.detach(), second.detach(), inputs["signs"])
+        return (loss, {"scores": scores}) if return_outputs else loss
+
+    def _record(self, model, first: torch.Tensor, second: torch.Tensor, signs: torch.Tensor) -> None:
+        stats = self._stats["train" if model.training else "eval"]
+        both = torch.cat([first, second])
+        values = {"accuracy": pairwise_accuracy(first, second), "scores/mean": both.mean(),
+                  "scores/std": both.std() if both.numel() > 1 else both.new_zeros(()),
+                  "scores/margin": (first - second).mean()}
+        if self.args.kind == "cost":
+            values["sign_accuracy"] = sign_accuracy(both, signs.to(both))
+        local = torch.stack([v.float().reshape(()) for v in values.values()])
+        gathered = self.accelerator.gather_for_metrics(local).reshape(-1, len(values)).nanmean(0)
+        for name, value in zip(values, gathered.tolist()):
+            stats[name].append(value)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        for name, values in self._stats[mode].items():
+            finite = [v for v in values if v == v]
+            if finite:
+                logs[prefix + name] = sum(finite) / len(finite)
+        self._stats[mode].clear()
+        super().log(logs, start_time)
+
+    # The trained module is not a PreTrainedModel: save and restore adapter + head ourselves.
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        out = Path(output_dir or self.args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.scalar.write_files(out)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(out)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
+        self.scalar.load_files(resume_from_checkpoint)
+
+
+def run_reward_model(model_config, args: RewardConfig) -> Path:
+    """Load the base with LoRA as configured, add a fresh head, train on the pairs, save.
+
+    The final folder (``output_dir/final``) holds the adapter, the head, the scoring
+    template and the resolved config.
+    """
+    from mmalign.data_builders.storage import load_preference_dataset
+
+    if not args.dataset_path:
+        raise ValueError("dataset_path is required")
+    if not model_config.use_peft:
+        raise ValueError("reward and cost models train a LoRA adapter beside their head: set use_peft true")
+    adapter = model_config.load(gradient_checkpointing=bool(args.gradient_checkpointing))
+    model = ScalarHeadModel(adapter, kind=args.kind)
+    train = load_preference_dataset(args.dataset_path)
+    evaluation = load_preference_dataset(args.eval_dataset_path) if args.eval_dataset_path else None
+    trainer = RewardTrainer(model, args, train_dataset=train, eval_dataset=evaluation)
+    return train_and_save(trainer, model_config, args)
