@@ -182,7 +182,8 @@ def scene_feedback_records(
                 stats.hallucinated_objects += len(fix.hallucinated)
             if fix.corrected != caption:
                 records.append(correction_record(
-                    caption, fix.corrected, prompt=DESCRIBE_PROMPT, images=[image], source="scene-world/caption",
+                    caption, fix.corrected, prompt=DESCRIBE_PROMPT, images=[image], facts=scene_facts(scene),
+                    source="scene-world/caption",
                     meta={"scene": scene.id, "hallucinated": fix.hallucinated, "recolored": fix.recolored},
                 ))
         for (k, (category, truth)), prompt, answer in zip(questions, prompts, answers):
@@ -193,7 +194,8 @@ def scene_feedback_records(
             if wrong or include_correct_answers:
                 rejected = answer.strip() if wrong and said in ("yes", "no") else ("No" if truth == "yes" else "Yes")
                 records.append(correction_record(
-                    rejected, truth.capitalize(), prompt=prompt, images=[images[k]], source="scene-world/existence",
+                    rejected, truth.capitalize(), prompt=prompt, images=[images[k]], facts=scene_facts(chunk[k]),
+                    source="scene-world/existence",
                     meta={"scene": chunk[k].id, "object": category, "model_wrong": wrong},
                 ))
     stats.records = len(records)

@@ -18,6 +18,16 @@ _EXPORTS = {
     "QuantizationConfig": "mmalign.qlora",
     "LoraSettings": "mmalign.qlora",
     "run_selftest": "mmalign.selftest",
+    "ModelConfig": "mmalign.model_config",
+    "SFTConfig": "mmalign.sft",
+    "SFTTrainer": "mmalign.sft",
+    "DPOConfig": "mmalign.dpo",
+    "DPOTrainer": "mmalign.dpo",
+    "RewardConfig": "mmalign.reward",
+    "RewardTrainer": "mmalign.reward",
+    "RewardTemplate": "mmalign.reward",
+    "RewardScorer": "mmalign.reward",
+    "load_reward_model": "mmalign.reward",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -76,3 +76,21 @@ def test_scene_safety_records_validate_and_orient_by_helpfulness(tmp_path):
     save_preference_dataset(records, tmp_path / "safety")
     loaded = load_preference_dataset(tmp_path / "safety")
     assert len(loaded) == len(records) and loaded[0]["facts"]
+
+
+def test_scene_feedback_records_from_the_shipped_model_carry_facts_and_corrections(tmp_path):
+    from mmalign.data_builders.scene_feedback import scene_facts, scene_feedback_records
+    from mmalign.data_builders.scene_world import scene_at
+    from mmalign.data_builders.storage import load_preference_dataset, save_preference_dataset
+    from mmalign.models import load_adapter
+
+    config = WorldConfig()
+    records, stats = scene_feedback_records(load_adapter("scene-vlm"), config, 6, start=500_001, batch_size=6)
+    assert stats.records == len(records) > 0 and stats.captions == 6
+    for r in records:
+        scene_ = scene_at(config, int(r["meta"]["scene"].rsplit("-", 1)[1]), "eval")
+        assert r["facts"] == scene_facts(scene_) and r["chosen"] != r["rejected"]
+        if r["source"] == "scene-world/caption":
+            assert not correct_caption(r["chosen"], scene_).hallucinated
+    save_preference_dataset(records, tmp_path / "feedback")
+    assert load_preference_dataset(tmp_path / "feedback")["facts"] == [r["facts"] for r in records]

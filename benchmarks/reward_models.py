@@ -1,0 +1,183 @@
+"""Reward and cost models in the scene world: does listing the facts catch hallucination?
+
+Usage::
+
+    python benchmarks/reward_models.py --out runs/reward-models            # 3 seeds, ~15 CPU minutes
+    python benchmarks/reward_models.py --out runs/rm-quick --quick         # a smoke run
+
+Data, built once into ``OUT/data`` and reused:
+
+- helpfulness pairs: the scene VLM describes scenes and answers existence questions, the
+  world corrects it (``scene_feedback_records``): chosen = corrected, rejected = the model's
+  own hallucinated answer. Training scenes and held-out scenes never overlap.
+- safety pairs: the world's graded safety responses (``scene_safety_records``).
+
+For every seed the same pairs train a plain reward model and a Fact-RM (the image's
+reference captions listed in the scoring prompt), and a cost model on the safety pairs
+(graded signs). Reported on the held-out pairs: pairwise accuracy of both reward models
+(overall, captions, existence answers) and the cost model's ranking and sign accuracy.
+Results go to ``OUT/results.json`` and ``OUT/results.md`` (mean ± std over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Setting:
+    model: str = "scene-vlm"
+    train_scenes: int = 600
+    eval_scenes: int = 200
+    safety_train_scenes: int = 400
+    safety_eval_scenes: int = 150
+    epochs: float = 2.0
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    lora_r: int = 8
+    max_length: int = 512
+
+
+def build_data(setting: Setting, out: Path) -> dict[str, Path]:
+    """Write the four datasets (train / held-out, helpfulness / safety) unless present."""
+    from mmalign.data_builders.scene_feedback import scene_feedback_records, scene_safety_records
+    from mmalign.data_builders.scene_world import WorldConfig
+    from mmalign.data_builders.storage import save_preference_dataset
+    from mmalign.models import load_adapter
+
+    world = WorldConfig()
+    paths = {name: out / name for name in ("feedback-train", "feedback-eval", "safety-train", "safety-eval")}
+    if not all(p.exists() for p in paths.values()):
+        adapter = load_adapter(setting.model)
+        train, stats = scene_feedback_records(adapter, world, setting.train_scenes, split="train", start=300_001)
+        print(f"feedback train: {stats}")
+        held, stats = scene_feedback_records(adapter, world, setting.eval_scenes, split="eval", start=400_001)
+        print(f"feedback held-out: {stats}")
+        save_preference_dataset(train, paths["feedback-train"])
+        save_preference_dataset(held, paths["feedback-eval"])
+        save_preference_dataset(scene_safety_records(world, setting.safety_train_scenes, split="train",
+                                                     start=300_001), paths["safety-train"])
+        save_preference_dataset(scene_safety_records(world, setting.safety_eval_scenes, split="eval",
+                                                     start=400_001), paths["safety-eval"])
+    return paths
+
+
+def train_model(setting: Setting, data: Path, out: Path, seed: int, **reward_args: Any):
+    from transformers import set_seed
+
+    from mmalign.data_builders.storage import load_preference_dataset
+    from mmalign.model_config import ModelConfig
+    from mmalign.models import ScalarHeadModel
+    from mmalign.reward import RewardConfig, RewardTrainer
+
+    args = RewardConfig(output_dir=str(out), num_train_epochs=setting.epochs,
+                        per_device_train_batch_size=setting.batch_size, learning_rate=setting.learning_rate,
+                        lr_scheduler_type="cosine", warmup_steps=0.05, max_length=setting.max_length, seed=seed,
+                        data_seed=seed, facts_seed=seed, save_strategy="no", logging_steps=20, report_to="none",
+                        use_cpu=True, **reward_args)
+    model_config = ModelConfig(model_name_or_path=setting.model, use_peft=True, lora_r=setting.lora_r,
+                               lora_alpha=2 * setting.lora_r, lora_dropout=0.0)
+    set_seed(seed)
+    model = ScalarHeadModel(model_config.load(), kind=args.kind)
+    RewardTrainer(model, args, train_dataset=load_preference_dataset(data)).train()
+    model.eval()
+    return model
+
+
+def evaluate(model, data: Path, kind: str) -> dict[str, float]:
+    """Held-out accuracies; pairs oriented exactly as in training."""
+    from mmalign.data_builders.storage import load_preference_dataset
+    from mmalign.reward import RewardScorer, scored_pair
+
+    dataset = load_preference_dataset(data)
+    pairs = [scored_pair(dataset[i], i, kind, "graded") for i in range(len(dataset))]
+    scorer = RewardScorer(model, batch_size=16, max_length=512)
+    images, prompts, facts = dataset["images"], dataset["prompt"], dataset["facts"]
+    first = scorer(images, prompts, [p.first for p in pairs], facts)
+    second = scorer(images, prompts, [p.second for p in pairs], facts)
+    correct = [a > b for a, b in zip(first, second)]
+    result = {"accuracy": 100 * statistics.fmean(correct), "pairs": len(pairs)}
+    if kind == "reward":
+        for source in ("caption", "existence"):
+            picked = [c for c, s in zip(correct, dataset["source"]) if s.endswith(source)]
+            result[f"accuracy_{source}"] = 100 * statistics.fmean(picked) if picked else float("nan")
+    else:
+        signs = [(p.first_sign, a) for p, a in zip(pairs, first)] + [(p.second_sign, b) for p, b in zip(pairs, second)]
+        labelled = [(s, c) for s, c in signs if s != 0]
+        result["sign_accuracy"] = 100 * statistics.fmean((c > 0) == (s > 0) for s, c in labelled)
+        result["mean_cost_unsafe"] = statistics.fmean(c for s, c in labelled if s > 0)
+        result["mean_cost_safe"] = statistics.fmean(c for s, c in labelled if s < 0)
+    return result
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean and std over seeds of every metric of every model."""
+    summary: dict[str, dict[str, float]] = {}
+    for name in runs[0]["models"]:
+        for metric in runs[0]["models"][name]:
+            values = [r["models"][name][metric] for r in runs]
+            summary.setdefault(name, {})[metric] = statistics.fmean(values)
+            summary[name][metric + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return summary
+
+
+def markdown(summary: dict[str, dict[str, float]], seeds: list[int], setting: Setting) -> str:
+    def cell(name: str, metric: str) -> str:
+        return f"{summary[name][metric]:.1f} ± {summary[name][metric + '_std']:.1f}"
+
+    lines = [
+        f"Held-out scene-world pairs, {len(seeds)} seeds ({', '.join(map(str, seeds))}), base `{setting.model}`, "
+        f"LoRA r={setting.lora_r}, {setting.epochs:g} epochs.",
+        "",
+        "| reward model | pairwise accuracy | captions | existence answers |",
+        "|---|---|---|---|",
+    ]
+    for name, label in (("rm", "plain RM"), ("fact_rm", "Fact-RM (facts in the prompt)")):
+        lines.append(f"| {label} | {cell(name, 'accuracy')} | {cell(name, 'accuracy_caption')} | "
+                     f"{cell(name, 'accuracy_existence')} |")
+    lines += ["", "| cost model | ranking accuracy | sign accuracy | mean cost, unsafe | mean cost, safe |",
+              "|---|---|---|---|---|",
+              f"| graded signs | {cell('cost', 'accuracy')} | {cell('cost', 'sign_accuracy')} | "
+              f"{summary['cost']['mean_cost_unsafe']:.2f} | {summary['cost']['mean_cost_safe']:.2f} |"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="output folder (data, results.json, results.md)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--model", default=Setting.model, help="base VLM (default: the shipped scene VLM)")
+    parser.add_argument("--epochs", type=float, default=Setting.epochs)
+    parser.add_argument("--quick", action="store_true", help="tiny data and one short epoch (smoke run)")
+    args = parser.parse_args(argv)
+    setting = Setting(model=args.model, epochs=args.epochs)
+    if args.quick:
+        setting = Setting(model=args.model, train_scenes=8, eval_scenes=4, safety_train_scenes=6,
+                          safety_eval_scenes=4, epochs=0.5, batch_size=4)
+    out = Path(args.out)
+    data = build_data(setting, out / "data")
+    runs = []
+    for seed in args.seeds:
+        models = {}
+        for name, path, extra in (("rm", "feedback", {}), ("fact_rm", "feedback", {"use_facts": True}),
+                                  ("cost", "safety", {"kind": "cost", "cost_signs": "graded"})):
+            model = train_model(setting, data[f"{path}-train"], out / f"{name}-seed{seed}", seed, **extra)
+            models[name] = evaluate(model, data[f"{path}-eval"], "cost" if name == "cost" else "reward")
+            print(f"seed {seed} {name}: {models[name]}")
+        runs.append({"seed": seed, "models": models})
+    summary = summarise(runs)
+    (out / "results.json").write_text(json.dumps({"setting": setting.__dict__, "runs": runs, "summary": summary},
+                                                 indent=1))
+    table = markdown(summary, args.seeds, setting)
+    (out / "results.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
