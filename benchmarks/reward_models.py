@@ -90,12 +90,13 @@ def train_model(setting: Setting, data: Path, out: Path, seed: int, **reward_arg
 
 
 def evaluate(model, data: Path, kind: str) -> dict[str, float]:
-    """Held-out accuracies; pairs oriented exactly as in training."""
+    """Held-out accuracies; pairs oriented as in training."""
     from mmalign.data_builders.storage import load_preference_dataset
     from mmalign.reward import RewardScorer, scored_pair
 
     dataset = load_preference_dataset(data)
-    pairs = [scored_pair(dataset[i], i, kind, "graded") for i in range(len(dataset))]
+    # sign accuracy is judged against the safe / unsafe labels, whatever signs trained the model
+    pairs = [scored_pair(dataset[i], i, kind, "label") for i in range(len(dataset))]
     scorer = RewardScorer(model, batch_size=16, max_length=512)
     images, prompts, facts = dataset["images"], dataset["prompt"], dataset["facts"]
     first = scorer(images, prompts, [p.first for p in pairs], facts)
@@ -110,8 +111,9 @@ def evaluate(model, data: Path, kind: str) -> dict[str, float]:
         signs = [(p.first_sign, a) for p, a in zip(pairs, first)] + [(p.second_sign, b) for p, b in zip(pairs, second)]
         labelled = [(s, c) for s, c in signs if s != 0]
         result["sign_accuracy"] = 100 * statistics.fmean((c > 0) == (s > 0) for s, c in labelled)
-        result["mean_cost_unsafe"] = statistics.fmean(c for s, c in labelled if s > 0)
-        result["mean_cost_safe"] = statistics.fmean(c for s, c in labelled if s < 0)
+        for name, side in (("mean_cost_unsafe", 1), ("mean_cost_safe", -1)):
+            costs = [c for s, c in labelled if s == side]
+            result[name] = statistics.fmean(costs) if costs else float("nan")
     return result
 
 
@@ -120,8 +122,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     summary: dict[str, dict[str, float]] = {}
     for name in runs[0]["models"]:
         for metric in runs[0]["models"][name]:
-            values = [r["models"][name][metric] for r in runs]
-            summary.setdefault(name, {})[metric] = statistics.fmean(values)
+            values = [v for r in runs if (v := r["models"][name][metric]) == v]  # NaN: nothing to measure
+            summary.setdefault(name, {})[metric] = statistics.fmean(values) if values else float("nan")
             summary[name][metric + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
     return summary
 

@@ -92,6 +92,17 @@ class EncodedBatch:
         )
 
 
+@dataclass
+class Samples:
+    """Sampled responses: the right-padded ``batch`` (prompt + response), their text,
+    whether each reached the stop token, and their length in tokens."""
+
+    batch: EncodedBatch
+    texts: list[str]
+    ended: torch.Tensor
+    lengths: torch.Tensor
+
+
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the last real token of each row, ``(batch,)``, under left or right padding."""
     seq = attention_mask.shape[-1]
@@ -324,14 +335,26 @@ class VLMAdapter:
                 names.add(name.rsplit(".", 1)[-1])
         return names
 
-    def add_lora(self, settings: LoraSettings | None = None, *, gradient_checkpointing: bool = False) -> None:
-        """Wrap the model with fresh, trainable LoRA adapters (QLoRA when 4-bit)."""
-        from peft import get_peft_model, prepare_model_for_kbit_training
+    def add_lora(self, settings: LoraSettings | None = None, *, gradient_checkpointing: bool = False,
+                 adapter_name: str = "default") -> None:
+        """Wrap the model with fresh, trainable LoRA adapters (QLoRA when 4-bit).
+
+        On a model that already has adapters, ``adapter_name`` adds another trainable one
+        beside them on the same base (PPO's critics); the active adapter does not change.
+        """
+        from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
         settings = settings or LoraSettings(
             r=self.card.lora_r, alpha=self.card.lora_alpha, dropout=self.card.lora_dropout
         )
         was_training = self.model.training
+        if isinstance(self.model, PeftModel):
+            self.model.add_adapter(adapter_name, self.lora_config(settings))
+            for name, p in self.model.named_parameters():  # peft leaves a non-active adapter frozen
+                if f".{adapter_name}." in name and "lora_" in name:
+                    p.requires_grad_(True)
+            self.model.train(was_training)
+            return
         if self.quantized:
             self.model = prepare_model_for_kbit_training(
                 self.model, use_gradient_checkpointing=gradient_checkpointing
@@ -339,8 +362,25 @@ class VLMAdapter:
             self.freeze(self.train_projector)  # it may upcast and re-enable the projector
         elif gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
-        self.model = get_peft_model(self.model, self.lora_config(settings))
+        self.model = get_peft_model(self.model, self.lora_config(settings), adapter_name=adapter_name)
         self.model.train(was_training)  # new LoRA dropout layers start in training mode
+
+    def use_adapter(self, name: str) -> None:
+        """Make adapter ``name`` the active one without changing which weights are trainable.
+
+        (peft's ``set_adapter`` also freezes every other adapter, which would stop the
+        policy from training while a critic or the reward model runs.)
+        """
+        from peft import PeftModel
+
+        if not isinstance(self.model, PeftModel):
+            raise ValueError(f"no adapters on this model; cannot activate {name!r}")
+        if self.model.active_adapter == name:
+            return
+        flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        self.model.set_adapter(name)
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
     def save_adapter(self, path: str | Path) -> Path:
         """Save LoRA weights in the standard PEFT format (safetensors), written atomically."""
@@ -354,12 +394,20 @@ class VLMAdapter:
         return Path(path)
 
     def load_adapter(self, path: str | Path, *, adapter_name: str = "default", is_trainable: bool = False) -> None:
-        """Attach a saved PEFT adapter (a second call adds another named adapter)."""
+        """Attach a saved PEFT adapter and make it active.
+
+        A second call adds another named adapter beside the first; adapters already there
+        keep their trainable flags (the new one is trainable only with ``is_trainable``).
+        """
         from peft import PeftModel
 
         if isinstance(self.model, PeftModel):
+            flags = {id(p): p.requires_grad for p in self.model.parameters()}
             self.model.load_adapter(str(path), adapter_name=adapter_name, is_trainable=is_trainable)
             self.model.set_adapter(adapter_name)
+            for name, p in self.model.named_parameters():
+                new = f".{adapter_name}." in name and "lora_" in name
+                p.requires_grad_(is_trainable if new else flags.get(id(p), p.requires_grad))
         else:
             self.model = PeftModel.from_pretrained(
                 self.model, str(path), adapter_name=adapter_name, is_trainable=is_trainable
@@ -592,12 +640,15 @@ class VLMAdapter:
         image_features: dict[str, Any] | None = None,
         *,
         model: torch.nn.Module | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with_entropy: bool = False,
+    ):
         """Per-token log-probs of the response tokens: ``(batch, max_response_len)`` plus mask.
 
         Only positions that predict a response token are projected to the vocabulary,
         so no ``(batch, seq, vocab)`` tensor is built. ``model`` overrides ``self.model``
         with a wrapped copy (DDP / FSDP / DeepSpeed engine) inside a trainer.
+        ``with_entropy`` also returns the policy's entropy at each response position
+        (detached, for logging), as a third tensor.
         """
         predicts = torch.zeros_like(batch.response_mask)
         predicts[:, :-1] = batch.response_mask[:, 1:]
@@ -605,8 +656,62 @@ class VLMAdapter:
             **self.forward_kwargs(batch, image_features), logits_to_keep=predicts, use_cache=False
         )
         targets = batch.input_ids[batch.response_mask]
-        flat = gather_logprobs(out.logits.reshape(-1, out.logits.shape[-1]), targets)
-        return unflatten_rows(flat, batch.response_lengths)
+        logits = out.logits.reshape(-1, out.logits.shape[-1])
+        logps, mask = unflatten_rows(gather_logprobs(logits, targets), batch.response_lengths)
+        if not with_entropy:
+            return logps, mask
+        with torch.no_grad():
+            flat = torch.log_softmax(logits.float(), dim=-1)
+            entropy = -(flat.exp() * flat).sum(-1)
+        return logps, mask, unflatten_rows(entropy, batch.response_lengths)[0]
+
+    @torch.no_grad()
+    def sample(
+        self,
+        images: Sequence[Any] | None,
+        prompts: Sequence[Prompt],
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+    ) -> Samples:
+        """Sample one response per prompt and return it as a training batch (for RL).
+
+        Generation runs left-padded; the result is re-packed right-padded, each row
+        [prompt, response up to and including the stop token], with ``response_mask`` on
+        exactly the sampled tokens, so log-probs computed later score what was sampled.
+        ``top_k=0`` and ``top_p=1`` sample from the full distribution (as PPO assumes).
+        """
+        batch = self.encode(images, prompts, padding_side="left").to(self.device)
+        stop = list(dict.fromkeys([*self.end_of_turn_ids, self.tokenizer.eos_token_id]))
+        out = self.model.generate(
+            **self.forward_kwargs(batch), max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+            top_p=top_p, top_k=top_k, eos_token_id=stop, pad_token_id=self.tokenizer.pad_token_id,
+        )
+        new = out[:, batch.input_ids.shape[1]:].cpu()
+        is_stop = torch.isin(new, torch.tensor(stop))
+        ended = is_stop.any(-1)
+        lengths = torch.where(ended, is_stop.int().argmax(-1) + 1, torch.tensor(new.shape[1]))
+        keep = batch.attention_mask.bool().cpu()
+        ids, resp, extras = [], [], {k: [] for k in batch.text_inputs}
+        for i in range(new.shape[0]):
+            prompt = batch.input_ids[i].cpu()[keep[i]]
+            answer = new[i, : lengths[i]]
+            ids.append(torch.cat([prompt, answer]))
+            resp.append(torch.cat([torch.zeros(len(prompt), dtype=torch.bool), torch.ones(len(answer), dtype=torch.bool)]))
+            for k, v in batch.text_inputs.items():
+                extras[k].append(torch.cat([v[i].cpu()[keep[i]], torch.zeros(len(answer), dtype=v.dtype)]))
+        packed = EncodedBatch(
+            input_ids=pad_rows(ids, self.tokenizer.pad_token_id),
+            attention_mask=pad_rows([torch.ones_like(r, dtype=torch.long) for r in ids], 0),
+            response_mask=pad_rows(resp, False),
+            image_inputs={k: v.cpu() for k, v in batch.image_inputs.items()},
+            text_inputs={k: pad_rows(v, 0) for k, v in extras.items()},
+            images_per_row=batch.images_per_row,
+        )
+        texts = [self.tokenizer.decode(new[i, : lengths[i]], skip_special_tokens=True) for i in range(len(ids))]
+        return Samples(packed, texts, ended, lengths)
 
     def hidden_states(self, batch: EncodedBatch, image_features: dict[str, Any] | None = None) -> torch.Tensor:
         """Final (normed) hidden states of the language model, ``(batch, seq, hidden)``."""

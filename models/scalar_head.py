@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmalign.io import atomic_dir
-from mmalign.models.base import EncodedBatch, VLMAdapter, last_token_index
+from mmalign.models.base import EncodedBatch, VLMAdapter, last_token_index, unflatten_rows
 
 HEAD_FILE = "scalar_head.safetensors"
 HEAD_CONFIG = "scalar_head.json"
@@ -36,15 +36,33 @@ class ScalarHeadModel(torch.nn.Module):
         self.backbone = adapter.model
         self.kind = kind
         self.template: dict[str, Any] | None = None  # scoring prompt it was trained with (saved)
+        self.adapter_name: str | None = None  # its LoRA adapter, when several share the base
         hidden = adapter.base_model.config.get_text_config().hidden_size
         self.head = torch.nn.Linear(hidden, 1, device=adapter.device, dtype=head_dtype)
         torch.nn.init.normal_(self.head.weight, std=1.0 / (hidden + 1) ** 0.5)
         torch.nn.init.zeros_(self.head.bias)
 
-    def forward(self, batch: EncodedBatch, image_features: dict[str, Any] | None = None) -> torch.Tensor:
+    def _hidden(self, batch: EncodedBatch, image_features: dict[str, Any] | None) -> torch.Tensor:
         if self.backbone is not self.adapter.model:
             raise RuntimeError("the adapter's model changed after the head was built; build the head after add_lora")
-        hidden = self.adapter.hidden_states(batch, image_features)
+        if self.adapter_name is not None:
+            self.adapter.use_adapter(self.adapter_name)
+        return self.adapter.hidden_states(batch, image_features)
+
+    def values(self, batch: EncodedBatch, image_features: dict[str, Any] | None = None):
+        """Per-token values ``(batch, response_len)`` + mask, aligned with the response tokens.
+
+        The value of token t is read at the position that predicts it (the state before
+        the token is chosen), as PPO's critic needs.
+        """
+        hidden = self._hidden(batch, image_features)
+        predicts = torch.zeros_like(batch.response_mask)
+        predicts[:, :-1] = batch.response_mask[:, 1:]
+        flat = self.head(hidden[predicts.to(hidden.device)].to(self.head.weight.dtype)).squeeze(-1)
+        return unflatten_rows(flat, batch.response_lengths.to(flat.device))
+
+    def forward(self, batch: EncodedBatch, image_features: dict[str, Any] | None = None) -> torch.Tensor:
+        hidden = self._hidden(batch, image_features)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         last = hidden[rows, last_token_index(batch.attention_mask).to(hidden.device)]
         return self.head(last.to(self.head.weight.dtype)).squeeze(-1)
@@ -83,15 +101,23 @@ class ScalarHeadModel(torch.nn.Module):
         self.head.load_state_dict(load_file(folder / HEAD_FILE, device=str(self.adapter.device)))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, adapter: VLMAdapter, *, is_trainable: bool = False) -> ScalarHeadModel:
-        """Attach a saved head (and its LoRA adapter, if saved) to a loaded base adapter."""
+    def from_pretrained(cls, path: str | Path, adapter: VLMAdapter, *, is_trainable: bool = False,
+                        adapter_name: str | None = None) -> ScalarHeadModel:
+        """Attach a saved head (and its LoRA adapter, if saved) to a loaded base adapter.
+
+        The LoRA adapter is loaded under ``adapter_name`` (default: the model's kind), so a
+        reward and a cost model can share one base with the policy.
+        """
         path = Path(path)
         config = json.loads((path / HEAD_CONFIG).read_text())
         if config["family"] != adapter.family:
             raise ValueError(f"{path}: head was trained on family {config['family']!r}, not {adapter.family!r}")
+        name = adapter_name or config["kind"]
         if (path / "adapter_config.json").exists():
-            adapter.load_adapter(path, adapter_name=config["kind"], is_trainable=is_trainable)
+            adapter.load_adapter(path, adapter_name=name, is_trainable=is_trainable)
         model = cls(adapter, kind=config["kind"], head_dtype=getattr(torch, config["dtype"]))
+        if (path / "adapter_config.json").exists():
+            model.adapter_name = name
         model.head.load_state_dict(load_file(path / HEAD_FILE, device=str(adapter.device)))
         model.head.requires_grad_(is_trainable)
         model.template = config.get("template")
