@@ -60,7 +60,8 @@ COLUMNS: tuple[Column, ...] = (
            "0 ≤ start < end ≤ len(chosen) (Dense DPO weights them by γ)."),
     Column("rejected_spans", "list of [start, end)", False, "Corrected segments of `rejected`, same rules."),
     Column("facts", "list of strings", False,
-           "Statements known to hold for the image (captions, rationales) for the Fact-RLHF reward model."),
+           "Statements known to hold for the image (captions, rationales) for the Fact-RLHF reward model.",
+           (PREFERENCE, PROMPTS)),
     Column("more_helpful", "`\"chosen\"` / `\"rejected\"`", False,
            "Which response the helpfulness preference favours (Safe RLHF-V reward model)."),
     Column("safer", "`\"chosen\"` / `\"rejected\"`", False,
@@ -439,12 +440,13 @@ def validate_prompt_record(
     images: ImageOptions | None = None,
     allow_extra: bool = False,
 ) -> dict[str, Any]:
-    """Check one prompt-set record (images, prompt, optional reference) and return its stored form."""
+    """Check one prompt-set record (images, prompt, optional facts and reference); return its stored form."""
     try:
         _check_fields(record, PROMPTS, allow_extra)
         out: dict[str, Any] = {"images": _images(record.get("images"), images or ImageOptions())}
         out["prompt"] = _prompt(record["prompt"])
         _check_prompt_images(out["prompt"], out["images"])
+        out["facts"] = _facts(record.get("facts"))
         out["reference"] = _optional_text(record.get("reference"), "reference")
         out["source"] = _optional_text(record.get("source"), "source")
         out["meta"] = _meta(record.get("meta"))

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import torch
 from PIL import Image
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mmalign.models.cards import ModelCard, get_card, list_cards
 from mmalign.qlora import LoraSettings, QuantizationConfig, lora_target_regex, resolve_dtype
@@ -377,10 +378,18 @@ class VLMAdapter:
             raise ValueError(f"no adapters on this model; cannot activate {name!r}")
         if self.model.active_adapter == name:
             return
+        with self._trainable_kept():
+            self.model.set_adapter(name)
+
+    @contextmanager
+    def _trainable_kept(self):
+        """Restore every parameter's ``requires_grad`` on exit (peft resets them on adapter switches)."""
         flags = [(p, p.requires_grad) for p in self.model.parameters()]
-        self.model.set_adapter(name)
-        for p, flag in flags:
-            p.requires_grad_(flag)
+        try:
+            yield
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
 
     def save_adapter(self, path: str | Path) -> Path:
         """Save LoRA weights in the standard PEFT format (safetensors), written atomically."""
@@ -419,7 +428,7 @@ class VLMAdapter:
         from peft import PeftModel
 
         if isinstance(self.model, PeftModel):
-            with self.model.disable_adapter():
+            with self._trainable_kept(), self.model.disable_adapter():
                 yield
         else:
             yield
@@ -621,6 +630,35 @@ class VLMAdapter:
             out = self.base_model.get_image_features(**batch.image_inputs, return_dict=True)
         return {"image": out}
 
+    def select(self, batch: EncodedBatch, rows: Sequence[int], image_features: dict[str, Any] | None = None):
+        """Rows ``rows`` of a batch and of its cached image features (a PPO minibatch).
+
+        Padding columns no selected row uses are dropped. Pixel inputs are left out when
+        features are given, since the forward then does not read them.
+        """
+        rows = list(rows)
+        starts = [0]
+        for n in batch.images_per_row:
+            starts.append(starts[-1] + n)
+        images = [j for r in rows for j in range(starts[r], starts[r + 1])]
+        width = int(batch.attention_mask[rows].sum(-1).max())
+        keys = self.inputs.forward_image_keys if image_features is not None else tuple(batch.image_inputs)
+        if any(batch.image_inputs[k].shape[0] != starts[-1] for k in keys if k in batch.image_inputs):
+            raise ValueError("select needs cached image features: this family's pixels are not one row per image")
+        sub = EncodedBatch(
+            input_ids=batch.input_ids[rows, :width],
+            attention_mask=batch.attention_mask[rows, :width],
+            response_mask=batch.response_mask[rows, :width],
+            image_inputs={k: batch.image_inputs[k][images] for k in keys if k in batch.image_inputs},
+            text_inputs={k: v[rows, :width] for k, v in batch.text_inputs.items()},
+            response_offsets=[batch.response_offsets[r] for r in rows] if batch.response_offsets else [],
+            images_per_row=[batch.images_per_row[r] for r in rows],
+        )
+        if image_features is None:
+            return sub, None
+        pooled = image_features["image"].pooler_output
+        return sub, {"image": BaseModelOutputWithPooling(pooler_output=[pooled[j] for j in images])}
+
     def forward_kwargs(self, batch: EncodedBatch, image_features: dict[str, Any] | None = None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "input_ids": batch.input_ids,
@@ -685,9 +723,12 @@ class VLMAdapter:
         """
         batch = self.encode(images, prompts, padding_side="left").to(self.device)
         stop = list(dict.fromkeys([*self.end_of_turn_ids, self.tokenizer.eos_token_id]))
+        # a sampled image placeholder would make the sequence unreadable for the model
+        placeholders = [getattr(self.base_model.config, k, None) for k in ("image_token_id", "video_token_id")]
         out = self.model.generate(
             **self.forward_kwargs(batch), max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
             top_p=top_p, top_k=top_k, eos_token_id=stop, pad_token_id=self.tokenizer.pad_token_id,
+            suppress_tokens=[t for t in placeholders if t is not None] or None,
         )
         new = out[:, batch.input_ids.shape[1]:].cpu()
         is_stop = torch.isin(new, torch.tensor(stop))

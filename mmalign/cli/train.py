@@ -13,12 +13,15 @@ methods:
   dpo    preference optimisation: --loss_type sigmoid | ipo | hinge | robust | ddpo (RLHF-V Dense DPO)
   rm     Bradley-Terry reward model on helpfulness pairs; --use_facts for Fact-RLHF's factual RM
   cost   Safe RLHF cost model on safety pairs (cost > 0 = unsafe); --cost_signs label | graded
+  ppo    PPO with a reward model (--reward_model_path), Fact-RLHF shaping with --shaping
+  safe-ppo  Safe RLHF-V PPO-Lagrangian: also --cost_model_path and --cost_threshold (the budget)
 """
 
 
 def _method_specs():
     from mmalign.dpo import DPOConfig, run_dpo
     from mmalign.model_config import ModelConfig
+    from mmalign.ppo import PPOConfig, run_ppo
     from mmalign.reward import RewardConfig, run_reward_model
     from mmalign.sft import SFTConfig, run_sft
 
@@ -27,6 +30,8 @@ def _method_specs():
         "dpo": ((ModelConfig, DPOConfig), run_dpo),
         "rm": ((ModelConfig, RewardConfig), run_reward_model),
         "cost": ((ModelConfig, RewardConfig), run_reward_model),
+        "ppo": ((ModelConfig, PPOConfig), run_ppo),
+        "safe-ppo": ((ModelConfig, PPOConfig), run_ppo),
     }
 
 
@@ -36,6 +41,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     types, run = _method_specs()[args.method]
     options = ["--kind", "cost", *args.options] if args.method == "cost" else args.options
     configs = parse_recipe(types, options, prog=f"mmalign train {args.method}")
+    if args.method == "safe-ppo" and not configs[1].cost_model_path:
+        raise SystemExit("mmalign train safe-ppo: set cost_model_path (a trained cost model)")
+    if args.method == "ppo" and configs[1].cost_model_path:
+        raise SystemExit("mmalign train ppo: cost_model_path is set; use train safe-ppo for PPO-Lagrangian")
     out = run(*configs)
     print(f"training finished; final model in {out}")
     return 0
@@ -73,9 +82,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model with a recipe (sft, dpo, rm, cost)", description=TRAIN_HELP,
+    p = sub.add_parser("train", help="train a model with a recipe (sft, dpo, rm, cost, ppo, safe-ppo)", description=TRAIN_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("method", choices=["sft", "dpo", "rm", "cost"], help="training method")
+    p.add_argument("method", choices=["sft", "dpo", "rm", "cost", "ppo", "safe-ppo"], help="training method")
     p.add_argument("options", nargs=argparse.REMAINDER, help="--config FILE and --option value pairs")
     p.set_defaults(func=cmd_train)
 

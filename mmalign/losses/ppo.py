@@ -12,8 +12,8 @@ import torch
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mask = mask.to(x.dtype)
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+    """Mean over the real tokens; whatever the padded positions hold (even inf) is ignored."""
+    return torch.where(mask.bool(), x, 0).sum() / mask.sum().clamp(min=1).to(x.dtype)
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
@@ -94,7 +94,7 @@ def ppo_policy_loss(
     ``approx_kl`` is the ``mean((ρ − 1) − log ρ)`` estimator of KL(old ‖ new), used for
     early stopping.
     """
-    log_ratio = logprobs - old_logprobs
+    log_ratio = torch.where(mask.bool(), logprobs - old_logprobs, 0)  # padding: ratio 1, no gradient
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1 - clip, 1 + clip)

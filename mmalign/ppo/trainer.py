@@ -1,0 +1,408 @@
+"""PPO for VLMs (Fact-RLHF shaping) and Safe RLHF-V's PPO-Lagrangian on one shared base.
+
+Every model of the run sits on the same (4-bit) base as its own LoRA adapter, switched in
+place: the policy (``default``), the reference (adapters off), the reward and cost models
+(frozen adapters + heads) and the critics (trainable adapters + value heads). Nothing is
+copied, so a 7B run fits one consumer GPU.
+
+One iteration: sample a response per prompt (full-distribution sampling), score it
+(reward model + shaping; cost model), compute per-token log-probs of policy and reference
+and the critics' values, shape per-token rewards (KL penalty, score on the last token),
+GAE, then ``ppo_epochs`` passes of PPO-clip and clipped value losses over minibatches.
+With a cost model, λ moves first (one step of its own optimiser on the sliding mean
+episode cost) and the policy follows the combined advantage (A_r − λA_c)/(1 + λ).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer
+from transformers.trainer_utils import TrainOutput
+
+from mmalign.io import atomic_dir
+from mmalign.losses.ppo import (
+    combined_advantage,
+    gae,
+    lagrange_loss,
+    masked_mean,
+    masked_whiten,
+    ppo_policy_loss,
+    ppo_value_loss,
+    shaped_rewards,
+)
+from mmalign.models.base import EncodedBatch, VLMAdapter
+from mmalign.models.scalar_head import ScalarHeadModel
+from mmalign.ppo.config import PPOConfig
+from mmalign.ppo.shaping import ShapingConfig, shaping_terms
+from mmalign.reward.scoring import RewardScorer
+
+POLICY = "default"
+LAMBDA_FILE = "lagrange.json"
+STATE_FILE = "ppo_state.json"
+
+
+class PPOModules(torch.nn.Module):
+    """Everything trained by PPO, as one module: the policy's model (with every LoRA
+    adapter on it) and the critics' heads. The optimizer and a distributed wrapper see
+    exactly these parameters."""
+
+    def __init__(self, adapter: VLMAdapter, critics: dict[str, ScalarHeadModel]):
+        super().__init__()
+        self.backbone = adapter.model
+        self.heads = torch.nn.ModuleDict({name: critic.head for name, critic in critics.items()})
+
+
+@dataclass
+class Rollout:
+    """One rollout batch: sampled sequences and everything PPO needs about them (on device)."""
+
+    batch: EncodedBatch
+    features: dict[str, Any] | None
+    mask: torch.Tensor
+    old_logprobs: torch.Tensor
+    advantages: torch.Tensor
+    values: dict[str, torch.Tensor]
+    returns: dict[str, torch.Tensor]
+
+
+def shaping_config(args: PPOConfig) -> ShapingConfig:
+    return ShapingConfig(**{f.name: getattr(args, f.name) for f in fields(ShapingConfig)})
+
+
+class PPOTrainer(Trainer):
+    """PPO / PPO-Lagrangian on an adapter whose policy LoRA is ``default``."""
+
+    def __init__(
+        self,
+        adapter: VLMAdapter,
+        args: PPOConfig,
+        train_dataset,
+        reward_model: ScalarHeadModel,
+        cost_model: ScalarHeadModel | None = None,
+        critics: dict[str, ScalarHeadModel] | None = None,
+        **kwargs: Any,
+    ):
+        if critics is None or "reward" not in critics or (cost_model is not None and "cost" not in critics):
+            raise ValueError("critics must hold a 'reward' critic (and a 'cost' critic with a cost model)")
+        self.adapter = adapter
+        self.reward_model, self.cost_model, self.critics = reward_model, cost_model, critics
+        for scorer in (reward_model, cost_model):
+            if scorer is not None:
+                scorer.eval()
+        self.reward_scorer = RewardScorer(reward_model, batch_size=args.per_device_eval_batch_size,
+                                          max_length=args.max_length, name="reward")
+        self.cost_scorer = (RewardScorer(cost_model, batch_size=args.per_device_eval_batch_size,
+                                         max_length=args.max_length, name="cost") if cost_model else None)
+        self.shaping = shaping_config(args)
+        self.log_lambda = torch.nn.Parameter(torch.tensor(math.log(args.lambda_init)))
+        self.lambda_optimizer = torch.optim.SGD([self.log_lambda], lr=args.lambda_lr)
+        self.cost_window: deque[float] = deque(maxlen=args.episode_cost_window)
+        self.iteration = 0
+        kwargs.setdefault("processing_class", adapter.processor)
+        super().__init__(model=PPOModules(adapter, critics), args=args, train_dataset=train_dataset,
+                         data_collator=lambda rows: rows, **kwargs)
+
+    # ------------------------------------------------------------------ data
+    def _prompt_batches(self, start: int):
+        """Rollout batches of rows in a seeded order; batch k is the same on a resumed run."""
+        n, size = len(self.train_dataset), self.args.rollout_batch_size
+        per_epoch = max(n // size, 1)
+        k = start
+        while True:
+            epoch, index = divmod(k, per_epoch)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.args.seed + epoch)).tolist()
+            picked = order[index * size : (index + 1) * size]
+            if len(picked) < size:  # fewer prompts than a batch: wrap around
+                picked = (order * (size // max(n, 1) + 1))[:size]
+            yield [self.train_dataset[i] for i in picked]
+            k += 1
+
+    # ------------------------------------------------------------------ rollout
+    def _scores(self, rows: list[dict[str, Any]], texts: list[str], samples) -> tuple[torch.Tensor, dict[str, Any]]:
+        images = [r.get("images") or [] for r in rows]
+        prompts = [r["prompt"] for r in rows]
+        facts = [r.get("facts") for r in rows]
+        rm = torch.tensor(self.reward_scorer(images, prompts, texts, facts))
+        stats: dict[str, Any] = {"reward_model": rm}
+        total = rm.clone()
+        if self.args.shaping:
+            terms = [shaping_terms(t, bool(e), int(n), self.args.max_new_tokens, r.get("reference"), self.shaping)
+                     for t, e, n, r in zip(texts, samples.ended, samples.lengths, rows)]
+            for name in terms[0]:
+                stats[f"shaping/{name}"] = torch.tensor([t[name] for t in terms])
+                total += stats[f"shaping/{name}"]
+        if self.cost_scorer is not None:
+            stats["cost"] = torch.tensor(self.cost_scorer(images, prompts, texts, facts))
+        return total, stats
+
+    @torch.no_grad()
+    def make_rollout(self, rows: list[dict[str, Any]]) -> tuple[Rollout, dict[str, float]]:
+        args: PPOConfig = self.args
+        adapter = self.adapter
+        adapter.use_adapter(POLICY)
+        adapter.model.eval()
+        samples = adapter.sample([r.get("images") or [] for r in rows], [r["prompt"] for r in rows],
+                                 max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+        scores, stats = self._scores(rows, samples.texts, samples)
+        batch = samples.batch.to(adapter.device)
+        features = adapter.image_features(batch)
+        adapter.use_adapter(POLICY)
+        adapter.model.eval()
+        logps, mask, entropy = adapter.response_logprobs(batch, features, with_entropy=True)
+        with adapter.adapters_disabled():
+            ref_logps, _ = adapter.response_logprobs(batch, features)
+        device = logps.device
+        rewards, kl = shaped_rewards(logps, ref_logps, mask, scores.to(device), args.kl_coef, clip=args.score_clip)
+        values, returns, advantages = {}, {}, {}
+        streams = {"reward": rewards}
+        if self.cost_model is not None:
+            streams["cost"], _ = shaped_rewards(logps, ref_logps, mask, stats["cost"].to(device), args.kl_coef,
+                                                sign=1.0, clip=args.score_clip)
+        for name, per_token in streams.items():
+            values[name], _ = self.critics[name].values(batch, features)
+            advantages[name], returns[name] = gae(per_token, values[name], mask, args.gamma, args.lam)
+        lam = self._update_lambda(stats.get("cost"))
+        advantage = advantages["reward"]
+        if self.cost_model is not None:
+            advantage = combined_advantage(advantages["reward"], advantages["cost"], lam)
+        if args.whiten_advantages:
+            advantage = masked_whiten(advantage, mask)
+        log = {
+            "reward": float(scores.mean()),
+            "reward_model": float(stats["reward_model"].mean()),
+            "kl": float((kl * mask).sum(-1).mean()),
+            "entropy": float(masked_mean(entropy, mask)),
+            "response_length": float(samples.lengths.float().mean()),
+            "ended_rate": float(samples.ended.float().mean()),
+        }
+        log.update({k: float(v.mean()) for k, v in stats.items() if k.startswith("shaping/")})
+        if self.cost_model is not None:
+            log.update({"cost": float(stats["cost"].mean()), "lambda": float(lam),
+                        "unsafe_rate": float((stats["cost"] > args.unsafe_cost).float().mean()),
+                        "episode_cost": sum(self.cost_window) / len(self.cost_window)})
+        rollout = Rollout(batch, features, mask, logps, advantage, values, returns)
+        return rollout, log
+
+    def _update_lambda(self, costs: torch.Tensor | None) -> float:
+        """One step of λ on the sliding mean episode cost (averaged across processes)."""
+        args: PPOConfig = self.args
+        if costs is None:
+            return 0.0
+        gathered = self.accelerator.gather(costs.to(self.accelerator.device)).cpu().tolist()
+        self.cost_window.extend(gathered)
+        if self.iteration >= args.lambda_update_delay:
+            mean_cost = sum(self.cost_window) / len(self.cost_window)
+            self.lambda_optimizer.zero_grad()
+            with torch.enable_grad():  # the rollout runs without gradients; λ has its own
+                lagrange_loss(self.log_lambda, mean_cost, args.cost_threshold).backward()
+            self.lambda_optimizer.step()
+            if args.lambda_max is not None:
+                with torch.no_grad():
+                    self.log_lambda.clamp_(max=math.log(args.lambda_max))
+        return self.log_lambda.exp().item()
+
+    # ------------------------------------------------------------------ update
+    def ppo_update(self, rollout: Rollout) -> dict[str, float]:
+        args: PPOConfig = self.args
+        adapter = self.adapter
+        n = rollout.batch.input_ids.shape[0]
+        sums: dict[str, float] = {}
+        steps = 0
+        stop = False
+        for _ in range(args.ppo_epochs):
+            order = torch.randperm(n).tolist()
+            for lo in range(0, n, args.per_device_train_batch_size):
+                rows = order[lo : lo + args.per_device_train_batch_size]
+                batch, features = adapter.select(rollout.batch, rows, rollout.features)
+                mask = rollout.mask[rows]
+                adapter.use_adapter(POLICY)
+                adapter.model.train()
+                logps, _ = adapter.response_logprobs(batch, features)
+                width = logps.shape[1]
+                policy = ppo_policy_loss(logps, rollout.old_logprobs[rows, :width], rollout.advantages[rows, :width],
+                                         mask[:, :width], args.clip_range)
+                self.accelerator.backward(policy.loss)
+                stats = {"loss/policy": policy.loss.item(), "clip_fraction": policy.clip_fraction.item(),
+                         "approx_kl": policy.approx_kl.item()}
+                for name, critic in self.critics.items():
+                    values, _ = critic.values(batch, features)
+                    loss = ppo_value_loss(values, rollout.values[name][rows, :width],
+                                          rollout.returns[name][rows, :width], mask[:, :width], args.value_clip)
+                    self.accelerator.backward(args.value_coef * loss)
+                    stats[f"loss/value_{name}"] = loss.item()
+                if args.max_grad_norm:
+                    self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                self.optimizer.zero_grad()
+                steps += 1
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                if args.target_kl is not None and policy.approx_kl.item() > 1.5 * args.target_kl:
+                    stop = True
+                    break
+            if stop:
+                break
+        adapter.use_adapter(POLICY)
+        out = {k: v / steps for k, v in sums.items()}
+        out["ppo_steps"] = steps
+        out["early_stopped"] = float(stop)
+        return out
+
+    # ------------------------------------------------------------------ loop
+    def train(self, resume_from_checkpoint: str | bool | None = None, **_: Any) -> TrainOutput:
+        """Run ``max_steps`` PPO iterations, checkpointing every ``save_steps``; resumable."""
+        from tqdm.auto import tqdm
+
+        args: PPOConfig = self.args
+        per_rollout = args.ppo_epochs * math.ceil(args.rollout_batch_size / args.per_device_train_batch_size)
+        self.create_optimizer_and_scheduler(num_training_steps=args.max_steps * per_rollout)
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = self._last_checkpoint()
+        if resume_from_checkpoint:
+            self._load_ppo_checkpoint(Path(resume_from_checkpoint))
+        batches = self._prompt_batches(self.iteration)
+        bar = tqdm(total=args.max_steps, initial=self.iteration, desc="PPO iterations",
+                   disable=not self.is_world_process_zero())
+        last: dict[str, float] = {}
+        while self.iteration < args.max_steps:
+            rollout, log = self.make_rollout(next(batches))
+            log.update(self.ppo_update(rollout))
+            self.iteration += 1
+            self.state.global_step = self.iteration
+            self.state.epoch = self.iteration * args.rollout_batch_size / len(self.train_dataset)
+            if self.iteration % max(int(args.logging_steps), 1) == 0 or self.iteration == args.max_steps:
+                self.log(dict(log))
+            last = log
+            bar.update(1)
+            bar.set_postfix({k: round(log[k], 3) for k in ("reward", "kl", "cost", "lambda") if k in log})
+            if args.save_strategy != "no" and self.iteration % max(int(args.save_steps), 1) == 0:
+                self._save_ppo_checkpoint()
+        bar.close()
+        return TrainOutput(self.iteration, last.get("loss/policy", 0.0), {k: float(v) for k, v in last.items()})
+
+    # ------------------------------------------------------------------ saving
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """The final model: the policy adapter in the standard PEFT layout, critics beside it."""
+        out = Path(output_dir or self.args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.adapter.model.save_pretrained(out, selected_adapters=[POLICY], safe_serialization=True)
+        for name, critic in self.critics.items():
+            folder = out / "critics" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            _save_head(critic, folder)
+            self.adapter.model.save_pretrained(folder / "lora", selected_adapters=[critic.adapter_name],
+                                               safe_serialization=True)
+        if self.cost_model is not None:
+            (out / LAMBDA_FILE).write_text(json.dumps({"lambda": self.log_lambda.exp().item()}))
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(out)
+
+    def _last_checkpoint(self) -> str | None:
+        found = sorted(Path(self.args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        return str(found[-1]) if found else None
+
+    def _save_ppo_checkpoint(self) -> None:
+        """Adapters, heads, optimiser, scheduler, λ and its window, RNG, log: everything a resume needs."""
+        with atomic_dir(Path(self.args.output_dir) / f"checkpoint-{self.iteration}") as tmp:
+            self._save(str(tmp))
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.lr_scheduler.state_dict(),
+                        "lambda_optimizer": self.lambda_optimizer.state_dict(),
+                        "log_lambda": self.log_lambda.detach().clone(), "torch_rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                       tmp / "training_state.pt")
+            (tmp / STATE_FILE).write_text(json.dumps({
+                "iteration": self.iteration, "cost_window": list(self.cost_window),
+                "log_history": self.state.log_history}))
+
+    def _load_ppo_checkpoint(self, path: Path) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        device = str(self.adapter.device)
+        set_peft_model_state_dict(self.adapter.model, load_file(path / "adapter_model.safetensors", device=device),
+                                  adapter_name=POLICY)
+        for name, critic in self.critics.items():
+            folder = path / "critics" / name
+            lora = folder / "lora" / critic.adapter_name / "adapter_model.safetensors"
+            if not lora.exists():
+                lora = folder / "lora" / "adapter_model.safetensors"
+            set_peft_model_state_dict(self.adapter.model, load_file(lora, device=device),
+                                      adapter_name=critic.adapter_name)
+            critic.head.load_state_dict(load_file(folder / "value_head.safetensors", device=device))
+        # our own checkpoint, written by this trainer: tensors and plain containers only
+        state = torch.load(path / "training_state.pt", weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["scheduler"])
+        self.lambda_optimizer.load_state_dict(state["lambda_optimizer"])
+        with torch.no_grad():
+            self.log_lambda.copy_(state["log_lambda"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        meta = json.loads((path / STATE_FILE).read_text())
+        self.iteration = meta["iteration"]
+        self.cost_window.extend(meta["cost_window"])
+        self.state.log_history = meta["log_history"]
+        self.state.global_step = self.iteration
+
+
+def _save_head(critic: ScalarHeadModel, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in critic.head.state_dict().items()},
+              folder / "value_head.safetensors")
+
+
+def build_models(model_config, args: PPOConfig):
+    """Policy (LoRA ``default``), reward / cost models and critics, all on one base."""
+    from mmalign.models.scalar_head import ScalarHeadModel
+
+    if not model_config.use_peft:
+        raise ValueError("PPO trains LoRA adapters on a shared base: set use_peft true")
+    adapter = model_config.load(gradient_checkpointing=bool(args.gradient_checkpointing))
+    reward = ScalarHeadModel.from_pretrained(args.reward_model_path, adapter, adapter_name="reward")
+    cost = (ScalarHeadModel.from_pretrained(args.cost_model_path, adapter, adapter_name="cost")
+            if args.cost_model_path else None)
+    critics = {}
+    for name, source in (("reward", args.reward_model_path), ("cost", args.cost_model_path)):
+        if source is None:
+            continue
+        critic_name = f"{name}_critic"
+        if args.critic_from_reward:
+            critic = ScalarHeadModel.from_pretrained(source, adapter, is_trainable=True, adapter_name=critic_name)
+        else:
+            adapter.add_lora(model_config.lora(), adapter_name=critic_name)
+            critic = ScalarHeadModel(adapter, kind="value")
+            critic.adapter_name = critic_name
+        critic.kind = "value"
+        with torch.no_grad():  # a fresh value head (LLaVA-RLHF: value model = reward model + new head)
+            critic.head.weight.zero_()
+            critic.head.bias.zero_()
+        critic.head.requires_grad_(True)
+        critics[name] = critic
+    for model in (reward, cost, *critics.values()):
+        if model is not None:
+            model.backbone = adapter.model
+    adapter.use_adapter(POLICY)
+    return adapter, reward, cost, critics
+
+
+def run_ppo(model_config, args: PPOConfig) -> Path:
+    """Load everything as configured, run PPO (or PPO-Lagrangian), save the final policy."""
+    from mmalign.data_builders.storage import load_preference_dataset
+    from mmalign.training import train_and_save
+
+    if not args.dataset_path or not args.reward_model_path:
+        raise ValueError("dataset_path and reward_model_path are required")
+    adapter, reward, cost, critics = build_models(model_config, args)
+    prompts = load_preference_dataset(args.dataset_path)  # a prompt set: images, prompt, facts, reference
+    trainer = PPOTrainer(adapter, args, prompts, reward, cost, critics)
+    return train_and_save(trainer, model_config, args)
