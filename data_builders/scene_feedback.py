@@ -252,3 +252,44 @@ def scene_safety_records(config: WorldConfig, n_scenes: int, *, split: str = "tr
                              "chosen_kind": chosen.kind, "rejected_kind": rejected.kind},
                 })
     return records
+
+
+def scene_prompt_records(config: WorldConfig, n_scenes: int, *, split: str = "train", start: int = 1,
+                         kinds: Sequence[str] = ("describe", "exist", "safety"), seed: int = 0) -> list[dict[str, Any]]:
+    """A prompt set for RL (PPO): per scene, the kinds asked for, each with the scene's facts.
+
+    ``describe``: "Describe the image." (hallucination shows in the caption); ``exist``:
+    balanced yes/no existence questions with the answer as ``reference`` (Fact-RLHF's
+    symbolic reward); ``safety``: the scene's safety prompts (harmful requests about
+    hazards, hazard questions, benign questions), ``meta`` saying which.
+    """
+    rng = random.Random(f"scene-prompts-{seed}")
+    short = TEMPLATES["short_answer"]
+    records: list[dict[str, Any]] = []
+    for index in range(start, start + n_scenes):
+        scene = scene_at(config, index, split)
+        common = {"images": [render(scene)], "facts": scene_facts(scene)}
+        asked: list[tuple[str, str, str | None, dict[str, Any]]] = []
+        if "describe" in kinds:
+            asked.append((DESCRIBE_PROMPT, "describe", None, {}))
+        if "exist" in kinds:
+            asked += [(f"Is there a {c} in the image? {short}", "exist", truth, {"object": c})
+                      for c, truth in existence_questions(scene, config, rng)]
+        if "safety" in kinds:
+            asked += [(p.prompt, "safety", None, {"category": p.category, "harm_category": p.harm_category,
+                                                  "harmful_request": p.is_harmful_request})
+                      for p in safety_prompts(scene)]
+        for prompt, kind, reference, meta in asked:
+            records.append({**common, "prompt": prompt, "reference": reference, "source": f"scene-world/{kind}",
+                            "meta": {"scene": scene.id, **meta}})
+    return records
+
+
+def safety_response_kind(prompt: str, response: str, scene: Scene) -> str | None:
+    """Which of the world's labelled responses to ``prompt`` ``response`` is (by exact text), if any."""
+    for p in safety_prompts(scene):
+        if p.prompt == prompt:
+            for r in p.responses:
+                if r.text.strip().lower() == response.strip().lower():
+                    return r.kind
+    return None

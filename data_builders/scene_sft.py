@@ -18,6 +18,7 @@ from mmalign.data_builders.scene_world import (
     captions,
     questions,
     render,
+    safety_prompts,
     scene_at,
 )
 from mmalign.data_builders.sft import SFT_FEATURES
@@ -68,6 +69,28 @@ def scene_sft_dataset(
             messages = scene_conversation(questions(scene, config), rng, turns)
         rows_messages.append(messages)
         rows_images.append([render(scene)])
+    return Dataset.from_dict({"messages": rows_messages, "images": rows_images}, features=SFT_FEATURES)
+
+
+def scene_safety_sft_dataset(config: WorldConfig, n_scenes: int, *, split: str = "train", seed: int = 0,
+                             start: int = 1) -> Dataset:
+    """Safety conversations answered by a uniformly drawn labelled response, harmful ones included.
+
+    This is an *imperfect* instruction-tuning mix on purpose, like web-scale SFT data: a
+    model tuned on it sometimes complies with harmful requests and sometimes over-refuses,
+    which is the starting point Safe RLHF-V's PPO-Lagrangian is meant to fix.
+    """
+    rng = random.Random(f"scene-safety-sft-{seed}-{split}")
+    rows_messages, rows_images = [], []
+    for index in range(start, start + n_scenes):
+        scene = scene_at(config, index, split)
+        for prompt in safety_prompts(scene):
+            response = rng.choice(prompt.responses)
+            rows_messages.append([
+                {"role": "user", "content": [{"type": "image", "text": None}, *_text(prompt.prompt)]},
+                {"role": "assistant", "content": _text(response.text)},
+            ])
+            rows_images.append([render(scene)])
     return Dataset.from_dict({"messages": rows_messages, "images": rows_images}, features=SFT_FEATURES)
 
 

@@ -199,6 +199,17 @@ def cmd_build_scene_safety(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build_scene_prompts(args: argparse.Namespace) -> int:
+    from mmalign.data_builders.scene_feedback import scene_prompt_records
+    from mmalign.data_builders.scene_world import WorldConfig
+    from mmalign.data_builders.storage import save_prompt_set
+
+    records = scene_prompt_records(WorldConfig(seed=args.seed), args.scenes, split=args.split, start=args.start,
+                                   kinds=args.kinds, seed=args.seed)
+    _report(save_prompt_set(records, args.out), "prompt set (scene world, for PPO)")
+    return 0
+
+
 # ---------------------------------------------------------------------------- validate / inspect
 @_guarded
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -288,7 +299,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lenient", action="store_true", help="skip bad rows (counted and listed) instead of failing")
     p.set_defaults(func=cmd_import)
 
-    build = dsub.add_parser("build", help="build preference pairs (corrections, ai-feedback, safety-pairs, scene-feedback, scene-safety)")
+    build = dsub.add_parser("build", help="build datasets (corrections, ai-feedback, safety-pairs, scene-feedback, scene-safety, scene-prompts)")
     bsub = build.add_subparsers(dest="build_command", metavar="BUILDER")
     build.set_defaults(func=_help(build))
 
@@ -364,6 +375,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hazardous-only", action="store_true", help="only scenes holding a hazardous object")
     p.add_argument("--out", required=True, help="output dataset folder")
     p.set_defaults(func=cmd_build_scene_safety)
+
+    p = bsub.add_parser("scene-prompts", help="scene-world prompt set for PPO (describe, yes/no, safety)",
+                        description="Prompts with the scene's facts (for a Fact-RM) and, for yes/no questions, the "
+                        "answer as reference (Fact-RLHF's symbolic reward); safety prompts cover harmful requests, "
+                        "hazard questions and benign questions.")
+    p.add_argument("--scenes", type=int, default=500, help="number of scenes (default: 500)")
+    p.add_argument("--split", default="train", help="world split (default: train)")
+    p.add_argument("--start", type=int, default=1, help="first scene number (default: 1)")
+    p.add_argument("--kinds", nargs="+", default=["describe", "exist", "safety"],
+                   choices=["describe", "exist", "safety"], help="prompt kinds (default: all three)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output dataset folder")
+    p.set_defaults(func=cmd_build_scene_prompts)
 
     p = dsub.add_parser("validate", help="check every row of a dataset folder against the canonical schema",
                         description="Check every row (types, spans, labels, images fully decoded) and list "

@@ -94,3 +94,43 @@ def test_scene_feedback_records_from_the_shipped_model_carry_facts_and_correctio
             assert not correct_caption(r["chosen"], scene_).hallucinated
     save_preference_dataset(records, tmp_path / "feedback")
     assert load_preference_dataset(tmp_path / "feedback")["facts"] == [r["facts"] for r in records]
+
+
+def test_scene_prompt_sets_carry_facts_references_and_safety_kinds(tmp_path):
+    from mmalign.data_builders.scene_feedback import (
+        safety_response_kind,
+        scene_facts,
+        scene_prompt_records,
+    )
+    from mmalign.data_builders.scene_world import safety_prompts, scene_at
+    from mmalign.data_builders.storage import load_preference_dataset, save_prompt_set
+
+    config = WorldConfig()
+    records = scene_prompt_records(config, 40)
+    kinds = {r["source"].rsplit("/", 1)[1] for r in records}
+    assert kinds == {"describe", "exist", "safety"}
+    for r in records:
+        scene_ = scene_at(config, int(r["meta"]["scene"].rsplit("-", 1)[1]), "train")
+        assert r["facts"] == scene_facts(scene_)
+        if r["source"].endswith("exist"):
+            assert r["reference"] == ("yes" if r["meta"]["object"] in scene_.categories else "no")
+    harmful = [r for r in records if r["meta"].get("harmful_request")]
+    assert harmful, "some of the first 40 scenes hold a hazard"
+    scene_ = scene_at(config, int(harmful[0]["meta"]["scene"].rsplit("-", 1)[1]), "train")
+    prompt = next(p for p in safety_prompts(scene_) if p.prompt == harmful[0]["prompt"])
+    assert {safety_response_kind(prompt.prompt, r.text, scene_) for r in prompt.responses} == {
+        r.kind for r in prompt.responses}
+    assert safety_response_kind(prompt.prompt, "something else", scene_) is None
+    save_prompt_set(records, tmp_path / "prompts")
+    assert len(load_preference_dataset(tmp_path / "prompts")) == len(records)
+    assert scene_prompt_records(config, 3, kinds=("describe",)) == [r for r in records[:12] if r["source"].endswith("describe")][:3]
+
+
+def test_safety_sft_mix_draws_every_labelled_response():
+    from mmalign.data_builders.scene_sft import scene_safety_sft_dataset
+
+    rows = scene_safety_sft_dataset(WorldConfig(), 200)
+    answers = [m[1]["content"][0]["text"] for m in rows["messages"]]
+    assert any(a.startswith("Sure. Wait until nobody is looking") for a in answers)  # harmful compliance
+    assert any(a.startswith("I cannot help you hurt anyone") for a in answers)
+    assert all(len(i) == 1 for i in rows["images"])
