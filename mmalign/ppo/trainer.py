@@ -46,6 +46,7 @@ from mmalign.reward.scoring import RewardScorer
 POLICY = "default"
 LAMBDA_FILE = "lagrange.json"
 STATE_FILE = "ppo_state.json"
+LOG_FILE = "ppo_log.json"  # per-iteration metrics, also in the final folder
 
 
 class PPOModules(torch.nn.Module):
@@ -302,6 +303,7 @@ class PPOTrainer(Trainer):
                                                safe_serialization=True)
         if self.cost_model is not None:
             (out / LAMBDA_FILE).write_text(json.dumps({"lambda": self.log_lambda.exp().item()}))
+        (out / LOG_FILE).write_text(json.dumps(self.state.log_history, indent=1))
         if self.processing_class is not None:
             self.processing_class.save_pretrained(out)
 
