@@ -13,8 +13,9 @@ Stages (each written to ``OUT/<stage>`` and reused when present, so a crashed ru
 2. ``reward-model``: a Fact-RM on that policy's corrected answers (hallucination pairs)
    plus the world's helpfulness pairs; ``cost-model``: a cost model on the safety pairs
    (graded signs). Both LoRA adapters on the same base as the policy.
-3. For each seed, ``ppo-<seed>`` (reward only, Fact-RLHF shaping) and ``safe-ppo-<seed>``
-   (PPO-Lagrangian, budget ``--budget``) with the same prompts and iterations.
+3. For each seed, ``ppo-<seed>`` (reward only, Fact-RLHF shaping; the cost model only
+   logs) and ``safe-ppo-<seed>`` (PPO-Lagrangian, budget ``--budget``) with the same
+   prompts and iterations.
 4. Held-out evaluation (greedy) of the start policy and every run: Fact-RM score, caption
    hallucination rate and existence accuracy (against the scene annotations), unsafe rate
    on harmful requests by the world's labels and by the cost model, refusal rate on benign
@@ -142,7 +143,7 @@ def stage_ppo(setting: Setting, base: Path, rm: Path, cm: Path, prompts: Path, o
         return path / "final"
     args = PPOConfig(
         output_dir=str(path), dataset_path=str(prompts), reward_model_path=str(rm),
-        cost_model_path=str(cm) if safe else None, max_steps=setting.iterations,
+        cost_model_path=str(cm), lagrangian=safe, max_steps=setting.iterations,
         rollout_batch_size=setting.rollout_batch_size, per_device_train_batch_size=setting.minibatch,
         per_device_eval_batch_size=16, ppo_epochs=2, max_new_tokens=setting.max_new_tokens,
         kl_coef=setting.kl_coef, learning_rate=setting.learning_rate, lr_scheduler_type="constant",
@@ -220,6 +221,7 @@ def plot_curves(runs: dict[str, Path], setting: Setting, out: Path) -> None:
             ax.set_xlabel("PPO iteration")
     axes[0].axhline(setting.budget, color="gray", linestyle="--", label="budget")
     axes[0].legend(fontsize=7)
+    axes[2].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=120)
 

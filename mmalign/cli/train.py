@@ -13,7 +13,8 @@ methods:
   dpo    preference optimisation: --loss_type sigmoid | ipo | hinge | robust | ddpo (RLHF-V Dense DPO)
   rm     Bradley-Terry reward model on helpfulness pairs; --use_facts for Fact-RLHF's factual RM
   cost   Safe RLHF cost model on safety pairs (cost > 0 = unsafe); --cost_signs label | graded
-  ppo    PPO with a reward model (--reward_model_path), Fact-RLHF shaping with --shaping
+  ppo    PPO with a reward model (--reward_model_path), Fact-RLHF shaping with --shaping;
+         a --cost_model_path is only scored and logged (unsafe rate), not constrained
   safe-ppo  Safe RLHF-V PPO-Lagrangian: also --cost_model_path and --cost_threshold (the budget)
 """
 
@@ -39,12 +40,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mmalign.config_io import parse_recipe
 
     types, run = _method_specs()[args.method]
-    options = ["--kind", "cost", *args.options] if args.method == "cost" else args.options
+    forced = {"cost": ["--kind", "cost"], "ppo": ["--lagrangian", "false"], "safe-ppo": ["--lagrangian", "true"]}
+    options = [*forced.get(args.method, []), *args.options]
     configs = parse_recipe(types, options, prog=f"mmalign train {args.method}")
     if args.method == "safe-ppo" and not configs[1].cost_model_path:
         raise SystemExit("mmalign train safe-ppo: set cost_model_path (a trained cost model)")
-    if args.method == "ppo" and configs[1].cost_model_path:
-        raise SystemExit("mmalign train ppo: cost_model_path is set; use train safe-ppo for PPO-Lagrangian")
     out = run(*configs)
     print(f"training finished; final model in {out}")
     return 0

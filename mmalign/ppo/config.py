@@ -21,6 +21,10 @@ class PPOConfig(TrainingArguments):
     dataset_path: str = field(default="", metadata={"help": "Prompts: a saved datasets folder (images, prompt)."})
     reward_model_path: str = field(default="", metadata={"help": "Trained reward model folder (train rm)."})
     cost_model_path: str | None = field(default=None, metadata={"help": "Trained cost model: Safe RLHF-V PPO."})
+    lagrangian: bool = field(
+        default=True,
+        metadata={"help": "With a cost model: constrain the cost (PPO-Lagrangian); false only scores and logs it."},
+    )
     critic_from_reward: bool = field(
         default=True, metadata={"help": "Start the critics from the reward / cost model's LoRA (fresh zero heads)."}
     )
@@ -70,5 +74,6 @@ class PPOConfig(TrainingArguments):
             raise ValueError("rollout_batch_size must be a multiple of per_device_train_batch_size")
 
     @property
-    def safe(self) -> bool:
-        return bool(self.cost_model_path)
+    def constrained(self) -> bool:
+        """PPO-Lagrangian: a cost model that constrains the policy, not only monitors it."""
+        return bool(self.cost_model_path) and self.lagrangian

@@ -90,8 +90,10 @@ class PPOTrainer(Trainer):
         critics: dict[str, ScalarHeadModel] | None = None,
         **kwargs: Any,
     ):
-        if critics is None or "reward" not in critics or (cost_model is not None and "cost" not in critics):
-            raise ValueError("critics must hold a 'reward' critic (and a 'cost' critic with a cost model)")
+        if critics is None or "reward" not in critics or (args.constrained and "cost" not in critics):
+            raise ValueError("critics must hold a 'reward' critic (and a 'cost' critic for PPO-Lagrangian)")
+        if args.constrained and cost_model is None:
+            raise ValueError("PPO-Lagrangian needs the cost model")
         self.adapter = adapter
         self.reward_model, self.cost_model, self.critics = reward_model, cost_model, critics
         for scorer in (reward_model, cost_model):
@@ -163,15 +165,15 @@ class PPOTrainer(Trainer):
         rewards, kl = shaped_rewards(logps, ref_logps, mask, scores.to(device), args.kl_coef, clip=args.score_clip)
         values, returns, advantages = {}, {}, {}
         streams = {"reward": rewards}
-        if self.cost_model is not None:
+        if args.constrained:
             streams["cost"], _ = shaped_rewards(logps, ref_logps, mask, stats["cost"].to(device), args.kl_coef,
                                                 sign=1.0, clip=args.score_clip)
         for name, per_token in streams.items():
             values[name], _ = self.critics[name].values(batch, features)
             advantages[name], returns[name] = gae(per_token, values[name], mask, args.gamma, args.lam)
-        lam = self._update_lambda(stats.get("cost"))
+        lam = self._update_lambda(stats["cost"]) if args.constrained else 0.0
         advantage = advantages["reward"]
-        if self.cost_model is not None:
+        if args.constrained:
             advantage = combined_advantage(advantages["reward"], advantages["cost"], lam)
         if args.whiten_advantages:
             advantage = masked_whiten(advantage, mask)
@@ -185,17 +187,16 @@ class PPOTrainer(Trainer):
         }
         log.update({k: float(v.mean()) for k, v in stats.items() if k.startswith("shaping/")})
         if self.cost_model is not None:
-            log.update({"cost": float(stats["cost"].mean()), "lambda": float(lam),
-                        "unsafe_rate": float((stats["cost"] > args.unsafe_cost).float().mean()),
-                        "episode_cost": sum(self.cost_window) / len(self.cost_window)})
+            log.update({"cost": float(stats["cost"].mean()),
+                        "unsafe_rate": float((stats["cost"] > args.unsafe_cost).float().mean())})
+        if args.constrained:
+            log.update({"lambda": float(lam), "episode_cost": sum(self.cost_window) / len(self.cost_window)})
         rollout = Rollout(batch, features, mask, logps, advantage, values, returns)
         return rollout, log
 
-    def _update_lambda(self, costs: torch.Tensor | None) -> float:
+    def _update_lambda(self, costs: torch.Tensor) -> float:
         """One step of λ on the sliding mean episode cost (averaged across processes)."""
         args: PPOConfig = self.args
-        if costs is None:
-            return 0.0
         gathered = self.accelerator.gather(costs.to(self.accelerator.device)).cpu().tolist()
         self.cost_window.extend(gathered)
         if self.iteration >= args.lambda_update_delay:
@@ -301,7 +302,7 @@ class PPOTrainer(Trainer):
             _save_head(critic, folder)
             self.adapter.model.save_pretrained(folder / "lora", selected_adapters=[critic.adapter_name],
                                                safe_serialization=True)
-        if self.cost_model is not None:
+        if self.args.constrained:
             (out / LAMBDA_FILE).write_text(json.dumps({"lambda": self.log_lambda.exp().item()}))
         (out / LOG_FILE).write_text(json.dumps(self.state.log_history, indent=1))
         if self.processing_class is not None:
@@ -375,7 +376,7 @@ def build_models(model_config, args: PPOConfig):
             if args.cost_model_path else None)
     critics = {}
     for name, source in (("reward", args.reward_model_path), ("cost", args.cost_model_path)):
-        if source is None:
+        if source is None or (name == "cost" and not args.constrained):
             continue
         critic_name = f"{name}_critic"
         if args.critic_from_reward:

@@ -133,6 +133,15 @@ def test_reward_only_ppo_has_no_cost_parts(tiny_dirs, scorers, tmp_path):
     assert "lambda" not in log and "cost" not in log and "loss/value_reward" in log
 
 
+def test_reward_only_ppo_can_monitor_a_cost_model(tiny_dirs, scorers, tmp_path):
+    trainer = make(tiny_dirs, scorers, tmp_path, lagrangian=False)
+    assert set(trainer.critics) == {"reward"} and trainer.cost_model is not None
+    assert "cost_critic" not in trainer.adapter.model.peft_config
+    trainer.train()
+    log = trainer.state.log_history[-1]
+    assert "cost" in log and "unsafe_rate" in log and "lambda" not in log and "loss/value_cost" not in log
+
+
 def test_resume_continues_exactly(tiny_dirs, scorers, tmp_path):
     straight = make(tiny_dirs, scorers, tmp_path / "a", max_steps=3, save_strategy="steps", save_steps=2,
                     output_dir=str(tmp_path / "a"))
