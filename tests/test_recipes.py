@@ -8,7 +8,8 @@ from mmalign.cli.train import _method_specs
 from mmalign.config_io import parse_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "mmalign" / "recipes").glob("*.yaml"))
-PREFIXES = {"sft-": "sft", "ddpo-": "dpo", "dpo-": "dpo", "rm-": "rm", "fact-rm-": "rm", "cost-": "cost"}
+PREFIXES = {"sft-": "sft", "ddpo-": "dpo", "dpo-": "dpo", "rm-": "rm", "fact-rm-": "rm", "cost-": "cost",
+            "ppo-": "ppo", "safe-ppo-": "safe-ppo"}
 
 
 def method_of(path: Path) -> str:
@@ -24,6 +25,8 @@ def test_shipped_recipe_parses(recipe):
     gpu_only = [] if torch.cuda.is_available() else ["--bf16", "false"]  # GPU recipes, parsed on a CPU
     model, args = parse_recipe(types, ["--config", recipe.stem, "--output_dir", "elsewhere", *gpu_only],
                                prog="test")
+    if recipe.stem.startswith("safe-ppo-"):
+        assert args.constrained and args.cost_threshold == -0.5
     assert model.model_name_or_path and args.output_dir == "elsewhere"
     if recipe.stem.startswith("cost-"):
         assert args.kind == "cost"
