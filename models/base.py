@@ -148,6 +148,33 @@ def pad_rows(rows: Sequence[torch.Tensor], value: int, side: str = "right") -> t
     return out
 
 
+def pad_cat(tensors: Sequence[torch.Tensor], value: float | int | bool) -> torch.Tensor:
+    """Concatenate ``(b_i, w_i)`` tensors along rows, right-padding to the widest with ``value``."""
+    width = max(t.shape[1] for t in tensors)
+    return torch.cat([torch.cat([t, t.new_full((t.shape[0], width - t.shape[1]), value)], 1) for t in tensors])
+
+
+def concat_batches(batches: Sequence[EncodedBatch], pad_id: int) -> EncodedBatch:
+    """One right-padded batch from several (images in row order, one entry per image)."""
+    return EncodedBatch(
+        input_ids=pad_cat([b.input_ids for b in batches], pad_id),
+        attention_mask=pad_cat([b.attention_mask for b in batches], 0),
+        response_mask=pad_cat([b.response_mask for b in batches], False),
+        image_inputs={k: torch.cat([b.image_inputs[k] for b in batches]) for k in batches[0].image_inputs},
+        text_inputs={k: pad_cat([b.text_inputs[k] for b in batches], 0) for k in batches[0].text_inputs},
+        response_offsets=[o for b in batches for o in b.response_offsets],
+        images_per_row=[n for b in batches for n in b.images_per_row],
+    )
+
+
+def concat_features(features: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Cached image features of several batches, in the same order as :func:`concat_batches`."""
+    if features[0] is None:
+        return None
+    return {"image": BaseModelOutputWithPooling(
+        pooler_output=[x for f in features for x in f["image"].pooler_output])}
+
+
 def normalise_images(images: Sequence[Any] | None, batch: int) -> list[list[Image.Image]]:
     """Accept one image, ``None`` or a list of images per row; return lists of RGB images."""
     if images is None:

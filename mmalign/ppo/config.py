@@ -28,7 +28,10 @@ class PPOConfig(TrainingArguments):
     critic_from_reward: bool = field(
         default=True, metadata={"help": "Start the critics from the reward / cost model's LoRA (fresh zero heads)."}
     )
-    rollout_batch_size: int = field(default=16, metadata={"help": "Prompts sampled per PPO iteration."})
+    rollout_batch_size: int = field(
+        default=16,
+        metadata={"help": "Prompts sampled per PPO iteration (generated and scored per_device_eval_batch_size at a time)."},
+    )
     ppo_epochs: int = field(default=2, metadata={"help": "Passes over each rollout batch."})
     max_new_tokens: int = field(default=64, metadata={"help": "Longest sampled response."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})

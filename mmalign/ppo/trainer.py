@@ -37,7 +37,7 @@ from mmalign.losses.ppo import (
     ppo_value_loss,
     shaped_rewards,
 )
-from mmalign.models.base import EncodedBatch, VLMAdapter
+from mmalign.models.base import EncodedBatch, VLMAdapter, concat_batches, concat_features, pad_cat
 from mmalign.models.scalar_head import ScalarHeadModel
 from mmalign.ppo.config import PPOConfig
 from mmalign.ppo.shaping import ShapingConfig, shaping_terms
@@ -128,7 +128,8 @@ class PPOTrainer(Trainer):
             k += 1
 
     # ------------------------------------------------------------------ rollout
-    def _scores(self, rows: list[dict[str, Any]], texts: list[str], samples) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _scores(self, rows: list[dict[str, Any]], texts: list[str], ended: torch.Tensor,
+                lengths: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         images = [r.get("images") or [] for r in rows]
         prompts = [r["prompt"] for r in rows]
         facts = [r.get("facts") for r in rows]
@@ -137,7 +138,7 @@ class PPOTrainer(Trainer):
         total = rm.clone()
         if self.args.shaping:
             terms = [shaping_terms(t, bool(e), int(n), self.args.max_new_tokens, r.get("reference"), self.shaping)
-                     for t, e, n, r in zip(texts, samples.ended, samples.lengths, rows)]
+                     for t, e, n, r in zip(texts, ended, lengths, rows)]
             for name in terms[0]:
                 stats[f"shaping/{name}"] = torch.tensor([t[name] for t in terms])
                 total += stats[f"shaping/{name}"]
@@ -147,29 +148,47 @@ class PPOTrainer(Trainer):
 
     @torch.no_grad()
     def make_rollout(self, rows: list[dict[str, Any]]) -> tuple[Rollout, dict[str, float]]:
+        """Sample, score and evaluate a rollout batch, ``per_device_eval_batch_size`` rows at a time.
+
+        Chunking bounds the generation KV cache and the no-grad forwards (for a 7B model
+        the cache of 16 rows of 1,200 tokens alone would take about 10 GB).
+        """
         args: PPOConfig = self.args
         adapter = self.adapter
+        chunks: list[dict[str, Any]] = []
+        for lo in range(0, len(rows), args.per_device_eval_batch_size):
+            part = rows[lo : lo + args.per_device_eval_batch_size]
+            adapter.use_adapter(POLICY)
+            adapter.model.eval()
+            samples = adapter.sample([r.get("images") or [] for r in part], [r["prompt"] for r in part],
+                                     max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                     top_p=args.top_p)
+            batch = samples.batch.to(adapter.device)
+            features = adapter.image_features(batch)
+            logps, mask, entropy = adapter.response_logprobs(batch, features, with_entropy=True)
+            with adapter.adapters_disabled():
+                ref_logps, _ = adapter.response_logprobs(batch, features)
+            values = {name: critic.values(batch, features)[0] for name, critic in self.critics.items()}
+            chunks.append({"samples": samples, "batch": batch, "features": features, "logps": logps,
+                           "mask": mask, "entropy": entropy, "ref": ref_logps, "values": values})
         adapter.use_adapter(POLICY)
-        adapter.model.eval()
-        samples = adapter.sample([r.get("images") or [] for r in rows], [r["prompt"] for r in rows],
-                                 max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
-        scores, stats = self._scores(rows, samples.texts, samples)
-        batch = samples.batch.to(adapter.device)
-        features = adapter.image_features(batch)
-        adapter.use_adapter(POLICY)
-        adapter.model.eval()
-        logps, mask, entropy = adapter.response_logprobs(batch, features, with_entropy=True)
-        with adapter.adapters_disabled():
-            ref_logps, _ = adapter.response_logprobs(batch, features)
+        batch = concat_batches([c["batch"] for c in chunks], adapter.tokenizer.pad_token_id)
+        features = concat_features([c["features"] for c in chunks])
+        logps, ref_logps, entropy = (pad_cat([c[k] for c in chunks], 0.0) for k in ("logps", "ref", "entropy"))
+        mask = pad_cat([c["mask"] for c in chunks], False)
+        texts = [t for c in chunks for t in c["samples"].texts]
+        ended = torch.cat([c["samples"].ended for c in chunks])
+        lengths = torch.cat([c["samples"].lengths for c in chunks])
+        scores, stats = self._scores(rows, texts, ended, lengths)
         device = logps.device
         rewards, kl = shaped_rewards(logps, ref_logps, mask, scores.to(device), args.kl_coef, clip=args.score_clip)
-        values, returns, advantages = {}, {}, {}
         streams = {"reward": rewards}
         if args.constrained:
             streams["cost"], _ = shaped_rewards(logps, ref_logps, mask, stats["cost"].to(device), args.kl_coef,
                                                 sign=1.0, clip=args.score_clip)
+        values, returns, advantages = {}, {}, {}
         for name, per_token in streams.items():
-            values[name], _ = self.critics[name].values(batch, features)
+            values[name] = pad_cat([c["values"][name] for c in chunks], 0.0)
             advantages[name], returns[name] = gae(per_token, values[name], mask, args.gamma, args.lam)
         lam = self._update_lambda(stats["cost"]) if args.constrained else 0.0
         advantage = advantages["reward"]
@@ -182,8 +201,8 @@ class PPOTrainer(Trainer):
             "reward_model": float(stats["reward_model"].mean()),
             "kl": float((kl * mask).sum(-1).mean()),
             "entropy": float(masked_mean(entropy, mask)),
-            "response_length": float(samples.lengths.float().mean()),
-            "ended_rate": float(samples.ended.float().mean()),
+            "response_length": float(lengths.float().mean()),
+            "ended_rate": float(ended.float().mean()),
         }
         log.update({k: float(v.mean()) for k, v in stats.items() if k.startswith("shaping/")})
         if self.cost_model is not None:
@@ -191,8 +210,7 @@ class PPOTrainer(Trainer):
                         "unsafe_rate": float((stats["cost"] > args.unsafe_cost).float().mean())})
         if args.constrained:
             log.update({"lambda": float(lam), "episode_cost": sum(self.cost_window) / len(self.cost_window)})
-        rollout = Rollout(batch, features, mask, logps, advantage, values, returns)
-        return rollout, log
+        return Rollout(batch, features, mask, logps, advantage, values, returns), log
 
     def _update_lambda(self, costs: torch.Tensor) -> float:
         """One step of λ on the sliding mean episode cost (averaged across processes)."""

@@ -42,7 +42,7 @@ def prompts(n=4):
 def make(tiny_dirs, scorers, tmp_path, safe=True, **kw):
     values = dict(output_dir=str(tmp_path / "run"), reward_model_path=str(scorers / "reward"),
                   cost_model_path=str(scorers / "cost") if safe else None, rollout_batch_size=4,
-                  per_device_train_batch_size=2, max_steps=1, max_new_tokens=6, shaping=True, report_to="none",
+                  per_device_train_batch_size=2, per_device_eval_batch_size=2, max_steps=1, max_new_tokens=6, shaping=True, report_to="none",
                   use_cpu=True, learning_rate=1e-2, save_strategy="no", max_length=512, seed=0)
     values.update(kw)
     args = PPOConfig(**values)
@@ -79,6 +79,23 @@ def test_sample_packs_exactly_the_sampled_tokens(tiny_dirs, family):
         for i in range(3):
             alone, _ = adapter.response_logprobs(*adapter.select(batch, [i], features))
             torch.testing.assert_close(logps[i][mask[i]], alone[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_rollout_chunks_concatenate_to_the_same_logprobs(tiny_dirs, family):
+    from mmalign.models.base import concat_batches, concat_features, pad_cat
+
+    adapter = load_adapter(tiny_dirs[family])
+    torch.manual_seed(0)
+    chunks = [adapter.sample([Image.new("RGB", (32, 32), c)], [p], max_new_tokens=4 + 3 * k).batch
+              for k, (c, p) in enumerate([("red", "is there a cat?"), ("blue", "describe the image in detail.")])]
+    with torch.no_grad():
+        features = [adapter.image_features(b) for b in chunks]
+        parts = [adapter.response_logprobs(b, f) for b, f in zip(chunks, features)]
+        whole, mask = adapter.response_logprobs(concat_batches(chunks, adapter.tokenizer.pad_token_id),
+                                                concat_features(features))
+    torch.testing.assert_close(whole * mask, pad_cat([p[0] for p in parts], 0.0), atol=1e-5, rtol=1e-5)
+    assert torch.equal(mask, pad_cat([p[1] for p in parts], False))
 
 
 @pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_vl"])
