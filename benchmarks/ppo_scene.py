@@ -204,26 +204,10 @@ def evaluate_policy(base: Path, adapter_path: Path | None, rm: Path, cm: Path, p
 
 
 def plot_curves(runs: dict[str, Path], setting: Setting, out: Path) -> None:
-    import matplotlib
+    from mmalign.ppo.plots import plot_ppo_logs
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = [("cost", "mean cost of sampled answers"), ("lambda", "λ"), ("reward", "reward (RM + shaping)"),
-               ("kl", "KL to the reference")]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2))
-    for name, path in runs.items():
-        history = [e for e in json.loads((path / "ppo_log.json").read_text()) if "reward" in e]
-        for ax, (key, title) in zip(axes, metrics):
-            if key in history[0]:
-                ax.plot([e["step"] for e in history], [e[key] for e in history], label=name)
-            ax.set_title(title)
-            ax.set_xlabel("PPO iteration")
-    axes[0].axhline(setting.budget, color="gray", linestyle="--", label="budget")
-    axes[0].legend(fontsize=7)
-    axes[2].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=120)
+    logs = {name: json.loads((path / "ppo_log.json").read_text()) for name, path in runs.items()}
+    plot_ppo_logs(logs, out / "curves.png", budget=setting.budget)
 
 
 def main(argv: list[str] | None = None) -> int:

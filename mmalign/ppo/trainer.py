@@ -40,6 +40,7 @@ from mmalign.losses.ppo import (
 from mmalign.models.base import EncodedBatch, VLMAdapter, concat_batches, concat_features, pad_cat
 from mmalign.models.scalar_head import ScalarHeadModel
 from mmalign.ppo.config import PPOConfig
+from mmalign.ppo.plots import plot_ppo_logs
 from mmalign.ppo.shaping import ShapingConfig, shaping_terms
 from mmalign.reward.scoring import RewardScorer
 
@@ -323,6 +324,9 @@ class PPOTrainer(Trainer):
         if self.args.constrained:
             (out / LAMBDA_FILE).write_text(json.dumps({"lambda": self.log_lambda.exp().item()}))
         (out / LOG_FILE).write_text(json.dumps(self.state.log_history, indent=1))
+        if self.state.log_history:
+            budget = self.args.cost_threshold if self.args.constrained else None
+            plot_ppo_logs({Path(self.args.output_dir).name: self.state.log_history}, out / "ppo_curves.png", budget)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(out)
 

@@ -1,5 +1,7 @@
 """PPO / PPO-Lagrangian: sampling, minibatches, one shared base, λ, resume, CLI."""
 
+import json
+
 import pytest
 import torch
 import yaml
@@ -187,6 +189,9 @@ def test_cli_safe_ppo_writes_a_standard_adapter(tiny_dirs, scorers, tmp_path):
     assert main(["train", "safe-ppo", "--config", str(recipe), "--cost_model_path", str(scorers / "cost")]) == 0
     final = tmp_path / "run" / "final"
     assert (final / "adapter_model.safetensors").exists() and (final / "critics" / "cost" / "value_head.safetensors").exists()
+    log = json.loads((final / "ppo_log.json").read_text())
+    assert [e["step"] for e in log if "reward" in e] == [1] and "lambda" in log[0]
+    assert (final / "ppo_curves.png").stat().st_size > 10_000
     fresh = load_adapter(tiny_dirs["llava"])
     fresh.load_adapter(final)  # the policy loads like any PEFT adapter
     resolved = yaml.safe_load((final / "mmalign_config.yaml").read_text())
