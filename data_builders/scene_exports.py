@@ -17,6 +17,7 @@ LLaVA on the real data score the tiny scene model on a CPU, with no special case
     amber/query_discriminative-attribute.json  amber/query_discriminative-existence.json
     amber/annotations.json  amber/relation.json  amber/safe_words.txt
     mmhal/response_template.json
+    objhal/questions.jsonl   Object HalBench-style description requests (COCO ground truth as CHAIR)
 """
 
 from __future__ import annotations
@@ -377,6 +378,17 @@ def _cooccurrence_report(scenes: list[Scene], config: WorldConfig) -> list[dict[
     return report
 
 
+#: Object HalBench asks for descriptions with eight instruction wordings; the world's
+#: vocabulary has these three, rotated over the images.
+OBJHAL_PROMPTS = ("Describe the image.", "Describe this image.", "What is in the image?")
+
+
+def objhal_questions(scenes: list[Scene]) -> list[dict[str, Any]]:
+    """One description request per image, in the Object HalBench question-file format."""
+    return [{"question_id": i, "image_id": s.image_id, "image": s.file_name,
+             "question": OBJHAL_PROMPTS[i % len(OBJHAL_PROMPTS)]} for i, s in enumerate(scenes)]
+
+
 def write_world(out: Path, scenes: list[Scene], config: WorldConfig) -> None:
     """Write every file of the layout above into the (empty) folder ``out``."""
     (out / "images").mkdir(parents=True)
@@ -414,6 +426,7 @@ def write_world(out: Path, scenes: list[Scene], config: WorldConfig) -> None:
 
     mmhal = mmhal_records(scenes, config)
     _write_json(out / "mmhal" / "response_template.json", mmhal)
+    _write_jsonl(out / "objhal" / "questions.jsonl", objhal_questions(scenes))
 
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     _write_json(

@@ -482,3 +482,21 @@ def test_generating_1000_scenes_is_fast() -> None:
     start = time.perf_counter()
     scenes = generate_scenes(CONFIG, 1000, split="train")
     assert len(scenes) == 1000 and time.perf_counter() - start < 2.0
+
+
+def test_objhal_questions_score_through_the_benchmark_unchanged(world: Path, tmp_path: Path) -> None:
+    from mmalign.benchmarks import ObjHalConfig, run_objhal
+
+    rows = [json.loads(line) for line in (world / "objhal" / "questions.jsonl").read_text().splitlines()]
+    _, scenes = read_world(world)
+    assert [r["image"] for r in rows] == [s.file_name for s in scenes]
+    assert len({r["question"] for r in rows}) == min(3, len(rows))
+    # answers naming each scene's first object, plus one absent object in the first answer
+    first = scenes[0]
+    absent = next(c for c in WorldConfig().categories if c not in first.counts)
+    answers = [{"question_id": r["question_id"], "text": f"There is a {s.categories[0]}"
+                + (f" and a {absent}." if i == 0 else ".")} for i, (r, s) in enumerate(zip(rows, scenes))]
+    config = ObjHalConfig(world / "objhal" / "questions.jsonl", instances=world / "coco" / "instances.json",
+                          captions=world / "coco" / "captions.json", image_dir=world / "images")
+    result = run_objhal(config, answers=answers, out=tmp_path / "objhal", progress=False)
+    assert result.metrics["response_hall"] == pytest.approx(100 / len(rows))
