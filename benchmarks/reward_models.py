@@ -149,6 +149,13 @@ def markdown(summary: dict[str, dict[str, float]], seeds: list[int], setting: Se
     return "\n".join(lines) + "\n"
 
 
+def write_results(out: Path, setting: Setting, runs: list[dict[str, Any]]) -> None:
+    summary = summarise(runs)
+    (out / "results.json").write_text(json.dumps({"setting": setting.__dict__, "runs": runs, "summary": summary},
+                                                 indent=1))
+    (out / "results.md").write_text(markdown(summary, [r["seed"] for r in runs], setting))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (data, results.json, results.md)")
@@ -170,14 +177,10 @@ def main(argv: list[str] | None = None) -> int:
                                   ("cost", "safety", {"kind": "cost", "cost_signs": "graded"})):
             model = train_model(setting, data[f"{path}-train"], out / f"{name}-seed{seed}", seed, **extra)
             models[name] = evaluate(model, data[f"{path}-eval"], "cost" if name == "cost" else "reward")
-            print(f"seed {seed} {name}: {models[name]}")
+            print(f"seed {seed} {name}: {models[name]}", flush=True)
         runs.append({"seed": seed, "models": models})
-    summary = summarise(runs)
-    (out / "results.json").write_text(json.dumps({"setting": setting.__dict__, "runs": runs, "summary": summary},
-                                                 indent=1))
-    table = markdown(summary, args.seeds, setting)
-    (out / "results.md").write_text(table)
-    print(table)
+        write_results(out, setting, runs)  # after every seed, so a stopped run keeps what it measured
+    print((out / "results.md").read_text())
     return 0
 
 
