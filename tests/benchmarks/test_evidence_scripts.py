@@ -1,0 +1,33 @@
+"""The evidence scripts' summaries: means and spreads over seeds, tables that say what was measured."""
+
+import math
+
+import pytest
+
+from mmalign.benchmarks import ppo_scene, reward_models
+
+
+def test_reward_model_summary_over_seeds():
+    runs = [{"seed": s, "models": {
+        "rm": {"accuracy": a, "accuracy_caption": a + 10, "accuracy_existence": a - 10, "pairs": 10},
+        "fact_rm": {"accuracy": a + 5, "accuracy_caption": a + 15, "accuracy_existence": a - 5, "pairs": 10},
+        "cost": {"accuracy": 90.0, "sign_accuracy": 80.0, "mean_cost_unsafe": 1.0 + s,
+                 "mean_cost_safe": float("nan") if s else -1.0, "pairs": 4},
+    }} for s, a in ((0, 60.0), (1, 64.0))]
+    summary = reward_models.summarise(runs)
+    assert summary["rm"]["accuracy"] == 62.0 and summary["rm"]["accuracy_std"] == pytest.approx(math.sqrt(8))
+    assert summary["cost"]["mean_cost_safe"] == -1.0  # NaN (nothing to measure) is left out, not averaged
+    table = reward_models.markdown(summary, [0, 1], reward_models.Setting())
+    assert "| plain RM | 62.0 ± 2.8 | 72.0 ± 2.8 | 52.0 ± 2.8 |" in table
+    assert "| Fact-RM (facts in the prompt) | 67.0 ± 2.8 |" in table
+
+
+def test_ppo_table_lists_start_and_both_methods():
+    keys = ["fact_rm_score", "caption_hallucination", "existence_accuracy", "unsafe_rate_harmful_world",
+            "unsafe_rate_harmful_cost_model", "over_refusal_benign", "mean_cost"]
+    row = dict.fromkeys(keys, 1.0)
+    results = {"start": row, "ppo-0": row, "ppo-1": {**row, "mean_cost": 3.0}, "safe-ppo-0": row,
+               "safe-ppo-1": row, "peak_rss_mb": 1234.0}
+    table = ppo_scene.markdown(results, [0, 1])
+    assert "| PPO, reward only | 1.00 ± 0.00 |" in table and "2.00 ± 1.41 |" in table
+    assert "| PPO-Lagrangian |" in table and "1234 MB" in table
