@@ -25,6 +25,10 @@ class RewardConfig(TrainingArguments):
     eval_dataset_path: str | None = field(default=None, metadata={"help": "Optional held-out pairs."})
     kind: str = field(default="reward", metadata={"help": "reward (helpfulness) or cost (safety, > 0 = unsafe)."})
     use_facts: bool = field(default=False, metadata={"help": "List the record's facts in the scoring prompt."})
+    facts_position: str = field(
+        default="evaluation",
+        metadata={"help": "evaluation (Fact-RLHF: after the answer) or prompt (before the question)."},
+    )
     template_file: str | None = field(
         default=None, metadata={"help": "YAML file overriding fields of the scoring template (RewardTemplate)."}
     )

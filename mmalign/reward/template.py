@@ -38,12 +38,24 @@ class RewardTemplate:
     fact_line: str = "- {fact}"
     score_prefix: str = "Judged by these criteria, the quality score of my last answer is"
     use_facts: bool = False
+    # Where the facts go: "evaluation" (Fact-RLHF: under "accurate", after the answer) or
+    # "prompt" (before the user's question, so each answer token can already see them).
+    facts_position: str = "evaluation"
+    facts_header: str = "Facts about the image:\n{facts}\n"
+    accurate_given_facts: str = "every statement about the image is true and supported by the facts given."
+
+    def __post_init__(self):
+        if self.facts_position not in ("evaluation", "prompt"):
+            raise ValueError(f"facts_position must be 'evaluation' or 'prompt', got {self.facts_position!r}")
+
+    def _lines(self, facts: Sequence[str]) -> str:
+        return "\n".join(self.fact_line.format(fact=f) for f in facts)
 
     def evaluation_turn(self, facts: Sequence[str] | None = None) -> str:
         """The evaluation question; with ``use_facts`` the facts are listed as given."""
         if self.use_facts and facts:
-            lines = "\n".join(self.fact_line.format(fact=f) for f in facts)
-            accurate = self.accurate_with_facts.format(facts=lines)
+            accurate = (self.accurate_with_facts.format(facts=self._lines(facts))
+                        if self.facts_position == "evaluation" else self.accurate_given_facts)
         else:
             accurate = self.accurate
         return self.evaluation.format(accurate=accurate)
@@ -53,6 +65,20 @@ class RewardTemplate:
     ) -> list[dict[str, Any]]:
         """Messages up to the evaluation turn (the score prefix is the open assistant turn)."""
         messages = user_turn(prompt, n_images)
+        if self.use_facts and facts and self.facts_position == "prompt":
+            header = self.facts_header.format(facts=self._lines(facts))
+            at = next(i for i, m in enumerate(messages) if m["role"] == "user")
+            content = messages[at]["content"]
+            if isinstance(content, str):
+                content = header + content
+            else:  # copies: the caller's messages stay as they were
+                content = [dict(p) for p in content]
+                text = next((p for p in content if p.get("type") == "text"), None)
+                if text is None:
+                    content.append({"type": "text", "text": header})
+                else:
+                    text["text"] = header + (text.get("text") or "")
+            messages[at] = {**messages[at], "content": content}
         messages.append({"role": "assistant", "content": [{"type": "text", "text": response}]})
         messages.append({"role": "user", "content": [{"type": "text", "text": self.evaluation_turn(facts)}]})
         return messages

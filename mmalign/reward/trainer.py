@@ -36,6 +36,7 @@ def load_template(args: RewardConfig) -> RewardTemplate:
         if unknown:
             raise ValueError(f"{args.template_file}: unknown template field(s) {', '.join(unknown)}")
     values["use_facts"] = args.use_facts
+    values["facts_position"] = args.facts_position
     return RewardTemplate(**values)
 
 

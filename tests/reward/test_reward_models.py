@@ -273,3 +273,23 @@ def test_cli_train_rm_then_score(tiny_dirs, tmp_path, capsys):
                                    [r["rejected"] for r in rows], [r["facts"] for r in rows])
     assert scored["cost_rejected"] == pytest.approx(expected, abs=1e-5)
     assert "cost_chosen: mean" in capsys.readouterr().out
+
+
+def test_facts_can_go_before_the_question(tiny_dirs):
+    template = RewardTemplate(use_facts=True, facts_position="prompt")
+    conversational = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe it."}]}]
+    messages = template.conversation(conversational, "a red ball.", 1, FACTS)
+    assert conversational[0]["content"][1]["text"] == "describe it."  # the caller's prompt is untouched
+    first = messages[0]["content"][1]["text"]
+    assert first.startswith("Facts about the image:") and first.endswith("describe it.")
+    assert all(f"- {f}" in first for f in FACTS)
+    evaluation = messages[-1]["content"][0]["text"]
+    assert not any(f in evaluation for f in FACTS) and "supported by the facts given" in evaluation
+    plain = RewardTemplate(facts_position="prompt").conversation("describe it.", "a red ball.", 1, FACTS)
+    assert not any(f in str(plain) for f in FACTS)  # without use_facts nothing is listed
+    adapter = load_adapter(tiny_dirs["llava"])
+    text = adapter.tokenizer.decode(encode_for_scoring(adapter, template, [Image.new("RGB", (32, 32))],
+                                                       ["describe it."], ["a red ball."], [FACTS]).input_ids[0])
+    assert text.index("blue cup") < text.index("describe") < text.rindex("a red ball")
+    with pytest.raises(ValueError, match="facts_position"):
+        RewardTemplate(facts_position="end")
