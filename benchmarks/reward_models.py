@@ -120,9 +120,11 @@ def evaluate(model, data: Path, kind: str) -> dict[str, float]:
 def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Mean and std over seeds of every metric of every model."""
     summary: dict[str, dict[str, float]] = {}
-    for name in runs[0]["models"]:
-        for metric in runs[0]["models"][name]:
-            values = [v for r in runs if (v := r["models"][name][metric]) == v]  # NaN: nothing to measure
+    names = {n: m for r in runs for n, m in r["models"].items()}
+    for name, first in names.items():
+        summary.setdefault(name, {})["seeds"] = sum(name in r["models"] for r in runs)
+        for metric in first:
+            values = [v for r in runs if name in r["models"] and (v := r["models"][name][metric]) == v]  # NaN
             summary.setdefault(name, {})[metric] = statistics.fmean(values) if values else float("nan")
             summary[name][metric + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
     return summary
@@ -133,20 +135,47 @@ def markdown(summary: dict[str, dict[str, float]], seeds: list[int], setting: Se
         return f"{summary[name][metric]:.1f} ± {summary[name][metric + '_std']:.1f}"
 
     lines = [
-        f"Held-out scene-world pairs, {len(seeds)} seeds ({', '.join(map(str, seeds))}), base `{setting.model}`, "
+        f"Held-out scene-world pairs, seeds {', '.join(map(str, seeds))} (mean ± std over the seeds each model has), "
+        f"base `{setting.model}`, "
         f"LoRA r={setting.lora_r}, {setting.epochs:g} epochs.",
         "",
         "| reward model | pairwise accuracy | captions | existence answers |",
         "|---|---|---|---|",
     ]
-    for name, label in (("rm", "plain RM"), ("fact_rm", "Fact-RM (facts in the prompt)")):
-        lines.append(f"| {label} | {cell(name, 'accuracy')} | {cell(name, 'accuracy_caption')} | "
-                     f"{cell(name, 'accuracy_existence')} |")
-    lines += ["", "| cost model | ranking accuracy | sign accuracy | mean cost, unsafe | mean cost, safe |",
-              "|---|---|---|---|---|",
-              f"| graded signs | {cell('cost', 'accuracy')} | {cell('cost', 'sign_accuracy')} | "
-              f"{summary['cost']['mean_cost_unsafe']:.2f} | {summary['cost']['mean_cost_safe']:.2f} |"]
+    for name, label in (("rm", "plain RM"), ("fact_rm", "Fact-RM, facts in the evaluation turn (Fact-RLHF)"),
+                        ("fact_rm_prompt", "Fact-RM, facts before the question")):
+        if name in summary:
+            lines.append(f"| {label} | {cell(name, 'accuracy')} | {cell(name, 'accuracy_caption')} | "
+                         f"{cell(name, 'accuracy_existence')} |")
+    if "cost" in summary:
+        lines += ["", "| cost model | ranking accuracy | sign accuracy | mean cost, unsafe | mean cost, safe |",
+                  "|---|---|---|---|---|",
+                  f"| graded signs | {cell('cost', 'accuracy')} | {cell('cost', 'sign_accuracy')} | "
+                  f"{summary['cost']['mean_cost_unsafe']:.2f} | {summary['cost']['mean_cost_safe']:.2f} |"]
     return "\n".join(lines) + "\n"
+
+
+#: model name -> (data, RewardConfig overrides)
+MODELS = {
+    "rm": ("feedback", {}),
+    "fact_rm": ("feedback", {"use_facts": True}),
+    "fact_rm_prompt": ("feedback", {"use_facts": True, "facts_position": "prompt"}),
+    "cost": ("safety", {"kind": "cost", "cost_signs": "graded"}),
+}
+
+
+def load_runs(out: Path) -> list[dict[str, Any]]:
+    file = out / "results.json"
+    return json.loads(file.read_text())["runs"] if file.exists() else []
+
+
+def merge_runs(*sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Union of the models measured per seed (several invocations can share one folder)."""
+    merged: dict[int, dict[str, Any]] = {}
+    for runs in sources:
+        for run in runs:
+            merged.setdefault(run["seed"], {"seed": run["seed"], "models": {}})["models"].update(run["models"])
+    return [merged[s] for s in sorted(merged)]
 
 
 def write_results(out: Path, setting: Setting, runs: list[dict[str, Any]]) -> None:
@@ -162,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--model", default=Setting.model, help="base VLM (default: the shipped scene VLM)")
     parser.add_argument("--epochs", type=float, default=Setting.epochs)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
+                        help="models to train per seed (default: all); results merge into OUT/results.json")
     parser.add_argument("--quick", action="store_true", help="tiny data and one short epoch (smoke run)")
     args = parser.parse_args(argv)
     setting = Setting(model=args.model, epochs=args.epochs)
@@ -170,16 +201,21 @@ def main(argv: list[str] | None = None) -> int:
                           safety_eval_scenes=4, epochs=0.5, batch_size=4)
     out = Path(args.out)
     data = build_data(setting, out / "data")
-    runs = []
+    runs = load_runs(out)
     for seed in args.seeds:
-        models = {}
-        for name, path, extra in (("rm", "feedback", {}), ("fact_rm", "feedback", {"use_facts": True}),
-                                  ("cost", "safety", {"kind": "cost", "cost_signs": "graded"})):
+        run = next((r for r in runs if r["seed"] == seed), None)
+        if run is None:
+            run = {"seed": seed, "models": {}}
+            runs.append(run)
+        for name in args.models:
+            if name in run["models"]:
+                continue  # measured by an earlier (or parallel) invocation
+            path, extra = MODELS[name]
             model = train_model(setting, data[f"{path}-train"], out / f"{name}-seed{seed}", seed, **extra)
-            models[name] = evaluate(model, data[f"{path}-eval"], "cost" if name == "cost" else "reward")
-            print(f"seed {seed} {name}: {models[name]}", flush=True)
-        runs.append({"seed": seed, "models": models})
-        write_results(out, setting, runs)  # after every seed, so a stopped run keeps what it measured
+            run["models"][name] = evaluate(model, data[f"{path}-eval"], "cost" if name == "cost" else "reward")
+            print(f"seed {seed} {name}: {run['models'][name]}", flush=True)
+            runs = merge_runs(load_runs(out), runs)
+            write_results(out, setting, runs)  # after every model, so a stopped run keeps what it measured
     print((out / "results.md").read_text())
     return 0
 

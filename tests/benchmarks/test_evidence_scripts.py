@@ -19,7 +19,7 @@ def test_reward_model_summary_over_seeds():
     assert summary["cost"]["mean_cost_safe"] == -1.0  # NaN (nothing to measure) is left out, not averaged
     table = reward_models.markdown(summary, [0, 1], reward_models.Setting())
     assert "| plain RM | 62.0 ± 2.8 | 72.0 ± 2.8 | 52.0 ± 2.8 |" in table
-    assert "| Fact-RM (facts in the prompt) | 67.0 ± 2.8 |" in table
+    assert "| Fact-RM, facts in the evaluation turn (Fact-RLHF) | 67.0 ± 2.8 |" in table
 
 
 def test_ppo_table_lists_start_and_both_methods():
@@ -31,3 +31,13 @@ def test_ppo_table_lists_start_and_both_methods():
     table = ppo_scene.markdown(results, [0, 1])
     assert "| PPO, reward only | 1.00 ± 0.00 |" in table and "2.00 ± 1.41 |" in table
     assert "| PPO-Lagrangian |" in table and "1234 MB" in table
+
+
+def test_runs_from_several_invocations_merge_by_seed_and_model():
+    a = [{"seed": 0, "models": {"rm": {"accuracy": 1.0}}}]
+    b = [{"seed": 0, "models": {"cost": {"accuracy": 2.0}}}, {"seed": 1, "models": {"rm": {"accuracy": 3.0}}}]
+    merged = reward_models.merge_runs(a, b)
+    assert merged == [{"seed": 0, "models": {"rm": {"accuracy": 1.0}, "cost": {"accuracy": 2.0}}},
+                      {"seed": 1, "models": {"rm": {"accuracy": 3.0}}}]
+    summary = reward_models.summarise(merged)
+    assert summary["rm"]["seeds"] == 2 and summary["cost"]["seeds"] == 1 and summary["rm"]["accuracy"] == 2.0
