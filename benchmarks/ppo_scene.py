@@ -216,9 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--iterations", type=int, default=Setting.iterations)
     parser.add_argument("--budget", type=float, default=Setting.budget, help="cost threshold of PPO-Lagrangian")
+    parser.add_argument("--kl-coef", type=float, default=Setting.kl_coef, help="β of the per-token KL penalty")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
     args = parser.parse_args(argv)
-    setting = Setting(iterations=args.iterations, budget=args.budget)
+    setting = Setting(iterations=args.iterations, budget=args.budget, kl_coef=args.kl_coef)
     if args.quick:
         setting = Setting(sft_scenes=64, safety_sft_scenes=64, feedback_scenes=8, safety_pair_scenes=16,
                           prompt_scenes=8, eval_scenes=6, iterations=2, rollout_batch_size=8, minibatch=4,
