@@ -165,17 +165,12 @@ MODELS = {
 
 
 def load_runs(out: Path) -> list[dict[str, Any]]:
-    file = out / "results.json"
-    return json.loads(file.read_text())["runs"] if file.exists() else []
-
-
-def merge_runs(*sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Union of the models measured per seed (several invocations can share one folder)."""
-    merged: dict[int, dict[str, Any]] = {}
-    for runs in sources:
-        for run in runs:
-            merged.setdefault(run["seed"], {"seed": run["seed"], "models": {}})["models"].update(run["models"])
-    return [merged[s] for s in sorted(merged)]
+    """Every (seed, model) measured so far: one file each, so parallel invocations never clash."""
+    runs: dict[int, dict[str, Any]] = {}
+    for file in sorted((out / "measured").glob("seed*-*.json")):
+        seed, name = file.stem.removeprefix("seed").split("-", 1)
+        runs.setdefault(int(seed), {"seed": int(seed), "models": {}})["models"][name] = json.loads(file.read_text())
+    return [runs[s] for s in sorted(runs)]
 
 
 def write_results(out: Path, setting: Setting, runs: list[dict[str, Any]]) -> None:
@@ -192,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=Setting.model, help="base VLM (default: the shipped scene VLM)")
     parser.add_argument("--epochs", type=float, default=Setting.epochs)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
-                        help="models to train per seed (default: all); results merge into OUT/results.json")
+                        help="models to train per seed (default: all); every invocation adds to OUT/results.*")
     parser.add_argument("--quick", action="store_true", help="tiny data and one short epoch (smoke run)")
     args = parser.parse_args(argv)
     setting = Setting(model=args.model, epochs=args.epochs)
@@ -201,21 +196,18 @@ def main(argv: list[str] | None = None) -> int:
                           safety_eval_scenes=4, epochs=0.5, batch_size=4)
     out = Path(args.out)
     data = build_data(setting, out / "data")
-    runs = load_runs(out)
     for seed in args.seeds:
-        run = next((r for r in runs if r["seed"] == seed), None)
-        if run is None:
-            run = {"seed": seed, "models": {}}
-            runs.append(run)
         for name in args.models:
-            if name in run["models"]:
+            measured = out / "measured" / f"seed{seed}-{name}.json"
+            if measured.exists():
                 continue  # measured by an earlier (or parallel) invocation
             path, extra = MODELS[name]
             model = train_model(setting, data[f"{path}-train"], out / f"{name}-seed{seed}", seed, **extra)
-            run["models"][name] = evaluate(model, data[f"{path}-eval"], "cost" if name == "cost" else "reward")
-            print(f"seed {seed} {name}: {run['models'][name]}", flush=True)
-            runs = merge_runs(load_runs(out), runs)
-            write_results(out, setting, runs)  # after every model, so a stopped run keeps what it measured
+            result = evaluate(model, data[f"{path}-eval"], "cost" if name == "cost" else "reward")
+            print(f"seed {seed} {name}: {result}", flush=True)
+            measured.parent.mkdir(parents=True, exist_ok=True)
+            measured.write_text(json.dumps(result))
+            write_results(out, setting, load_runs(out))  # after every model, so a stopped run keeps it
     print((out / "results.md").read_text())
     return 0
 

@@ -33,11 +33,14 @@ def test_ppo_table_lists_start_and_both_methods():
     assert "| PPO-Lagrangian |" in table and "1234 MB" in table
 
 
-def test_runs_from_several_invocations_merge_by_seed_and_model():
-    a = [{"seed": 0, "models": {"rm": {"accuracy": 1.0}}}]
-    b = [{"seed": 0, "models": {"cost": {"accuracy": 2.0}}}, {"seed": 1, "models": {"rm": {"accuracy": 3.0}}}]
-    merged = reward_models.merge_runs(a, b)
-    assert merged == [{"seed": 0, "models": {"rm": {"accuracy": 1.0}, "cost": {"accuracy": 2.0}}},
-                      {"seed": 1, "models": {"rm": {"accuracy": 3.0}}}]
-    summary = reward_models.summarise(merged)
+def test_runs_from_several_invocations_merge_by_seed_and_model(tmp_path):
+    import json
+
+    (tmp_path / "measured").mkdir()
+    for seed, name, accuracy in ((0, "rm", 1.0), (0, "cost", 2.0), (1, "rm", 3.0), (1, "fact_rm_prompt", 4.0)):
+        (tmp_path / "measured" / f"seed{seed}-{name}.json").write_text(json.dumps({"accuracy": accuracy}))
+    runs = reward_models.load_runs(tmp_path)
+    assert runs == [{"seed": 0, "models": {"cost": {"accuracy": 2.0}, "rm": {"accuracy": 1.0}}},
+                    {"seed": 1, "models": {"fact_rm_prompt": {"accuracy": 4.0}, "rm": {"accuracy": 3.0}}}]
+    summary = reward_models.summarise(runs)
     assert summary["rm"]["seeds"] == 2 and summary["cost"]["seeds"] == 1 and summary["rm"]["accuracy"] == 2.0
