@@ -15,8 +15,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from mmalign.data_builders.scene_world import WorldConfig, world_vocabulary
 from mmalign.io import atomic_dir
 
@@ -51,6 +49,8 @@ def patch_labels(scene, image_size: int, patch: int, categories: list[str], colo
     patch's colour target is the background's own colour, numbered after the object colours
     (``len(colors) + 1 + i``), so the tower also learns to see it.
     """
+    import torch
+
     grid = image_size // patch
     cat = torch.zeros(grid * grid, dtype=torch.long)
     background = len(colors) + 1 + list(backgrounds).index(scene.background) if backgrounds else 0
@@ -75,6 +75,7 @@ def pretrain_vision_tower(model, processor, world: WorldConfig, config: Pretrain
     Returns the loss every 50 steps. The heads are discarded afterwards; what stays is a
     vision tower whose patch features say which object, of which colour, is where.
     """
+    import torch
     from tqdm.auto import tqdm
 
     from mmalign.data_builders.scene_world import render, scene_at
@@ -116,6 +117,7 @@ def pretrain_vision_tower(model, processor, world: WorldConfig, config: Pretrain
 def pretrain_scene_vlm(out_dir: str | Path, config: PretrainConfig | None = None,
                        world: WorldConfig | None = None) -> Path:
     """Build and pretrain a scene VLM; write it (weights, processor, recipe) to ``out_dir``."""
+    import torch
     from transformers import set_seed
 
     from mmalign.config_io import write_resolved_config

@@ -46,3 +46,20 @@ def test_console_script_help():
     exe = Path(sys.executable).with_name("mmalign")
     result = subprocess.run([str(exe), "selftest", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "4-bit NF4" in result.stdout
+
+
+def test_help_does_not_import_torch_and_tiny_families_are_listed():
+    import subprocess
+    import sys
+
+    code = ("import sys; from mmalign.cli import build_parser; build_parser(); "
+            "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+    from mmalign.cli import build_parser
+    from mmalign.models.tiny import TINY_BUILDERS
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["tiny"]
+    family = next(a for a in sub._actions if a.dest == "family")
+    assert all(name in family.help for name in TINY_BUILDERS)

@@ -81,9 +81,17 @@ def cmd_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def tiny_family(name: str) -> str:
+    """argparse type: a family with a tiny builder (checked when used, so --help stays fast)."""
+    from mmalign.models.tiny import TINY_BUILDERS
+
+    if name not in TINY_BUILDERS:
+        raise argparse.ArgumentTypeError(f"unknown family {name!r}; choose from {', '.join(sorted(TINY_BUILDERS))}")
+    return name
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Installation and model commands: version, models, selftest, tiny."""
-    from mmalign.models.tiny import TINY_BUILDERS
 
     p = sub.add_parser("version", help="print mmalign and key dependency versions")
     p.set_defaults(func=cmd_version)
@@ -99,7 +107,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Build a tiny random model of each family, load it in 4-bit NF4, train LoRA "
         "for a few steps, save and reload the adapter, and generate. Exits 1 if any step fails.",
     )
-    p.add_argument("--families", nargs="+", choices=sorted(TINY_BUILDERS), help="families to test (default: all)")
+    p.add_argument("--families", nargs="+", type=tiny_family, metavar="FAMILY",
+                   help="families to test: llava, llava_next, qwen2_vl, qwen2_5_vl (default: all)")
     p.add_argument("--steps", type=int, default=8, help="optimizer steps per family (default: 8)")
     p.add_argument("--no-4bit", action="store_true", help="load in fp32 instead of 4-bit NF4")
     p.set_defaults(func=cmd_selftest)
@@ -121,7 +130,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tiny", help="write a tiny random checkpoint of a family (for debugging pipelines)",
                        description="Save a tiny randomly initialised model and processor that load with "
                        "from_pretrained exactly like a hub checkpoint of that family.")
-    p.add_argument("--family", required=True, choices=sorted(TINY_BUILDERS))
+    p.add_argument("--family", required=True, type=tiny_family,
+                   help="llava, llava_next, qwen2_vl or qwen2_5_vl")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_tiny)
