@@ -15,7 +15,6 @@ compare against the straightforward path):
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from mmalign.dpo.config import DPOConfig
 from mmalign.dpo.prefix import shared_prefix_logprobs
 from mmalign.losses.dpo import dpo_loss, dynamic_beta, sequence_logps, sft_term
 from mmalign.models.base import EncodedBatch, VLMAdapter
-from mmalign.training import LossOnlyEvaluation, train_and_save
+from mmalign.training import LossOnlyEvaluation, StepMetrics, train_and_save
 
 
 def split_pair(inputs: dict[str, torch.Tensor], adapter: VLMAdapter) -> tuple[EncodedBatch, EncodedBatch]:
@@ -93,7 +92,7 @@ def pair_logprobs(
     return logps[:n], mask[:n], logps[n:], mask[n:]
 
 
-class DPOTrainer(LossOnlyEvaluation, Trainer):
+class DPOTrainer(StepMetrics, LossOnlyEvaluation, Trainer):
     """Preference optimisation on an adapter; the reference is the base with LoRA off by default."""
 
     def __init__(
@@ -118,7 +117,7 @@ class DPOTrainer(LossOnlyEvaluation, Trainer):
                 self._with_reference(ds, args) for ds in (train_dataset, eval_dataset)
             )
         self.collator = kwargs.pop("data_collator", None) or DPOCollator(adapter, args.max_length, args.gamma)
-        self._stats: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._init_metrics()
         kwargs.setdefault("processing_class", adapter.processor)
         super().__init__(model=adapter.model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          data_collator=self.collator, **kwargs)
@@ -185,7 +184,6 @@ class DPOTrainer(LossOnlyEvaluation, Trainer):
         return (loss, {"chosen_logps": scores[0], "rejected_logps": scores[1]}) if return_outputs else loss
 
     def _record(self, model, out, scores, mask_chosen, weights_chosen) -> None:
-        stats = self._stats["train" if model.training else "eval"]
         margins = out.chosen_rewards - out.rejected_rewards
         values = {
             "rewards/chosen": out.chosen_rewards.mean(),
@@ -198,25 +196,13 @@ class DPOTrainer(LossOnlyEvaluation, Trainer):
         if weights_chosen is not None:
             corrected = (weights_chosen != 1) & mask_chosen
             values["ddpo/corrected_token_share"] = corrected.sum() / mask_chosen.sum().clamp(min=1)
-        # one collective per step for all metrics, averaged over processes
-        local = torch.stack([v.detach().float().reshape(()) for v in values.values()])
-        gathered = self.accelerator.gather_for_metrics(local).reshape(-1, len(values)).mean(0)
-        for name, value in zip(values, gathered.tolist()):
-            stats[name].append(value)
+        self.record_metrics(model, values)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
-        prefix = "eval_" if mode == "eval" else ""
-        for name, values in self._stats[mode].items():
-            if values:
-                logs[prefix + name] = sum(values) / len(values)
-        self._stats[mode].clear()
-        if mode == "train":
+        if not any(k.startswith("eval_") for k in logs):
             logs["truncation/dropped_pairs"] = self.collator.stats.dropped
             logs["truncation/prompts_shortened"] = self.collator.stats.prompts_shortened
         super().log(logs, start_time)
-
-
 
 
 def run_dpo(model_config, args: DPOConfig) -> Path:

@@ -8,7 +8,6 @@ and :func:`~mmalign.reward.load_reward_model` both work from them.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from mmalign.models.scalar_head import ScalarHeadModel
 from mmalign.reward.collator import ScalarPairCollator
 from mmalign.reward.config import RewardConfig
 from mmalign.reward.template import RewardTemplate
-from mmalign.training import LossOnlyEvaluation, train_and_save
+from mmalign.training import LossOnlyEvaluation, StepMetrics, train_and_save
 
 
 def load_template(args: RewardConfig) -> RewardTemplate:
@@ -40,7 +39,7 @@ def load_template(args: RewardConfig) -> RewardTemplate:
     return RewardTemplate(**values)
 
 
-class RewardTrainer(LossOnlyEvaluation, Trainer):
+class RewardTrainer(StepMetrics, LossOnlyEvaluation, Trainer):
     """Train a scalar head (+ LoRA) on preference pairs; ``args.kind`` picks reward or cost."""
 
     def __init__(self, model: ScalarHeadModel, args: RewardConfig, train_dataset=None, eval_dataset=None,
@@ -52,7 +51,7 @@ class RewardTrainer(LossOnlyEvaluation, Trainer):
         self.collator = kwargs.pop("data_collator", None) or ScalarPairCollator(
             model.adapter, self.template, args.kind, args.cost_signs, args.max_length, args.facts_seed
         )
-        self._stats: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._init_metrics()
         kwargs.setdefault("processing_class", model.adapter.processor)
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          data_collator=self.collator, **kwargs)
@@ -72,27 +71,13 @@ class RewardTrainer(LossOnlyEvaluation, Trainer):
         return (loss, {"scores": scores}) if return_outputs else loss
 
     def _record(self, model, first: torch.Tensor, second: torch.Tensor, signs: torch.Tensor) -> None:
-        stats = self._stats["train" if model.training else "eval"]
         both = torch.cat([first, second])
         values = {"accuracy": pairwise_accuracy(first, second), "scores/mean": both.mean(),
                   "scores/std": both.std() if both.numel() > 1 else both.new_zeros(()),
                   "scores/margin": (first - second).mean()}
         if self.args.kind == "cost":
             values["sign_accuracy"] = sign_accuracy(both, signs.to(both))
-        local = torch.stack([v.float().reshape(()) for v in values.values()])
-        gathered = self.accelerator.gather_for_metrics(local).reshape(-1, len(values)).nanmean(0)
-        for name, value in zip(values, gathered.tolist()):
-            stats[name].append(value)
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
-        prefix = "eval_" if mode == "eval" else ""
-        for name, values in self._stats[mode].items():
-            finite = [v for v in values if v == v]
-            if finite:
-                logs[prefix + name] = sum(finite) / len(finite)
-        self._stats[mode].clear()
-        super().log(logs, start_time)
+        self.record_metrics(model, values)
 
     # The trained module is not a PreTrainedModel: save and restore adapter + head ourselves.
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
