@@ -148,6 +148,13 @@ def pad_rows(rows: Sequence[torch.Tensor], value: int, side: str = "right") -> t
     return out
 
 
+def predicting_positions(response_mask: torch.Tensor) -> torch.Tensor:
+    """Positions whose output predicts a response token (the one before each of them)."""
+    predicts = torch.zeros_like(response_mask)
+    predicts[:, :-1] = response_mask[:, 1:]
+    return predicts
+
+
 def pad_cat(tensors: Sequence[torch.Tensor], value: float | int | bool) -> torch.Tensor:
     """Concatenate ``(b_i, w_i)`` tensors along rows, right-padding to the widest with ``value``."""
     width = max(t.shape[1] for t in tensors)
@@ -715,8 +722,7 @@ class VLMAdapter:
         ``with_entropy`` also returns the policy's entropy at each response position
         (detached, for logging), as a third tensor.
         """
-        predicts = torch.zeros_like(batch.response_mask)
-        predicts[:, :-1] = batch.response_mask[:, 1:]
+        predicts = predicting_positions(batch.response_mask)
         out = (model or self.model)(
             **self.forward_kwargs(batch, image_features), logits_to_keep=predicts, use_cache=False
         )

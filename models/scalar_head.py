@@ -16,7 +16,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmalign.io import atomic_dir
-from mmalign.models.base import EncodedBatch, VLMAdapter, last_token_index, unflatten_rows
+from mmalign.models.base import (
+    EncodedBatch,
+    VLMAdapter,
+    last_token_index,
+    predicting_positions,
+    unflatten_rows,
+)
 
 HEAD_FILE = "scalar_head.safetensors"
 HEAD_CONFIG = "scalar_head.json"
@@ -56,8 +62,7 @@ class ScalarHeadModel(torch.nn.Module):
         the token is chosen), as PPO's critic needs.
         """
         hidden = self._hidden(batch, image_features)
-        predicts = torch.zeros_like(batch.response_mask)
-        predicts[:, :-1] = batch.response_mask[:, 1:]
+        predicts = predicting_positions(batch.response_mask)
         flat = self.head(hidden[predicts.to(hidden.device)].to(self.head.weight.dtype)).squeeze(-1)
         return unflatten_rows(flat, batch.response_lengths.to(flat.device))
 

@@ -26,7 +26,7 @@ from mmalign.dpo.collator import DPOCollator
 from mmalign.dpo.config import DPOConfig
 from mmalign.dpo.prefix import shared_prefix_logprobs
 from mmalign.losses.dpo import dpo_loss, dynamic_beta, sequence_logps, sft_term
-from mmalign.models.base import EncodedBatch, VLMAdapter
+from mmalign.models.base import EncodedBatch, VLMAdapter, concat_batches
 from mmalign.training import LossOnlyEvaluation, StepMetrics, train_and_save
 
 
@@ -52,22 +52,6 @@ def _pad_to(t: torch.Tensor, width: int, value: float | int | bool) -> torch.Ten
     return torch.cat([t, pad], dim=1)
 
 
-def concat_pair(chosen: EncodedBatch, rejected: EncodedBatch, pad_id: int) -> EncodedBatch:
-    """Stack chosen then rejected rows (right padding to a common length), images twice."""
-    width = max(chosen.input_ids.shape[1], rejected.input_ids.shape[1])
-
-    def cat(a: torch.Tensor, b: torch.Tensor, value) -> torch.Tensor:
-        return torch.cat([_pad_to(a, width, value), _pad_to(b, width, value)])
-
-    return EncodedBatch(
-        input_ids=cat(chosen.input_ids, rejected.input_ids, pad_id),
-        attention_mask=cat(chosen.attention_mask, rejected.attention_mask, 0),
-        response_mask=cat(chosen.response_mask, rejected.response_mask, False),
-        image_inputs={k: torch.cat([v, v]) for k, v in chosen.image_inputs.items()},
-        text_inputs={k: cat(chosen.text_inputs[k], rejected.text_inputs[k], 0) for k in chosen.text_inputs},
-    )
-
-
 def repeat_features(features: dict[str, Any] | None, times: int = 2) -> dict[str, Any] | None:
     """Image features of B images -> the same features for the 2B rows of a pair batch."""
     if features is None:
@@ -86,7 +70,8 @@ def pair_logprobs(
     """
     if share_prefix:
         return shared_prefix_logprobs(model, adapter, chosen, rejected, features)
-    pair = concat_pair(chosen, rejected, adapter.tokenizer.pad_token_id)
+    # chosen then rejected rows; both carry the pair's images, so the batch holds them twice
+    pair = concat_batches([chosen, rejected], adapter.tokenizer.pad_token_id)
     logps, mask = adapter.response_logprobs(pair, repeat_features(features), model=model)
     n = chosen.input_ids.shape[0]
     return logps[:n], mask[:n], logps[n:], mask[n:]
