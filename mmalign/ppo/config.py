@@ -6,14 +6,17 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from mmalign.ppo.shaping import ShapingConfig
+
 
 @dataclass
-class PPOConfig(TrainingArguments):
+class PPOConfig(TrainingArguments, ShapingConfig):
     """``transformers.TrainingArguments`` plus RL options.
 
-    ``max_steps`` counts PPO iterations: each samples ``rollout_batch_size`` prompts, scores
-    the responses and runs ``ppo_epochs`` passes of minibatches of
-    ``per_device_train_batch_size`` over them. With ``cost_model_path`` the run is Safe
+    Fact-RLHF's shaping weights are the fields of :class:`ShapingConfig`, applied with
+    ``shaping: true``. ``max_steps`` counts PPO iterations: each samples
+    ``rollout_batch_size`` prompts, scores the responses and runs ``ppo_epochs`` passes of
+    minibatches of ``per_device_train_batch_size`` over them. With ``cost_model_path`` the run is Safe
     RLHF-V's PPO-Lagrangian: a cost critic, and a multiplier λ that grows while the mean
     episode cost exceeds ``cost_threshold``.
     """
@@ -48,14 +51,7 @@ class PPOConfig(TrainingArguments):
         default=None, metadata={"help": "Stop a rollout's PPO epochs once approximate KL exceeds 1.5× this."}
     )
     max_length: int | None = field(default=2048, metadata={"help": "Longest scoring sequence of the reward model."})
-    # Fact-RLHF shaping (added to the reward model's score)
     shaping: bool = field(default=False, metadata={"help": "Add Fact-RLHF's shaping terms to the reward."})
-    choice_bonus: float = field(default=2.0, metadata={"help": "Right multiple-choice letter (needs 'reference')."})
-    no_bonus: float = field(default=1.0, metadata={"help": "'no' when the reference answer is no."})
-    yes_penalty: float = field(default=1.0, metadata={"help": "'yes' when the reference answer is no."})
-    incomplete_penalty: float = field(default=8.0, metadata={"help": "No end-of-turn within max_new_tokens."})
-    length_coef: float = field(default=0.0, metadata={"help": "c of the length term −c·length/max_new_tokens."})
-    length_multiplier: float = field(default=1.0, metadata={"help": "Multiplier of the length term."})
     # Safe RLHF-V: PPO-Lagrangian
     cost_threshold: float = field(default=0.0, metadata={"help": "Budget d of the constraint E[cost] ≤ d."})
     lambda_init: float = field(default=1.0, metadata={"help": "Initial multiplier λ."})

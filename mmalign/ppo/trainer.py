@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from collections import deque
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from mmalign.models.base import EncodedBatch, VLMAdapter, concat_batches, concat
 from mmalign.models.scalar_head import ScalarHeadModel
 from mmalign.ppo.config import PPOConfig
 from mmalign.ppo.plots import plot_ppo_logs
-from mmalign.ppo.shaping import ShapingConfig, shaping_terms
+from mmalign.ppo.shaping import shaping_terms
 from mmalign.reward.scoring import RewardScorer
 
 POLICY = "default"
@@ -74,10 +74,6 @@ class Rollout:
     returns: dict[str, torch.Tensor]
 
 
-def shaping_config(args: PPOConfig) -> ShapingConfig:
-    return ShapingConfig(**{f.name: getattr(args, f.name) for f in fields(ShapingConfig)})
-
-
 class PPOTrainer(Trainer):
     """PPO / PPO-Lagrangian on an adapter whose policy LoRA is ``default``."""
 
@@ -104,7 +100,6 @@ class PPOTrainer(Trainer):
                                           max_length=args.max_length, name="reward")
         self.cost_scorer = (RewardScorer(cost_model, batch_size=args.per_device_eval_batch_size,
                                          max_length=args.max_length, name="cost") if cost_model else None)
-        self.shaping = shaping_config(args)
         self.log_lambda = torch.nn.Parameter(torch.tensor(math.log(args.lambda_init)))
         self.lambda_optimizer = torch.optim.SGD([self.log_lambda], lr=args.lambda_lr)
         self.cost_window: deque[float] = deque(maxlen=args.episode_cost_window)
@@ -138,7 +133,7 @@ class PPOTrainer(Trainer):
         stats: dict[str, Any] = {"reward_model": rm}
         total = rm.clone()
         if self.args.shaping:
-            terms = [shaping_terms(t, bool(e), int(n), self.args.max_new_tokens, r.get("reference"), self.shaping)
+            terms = [shaping_terms(t, bool(e), int(n), self.args.max_new_tokens, r.get("reference"), self.args)
                      for t, e, n, r in zip(texts, ended, lengths, rows)]
             for name in terms[0]:
                 stats[f"shaping/{name}"] = torch.tensor([t[name] for t in terms])
