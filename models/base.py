@@ -385,9 +385,7 @@ class VLMAdapter:
         was_training = self.model.training
         if isinstance(self.model, PeftModel):
             self.model.add_adapter(adapter_name, self.lora_config(settings))
-            for name, p in self.model.named_parameters():  # peft leaves a non-active adapter frozen
-                if f".{adapter_name}." in name and "lora_" in name:
-                    p.requires_grad_(True)
+            self._mark_trainable(adapter_name, True)  # peft leaves a non-active adapter frozen
             self.model.train(was_training)
             return
         if self.quantized:
@@ -414,6 +412,11 @@ class VLMAdapter:
             return
         with self._trainable_kept():
             self.model.set_adapter(name)
+
+    def _mark_trainable(self, adapter_name: str, trainable: bool) -> None:
+        for name, p in self.model.named_parameters():
+            if f".{adapter_name}." in name and "lora_" in name:
+                p.requires_grad_(trainable)
 
     @contextmanager
     def _trainable_kept(self):
@@ -445,12 +448,10 @@ class VLMAdapter:
         from peft import PeftModel
 
         if isinstance(self.model, PeftModel):
-            flags = {id(p): p.requires_grad for p in self.model.parameters()}
-            self.model.load_adapter(str(path), adapter_name=adapter_name, is_trainable=is_trainable)
-            self.model.set_adapter(adapter_name)
-            for name, p in self.model.named_parameters():
-                new = f".{adapter_name}." in name and "lora_" in name
-                p.requires_grad_(is_trainable if new else flags.get(id(p), p.requires_grad))
+            with self._trainable_kept():
+                self.model.load_adapter(str(path), adapter_name=adapter_name, is_trainable=is_trainable)
+                self.model.set_adapter(adapter_name)
+            self._mark_trainable(adapter_name, is_trainable)
         else:
             self.model = PeftModel.from_pretrained(
                 self.model, str(path), adapter_name=adapter_name, is_trainable=is_trainable
