@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from mmalign.training import GuardArguments
+
 
 @dataclass
-class DPOConfig(TrainingArguments):
+class DPOConfig(TrainingArguments, GuardArguments):
     """``transformers.TrainingArguments`` plus preference-optimisation options.
 
     The defaults reproduce plain DPO (sigmoid loss, β = 0.1, summed log-probs). For

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, set_seed
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mmalign.dpo.collator import DPOCollator
@@ -27,7 +27,7 @@ from mmalign.dpo.config import DPOConfig
 from mmalign.dpo.prefix import shared_prefix_logprobs
 from mmalign.losses.dpo import dpo_loss, dynamic_beta, sequence_logps, sft_term
 from mmalign.models.base import EncodedBatch, VLMAdapter, concat_batches
-from mmalign.training import LossOnlyEvaluation, StepMetrics, train_and_save
+from mmalign.training import LossOnlyEvaluation, NonFiniteGuard, StepMetrics, train_and_save
 
 
 def split_pair(inputs: dict[str, torch.Tensor], adapter: VLMAdapter) -> tuple[EncodedBatch, EncodedBatch]:
@@ -77,7 +77,7 @@ def pair_logprobs(
     return logps[:n], mask[:n], logps[n:], mask[n:]
 
 
-class DPOTrainer(StepMetrics, LossOnlyEvaluation, Trainer):
+class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, Trainer):
     """Preference optimisation on an adapter; the reference is the base with LoRA off by default."""
 
     def __init__(
@@ -201,6 +201,7 @@ def run_dpo(model_config, args: DPOConfig) -> Path:
 
     if not args.dataset_path:
         raise ValueError("dataset_path is required")
+    set_seed(args.seed)  # the fresh LoRA weights are random: same seed, same run
     adapter = model_config.load(gradient_checkpointing=bool(args.gradient_checkpointing))
     reference = None
     if args.reference_model_path:

@@ -6,12 +6,14 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from mmalign.training import GuardArguments
+
 KINDS = ("reward", "cost")
 COST_SIGNS = ("label", "graded", "none")
 
 
 @dataclass
-class RewardConfig(TrainingArguments):
+class RewardConfig(TrainingArguments, GuardArguments):
     """``transformers.TrainingArguments`` plus scalar preference-model options.
 
     ``kind: reward`` trains a Bradley–Terry reward model on the helpfulness preference

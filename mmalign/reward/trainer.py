@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, set_seed
 
 from mmalign.losses.reward import bradley_terry_loss, cost_loss, pairwise_accuracy, sign_accuracy
 from mmalign.models.base import EncodedBatch
@@ -21,7 +21,7 @@ from mmalign.models.scalar_head import ScalarHeadModel
 from mmalign.reward.collator import ScalarPairCollator
 from mmalign.reward.config import RewardConfig
 from mmalign.reward.template import RewardTemplate
-from mmalign.training import LossOnlyEvaluation, StepMetrics, train_and_save
+from mmalign.training import LossOnlyEvaluation, NonFiniteGuard, StepMetrics, train_and_save
 
 
 def load_template(args: RewardConfig) -> RewardTemplate:
@@ -39,7 +39,7 @@ def load_template(args: RewardConfig) -> RewardTemplate:
     return RewardTemplate(**values)
 
 
-class RewardTrainer(StepMetrics, LossOnlyEvaluation, Trainer):
+class RewardTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, Trainer):
     """Train a scalar head (+ LoRA) on preference pairs; ``args.kind`` picks reward or cost."""
 
     def __init__(self, model: ScalarHeadModel, args: RewardConfig, train_dataset=None, eval_dataset=None,
@@ -103,6 +103,7 @@ def run_reward_model(model_config, args: RewardConfig) -> Path:
         raise ValueError("dataset_path is required")
     if not model_config.use_peft:
         raise ValueError("reward and cost models train a LoRA adapter beside their head: set use_peft true")
+    set_seed(args.seed)  # the fresh LoRA weights and head are random: same seed, same run
     adapter = model_config.load(gradient_checkpointing=bool(args.gradient_checkpointing))
     model = ScalarHeadModel(adapter, kind=args.kind)
     train = load_preference_dataset(args.dataset_path)

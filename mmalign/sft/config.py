@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from mmalign.training import GuardArguments
+
 
 @dataclass
-class SFTConfig(TrainingArguments):
+class SFTConfig(TrainingArguments, GuardArguments):
     """``transformers.TrainingArguments`` plus the data options SFT needs.
 
     Defaults differ from ``TrainingArguments`` where VLM training needs it: the dataset

@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, set_seed
 
 from mmalign.models.base import EncodedBatch, VLMAdapter
 from mmalign.sft.collator import SFTCollator
 from mmalign.sft.config import SFTConfig
-from mmalign.training import LossOnlyEvaluation, train_and_save
+from mmalign.training import LossOnlyEvaluation, NonFiniteGuard, train_and_save
 
 
 def sft_loss(logps: torch.Tensor, mask: torch.Tensor, num_items: int | torch.Tensor | None = None) -> torch.Tensor:
@@ -25,7 +25,7 @@ def sft_loss(logps: torch.Tensor, mask: torch.Tensor, num_items: int | torch.Ten
     return total / (num_items if num_items is not None else mask.sum().clamp(min=1))
 
 
-class SFTTrainer(LossOnlyEvaluation, Trainer):
+class SFTTrainer(LossOnlyEvaluation, NonFiniteGuard, Trainer):
     """Trains ``adapter.model`` (LoRA adapters, or the weights themselves) on conversations.
 
     The loss only projects hidden states of positions that predict assistant tokens to
@@ -60,6 +60,7 @@ def run_sft(model_config, args: SFTConfig) -> Path:
 
     if not args.dataset_path:
         raise ValueError("dataset_path is required")
+    set_seed(args.seed)  # the fresh LoRA weights are random: same seed, same run
     adapter = model_config.load(gradient_checkpointing=bool(args.gradient_checkpointing))
     train = load_sft_dataset(args.dataset_path, args.image_folder)
     evaluation = load_sft_dataset(args.eval_dataset_path, args.image_folder) if args.eval_dataset_path else None
