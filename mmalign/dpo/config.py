@@ -39,6 +39,11 @@ class DPOConfig(TrainingArguments, GuardArguments):
     cache_image_features: bool = field(
         default=True, metadata={"help": "Run the frozen vision tower once per pair instead of four times."}
     )
+    image_feature_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Also keep image features on disk here, reused across epochs and runs "
+                          "(frozen vision tower and projector; needs cache_image_features)."},
+    )
     share_prefix: bool = field(
         default=False,
         metadata={"help": "One forward over [image+prompt, chosen, rejected] (LLaVA families)."},

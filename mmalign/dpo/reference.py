@@ -28,12 +28,14 @@ def precompute_reference_logps(
     batch_size: int = 8,
     share_prefix: bool = False,
     progress: bool = True,
+    feature_cache=None,
 ) -> Dataset:
     """Return ``dataset`` with ``ref_chosen_logps`` / ``ref_rejected_logps`` columns.
 
     The reference is ``adapter`` exactly as it is now (so a freshly attached LoRA, or a
     loaded SFT adapter, is the reference). Pairs that cannot fit ``max_length`` even after
-    image-aware truncation are left out, as training would drop them.
+    image-aware truncation are left out, as training would drop them. A ``feature_cache``
+    (:class:`~mmalign.models.feature_cache.ImageFeatureCache`) is read and filled on the way.
     """
     from mmalign.dpo.trainer import pair_logprobs, split_pair
 
@@ -46,7 +48,8 @@ def precompute_reference_logps(
         rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         features = {k: v.to(adapter.device) for k, v in collator(rows).items()}
         chosen, rejected = split_pair(features, adapter)
-        c, mc, r, mr = pair_logprobs(adapter.model, adapter, chosen, rejected, adapter.image_features(chosen),
+        image_features = feature_cache.features(chosen) if feature_cache else adapter.image_features(chosen)
+        c, mc, r, mr = pair_logprobs(adapter.model, adapter, chosen, rejected, image_features,
                                      share_prefix=share_prefix)
         for j, index in enumerate(features["pair_index"].tolist()):
             columns["ref_chosen_logps"][start + index] = c[j][mc[j]].float().cpu().tolist()

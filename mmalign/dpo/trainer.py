@@ -27,6 +27,7 @@ from mmalign.dpo.config import DPOConfig
 from mmalign.dpo.prefix import shared_prefix_logprobs
 from mmalign.losses.dpo import dpo_loss, dynamic_beta, sequence_logps, sft_term
 from mmalign.models.base import EncodedBatch, VLMAdapter, concat_batches
+from mmalign.models.feature_cache import ImageFeatureCache
 from mmalign.training import LossOnlyEvaluation, NonFiniteGuard, StepMetrics, train_and_save
 
 
@@ -95,8 +96,12 @@ class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, Trainer):
             raise ValueError("full fine-tuning needs a reference: pass reference= or set reference_model_path")
         if args.share_prefix and adapter.inputs.text_keys:
             raise ValueError(f"share_prefix is not available for {adapter.family} (3-D rotary positions)")
+        if args.image_feature_cache_dir and not args.cache_image_features:
+            raise ValueError("image_feature_cache_dir needs cache_image_features: true")
         self.adapter = adapter
         self.reference = reference
+        self.feature_cache_dir = args.image_feature_cache_dir
+        self.feature_caches: dict[int, ImageFeatureCache] = {}
         if args.precompute_ref_logps:
             train_dataset, eval_dataset = (
                 self._with_reference(ds, args) for ds in (train_dataset, eval_dataset)
@@ -113,13 +118,23 @@ class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, Trainer):
         if dataset is None or all(c in dataset.column_names for c in REF_COLUMNS):
             return dataset
         reference = self.reference or self.adapter
+        cache = self._disk_cache(reference) if self.feature_cache_dir else None
         return precompute_reference_logps(reference, dataset, max_length=args.max_length,
                                           batch_size=args.per_device_eval_batch_size,
-                                          share_prefix=args.share_prefix)
+                                          share_prefix=args.share_prefix, feature_cache=cache)
 
     # ------------------------------------------------------------------ forward passes
     def _features(self, adapter: VLMAdapter, batch: EncodedBatch) -> dict[str, Any] | None:
-        return adapter.image_features(batch) if self.args.cache_image_features else None
+        if not self.args.cache_image_features:
+            return None
+        if self.feature_cache_dir:
+            return self._disk_cache(adapter).features(batch)
+        return adapter.image_features(batch)
+
+    def _disk_cache(self, adapter: VLMAdapter) -> ImageFeatureCache:
+        if id(adapter) not in self.feature_caches:
+            self.feature_caches[id(adapter)] = ImageFeatureCache(self.feature_cache_dir, adapter)
+        return self.feature_caches[id(adapter)]
 
     def pair_logprobs(
         self, model, adapter: VLMAdapter, chosen: EncodedBatch, rejected: EncodedBatch, features=None

@@ -68,6 +68,33 @@ def test_feature_cache_equals_straightforward_other_families(tiny_dirs, pair_dat
     assert_same(plain, cached)
 
 
+def test_disk_feature_cache_equals_straightforward(tiny_dirs, pair_dataset, tmp_path):
+    cache_dir = tmp_path / "features"
+    plain = step(make(tiny_dirs), pair_dataset, tmp_path, cache_image_features=False, loss_type="ddpo", gamma=3.0)
+    # first pass fills the cache, the second reads every image back from disk
+    filled = step(make(tiny_dirs), pair_dataset, tmp_path, image_feature_cache_dir=str(cache_dir),
+                  loss_type="ddpo", gamma=3.0)
+    adapter = make(tiny_dirs)
+    args = DPOConfig(output_dir=str(tmp_path / "run2"), report_to="none", use_cpu=True, loss_type="ddpo",
+                     gamma=3.0, per_device_train_batch_size=len(pair_dataset), image_feature_cache_dir=str(cache_dir))
+    trainer = DPOTrainer(adapter, args, train_dataset=pair_dataset)
+    adapter.model.eval()
+    loss = trainer.compute_loss(adapter.model, trainer.collator([pair_dataset[i] for i in range(len(pair_dataset))]))
+    loss.backward()
+    read = (loss.item(), {n: p.grad.clone() for n, p in adapter.model.named_parameters() if p.grad is not None})
+    (cache,) = trainer.feature_caches.values()
+    assert (cache.misses, cache.hits) == (0, len(pair_dataset))
+    assert len(list(cache_dir.rglob("*.safetensors"))) == len(pair_dataset)
+    assert_same(plain, filled)
+    assert_same(plain, read)
+
+
+def test_disk_feature_cache_needs_in_memory_cache(tiny_dirs, pair_dataset, tmp_path):
+    with pytest.raises(ValueError, match="image_feature_cache_dir needs cache_image_features"):
+        step(make(tiny_dirs), pair_dataset, tmp_path, cache_image_features=False,
+             image_feature_cache_dir=str(tmp_path / "f"))
+
+
 def test_share_prefix_refused_for_qwen(tiny_dirs, pair_dataset, tmp_path):
     with pytest.raises(ValueError, match="share_prefix is not available for qwen2_vl"):
         step(make(tiny_dirs, "qwen2_vl"), pair_dataset, tmp_path, share_prefix=True)
