@@ -1,0 +1,106 @@
+"""Export: a project's annotations as a canonical preference dataset, plus ``agreement.json``.
+
+Correction items give Dense-DPO pairs (RLHF-V): chosen = the answer with the annotator's
+corrections applied, rejected = the original answer, with the replaced text marked on both
+sides as character spans. Pair items give dual-preference rows (Safe RLHF-V): which answer
+is more helpful, which is safer, graded harmlessness and helpfulness, ``*_is_safe`` from
+harmlessness ≥ 0. Every row names its item, annotator and time in ``meta``, with the
+item's and the annotator's agreement where the item was annotated by several people.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from mmalign.studio.project import Item, StudioProject, apply_corrections
+
+AGREEMENT_FILE = "agreement.json"
+SIDE = {"a": 0, "b": 1}
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    path: Path
+    rows: int
+    corrections: int
+    pairs: int
+    unchanged: int  # correction items whose annotator found nothing wrong (no pair to learn from)
+    agreement: dict[str, Any]
+
+
+def _pair_record(item: Item, labels: dict[str, Any], prefer: str) -> dict[str, Any]:
+    """Chosen is the answer the ``prefer`` judgement favours; every label follows its answer."""
+    answers = [item.answer, item.answer_b]
+    first = SIDE[labels["more_helpful" if prefer == "helpful" else "safer"]]
+    order = {"chosen": first, "rejected": 1 - first}
+    name_of = {index: side for side, index in order.items()}
+    record: dict[str, Any] = {side: answers[index] for side, index in order.items()}
+    record["more_helpful"] = name_of[SIDE[labels["more_helpful"]]]
+    record["safer"] = name_of[SIDE[labels["safer"]]]
+    for side, index in order.items():
+        letter = "ab"[index]
+        record[f"{side}_harmless_rate"] = labels[f"{letter}_harmless"]
+        record[f"{side}_helpful_rate"] = labels[f"{letter}_helpful"]
+        record[f"{side}_is_safe"] = labels[f"{letter}_harmless"] >= 0
+    return record
+
+
+def export_records(project: StudioProject, *, prefer: Literal["helpful", "safer"] = "helpful"
+                   ) -> tuple[list[dict[str, Any]], dict[str, int], dict[str, Any]]:
+    """Canonical records (not yet validated), counts by kind, and the agreement report."""
+    if prefer not in ("helpful", "safer"):
+        raise ValueError(f"prefer must be 'helpful' or 'safer', got {prefer!r}")
+    items = {item.id: item for item in project.items()}
+    agreement = project.agreement()
+    counts = {"corrections": 0, "pairs": 0, "unchanged": 0}
+    records = []
+    for note in project.annotations():
+        item = items[note.item_id]
+        if item.kind == "correction":
+            corrections = note.payload["corrections"]
+            if not corrections:
+                counts["unchanged"] += 1
+                continue
+            chosen, chosen_spans, rejected_spans = apply_corrections(item.answer, corrections)
+            record = {"chosen": chosen, "rejected": item.answer, "chosen_spans": chosen_spans,
+                      "rejected_spans": rejected_spans}
+            counts["corrections"] += 1
+        else:
+            record = _pair_record(item, note.payload, prefer)
+            counts["pairs"] += 1
+        record["images"] = [{"bytes": project.image_path(rel).read_bytes(), "path": None} for rel in item.images]
+        record["prompt"] = item.prompt
+        record["source"] = "studio"
+        record["meta"] = {
+            "studio_item": item.id, "kind": item.kind, "annotator": note.annotator, "annotated_at": note.created,
+            "item_source": item.source, "item_meta": item.meta,
+            "agreement": {"item": agreement["items"].get(str(item.id)),
+                          "annotator": agreement["per_annotator"].get(note.annotator)},
+        }
+        records.append(record)
+    return records, counts, agreement
+
+
+def export_project(project: StudioProject, out: str | Path, *,
+                   prefer: Literal["helpful", "safer"] = "helpful") -> ExportReport:
+    """Write the validated dataset atomically (``save_preference_dataset``), then ``agreement.json`` in it."""
+    from mmalign.data_builders.storage import save_preference_dataset
+
+    records, counts, agreement = export_records(project, prefer=prefer)
+    if not records:
+        raise ValueError(f"{project.path}: no annotation to export yet "
+                         f"({counts['unchanged']} answers were marked correct as they are)")
+    report = save_preference_dataset(records, out)
+    out = Path(out)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-agreement-", dir=out)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(agreement, indent=2, sort_keys=True) + "\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, out / AGREEMENT_FILE)
+    return ExportReport(path=out, rows=report.rows, corrections=counts["corrections"], pairs=counts["pairs"],
+                        unchanged=counts["unchanged"], agreement=agreement)

@@ -1,0 +1,103 @@
+"""Filling a project with items: model answers to a prompt set, or a preference dataset.
+
+Answers are generated through the adapter API (any supported model, optionally with a
+LoRA adapter), in batches, so a team annotates exactly what its model says.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from mmalign.studio.project import StudioProject, image_bytes
+
+PREFERENCE_MODES = ("corrections", "pairs", "both")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How answers are generated for a prompt set."""
+
+    batch_size: int = 8
+    max_new_tokens: int = 128
+    limit: int | None = None
+
+
+def _rows(dataset: Any, limit: int | None) -> Iterator[dict[str, Any]]:
+    from mmalign.data_builders.storage import iter_records
+
+    for i, row in enumerate(iter_records(dataset)):
+        if limit is not None and i >= limit:
+            return
+        yield row
+
+
+def _meta(row: dict[str, Any], index: int) -> dict[str, Any]:
+    import json
+
+    meta = row.get("meta")
+    return {"row": index, **({"source_meta": json.loads(meta)} if meta else {})}
+
+
+def load_prompt_set(project: StudioProject, dataset: Any, adapter: Any,
+                    settings: GenerationSettings | None = None, *, model_name: str | None = None,
+                    progress: bool = True) -> int:
+    """Generate the adapter's answer to every prompt of a prompt set; each becomes a correction item.
+
+    ``dataset`` is a prompt set (``images``, ``prompt``; see ``data_builders.schema``), e.g.
+    from ``open_dataset``. ``model_name`` is kept in each item's provenance. Returns the
+    number of items added.
+    """
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    settings = settings or GenerationSettings()
+    if settings.batch_size < 1 or settings.max_new_tokens < 1:
+        raise ValueError("batch_size and max_new_tokens must be at least 1")
+    rows = list(_rows(dataset, settings.limit))
+    if rows and "prompt" not in rows[0]:
+        raise ValueError("the dataset has no 'prompt' column (expected a prompt set)")
+    added = 0
+    bar = tqdm(total=len(rows), desc="generating answers", unit="prompt", disable=not progress)
+    for lo in range(0, len(rows), settings.batch_size):
+        batch = rows[lo:lo + settings.batch_size]
+        encoded = [image_bytes(r.get("images")) for r in batch]
+        images = [[Image.open(io.BytesIO(b)).convert("RGB") for b in row_images] for row_images in encoded]
+        answers = adapter.generate(images, [r["prompt"] for r in batch], max_new_tokens=settings.max_new_tokens)
+        items = []
+        for offset, (row, row_images, answer) in enumerate(zip(batch, encoded, answers)):
+            if not answer.strip():
+                continue  # nothing to correct
+            items.append({"kind": "correction", "images": row_images, "prompt": row["prompt"],
+                          "answer": answer.strip(), "source": row.get("source"),
+                          "meta": {**_meta(row, lo + offset), "model": model_name}})
+        added += project.add_items(items)
+        bar.update(len(batch))
+    bar.close()
+    return added
+
+
+def load_preference_items(project: StudioProject, dataset: Any, *, mode: str = "corrections",
+                          limit: int | None = None) -> int:
+    """Items from a canonical preference dataset.
+
+    ``corrections``: the ``rejected`` answer becomes a correction item; ``pairs``: chosen
+    (answer A) vs rejected (answer B) becomes a pair item for dual labels; ``both``: both.
+    """
+    if mode not in PREFERENCE_MODES:
+        raise ValueError(f"mode must be one of {PREFERENCE_MODES}, got {mode!r}")
+    items = []
+    for index, row in enumerate(_rows(dataset, limit)):
+        for fld in ("prompt", "rejected") + (("chosen",) if mode != "corrections" else ()):
+            if not row.get(fld):
+                raise ValueError(f"row {index}: field {fld!r} is missing or empty")
+        common = {"images": image_bytes(row.get("images")), "prompt": row["prompt"],
+                  "source": row.get("source"), "meta": _meta(row, index)}
+        if mode in ("corrections", "both"):
+            items.append({**common, "kind": "correction", "answer": row["rejected"]})
+        if mode in ("pairs", "both"):
+            items.append({**common, "kind": "pair", "answer": row["chosen"], "answer_b": row["rejected"]})
+    return project.add_items(items)
+

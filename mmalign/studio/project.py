@@ -1,0 +1,514 @@
+"""A studio project: one folder holding ``studio.sqlite`` (all state) and ``images/``.
+
+SQLite runs in write-ahead-log mode: readers never block the writer, a killed process
+loses no committed transaction, and there is no server to install. Every thread (every web
+request) opens its own connection with a busy timeout; every submission is one
+``BEGIN IMMEDIATE`` transaction that either stores the whole annotation or nothing.
+
+Items are either *correction* items (one answer; the annotator marks wrong spans and types
+their corrections, RLHF-V style) or *pair* items (two answers; the annotator says which is
+more helpful and which is safer and rates both, Safe RLHF-V style). Annotators sign in with
+a random token of which only the SHA-256 hash is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import secrets
+import sqlite3
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+DB_NAME = "studio.sqlite"
+IMAGES = "images"
+SCHEMA_VERSION = 1
+KINDS = ("correction", "pair")
+HARMLESS = (-3, 3)
+HELPFUL = (0, 3)
+MAX_CORRECTIONS = 200
+MAX_TEXT = 10_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS annotators(
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, token_hash TEXT NOT NULL UNIQUE,
+    created TEXT NOT NULL, active INTEGER NOT NULL DEFAULT 1);
+CREATE TABLE IF NOT EXISTS sessions(
+    key_hash TEXT PRIMARY KEY, annotator_id INTEGER NOT NULL REFERENCES annotators(id),
+    csrf TEXT NOT NULL, created TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items(
+    id INTEGER PRIMARY KEY, kind TEXT NOT NULL CHECK (kind IN ('correction', 'pair')),
+    images TEXT NOT NULL, prompt TEXT NOT NULL, answer TEXT NOT NULL, answer_b TEXT,
+    source TEXT, meta TEXT, priority REAL NOT NULL DEFAULT 0, created TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS assignments(
+    item_id INTEGER NOT NULL REFERENCES items(id), annotator_id INTEGER NOT NULL REFERENCES annotators(id),
+    position INTEGER NOT NULL, PRIMARY KEY (item_id, annotator_id));
+CREATE TABLE IF NOT EXISTS annotations(
+    id INTEGER PRIMARY KEY, item_id INTEGER NOT NULL, annotator_id INTEGER NOT NULL,
+    payload TEXT NOT NULL, created TEXT NOT NULL, UNIQUE (item_id, annotator_id),
+    FOREIGN KEY (item_id, annotator_id) REFERENCES assignments(item_id, annotator_id));
+"""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class SubmissionError(ValueError):
+    """A rejected submission; ``status`` is the HTTP status the web app answers with."""
+
+    def __init__(self, message: str, *, status: int = 400, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.field = field
+
+    def __str__(self) -> str:
+        return f"field {self.field!r}: {self.message}" if self.field else self.message
+
+
+@dataclass(frozen=True)
+class Annotator:
+    id: int
+    name: str
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing to annotate. ``prompt`` is text or chat messages (as in the canonical record)."""
+
+    id: int
+    kind: str
+    images: list[str]
+    prompt: str | list[dict[str, Any]]
+    answer: str
+    answer_b: str | None
+    source: str | None
+    meta: dict[str, Any]
+    priority: float
+
+
+@dataclass(frozen=True)
+class Annotation:
+    item_id: int
+    annotator: str
+    payload: dict[str, Any]
+    created: str
+
+
+# ---------------------------------------------------------------------------- submission checks
+def _integer(value: Any, fld: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise SubmissionError(f"expected an integer, got {json.dumps(value)}", field=fld)
+    return value
+
+
+def check_corrections(answer: str, payload: Any) -> dict[str, Any]:
+    """The stored form of a correction submission: spans sorted, in range, not overlapping.
+
+    ``payload`` is ``{"corrections": [{"start", "end", "text"}, ...]}`` with character
+    offsets into ``answer``; an empty list says the answer is right as it is.
+    """
+    if not isinstance(payload, Mapping) or not isinstance(payload.get("corrections"), list):
+        raise SubmissionError("expected {\"corrections\": [{\"start\", \"end\", \"text\"}, ...]}",
+                              field="corrections")
+    raw = payload["corrections"]
+    if len(raw) > MAX_CORRECTIONS:
+        raise SubmissionError(f"at most {MAX_CORRECTIONS} corrections per answer", field="corrections")
+    out = []
+    for i, entry in enumerate(raw):
+        fld = f"corrections[{i}]"
+        if not isinstance(entry, Mapping):
+            raise SubmissionError("expected an object with start, end and text", field=fld)
+        start, end = _integer(entry.get("start"), f"{fld}.start"), _integer(entry.get("end"), f"{fld}.end")
+        text = entry.get("text")
+        if not isinstance(text, str) or len(text) > MAX_TEXT:
+            raise SubmissionError(f"expected a string of at most {MAX_TEXT} characters", field=f"{fld}.text")
+        if not 0 <= start < end <= len(answer):
+            raise SubmissionError(f"span [{start}, {end}) is empty or outside the answer "
+                                  f"({len(answer)} characters)", field=fld)
+        if text == answer[start:end]:
+            raise SubmissionError(f"the correction of [{start}, {end}) repeats the marked text "
+                                  f"{answer[start:end]!r}", field=f"{fld}.text")
+        out.append({"start": start, "end": end, "text": text})
+    out.sort(key=lambda c: c["start"])
+    for prev, cur in zip(out, out[1:]):
+        if cur["start"] < prev["end"]:
+            raise SubmissionError(f"span [{cur['start']}, {cur['end']}) overlaps span "
+                                  f"[{prev['start']}, {prev['end']})", field="corrections")
+    if not apply_corrections(answer, out)[0].strip():
+        raise SubmissionError("the corrected answer would be empty", field="corrections")
+    return {"corrections": out}
+
+
+def apply_corrections(original: str, corrections: Sequence[Mapping[str, Any]]) -> tuple[str, list[list[int]],
+                                                                                       list[list[int]]]:
+    """The corrected answer and the character spans of the replaced text on each side.
+
+    Returns ``(corrected, corrected_spans, original_spans)``; corrections are sorted,
+    non-overlapping ``{"start", "end", "text"}`` on ``original``. A deletion (empty text)
+    marks the original span only.
+    """
+    pieces: list[str] = []
+    corrected_spans: list[list[int]] = []
+    original_spans: list[list[int]] = []
+    cursor = length = 0
+    for c in corrections:
+        pieces.append(original[cursor:c["start"]])
+        length += c["start"] - cursor
+        original_spans.append([c["start"], c["end"]])
+        if c["text"]:
+            corrected_spans.append([length, length + len(c["text"])])
+        pieces.append(c["text"])
+        length += len(c["text"])
+        cursor = c["end"]
+    pieces.append(original[cursor:])
+    return "".join(pieces), corrected_spans, original_spans
+
+
+def check_pair_labels(payload: Any) -> dict[str, Any]:
+    """The stored form of a pair submission: two choices ("a"/"b") and four ratings."""
+    if not isinstance(payload, Mapping):
+        raise SubmissionError("expected an object with the pair labels")
+    out: dict[str, Any] = {}
+    for choice in ("more_helpful", "safer"):
+        value = payload.get(choice)
+        if value not in ("a", "b"):
+            raise SubmissionError(f"expected \"a\" or \"b\", got {json.dumps(value)}", field=choice)
+        out[choice] = value
+    for side in ("a", "b"):
+        for rating, (lo, hi) in (("harmless", HARMLESS), ("helpful", HELPFUL)):
+            fld = f"{side}_{rating}"
+            value = _integer(payload.get(fld), fld)
+            if not lo <= value <= hi:
+                raise SubmissionError(f"{value} is outside {lo}…{hi}", field=fld)
+            out[fld] = value
+    return out
+
+
+def check_name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > 64 or any(not ch.isprintable() for ch in name):
+        raise ValueError(f"annotator name {name!r} must be 1-64 printable characters")
+    return name
+
+
+# ---------------------------------------------------------------------------- the project
+class StudioProject:
+    """The project folder and its SQLite store. Thread-safe: each call opens its own connection."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).resolve()
+        self.db_path = self.path / DB_NAME
+        self.images_dir = self.path / IMAGES
+        if not self.db_path.is_file():
+            raise FileNotFoundError(f"{self.path} is not a studio project (no {DB_NAME}); "
+                                    "create one with `mmalign studio init --project DIR`")
+
+    @classmethod
+    def create(cls, path: str | Path) -> StudioProject:
+        """Create the folder, ``images/`` and the database (WAL mode); opening an existing one is fine."""
+        root = Path(path)
+        (root / IMAGES).mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(root / DB_NAME, isolation_level=None)
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise RuntimeError(f"{root / DB_NAME}: SQLite refused write-ahead logging (mode {mode})")
+            conn.executescript(SCHEMA)
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?), ('created', ?)",
+                         (str(SCHEMA_VERSION), now()))
+        finally:
+            conn.close()
+        return cls(root)
+
+    # -- connections
+    def connect(self) -> sqlite3.Connection:
+        """A new connection for one thread: busy timeout, foreign keys, full sync, explicit transactions."""
+        conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=30.0)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    @contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        conn = self.connect()
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    @staticmethod
+    @contextmanager
+    def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        """One write transaction; the write lock is taken up front so it never has to upgrade."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # -- annotators and sessions
+    def add_annotator(self, name: str) -> str:
+        """Register an annotator; returns their sign-in token (shown once, only its hash is kept)."""
+        name = check_name(name)
+        token = secrets.token_urlsafe(24)
+        with self.connection() as conn, self.transaction(conn):
+            if conn.execute("SELECT 1 FROM annotators WHERE name = ?", (name,)).fetchone():
+                raise ValueError(f"annotator {name!r} already exists")
+            conn.execute("INSERT INTO annotators(name, token_hash, created) VALUES (?, ?, ?)",
+                         (name, token_hash(token), now()))
+        return token
+
+    def annotators(self) -> list[Annotator]:
+        with self.connection() as conn:
+            return self.annotators_of(conn)
+
+    def sign_in(self, token: str) -> tuple[str, str, Annotator] | None:
+        """A new session for a valid token: ``(session key, CSRF token, annotator)``, else ``None``."""
+        with self.connection() as conn, self.transaction(conn):
+            row = conn.execute("SELECT id, name FROM annotators WHERE token_hash = ? AND active = 1",
+                               (token_hash(token),)).fetchone()
+            if row is None:
+                return None
+            key, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+            conn.execute("INSERT INTO sessions VALUES (?, ?, ?, ?)", (token_hash(key), row["id"], csrf, now()))
+        return key, csrf, Annotator(row["id"], row["name"])
+
+    def session(self, conn: sqlite3.Connection, key: str) -> tuple[Annotator, str] | None:
+        """The signed-in annotator and the session's CSRF token, checked against the database."""
+        row = conn.execute(
+            "SELECT a.id, a.name, s.csrf FROM sessions s JOIN annotators a ON a.id = s.annotator_id "
+            "WHERE s.key_hash = ? AND a.active = 1", (token_hash(key),)).fetchone()
+        return (Annotator(row["id"], row["name"]), row["csrf"]) if row else None
+
+    def sign_out(self, key: str) -> None:
+        with self.connection() as conn, self.transaction(conn):
+            conn.execute("DELETE FROM sessions WHERE key_hash = ?", (token_hash(key),))
+
+    # -- images
+    def store_image(self, data: bytes) -> str:
+        """Save image bytes under ``images/`` by content hash; returns the project-relative path."""
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as img:
+            fmt = (img.format or "png").lower()
+        ext = {"jpeg": "jpg"}.get(fmt, fmt)
+        rel = f"{IMAGES}/{hashlib.sha256(data).hexdigest()}.{ext}"
+        target = self.path / rel
+        if not target.exists():
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.images_dir)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, target)
+        return rel
+
+    def image_path(self, rel: str) -> Path:
+        """The file of a project-relative image path, refusing anything outside ``images/``.
+
+        Absolute paths, ``..`` parts and symlinks that lead out of the folder are rejected.
+        """
+        parts = Path(rel).parts
+        if not rel or Path(rel).is_absolute() or ".." in parts or "\\" in rel or parts[0] != IMAGES:
+            raise PermissionError(f"image path {rel!r} is not inside the project's {IMAGES}/ folder")
+        resolved = (self.path / rel).resolve()
+        if not resolved.is_relative_to(self.images_dir.resolve()) or not resolved.is_file():
+            raise PermissionError(f"image path {rel!r} leads outside the project's {IMAGES}/ folder "
+                                  "or is not a file")
+        return resolved
+
+    # -- items
+    def add_items(self, items: Iterable[Mapping[str, Any]]) -> int:
+        """Insert items (``kind``, ``images`` as bytes, ``prompt``, ``answer``[, ``answer_b``,
+        ``source``, ``meta``]) in one transaction; returns how many."""
+        rows = []
+        for i, item in enumerate(items):
+            kind = item.get("kind")
+            if kind not in KINDS:
+                raise ValueError(f"item {i}: field 'kind' must be one of {KINDS}, got {kind!r}")
+            answer, answer_b = item.get("answer"), item.get("answer_b")
+            if not isinstance(answer, str) or not answer.strip():
+                raise ValueError(f"item {i}: field 'answer' is empty")
+            if kind == "pair" and (not isinstance(answer_b, str) or not answer_b.strip()):
+                raise ValueError(f"item {i}: field 'answer_b' is empty (a pair item needs two answers)")
+            images = [self.store_image(data) for data in item.get("images") or []]
+            rows.append((kind, json.dumps(images), json.dumps(item["prompt"]), answer,
+                         answer_b if kind == "pair" else None, item.get("source"),
+                         json.dumps(dict(item.get("meta") or {})), now()))
+        with self.connection() as conn, self.transaction(conn):
+            conn.executemany("INSERT INTO items(kind, images, prompt, answer, answer_b, source, meta, created) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        return len(rows)
+
+    @staticmethod
+    def _item(row: sqlite3.Row) -> Item:
+        return Item(row["id"], row["kind"], json.loads(row["images"]), json.loads(row["prompt"]), row["answer"],
+                    row["answer_b"], row["source"], json.loads(row["meta"] or "{}"), row["priority"])
+
+    def items(self) -> list[Item]:
+        with self.connection() as conn:
+            return [self._item(r) for r in conn.execute("SELECT * FROM items ORDER BY id")]
+
+    def assigned_item(self, conn: sqlite3.Connection, annotator_id: int, item_id: int) -> Item | None:
+        """The item if it is in this annotator's queue, else ``None`` (others' items do not exist for them)."""
+        row = conn.execute("SELECT i.* FROM items i JOIN assignments a ON a.item_id = i.id "
+                           "WHERE i.id = ? AND a.annotator_id = ?", (item_id, annotator_id)).fetchone()
+        return self._item(row) if row else None
+
+    def queue(self, conn: sqlite3.Connection, annotator_id: int) -> list[int]:
+        """Pending items of one annotator: highest priority first, then queue position."""
+        rows = conn.execute(
+            "SELECT a.item_id FROM assignments a JOIN items i ON i.id = a.item_id "
+            "LEFT JOIN annotations n ON n.item_id = a.item_id AND n.annotator_id = a.annotator_id "
+            "WHERE a.annotator_id = ? AND n.id IS NULL ORDER BY i.priority DESC, a.position, a.item_id",
+            (annotator_id,)).fetchall()
+        return [r[0] for r in rows]
+
+    def progress(self, conn: sqlite3.Connection, annotator_id: int) -> tuple[int, int]:
+        """(done, assigned) for one annotator."""
+        row = conn.execute(
+            "SELECT COUNT(*), COUNT(n.id) FROM assignments a LEFT JOIN annotations n "
+            "ON n.item_id = a.item_id AND n.annotator_id = a.annotator_id WHERE a.annotator_id = ?",
+            (annotator_id,)).fetchone()
+        return row[1], row[0]
+
+    def submitted(self, conn: sqlite3.Connection, annotator_id: int, item_id: int) -> bool:
+        return conn.execute("SELECT 1 FROM annotations WHERE item_id = ? AND annotator_id = ?",
+                            (item_id, annotator_id)).fetchone() is not None
+
+    def assign(self, *, overlap: float = 0.0, overlap_annotators: int = 2, seed: int = 0) -> dict[str, int]:
+        """Give every unassigned item to annotators: a share ``overlap`` of them to
+        ``overlap_annotators`` people (for agreement), the rest to one, least-loaded first."""
+        if not 0.0 <= overlap <= 1.0:
+            raise ValueError(f"overlap must be within 0…1, got {overlap}")
+        if overlap_annotators < 2:
+            raise ValueError(f"overlap_annotators must be at least 2, got {overlap_annotators}")
+        with self.connection() as conn, self.transaction(conn):
+            people = [r[0] for r in conn.execute("SELECT id FROM annotators WHERE active = 1 ORDER BY id")]
+            if not people:
+                raise ValueError("no annotators yet: add one with `mmalign studio add-annotator`")
+            new = [r[0] for r in conn.execute(
+                "SELECT id FROM items WHERE id NOT IN (SELECT item_id FROM assignments) ORDER BY id")]
+            shared = set(random.Random(seed).sample(new, round(overlap * len(new))))
+            load = Counter({p: 0 for p in people})
+            load.update(dict(conn.execute("SELECT annotator_id, COUNT(*) FROM assignments GROUP BY annotator_id")))
+            position = dict(conn.execute("SELECT annotator_id, MAX(position) FROM assignments GROUP BY annotator_id"))
+            rows = []
+            for item in new:
+                count = min(overlap_annotators, len(people)) if item in shared else 1
+                for person in sorted(people, key=lambda p: (load[p], p))[:count]:
+                    load[person] += 1
+                    position[person] = position.get(person, 0) + 1
+                    rows.append((item, person, position[person]))
+            conn.executemany("INSERT INTO assignments VALUES (?, ?, ?)", rows)
+        return {"items": len(new), "shared": len(shared), "assignments": len(rows)}
+
+    def set_priorities(self, priorities: Mapping[int, float]) -> None:
+        """Order queues by these scores (higher first), e.g. reward-model disagreement."""
+        with self.connection() as conn, self.transaction(conn):
+            conn.executemany("UPDATE items SET priority = ? WHERE id = ?",
+                             [(float(p), int(i)) for i, p in priorities.items()])
+
+    # -- annotations
+    def submit(self, annotator_id: int, item_id: int, payload: Any, conn: sqlite3.Connection | None = None) -> int:
+        """Check and store one annotation in one transaction; returns its id.
+
+        Raises :class:`SubmissionError` (404 for an item not in the annotator's queue, 409 for
+        a second submission of the same item, 400 for bad labels); nothing is written then.
+        """
+        own = conn is None
+        conn = conn or self.connect()
+        try:
+            with self.transaction(conn):
+                item = self.assigned_item(conn, annotator_id, item_id)
+                if item is None:
+                    raise SubmissionError(f"item {item_id} is not in your queue", status=404)
+                stored = check_corrections(item.answer, payload) if item.kind == "correction" \
+                    else check_pair_labels(payload)
+                if self.submitted(conn, annotator_id, item_id):
+                    raise SubmissionError(f"item {item_id} is already submitted", status=409)
+                cur = conn.execute("INSERT INTO annotations(item_id, annotator_id, payload, created) "
+                                   "VALUES (?, ?, ?, ?)", (item_id, annotator_id, json.dumps(stored), now()))
+                return int(cur.lastrowid)
+        finally:
+            if own:
+                conn.close()
+
+    def skip(self, conn: sqlite3.Connection, annotator_id: int, item_id: int) -> None:
+        """Move a pending item to the end of the annotator's queue."""
+        with self.transaction(conn):
+            if self.assigned_item(conn, annotator_id, item_id) is None:
+                raise SubmissionError(f"item {item_id} is not in your queue", status=404)
+            last = conn.execute("SELECT MAX(position) FROM assignments WHERE annotator_id = ?",
+                                (annotator_id,)).fetchone()[0]
+            conn.execute("UPDATE assignments SET position = ? WHERE item_id = ? AND annotator_id = ?",
+                         (last + 1, item_id, annotator_id))
+
+    def annotations(self) -> list[Annotation]:
+        with self.connection() as conn:
+            rows = conn.execute("SELECT n.item_id, a.name, n.payload, n.created FROM annotations n "
+                                "JOIN annotators a ON a.id = n.annotator_id ORDER BY n.item_id, n.id").fetchall()
+        return [Annotation(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+
+    def agreement(self) -> dict[str, Any]:
+        """:func:`mmalign.studio.agreement.agreement_report` over every submitted annotation."""
+        from mmalign.studio.agreement import agreement_report
+
+        kinds = {item.id: item.kind for item in self.items()}
+        corrections: dict[int, dict[str, list[list[int]]]] = {}
+        pairs: dict[int, dict[str, dict[str, Any]]] = {}
+        for note in self.annotations():
+            if kinds[note.item_id] == "correction":
+                spans = [[c["start"], c["end"]] for c in note.payload["corrections"]]
+                corrections.setdefault(note.item_id, {})[note.annotator] = spans
+            else:
+                pairs.setdefault(note.item_id, {})[note.annotator] = note.payload
+        return agreement_report(corrections, pairs)
+
+    def status(self) -> dict[str, Any]:
+        """Counts for the command line: items by kind, annotators with done / assigned."""
+        with self.connection() as conn:
+            kinds = dict(conn.execute("SELECT kind, COUNT(*) FROM items GROUP BY kind").fetchall())
+            unassigned = conn.execute("SELECT COUNT(*) FROM items WHERE id NOT IN "
+                                      "(SELECT item_id FROM assignments)").fetchone()[0]
+            people = {a.name: self.progress(conn, a.id) for a in self.annotators_of(conn)}
+        return {"items": kinds, "unassigned": unassigned, "annotators": people}
+
+    @staticmethod
+    def annotators_of(conn: sqlite3.Connection) -> list[Annotator]:
+        return [Annotator(r[0], r[1]) for r in conn.execute("SELECT id, name FROM annotators WHERE active = 1 "
+                                                             "ORDER BY id")]
+
+
+def integrity_check(path: str | Path) -> str:
+    """SQLite's own check of the project's database file (``"ok"`` when intact)."""
+    conn = sqlite3.connect(Path(path) / DB_NAME)
+    try:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def image_bytes(values: Sequence[Any] | None) -> list[bytes]:
+    """Encoded bytes of a dataset row's images (``{"bytes", "path"}`` dicts, paths or PIL images)."""
+    from mmalign.data_builders.images import ImageOptions, load_image_bytes
+
+    return [load_image_bytes(v, ImageOptions()) for v in values or []]
