@@ -1,0 +1,95 @@
+"""Non-finite guard: a NaN/inf step leaves the weights alone; too many in a row stop the run."""
+
+import math
+
+import pytest
+import torch
+from peft import get_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from mmalign.data_builders.storage import load_preference_dataset
+from mmalign.dpo import DPOConfig, DPOTrainer
+from mmalign.model_config import ModelConfig
+from mmalign.training import NONFINITE_LOG_KEY, NonFiniteTrainingError, checkpoint_problem
+
+
+class PoisonedDPOTrainer(DPOTrainer):
+    """DPO whose loss (``poison="loss"``) or gradient (``"grad"``) is non-finite on chosen steps."""
+
+    def __init__(self, *args, bad_steps=(), poison="loss", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bad_steps, self.poison = set(bad_steps), poison
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if model.training and self.state.global_step in self.bad_steps:
+            if self.poison == "loss":
+                loss = loss * float("nan")
+            else:  # finite loss, infinite gradient
+                loss.register_hook(lambda g: g * math.inf)
+        return loss
+
+
+class Snapshots(TrainerCallback):
+    """LoRA weights after every optimizer step."""
+
+    def __init__(self):
+        self.weights = []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.weights.append({n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n})
+
+
+def make_trainer(tiny_dirs, pairs_dir, tmp_path, **kw):
+    adapter = ModelConfig(model_name_or_path=str(tiny_dirs["llava"]), lora_r=4, lora_dropout=0.0).load()
+    options = dict(bad_steps=kw.pop("bad_steps"), poison=kw.pop("poison", "loss"))
+    args = DPOConfig(output_dir=str(tmp_path / "run"), per_device_train_batch_size=2, learning_rate=1e-2,
+                     logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, max_length=256, **kw)
+    snapshots = Snapshots()
+    trainer = PoisonedDPOTrainer(adapter, args, train_dataset=load_preference_dataset(pairs_dir),
+                                 callbacks=[snapshots], **options)
+    return trainer, snapshots
+
+
+@pytest.mark.parametrize("poison", ["loss", "grad"])
+def test_nonfinite_step_is_skipped_and_counted(tiny_dirs, pairs_dir, tmp_path, caplog, poison):
+    trainer, snaps = make_trainer(tiny_dirs, pairs_dir, tmp_path, bad_steps={1}, poison=poison, max_steps=3)
+    with caplog.at_level("WARNING", logger="mmalign.training"):
+        trainer.train()
+    before, bad, after = snaps.weights
+    for name, value in before.items():
+        assert torch.equal(bad[name], value), name  # the poisoned step changed nothing
+    assert any(not torch.equal(after[n], before[n]) for n in before)  # the next good step trains again
+    assert all(torch.isfinite(v).all() for v in after.values())
+    # the optimizer took two steps, not three: Adam's moments saw no NaN and no extra step
+    steps = {int(s["step"]) for s in trainer.optimizer.state_dict()["state"].values()}
+    assert steps == {2}
+    counts = [e[NONFINITE_LOG_KEY] for e in trainer.state.log_history if "loss" in e]
+    assert counts == [0, 1, 1]
+    assert "step 2: non-finite loss or gradient, optimizer step skipped (1 in a row, 1 in total)" in caplog.text
+
+
+def test_repeated_nonfinite_steps_stop_with_a_usable_checkpoint(tiny_dirs, pairs_dir, tmp_path):
+    trainer, snaps = make_trainer(tiny_dirs, pairs_dir, tmp_path, bad_steps={1, 2, 3, 4, 5}, max_steps=6,
+                                  max_nonfinite_steps=2)
+    with pytest.raises(NonFiniteTrainingError, match="training stopped at step 3: 2 optimizer steps in a row had "
+                       "a NaN/inf loss or gradient") as err:
+        trainer.train()
+    checkpoint = tmp_path / "run" / "checkpoint-3"
+    assert str(checkpoint) in str(err.value)
+    assert len(snaps.weights) == 3 and trainer.state.global_step == 3  # stopped, not run to max_steps
+    assert checkpoint_problem(checkpoint) is None
+    saved = load_file(checkpoint / "adapter_model.safetensors")
+    first = get_peft_model_state_dict(trainer.model)
+    assert saved.keys() == first.keys()
+    for name, value in saved.items():
+        assert torch.isfinite(value).all()
+        torch.testing.assert_close(value, first[name], atol=0, rtol=0)
+    # the weights of the only good step, loaded into a fresh model from the checkpoint
+    reloaded = ModelConfig(model_name_or_path=str(tiny_dirs["llava"]), adapter_path=str(checkpoint)).load()
+    good = snaps.weights[0]
+    for name, value in reloaded.model.named_parameters():
+        if "lora_" in name:
+            torch.testing.assert_close(value, good[name], atol=0, rtol=0)
+    assert trainer.state.log_history[-1][NONFINITE_LOG_KEY] == 2
