@@ -29,6 +29,7 @@ from mmalign.benchmarks.safety import (
     load_scorer,
     run_safety,
 )
+from mmalign.benchmarks.scene_judge import SceneJudge
 
 __all__ = [
     "AdapterJudge",
@@ -51,6 +52,7 @@ __all__ = [
     "PopeConfig",
     "SafetyBenchmark",
     "SafetyConfig",
+    "SceneJudge",
     "compare_reports",
     "load_ground_truth",
     "load_pope",

@@ -1,7 +1,11 @@
-"""Pluggable text judges: an OpenAI-compatible HTTP endpoint, or a local model via an adapter.
+"""Pluggable judges: an OpenAI-compatible HTTP endpoint, a local model via an adapter, or
+rules over ground truth.
 
-A judge is any callable ``judge(prompts: list[str]) -> list[str]`` with a ``name``
-attribute (recorded in reports). The HTTP judge speaks the ``/chat/completions`` protocol
+A text judge is any callable ``judge(prompts: list[str]) -> list[str]`` with a ``name``
+attribute (recorded in reports). A record judge has ``judge_records(records, answers)``
+instead and reads the benchmark records themselves, for worlds whose image contents are
+fully known (:class:`mmalign.benchmarks.scene_judge.SceneJudge`); its output is judged text
+all the same, so ratings go through the same extraction. The HTTP judge speaks the ``/chat/completions`` protocol
 that OpenAI, vLLM, llama.cpp and most servers share; its base URL comes from configuration
 and its API key only from an environment variable, never from code or config files.
 """
@@ -13,7 +17,7 @@ import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,6 +29,17 @@ class Judge(Protocol):
     name: str
 
     def __call__(self, prompts: Sequence[str]) -> list[str]: ...
+
+
+class RecordJudge(Protocol):
+    name: str
+
+    def judge_records(self, records: Sequence[Mapping[str, Any]], answers: Sequence[str]) -> list[str]: ...
+
+
+def is_record_judge(judge: Any) -> bool:
+    """Whether ``judge`` reads records (``judge_records``) rather than prompts."""
+    return callable(getattr(judge, "judge_records", None))
 
 
 def judge_name(judge: Any) -> str:

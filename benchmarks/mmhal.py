@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmalign.benchmarks.judges import Judge, judge_name
+from mmalign.benchmarks.judges import Judge, RecordJudge, is_record_judge, judge_name
 from mmalign.benchmarks.metrics import ratio
 from mmalign.benchmarks.runner import (
     Benchmark,
@@ -107,11 +107,13 @@ def mmhal_metrics(scores: Sequence[int], types: Sequence[str]) -> dict[str, Any]
 @dataclass
 class MMHalConfig:
     """``template``: the MMHal-Bench ``response_template.json``; ``judge``: any judge (see
-    :mod:`mmalign.benchmarks.judges`); ``judge_template``: the judge prompt."""
+    :mod:`mmalign.benchmarks.judges`; a record judge such as the scene world's
+    :class:`~mmalign.benchmarks.scene_judge.SceneJudge` reads the records instead of the
+    prompt); ``judge_template``: the judge prompt."""
 
     template: str | Path
     image_dir: str | Path | None = None
-    judge: Judge | None = None
+    judge: Judge | RecordJudge | None = None
     judge_template: str = JUDGE_TEMPLATE
     judge_batch_size: int = 8
 
@@ -184,22 +186,27 @@ class MMHalBenchmark(Benchmark):
     def score(self, answers: list[dict[str, Any]], workdir: Path | None) -> BenchmarkResult:
         judge = self.config.judge
         if judge is None:
-            raise ValueError("MMHal-Bench needs a judge (an HTTPJudge, an AdapterJudge or any callable)")
+            raise ValueError("MMHal-Bench needs a judge (an HTTPJudge, an AdapterJudge, a SceneJudge or any callable)")
         keys = [str(i) for i in range(len(self.records))]
         joined = join_by_key(answers, keys, self.answer_key, what="MMHal record")
         texts = [answer_text(joined[k], f"answer to MMHal record {k}", self.answer_field) for k in keys]
         prompts = [judge_prompt(r, t, self.config.judge_template) for r, t in zip(self.records, texts)]
         # A cached judgement is reused only for the same prompt (so for the same answer).
         judge_keys = [f"{k}:{hashlib.sha256(p.encode()).hexdigest()[:16]}" for k, p in zip(keys, prompts)]
+        reads_records = is_record_judge(judge)
 
-        def compute(batch: list[tuple[str, str]], _: int) -> list[dict[str, Any]]:
-            outputs = judge([p for _, p in batch])
+        def compute(batch: list[tuple[str, str, int]], _: int) -> list[dict[str, Any]]:
+            if reads_records:
+                outputs = judge.judge_records([{**self.records[i], "question_id": i} for _, _, i in batch],
+                                              [texts[i] for _, _, i in batch])
+            else:
+                outputs = judge([p for _, p, _ in batch])
             if len(outputs) != len(batch):
                 raise RuntimeError(f"judge {judge_name(judge)} returned {len(outputs)} texts for {len(batch)} prompts")
-            return [{"judge_key": jk, "judgement": out} for (jk, _), out in zip(batch, outputs)]
+            return [{"judge_key": jk, "judgement": out} for (jk, _, _), out in zip(batch, outputs)]
 
         judged = cached_map(
-            list(zip(judge_keys, prompts)), judge_keys, compute,
+            list(zip(judge_keys, prompts, range(len(prompts)))), judge_keys, compute,
             key_of=lambda r, where: str(require(r, "judge_key", where, str)),
             path=workdir / "judgements.jsonl" if workdir is not None else None,
             settings={"judge": judge_name(judge), "judge_template": self.config.judge_template},
@@ -225,7 +232,9 @@ class MMHalBenchmark(Benchmark):
             breakdowns={"Per question type": {t: metrics["per_type"][t] for t in order}},
             protocol={
                 "judge": judge_name(judge),
-                "judge_prompt": "mmalign rubric (0-6)" if self.config.judge_template == JUDGE_TEMPLATE else "custom",
+                "judge_prompt": ("none: the judge reads the records and the image annotations" if reads_records
+                                 else "mmalign rubric (0-6)" if self.config.judge_template == JUDGE_TEMPLATE
+                                 else "custom"),
                 "rating_rule": "exactly one 'rating: k' (k in 0..6) in the judgement, else 0",
                 "hallucination": "score < 3",
                 "types": "question_type field (index % 8 when missing)",

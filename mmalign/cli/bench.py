@@ -154,13 +154,16 @@ def cmd_mmhal(args: argparse.Namespace) -> int:
         HTTPJudgeConfig,
         MMHalBenchmark,
         MMHalConfig,
+        SceneJudge,
     )
     from mmalign.benchmarks.mmhal import JUDGE_TEMPLATE
 
-    if args.judge_url:
+    if args.judge_scene:
+        judge: Any = SceneJudge.from_world(args.judge_scene)
+    elif args.judge_url:
         if not args.judge_model:
             raise ValueError("--judge-url needs --judge-model")
-        judge: Any = HTTPJudge(HTTPJudgeConfig(base_url=args.judge_url, model=args.judge_model,
+        judge = HTTPJudge(HTTPJudgeConfig(base_url=args.judge_url, model=args.judge_model,
                                                api_key_env=args.judge_key_env))
     else:
         judge = AdapterJudge(_load_model(args.judge_local, args), name=f"local:{Path(args.judge_local).name}",
@@ -265,6 +268,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     judge = p.add_mutually_exclusive_group(required=True)
     judge.add_argument("--judge-url", help="base URL of an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     judge.add_argument("--judge-local", help="checkpoint of a local model to judge with")
+    judge.add_argument("--judge-scene", metavar="WORLD",
+                       help="rate by the ground truth of a scene world folder (mmalign world make), no model")
     p.add_argument("--judge-model", help="model name sent to the endpoint")
     p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     p.add_argument("--judge-max-new-tokens", type=int, default=512, help="judgement length for --judge-local")
