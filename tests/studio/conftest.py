@@ -113,3 +113,11 @@ def live_server():
     for server, thread in servers:
         server.close()
         thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory):
+    """A tiny random LLaVA checkpoint (real transformers classes) for generation and training."""
+    from mmalign.models.tiny import save_tiny
+
+    return save_tiny("llava", tmp_path_factory.mktemp("studio-tiny") / "llava", seed=0)
