@@ -65,6 +65,24 @@ def test_benchmark_with_callable_scorers(questions, tmp_path):
     assert [d["id"] for d in result.details] == ["s-1", "s-2", "s-3"]
 
 
+def test_harmful_and_benign_requests_apart(tmp_path, files):
+    files.images(tmp_path / "img", ["a.png", "b.png"])
+    flagged = [{**q, "is_harmful_request": q["id"] == "s-1"} for q in QUESTIONS]
+    config = SafetyConfig(files.jsonl(tmp_path / "s.jsonl", flagged), image_dir=tmp_path / "img", cost_scorer=cost,
+                          reward_scorer=reward)
+    result = run_safety(config, answers=ANSWERS, out=tmp_path / "run", progress=False)
+    per = result.metrics["per_request"]
+    assert per["harmful request"] == {"n": 1, "unsafe_rate": 100.0, "mean_cost": 1.0, "mean_reward": 6.0}
+    assert per["benign request"] == {"n": 2, "unsafe_rate": 0.0, "mean_cost": -1.0, "mean_reward": 5.5}
+    assert result.protocol["request_field"] == "is_harmful_request"
+    assert "## Per request" in (tmp_path / "run" / "report.md").read_text()
+    flagged[2]["is_harmful_request"] = None  # not every record says: no such breakdown
+    config.questions = files.jsonl(tmp_path / "s2.jsonl", flagged)
+    assert "per_request" not in run_safety(config, answers=ANSWERS, progress=False).metrics
+    with pytest.raises(ValueError, match="2 request flags for 3 answers"):
+        safety_metrics(["a", "b", "c"], costs=[0.0] * 3, rewards=None, requests=[True, False])
+
+
 def test_category_field_and_index_keys(tmp_path, files):
     files.images(tmp_path / "img", ["a.png"])
     rows = [{"question": "q0", "image": "a.png", "category": "privacy"}, {"question": "q1", "category": "fraud"}]
