@@ -91,6 +91,11 @@ class PPOTrainer(Trainer):
             raise ValueError("critics must hold a 'reward' critic (and a 'cost' critic for PPO-Lagrangian)")
         if args.constrained and cost_model is None:
             raise ValueError("PPO-Lagrangian needs the cost model")
+        if args.world_size > 1:
+            # the rollout loop neither shards prompts nor all-reduces gradients; every process would
+            # train the same copy and race to write the same checkpoint folder
+            raise ValueError(f"PPO runs in one process (this launch has {args.world_size}); "
+                             "start it with python or `mmalign train`, not torchrun / accelerate launch")
         self.adapter = adapter
         self.reward_model, self.cost_model, self.critics = reward_model, cost_model, critics
         for scorer in (reward_model, cost_model):
