@@ -11,7 +11,7 @@ dispatch mode that sees every tensor storage created or freed during the step an
 the largest total of live bytes, split into parameters, gradients, optimizer states,
 activations and temporaries. It counts tensors, not the allocator's cache, so it is the
 CPU analogue of ``torch.cuda.max_memory_allocated``. The planner is run with
-``attention="math"`` (PyTorch's CPU attention keeps the probabilities) and no CUDA
+the models' SDPA attention (on CPU too it keeps no attention probabilities) and no CUDA
 allowance.
 
     python benchmarks/plan_validation.py [--out results.json] [--quick]
@@ -138,7 +138,7 @@ def predict(case: Case, folder: Path, shapes: dict):
     settings = PlanSettings(
         method="sft", mode=case.mode, dtype="float32", batch_size=case.batch, seq_len=shapes["text_tokens"],
         response_len=shapes["response_tokens"], image_tokens=shapes["image_tokens"], lora_r=case.lora_r,
-        lora_dropout=0.05, gradient_checkpointing=case.checkpointing, attention="math", overhead_gib=0.0,
+        lora_dropout=0.05, gradient_checkpointing=case.checkpointing, overhead_gib=0.0,
     )
     return estimate_memory(arch, settings, model=folder.name)
 

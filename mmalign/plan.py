@@ -159,14 +159,26 @@ class Architecture:
                      and not re.search(r"(multi_modal_projector|merger)\.", name))
         projector = sum(n for name, n in counts.items() if re.search(r"(multi_modal_projector|merger)\.", name))
         vconf = config.get("vision_config") or {}
-        image_tokens = int(config.get("image_seq_length") or 0)
-        if not image_tokens and "image_size" in vconf:
-            image_tokens = (vconf["image_size"] // vconf["patch_size"]) ** 2
+        image_tokens = _folder_image_tokens(model_type, config, vconf)
         return cls(
             **dims, head_dim=text.get("head_dim"), vision_params=vision, projector_params=projector,
             image_tokens=image_tokens, vision_hidden_size=int(vconf.get("hidden_size") or vconf.get("embed_dim") or 0),
             tie_word_embeddings=bool(text.get("tie_word_embeddings", config.get("tie_word_embeddings", False))),
         )
+
+
+def _folder_image_tokens(model_type: str, config: dict[str, Any], vconf: dict[str, Any]) -> int:
+    """Language-model tokens per image: LLaVA's (size / patch)^2; LLaVA-NeXT's base view plus
+    its largest tiling grid with one newline token per grid row; Qwen-VL's 576 (a 672 px
+    image, as on the cards; pass ``image_tokens`` for other resolutions)."""
+    if model_type.startswith("qwen"):
+        return 576
+    side = vconf["image_size"] // vconf["patch_size"]
+    if model_type == "llava_next" and config.get("image_grid_pinpoints"):
+        height, width = max(config["image_grid_pinpoints"], key=lambda hw: hw[0] * hw[1])
+        rows, cols = height // vconf["patch_size"], width // vconf["patch_size"]
+        return side * side + rows * cols + rows
+    return side * side
 
 
 def _safetensors_counts(folder: Path) -> dict[str, int]:
@@ -204,7 +216,7 @@ class PlanSettings:
     lora_targets: tuple[str, ...] = PROJECTIONS
     lora_dropout: float = 0.05
     gradient_checkpointing: bool = False
-    attention: str = "flash"  # flash: SDPA flash / memory-efficient kernels (GPU); math: scores kept (CPU)
+    attention: str = "sdpa"  # sdpa: fused kernels keep no probabilities; eager: probabilities kept
     precomputed_ref: bool = False  # DPO with stored reference log-probs
     generation_batch: int = 4  # PPO: rows generated and scored at a time (per_device_eval_batch_size)
     rollout_batch: int = 16  # PPO: prompts per iteration (their image features are kept)
@@ -218,8 +230,8 @@ class PlanSettings:
             raise ValueError(f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
         if self.dtype not in DTYPE_BYTES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPE_BYTES)}")
-        if self.attention not in ("flash", "math"):
-            raise ValueError(f"unknown attention {self.attention!r}; choose flash or math")
+        if self.attention not in ("sdpa", "eager"):
+            raise ValueError(f"unknown attention {self.attention!r}; choose sdpa or eager")
         for name in ("batch_size", "seq_len", "lora_r", "generation_batch", "rollout_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -309,20 +321,24 @@ def layer_activation_bytes(arch: Architecture, s: PlanSettings, tokens: int, seq
     Per token, in the compute dtype: both norm inputs (2h), q and k after rotary, v and
     the attention output (2·q_dim + 2·kv), the SwiGLU gate, up, activation and product
     (4·I); the norm outputs (2h) in fp32 under QLoRA (peft upcasts the norm weights), two
-    fp32 rsqrt values; the attention probabilities (2·heads·seq) only for the math kernel.
-    Each LoRA target keeps its dropout output (its input features) and its r-wide
-    down-projection, in fp32 (with dropout 0 the input is shared, so only the r part).
+    fp32 rsqrt values. ``eager`` attention also keeps the probabilities and scores
+    (2·heads·seq); SDPA's fused kernels (on GPU and CPU) keep only a log-sum-exp.
+    Each LoRA target keeps its r-wide down-projection in fp32. With LoRA dropout each
+    target also keeps its dropped-out input (its input features, fp32), and the base path
+    then keeps 4·h more per layer whose storage the LoRA inputs shared without dropout
+    (measured on tiny Llama layers with saved-tensor hooks, see docs/plan.md).
     """
     a = DTYPE_BYTES[s.dtype]
     norm = 4 if s.mode == "qlora" else a
     h, i = arch.hidden_size, arch.intermediate_size
     per_token = (2 * h * a + 2 * h * norm + 2 * 4 + (2 * arch.q_dim + 2 * arch.kv_dim) * a + 4 * i * a)
-    if s.attention == "math":
+    if s.attention == "eager":
         per_token += 2 * arch.num_heads * seq * a
     if s.mode != "full":
-        shapes = arch.linear_shapes()
-        inputs = sum(shapes[t][0] for t in s.lora_targets) if s.lora_dropout > 0 else 0
-        per_token += (inputs + s.lora_r * len(s.lora_targets)) * LORA_BYTES
+        per_token += s.lora_r * len(s.lora_targets) * LORA_BYTES
+        if s.lora_dropout > 0:
+            shapes = arch.linear_shapes()
+            per_token += sum(shapes[t][0] for t in s.lora_targets) * LORA_BYTES + 4 * h * a
     return per_token * tokens
 
 

@@ -49,8 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gradient-checkpointing", action="store_true", help="keep only layer inputs, recompute in backward")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
                    help="compute dtype (default bfloat16)")
-    p.add_argument("--attention", default="flash", choices=["flash", "math"],
-                   help="flash: fused attention kernels of a GPU (default); math: attention probabilities kept")
+    p.add_argument("--attention", default="sdpa", choices=["sdpa", "eager"],
+                   help="sdpa: fused attention kernels, no probabilities kept (default); eager: probabilities kept")
     p.add_argument("--precomputed-ref", action="store_true", help="DPO with stored reference log-probs")
     p.add_argument("--generation-batch", type=int, default=4,
                    help="PPO: rows generated and scored at a time (per_device_eval_batch_size, default 4)")
