@@ -29,6 +29,20 @@ def resolve_recipe_path(name_or_path: str) -> Path:
     raise FileNotFoundError(f"no recipe file {name_or_path!r}; shipped recipes: {', '.join(names)}")
 
 
+def accelerate_config_path(name_or_path: str) -> Path:
+    """An accelerate config file, or the name of one shipped in ``mmalign/recipes/accelerate``
+    (``ddp``, ``fsdp``, ``deepspeed-zero2``, ``deepspeed-zero3``)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    folder = Path(__file__).parent / "recipes" / "accelerate"
+    shipped = folder / f"{name_or_path}.yaml"
+    if shipped.exists():
+        return shipped
+    names = sorted(p.stem for p in folder.glob("*.yaml"))
+    raise FileNotFoundError(f"no accelerate config {name_or_path!r}; shipped accelerate configs: {', '.join(names)}")
+
+
 def parse_recipe(dataclass_types: Sequence[type], argv: Sequence[str], prog: str) -> tuple[Any, ...]:
     """Parse ``[--config FILE] [--field value ...]`` into instances of ``dataclass_types``.
 

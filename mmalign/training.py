@@ -9,6 +9,7 @@ import re
 import struct
 import zipfile
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,11 +274,16 @@ def train_and_save(trainer, *configs: Any) -> Path:
 
     args = trainer.args
     out = Path(args.output_dir)
-    write_resolved_config(out / "mmalign_config.yaml", *configs)
+    main = trainer.is_world_process_zero()  # under DDP / FSDP / DeepSpeed one process writes files
+    if main:
+        write_resolved_config(out / "mmalign_config.yaml", *configs)
     trainer.train(resume_from_checkpoint=resolve_resume(args.resume_from_checkpoint, out))
-    with atomic_dir(out / "final") as tmp:
-        trainer.save_model(str(tmp))
-        # Trainer also pickles its arguments; the final folder keeps safetensors and YAML only.
-        (tmp / "training_args.bin").unlink(missing_ok=True)
-        write_resolved_config(tmp / "mmalign_config.yaml", *configs)
+    # Every process takes part in save_model (sharded weights are gathered); only the main one writes.
+    with atomic_dir(out / "final") if main else nullcontext(None) as tmp:
+        trainer.save_model(str(tmp) if main else None)
+        if main:
+            # Trainer also pickles its arguments; the final folder keeps safetensors and YAML only.
+            (tmp / "training_args.bin").unlink(missing_ok=True)
+            write_resolved_config(tmp / "mmalign_config.yaml", *configs)
+    trainer.accelerator.wait_for_everyone()
     return out / "final"

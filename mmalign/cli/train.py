@@ -81,12 +81,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_accelerate_config(args: argparse.Namespace) -> int:
+    from mmalign.config_io import accelerate_config_path
+
+    print(accelerate_config_path(args.name))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model with a recipe (sft, dpo, rm, cost, ppo, safe-ppo)", description=TRAIN_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("method", choices=["sft", "dpo", "rm", "cost", "ppo", "safe-ppo"], help="training method")
     p.add_argument("options", nargs=argparse.REMAINDER, help="--config FILE and --option value pairs")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("accelerate-config", help="path of a shipped accelerate config (ddp, fsdp, deepspeed-zero2|3)",
+                       description="Print the path of an accelerate config shipped with mmalign, for "
+                       "`accelerate launch --config_file $(mmalign accelerate-config ddp) -m mmalign train dpo ...`. "
+                       "Shipped: ddp, fsdp, deepspeed-zero2, deepspeed-zero3.")
+    p.add_argument("name", help="config name (or a path, printed back if it exists)")
+    p.set_defaults(func=cmd_accelerate_config)
 
     p = sub.add_parser("precompute-ref", help="store reference per-token log-probs with a preference dataset",
                        description="Run the frozen reference once over a preference dataset and save a copy "

@@ -1,4 +1,5 @@
-"""Two CPU processes (DDP over gloo) train exactly like one process with the same global batch."""
+"""Two CPU processes (DDP over gloo, launched with torchrun) train exactly like one process
+with the same global batch: `mmalign train dpo` and `mmalign train sft`."""
 
 import json
 import os
@@ -9,18 +10,26 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from .train_worker import train
+from mmalign.cli import main
+from mmalign.config_io import accelerate_config_path
 
 WORKER = Path(__file__).with_name("train_worker.py")
 COLORS = ["red", "blue", "green", "yellow", "orange", "purple", "white", "black"]
+STEPS = 3
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """Eight preference pairs and eight SFT conversations, each with its own image."""
+def recipes(tiny_dirs, tmp_path_factory):
+    """DPO on eight preference pairs and SFT on eight conversations, each with its own image.
+
+    Plain SGD: a step is the averaged gradient times the rate, so the comparison checks DDP's
+    gradient averaging itself (AdamW's division by sqrt(v) turns float rounding in near-zero
+    gradient entries into differences of a few 1e-5 in single weights).
+    """
     from mmalign.data_builders.corrections import correction_record
     from mmalign.data_builders.storage import save_preference_dataset
 
@@ -36,7 +45,14 @@ def data(tmp_path_factory):
             {"from": "human", "value": "<image>\nwhat color is it?"}, {"from": "gpt", "value": f"it is {color}."}]})
     save_preference_dataset(records, root / "pairs")
     (root / "sft.json").write_text(json.dumps(conversations))
-    return {"dpo": root / "pairs", "sft": root / "sft.json"}
+    common = {"model_name_or_path": str(tiny_dirs["llava"]), "lora_r": 4, "lora_dropout": 0.0, "max_length": 256,
+              "max_steps": STEPS, "optim": "sgd", "learning_rate": 0.1, "logging_steps": 1, "seed": 0,
+              "save_strategy": "steps", "save_steps": STEPS, "report_to": "none", "use_cpu": True}
+    paths = {}
+    for method, data in (("dpo", root / "pairs"), ("sft", root / "sft.json")):
+        paths[method] = root / f"{method}.yaml"
+        paths[method].write_text(yaml.safe_dump(common | {"dataset_path": str(data)}))
+    return paths
 
 
 def free_port() -> int:
@@ -46,45 +62,64 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def two_processes(tiny_dirs, data, tmp_path_factory):
-    """DPO, SFT and the PPO check under ``torchrun --nproc_per_node 2``, one device batch of 1 each."""
+def two_processes(recipes, tmp_path_factory):
+    """DPO, SFT and the PPO check in one ``torchrun --nproc_per_node 2``, device batch 1 each.
+
+    (``accelerate launch`` starts several CPU processes only through MPI, so torchrun it is.)
+    """
     out = tmp_path_factory.mktemp("ddp")
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), str(WORKER), "--model", str(tiny_dirs["llava"]), "--out", str(out),
-           "--per-device-batch", "1", f"dpo={data['dpo']}", f"sft={data['sft']}", f"ppo={data['dpo']}"]
+           "--master_port", str(free_port()), str(WORKER), "--out", str(out), "--per-device-batch", "1",
+           "ppo", f"dpo={recipes['dpo']}", f"sft={recipes['sft']}"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
 
+def logged_steps(run: Path) -> list[dict[str, float]]:
+    state = json.loads((run / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())
+    return [{k: v for k, v in e.items() if isinstance(v, float)} for e in state["log_history"] if "loss" in e]
+
+
 @pytest.mark.parametrize("method", ["dpo", "sft"])
-def test_two_processes_match_one_with_the_same_global_batch(tiny_dirs, data, two_processes, tmp_path, method):
+def test_two_processes_match_one_with_the_same_global_batch(recipes, two_processes, tmp_path, method):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train(method, str(tiny_dirs["llava"]), str(data[method]), tmp_path, per_device_batch=2, steps=3)
+        assert main(["train", method, "--config", str(recipes[method]), "--output_dir", str(tmp_path / method),
+                     "--per_device_train_batch_size", "2"]) == 0
     finally:
         torch.set_num_threads(threads)
-    one = json.loads((tmp_path / "log.json").read_text())
-    two = json.loads((two_processes / method / "log.json").read_text())
-    assert (one["world_size"], two["world_size"]) == (1, 2)
-    assert len(one["steps"]) == len(two["steps"]) == 3
-    losses = [s["loss"] for s in one["steps"]]
-    assert len(set(losses)) == 3  # the batches differ, so the trajectory does too
-    for a, b in zip(one["steps"], two["steps"]):
+    one, two = logged_steps(tmp_path / method), logged_steps(two_processes / method)
+    assert len(one) == len(two) == STEPS
+    assert len({s["loss"] for s in one}) == STEPS  # the batches differ, so the trajectory does too
+    for a, b in zip(one, two):
         assert a.keys() == b.keys()
-        for key in a:  # loss, grad norm and the gathered metrics (DPO rewards, accuracies)
+        for key in a:  # loss, gradient norm and the gathered metrics (DPO rewards, accuracies)
             assert b[key] == pytest.approx(a[key], abs=1e-5), key
-    w1, w2 = load_file(tmp_path / "lora.safetensors"), load_file(two_processes / method / "lora.safetensors")
+    w1 = load_file(tmp_path / method / "final" / "adapter_model.safetensors")
+    w2 = load_file(two_processes / method / "final" / "adapter_model.safetensors")
     assert w1.keys() == w2.keys() and w1
-    moved = max(w.abs().max().item() for n, w in w1.items() if "lora_B" in n)  # lora_B starts at zero
-    assert moved > 1e-3
+    assert max(w.abs().max().item() for n, w in w1.items() if "lora_B" in n) > 1e-3  # lora_B starts at zero
     for name in w1:
         torch.testing.assert_close(w2[name], w1[name], atol=1e-5, rtol=0)
+    assert sorted(p.name for p in (two_processes / method).iterdir() if p.name.startswith(".")) == []
 
 
 def test_ppo_refuses_to_run_in_several_processes(two_processes):
-    result = json.loads((two_processes / "ppo" / "log.json").read_text())
+    result = json.loads((two_processes / "ppo" / "result.json").read_text())
     assert result["world_size"] == 2
     assert result["refusal"].startswith("PPO runs in one process (this launch has 2)")
+
+
+def test_shipped_accelerate_configs_parse():
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    kinds = {name: ClusterConfig.from_yaml_file(str(accelerate_config_path(name))).distributed_type
+             for name in ("ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3")}
+    assert {k: str(v).split(".")[-1] for k, v in kinds.items()} == {
+        "ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed-zero2": "DEEPSPEED",
+        "deepspeed-zero3": "DEEPSPEED"}
+    with pytest.raises(FileNotFoundError, match="shipped accelerate configs: ddp, deepspeed-zero2, deepspeed-zero3, fsdp"):
+        accelerate_config_path("nope")
