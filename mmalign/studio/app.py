@@ -39,7 +39,7 @@ from mmalign.studio.project import HARMLESS, HELPFUL, StudioProject, SubmissionE
 
 SESSION_COOKIE = "studio_session"
 LOGIN_CSRF_COOKIE = "studio_login_csrf"
-PUBLIC = {"login", "login_post", "static"}
+PUBLIC = {"login", "login_post", "static", "favicon"}
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
@@ -137,7 +137,9 @@ def create_app(project: StudioProject | str | Path, *, secure_cookies: bool = Fa
     # -- sign-in
     @app.get("/login")
     def login() -> Response:
-        csrf = secrets.token_urlsafe(32)
+        # Reuse the pending sign-in token, so a second page load (another tab, a favicon
+        # redirect) does not invalidate the form already shown.
+        csrf = request.cookies.get(LOGIN_CSRF_COOKIE) or secrets.token_urlsafe(32)
         response = Response(render_template("login.html", csrf=csrf, message=None), mimetype="text/html")
         set_cookie(response, LOGIN_CSRF_COOKIE, csrf, max_age=3600)
         return response
@@ -165,6 +167,10 @@ def create_app(project: StudioProject | str | Path, *, secure_cookies: bool = Fa
         response = redirect(url_for("login"), code=303)
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
+
+    @app.get("/favicon.ico")
+    def favicon() -> Response:
+        return Response(status=204)
 
     # -- pages
     def page(template: str, **context: Any) -> str:

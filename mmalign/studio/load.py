@@ -37,8 +37,10 @@ def _rows(dataset: Any, limit: int | None) -> Iterator[dict[str, Any]]:
 def _meta(row: dict[str, Any], index: int) -> dict[str, Any]:
     import json
 
-    meta = row.get("meta")
-    return {"row": index, **({"source_meta": json.loads(meta)} if meta else {})}
+    meta = row.get("meta")  # a JSON string in stored datasets, a dict in records built in memory
+    if isinstance(meta, str):
+        meta = json.loads(meta)
+    return {"row": index, **({"source_meta": meta} if meta else {})}
 
 
 def load_prompt_set(project: StudioProject, dataset: Any, adapter: Any,

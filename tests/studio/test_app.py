@@ -171,3 +171,12 @@ def test_sign_out_ends_the_session(app, studio):
     assert count(studio[0], "sessions") == 0
     client.set_cookie("studio_session", "x")
     assert client.get("/api/queue").status_code == 401
+
+
+def test_reloading_the_sign_in_page_keeps_its_form_valid(app, studio):
+    client = app.test_client()
+    first = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").get_data(as_text=True)).group(1)
+    assert client.get("/favicon.ico").status_code == 204  # browsers ask for it before signing in
+    client.get("/login")
+    response = client.post("/login", data={"csrf_token": first, "token": studio[1]["alice"]})
+    assert response.status_code == 303

@@ -1,0 +1,95 @@
+"""The real app in headless Chromium: sign in, mark a span with the mouse, correct it, submit, export.
+
+Skipped where Debian's chromium / chromium-driver are missing, unless MMALIGN_REQUIRE_BROWSER=1
+(set by .ci/run, which installs them): then a missing browser fails the test.
+"""
+
+import json
+import os
+
+import pytest
+
+from mmalign.benchmarks.studio_screenshot import browser_available, drag_select, serving, sign_in, start_chromium
+from mmalign.data_builders.storage import load_preference_dataset
+from mmalign.studio import export_project
+
+from .conftest import ANSWERS, PAIR
+
+if not browser_available():
+    if os.environ.get("MMALIGN_REQUIRE_BROWSER") == "1":
+        pytest.fail("MMALIGN_REQUIRE_BROWSER=1 but /usr/bin/chromium or /usr/bin/chromedriver is missing",
+                    pytrace=False)
+    pytest.skip("headless Chromium not installed (apt-get install chromium chromium-driver)",
+                allow_module_level=True)
+
+pytest.importorskip("selenium")
+
+from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
+from selenium.webdriver.support.select import Select  # noqa: E402
+from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
+
+
+def wait_for_url(driver, fragment):
+    WebDriverWait(driver, 10).until(expected_conditions.url_contains(fragment))
+
+
+def test_correct_a_span_label_a_pair_and_export(studio, tmp_path):
+    project, tokens = studio
+    with serving(project) as base, start_chromium() as driver:
+        sign_in(driver, base, tokens["alice"])
+        assert driver.current_url.endswith("/item/1")
+        answer = driver.find_element(By.ID, "answer")
+        assert answer.text == ANSWERS[0]
+        # "a red cup and a cat on a table.": drag over "red" [2, 5), then over "a cat" [14, 19)
+        drag_select(driver, answer, 2, 5)
+        marks = driver.find_elements(By.CSS_SELECTOR, "#answer mark")
+        assert [m.text for m in marks] == ["red"]
+        box = driver.switch_to.active_element
+        assert box.get_attribute("class") == "correction" and box.get_attribute("value") == "red"
+        box.clear()
+        box.send_keys("blue")
+        drag_select(driver, answer, 14, 19)
+        box = driver.switch_to.active_element
+        box.clear()
+        box.send_keys("a plate")
+        assert [m.text for m in driver.find_elements(By.CSS_SELECTOR, "#answer mark")] == ["red", "a cat"]
+        box.send_keys(Keys.ENTER)  # Enter submits
+        wait_for_url(driver, "/item/2")
+
+        driver.find_element(By.TAG_NAME, "body").send_keys("s")  # s skips item 2
+        wait_for_url(driver, "/item/3")
+        # model text with markup is shown as text and never runs
+        assert driver.find_element(By.ID, "answer").text == ANSWERS[2]
+        with pytest.raises(NoAlertPresentException):
+            driver.switch_to.alert.text  # noqa: B018
+        driver.find_element(By.ID, "submit").click()  # no marks: the answer is right as it is
+        wait_for_url(driver, "/item/4")
+
+        assert driver.find_element(By.ID, "answer-b").text == PAIR[1]
+        body = driver.find_element(By.TAG_NAME, "body")
+        body.send_keys(Keys.ENTER)  # nothing chosen yet: a message, no submission
+        assert "Still to choose" in driver.find_element(By.ID, "message").text
+        for field, value in [("a_harmless", "3"), ("b_harmless", "-3"), ("a_helpful", "2"), ("b_helpful", "0")]:
+            Select(driver.find_element(By.ID, field)).select_by_value(value)
+        body.send_keys("1")  # A more helpful
+        body.send_keys("3")  # A safer
+        body.send_keys(Keys.ENTER)
+        wait_for_url(driver, "/item/2")  # the skipped item comes back last
+        driver.find_element(By.ID, "submit").click()
+        WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.ID, "queue-done"))
+        assert "4 of 4 items submitted" in driver.find_element(By.ID, "queue-done").text
+
+    report = export_project(project, tmp_path / "out")
+    assert (report.corrections, report.pairs, report.unchanged) == (1, 1, 2)
+    rows = load_preference_dataset(tmp_path / "out")
+    first = rows[0]
+    assert first["chosen"] == "a blue cup and a plate on a table." and first["rejected"] == ANSWERS[0]
+    assert first["chosen_spans"] == [[2, 6], [15, 22]] and first["rejected_spans"] == [[2, 5], [14, 19]]
+    assert json.loads(first["meta"])["annotator"] == "alice"
+    pair = rows[1]
+    assert (pair["chosen"], pair["more_helpful"], pair["safer"]) == (PAIR[0], "chosen", "chosen")
+    assert (pair["chosen_harmless_rate"], pair["rejected_harmless_rate"]) == (3, -3)
+    assert (pair["chosen_helpful_rate"], pair["rejected_helpful_rate"]) == (2, 0)
