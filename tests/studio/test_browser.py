@@ -9,7 +9,13 @@ import os
 
 import pytest
 
-from mmalign.benchmarks.studio_screenshot import browser_available, drag_select, serving, sign_in, start_chromium
+from mmalign.benchmarks.studio_screenshot import (
+    browser_available,
+    drag_select,
+    serving,
+    sign_in,
+    start_chromium,
+)
 from mmalign.data_builders.storage import load_preference_dataset
 from mmalign.studio import export_project
 
