@@ -133,7 +133,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
     scores = rank_by_disagreement(StudioProject(args.project), args.reward_models, base=args.base,
                                   batch_size=args.batch_size)
     top = sorted(scores.items(), key=lambda kv: -kv[1])[:5]
-    print(f"ranked {len(scores)} correction items by reward-model disagreement; highest: "
+    print(f"ranked {len(scores)} items by reward-model disagreement; highest: "
           + ", ".join(f"item {i} ({s:.3f})" for i, s in top))
     return 0
 
@@ -213,7 +213,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_export)
 
     p = cmds.add_parser("rank", help="order queues by the disagreement of several reward models",
-                        description="Score every correction item's answer with each reward model; the standard "
+                        description="Score every item with each reward model (a pair item: answer A minus answer B); the standard "
                         "deviation of their standardised scores becomes the item's priority (highest first).")
     _project(p)
     p.add_argument("--reward-models", nargs="+", required=True, help="two or more reward-model folders")

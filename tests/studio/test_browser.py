@@ -28,8 +28,6 @@ if not browser_available():
     pytest.skip("headless Chromium not installed (apt-get install chromium chromium-driver)",
                 allow_module_level=True)
 
-pytest.importorskip("selenium")
-
 from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
