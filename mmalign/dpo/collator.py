@@ -31,7 +31,7 @@ def span_token_weights(offsets: Sequence[tuple[int, int]], spans: Sequence[Seque
     """
     if not spans or gamma == 1.0:
         return [1.0] * len(offsets)
-    return [gamma if any(s < b and a < e for a, b in spans) else 1.0 for s, e in offsets]
+    return [gamma if s < e and any(s < b and a < e for a, b in spans) else 1.0 for s, e in offsets]
 
 
 def response_text(value: Any) -> str:
