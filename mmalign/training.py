@@ -99,7 +99,11 @@ class NonFiniteGuard:
         self.nonfinite_consecutive = 0
         self._nonfinite_flag = torch.zeros((), dtype=torch.bool)
         self.nonfinite_stop_message: str | None = None
-        self.add_callback(_NonFiniteCallback(self))
+        if self.is_deepspeed_enabled:
+            # the engine keeps the gradients and steps inside backward: nothing here could skip a step
+            logger.warning("non-finite guard off under DeepSpeed (its fp16 loss scaling skips overflowing steps)")
+        else:
+            self.add_callback(_NonFiniteCallback(self))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
