@@ -51,7 +51,8 @@ class StepMetrics:
     def record_metrics(self, model, values: dict[str, torch.Tensor]) -> None:
         stats = self._stats["train" if model.training else "eval"]
         local = torch.stack([v.detach().float().reshape(()) for v in values.values()])
-        gathered = self.accelerator.gather_for_metrics(local).reshape(-1, len(values)).nanmean(0)
+        # plain gather: gather_for_metrics would cut a short last batch's tensor to the batch size
+        gathered = self.accelerator.gather(local).reshape(-1, len(values)).nanmean(0)
         for name, value in zip(values, gathered.tolist()):
             stats[name].append(value)
 

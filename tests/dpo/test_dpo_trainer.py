@@ -89,6 +89,16 @@ def test_disk_feature_cache_equals_straightforward(tiny_dirs, pair_dataset, tmp_
     assert_same(plain, read)
 
 
+def test_short_last_batch_keeps_every_metric(tiny_dirs, pair_dataset, tmp_path):
+    # 4 pairs in batches of 3: the last batch holds one pair, fewer rows than logged metrics
+    args = DPOConfig(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True, loss_type="ddpo", gamma=3.0,
+                     per_device_train_batch_size=3, num_train_epochs=1, logging_steps=1, save_strategy="no")
+    trainer = DPOTrainer(make(tiny_dirs), args, train_dataset=pair_dataset)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "rewards/margins" in entry]
+    assert len(logged) == 2 and all("ddpo/corrected_token_share" in entry for entry in logged)
+
+
 def test_disk_feature_cache_needs_in_memory_cache(tiny_dirs, pair_dataset, tmp_path):
     with pytest.raises(ValueError, match="image_feature_cache_dir needs cache_image_features"):
         step(make(tiny_dirs), pair_dataset, tmp_path, cache_image_features=False,
