@@ -46,7 +46,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.method == "safe-ppo" and not configs[1].cost_model_path:
         raise SystemExit("mmalign train safe-ppo: set cost_model_path (a trained cost model)")
     out = run(*configs)
-    print(f"training finished; final model in {out}")
+    if configs[1].process_index == 0:  # one line, also under torchrun / accelerate launch
+        print(f"training finished; final model in {out}")
     return 0
 
 

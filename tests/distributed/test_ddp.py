@@ -1,5 +1,5 @@
 """Two CPU processes (DDP over gloo, launched with torchrun) train exactly like one process
-with the same global batch: `mmalign train dpo` and `mmalign train sft`."""
+with the same global batch: `mmalign train dpo`, `sft` and `rm`."""
 
 import json
 import os
@@ -49,7 +49,7 @@ def recipes(tiny_dirs, tmp_path_factory):
               "max_steps": STEPS, "optim": "sgd", "learning_rate": 0.1, "logging_steps": 1, "seed": 0,
               "save_strategy": "steps", "save_steps": STEPS, "report_to": "none", "use_cpu": True}
     paths = {}
-    for method, data in (("dpo", root / "pairs"), ("sft", root / "sft.json")):
+    for method, data in (("dpo", root / "pairs"), ("sft", root / "sft.json"), ("rm", root / "pairs")):
         paths[method] = root / f"{method}.yaml"
         paths[method].write_text(yaml.safe_dump(common | {"dataset_path": str(data)}))
     return paths
@@ -63,7 +63,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def two_processes(recipes, tmp_path_factory):
-    """DPO, SFT and the PPO check in one ``torchrun --nproc_per_node 2``, device batch 1 each.
+    """DPO, SFT, reward model and the PPO check in one ``torchrun --nproc_per_node 2``, device batch 1 each.
 
     (``accelerate launch`` starts several CPU processes only through MPI, so torchrun it is.)
     """
@@ -71,7 +71,7 @@ def two_processes(recipes, tmp_path_factory):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), str(WORKER), "--out", str(out), "--per-device-batch", "1",
-           "ppo", f"dpo={recipes['dpo']}", f"sft={recipes['sft']}"]
+           "ppo", *(f"{method}={recipe}" for method, recipe in recipes.items())]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
@@ -82,7 +82,7 @@ def logged_steps(run: Path) -> list[dict[str, float]]:
     return [{k: v for k, v in e.items() if isinstance(v, float)} for e in state["log_history"] if "loss" in e]
 
 
-@pytest.mark.parametrize("method", ["dpo", "sft"])
+@pytest.mark.parametrize("method", ["dpo", "sft", "rm"])
 def test_two_processes_match_one_with_the_same_global_batch(recipes, two_processes, tmp_path, method):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -96,10 +96,14 @@ def test_two_processes_match_one_with_the_same_global_batch(recipes, two_process
     assert len({s["loss"] for s in one}) == STEPS  # the batches differ, so the trajectory does too
     for a, b in zip(one, two):
         assert a.keys() == b.keys()
-        for key in a:  # loss, gradient norm and the gathered metrics (DPO rewards, accuracies)
+        # the spread of the scores is taken per process before gathering: not batch-size invariant
+        a.pop("scores/std", None)
+        for key in a:  # loss, gradient norm and the gathered metrics (DPO rewards, accuracies, RM scores)
             assert b[key] == pytest.approx(a[key], abs=1e-5), key
-    w1 = load_file(tmp_path / method / "final" / "adapter_model.safetensors")
-    w2 = load_file(two_processes / method / "final" / "adapter_model.safetensors")
+    files = sorted(p.name for p in (tmp_path / method / "final").glob("*.safetensors"))  # LoRA (+ the RM's head)
+    assert files == sorted(p.name for p in (two_processes / method / "final").glob("*.safetensors"))
+    w1 = {f"{f}:{k}": v for f in files for k, v in load_file(tmp_path / method / "final" / f).items()}
+    w2 = {f"{f}:{k}": v for f in files for k, v in load_file(two_processes / method / "final" / f).items()}
     assert w1.keys() == w2.keys() and w1
     assert max(w.abs().max().item() for n, w in w1.items() if "lora_B" in n) > 1e-3  # lora_B starts at zero
     for name in w1:

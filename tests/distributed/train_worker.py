@@ -33,7 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--per-device-batch", required=True)
-    parser.add_argument("runs", nargs="+", help="METHOD=RECIPE pairs (dpo, sft), or ppo")
+    parser.add_argument("runs", nargs="+", help="METHOD=RECIPE pairs (dpo, sft, rm), or ppo")
     opts = parser.parse_args()
     for run in opts.runs:
         method, _, recipe = run.partition("=")
