@@ -47,7 +47,8 @@ def load_adapter(name_or_path: str | Path, *, family: str | None = None, **kwarg
             kwargs["card"] = card
             name = str(card.local_path() or card.hub_id)
         except KeyError:
-            pass
+            if Path(name).is_absolute() or name.startswith((".", "~")):  # a path, not a hub id
+                raise FileNotFoundError(f"model folder {name} does not exist (nor is it a model card name)") from None
     family = family or (card.family if isinstance(card, ModelCard) else None) or detect_family(
         name, kwargs.get("trust_remote_code", False)
     )

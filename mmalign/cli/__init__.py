@@ -6,6 +6,7 @@ Command groups live in their own modules, each exposing ``register(subparsers)``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -30,13 +31,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Exit code of a command refused for bad input (a missing file, a bad record, an unsupported model).
+BAD_INPUT = 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command. Bad input ends in one ``error: ...`` line on stderr and exit code 2, not a
+    traceback: the library's errors (``RecordError``, ``ImageError``... are ``ValueError``s,
+    missing files are ``OSError``s) already name the file, row and field.
+    ``MMALIGN_DEBUG=1`` re-raises them with the traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, OSError, KeyError) as exc:
+        if os.environ.get("MMALIGN_DEBUG"):
+            raise
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+        return BAD_INPUT
 
 
 if __name__ == "__main__":
