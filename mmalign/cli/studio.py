@@ -46,6 +46,15 @@ def cmd_add_annotator(args: argparse.Namespace) -> int:
 
 
 @_guarded
+def cmd_remove_annotator(args: argparse.Namespace) -> int:
+    from mmalign.studio import StudioProject
+
+    StudioProject(args.project).remove_annotator(args.name)
+    print(f"annotator {args.name!r} removed: token and sessions no longer work; their submissions stay")
+    return 0
+
+
+@_guarded
 def cmd_load(args: argparse.Namespace) -> int:
     from mmalign.data_builders.storage import open_dataset
     from mmalign.studio import (
@@ -165,6 +174,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     _project(p)
     p.add_argument("--name", required=True, help="annotator name (unique in the project)")
     p.set_defaults(func=cmd_add_annotator)
+
+    p = cmds.add_parser("remove-annotator", help="revoke an annotator's token and sessions")
+    _project(p)
+    p.add_argument("--name", required=True, help="annotator name")
+    p.set_defaults(func=cmd_remove_annotator)
 
     p = cmds.add_parser("load", help="add items: a model's answers to a prompt set, or a preference dataset",
                         description="Either --prompts PROMPT_SET --model MODEL (answers generated in batches "

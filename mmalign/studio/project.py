@@ -278,6 +278,15 @@ class StudioProject:
                          (name, token_hash(token), now()))
         return token
 
+    def remove_annotator(self, name: str) -> None:
+        """Deactivate an annotator and end their sessions at once; their submissions stay."""
+        with self.connection() as conn, self.transaction(conn):
+            row = conn.execute("SELECT id FROM annotators WHERE name = ? AND active = 1", (name,)).fetchone()
+            if row is None:
+                raise ValueError(f"no active annotator named {name!r}")
+            conn.execute("UPDATE annotators SET active = 0 WHERE id = ?", (row[0],))
+            conn.execute("DELETE FROM sessions WHERE annotator_id = ?", (row[0],))
+
     def annotators(self) -> list[Annotator]:
         with self.connection() as conn:
             return self.annotators_of(conn)
@@ -337,8 +346,9 @@ class StudioProject:
 
     # -- items
     def add_items(self, items: Iterable[Mapping[str, Any]]) -> int:
-        """Insert items (``kind``, ``images`` as bytes, ``prompt``, ``answer``[, ``answer_b``,
-        ``source``, ``meta``]) in one transaction; returns how many."""
+        """Insert items (``kind``, ``images``, ``prompt``, ``answer``[, ``answer_b``, ``source``,
+        ``meta``]) in one transaction; returns how many. Images may be bytes, PIL images,
+        ``{"bytes", "path"}`` dicts or paths."""
         rows = []
         for i, item in enumerate(items):
             kind = item.get("kind")
@@ -349,7 +359,7 @@ class StudioProject:
                 raise ValueError(f"item {i}: field 'answer' is empty")
             if kind == "pair" and (not isinstance(answer_b, str) or not answer_b.strip()):
                 raise ValueError(f"item {i}: field 'answer_b' is empty (a pair item needs two answers)")
-            images = [self.store_image(data) for data in item.get("images") or []]
+            images = [self.store_image(data) for data in image_bytes(item.get("images"))]
             rows.append((kind, json.dumps(images), json.dumps(item["prompt"]), answer,
                          answer_b if kind == "pair" else None, item.get("source"),
                          json.dumps(dict(item.get("meta") or {})), now()))

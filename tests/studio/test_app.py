@@ -180,3 +180,15 @@ def test_reloading_the_sign_in_page_keeps_its_form_valid(app, studio):
     client.get("/login")
     response = client.post("/login", data={"csrf_token": first, "token": studio[1]["alice"]})
     assert response.status_code == 303
+
+
+def test_removing_an_annotator_revokes_token_and_sessions_at_once(app, studio, capsys):
+    from mmalign.cli import main
+
+    client, _ = sign_in(app, studio[1]["alice"])
+    assert client.get("/api/queue").status_code == 200
+    assert main(["studio", "remove-annotator", "--project", str(studio[0].path), "--name", "alice"]) == 0
+    assert "token and sessions no longer work" in capsys.readouterr().out
+    assert client.get("/api/queue").status_code == 401
+    assert sign_in(app, studio[1]["alice"])[1].status_code == 401
+    assert main(["studio", "remove-annotator", "--project", str(studio[0].path), "--name", "alice"]) == 2
