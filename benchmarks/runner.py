@@ -275,13 +275,16 @@ def load_image(source: Path | bytes | None, where: str) -> Image.Image | None:
 
 
 def resolve_image(image_dir: Path | None, name: str, where: str) -> Path:
-    """``image_dir / name`` (or ``name`` itself if absolute); generation needs an image folder."""
-    path = Path(name)
-    if path.is_absolute():
-        return path
+    """``image_dir / name``, confined to the image folder: a question file naming an absolute
+    path or one that climbs out with ``..`` (symlinks resolved) is refused."""
+    from mmalign.data_builders.images import ImageError, resolve_inside
+
     if image_dir is None:
-        raise ValueError(f"{where}: image {name!r} is relative but no image folder was given")
-    return Path(image_dir) / path
+        raise ValueError(f"{where}: image {name!r} needs an image folder, but no image folder was given")
+    try:
+        return resolve_inside(Path(image_dir), name)
+    except ImageError as err:
+        raise ValueError(f"{where}: {err}") from None
 
 
 # --------------------------------------------------------------------------- resumable batches
