@@ -112,3 +112,17 @@ def test_tokens_are_stored_only_as_hashes(tmp_path):
 def test_opening_a_folder_that_is_not_a_project(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a studio project"):
         StudioProject(tmp_path)
+
+
+def test_public_names_resolve_without_importing_torch():
+    import importlib
+    import subprocess
+    import sys
+
+    import mmalign.studio as studio
+
+    for name, module in studio._EXPORTS.items():
+        assert getattr(studio, name) is getattr(importlib.import_module(module), name)
+    code = "import sys, mmalign.studio.app, mmalign.studio.export; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
