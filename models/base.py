@@ -279,8 +279,8 @@ class VLMAdapter:
             kwargs["device_map"] = device_map
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
-        model = cls.model_class.from_pretrained(
-            name_or_path, trust_remote_code=trust_remote_code, **kwargs
+        model = cls.model_class.from_pretrained(  # safetensors only: never unpickle a checkpoint
+            name_or_path, trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs
         )
         processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         adapter = cls(model, processor, card)
@@ -447,6 +447,9 @@ class VLMAdapter:
         """
         from peft import PeftModel
 
+        if Path(path).is_dir() and not (Path(path) / "adapter_model.safetensors").is_file():
+            raise FileNotFoundError(f"{path}: no adapter_model.safetensors (adapters are read from safetensors "
+                                    "only, never from pickle files)")
         if isinstance(self.model, PeftModel):
             with self._trainable_kept():
                 self.model.load_adapter(str(path), adapter_name=adapter_name, is_trainable=is_trainable)
