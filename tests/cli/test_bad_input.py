@@ -136,3 +136,21 @@ def test_debug_shows_the_traceback(monkeypatch, data):
     monkeypatch.setenv("MMALIGN_DEBUG", "1")
     with pytest.raises(ValueError, match="no model card named"):
         main(["plan", "--model", "llava-9b", "--method", "dpo"])
+
+
+# ---------------------------------------------------------------------------- builders and benchmarks
+def test_correction_without_its_corrected_answer(capsys, data):
+    path = jsonl(data / "fixes.jsonl", [{"image": "a.png", "question": "what is this?", "original": "a cat."}])
+    line = run(capsys, ["data", "build", "corrections", path, "--out", data / "out"], data / "out")
+    assert "row 0" in line and "'corrected'" in line
+
+
+def test_benchmark_question_file_missing_or_escaping(capsys, data, tiny):
+    line = run(capsys, ["bench", "pope", "--questions", data / "nope.json", "--answers", data / "a.jsonl",
+                        "--out", data / "pope"], data / "pope")
+    assert "nope.json: no such file" in line
+    (data / "images").mkdir()
+    jsonl(data / "q.json", [{"question_id": 1, "image": "../a.png", "text": "Is there a cat?", "label": "yes"}])
+    line = run(capsys, ["bench", "pope", "--questions", f"random={data / 'q.json'}", "--images", data / "images",
+                        "--model", tiny, "--out", data / "pope"], data / "pope")
+    assert "POPE question random/1: image path '../a.png' escapes the image folder" in line
