@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, set_seed
 from transformers.trainer_utils import TrainOutput
 
 from mmalign.io import atomic_dir
@@ -91,11 +91,9 @@ class PPOTrainer(Trainer):
             raise ValueError("critics must hold a 'reward' critic (and a 'cost' critic for PPO-Lagrangian)")
         if args.constrained and cost_model is None:
             raise ValueError("PPO-Lagrangian needs the cost model")
-        if args.world_size > 1:
-            # the rollout loop neither shards prompts nor all-reduces gradients; every process would
-            # train the same copy and race to write the same checkpoint folder
-            raise ValueError(f"PPO runs in one process (this launch has {args.world_size}); "
-                             "start it with python or `mmalign train`, not torchrun / accelerate launch")
+        if args.rollout_batch_size % (args.world_size * args.per_device_train_batch_size):
+            raise ValueError(f"rollout_batch_size ({args.rollout_batch_size}) must be a multiple of processes "
+                             f"({args.world_size}) x per_device_train_batch_size ({args.per_device_train_batch_size})")
         self.adapter = adapter
         self.reward_model, self.cost_model, self.critics = reward_model, cost_model, critics
         for scorer in (reward_model, cost_model):
@@ -115,7 +113,11 @@ class PPOTrainer(Trainer):
 
     # ------------------------------------------------------------------ data
     def _prompt_batches(self, start: int):
-        """Rollout batches of rows in a seeded order; batch k is the same on a resumed run."""
+        """Rollout batches of rows in a seeded order; batch k is the same on a resumed run.
+
+        With several processes each takes every N-th row of the batch, so together they
+        roll out the ``rollout_batch_size`` prompts a single process would.
+        """
         n, size = len(self.train_dataset), self.args.rollout_batch_size
         per_epoch = max(n // size, 1)
         k = start
@@ -125,7 +127,7 @@ class PPOTrainer(Trainer):
             picked = order[index * size : (index + 1) * size]
             if len(picked) < size:  # fewer prompts than a batch: wrap around
                 picked = (order * (size // max(n, 1) + 1))[:size]
-            yield [self.train_dataset[i] for i in picked]
+            yield [self.train_dataset[i] for i in picked[self.args.process_index :: self.args.world_size]]
             k += 1
 
     # ------------------------------------------------------------------ rollout
@@ -196,7 +198,7 @@ class PPOTrainer(Trainer):
         if args.constrained:
             advantage = combined_advantage(advantages["reward"], advantages["cost"], lam)
         if args.whiten_advantages:
-            advantage = masked_whiten(advantage, mask)
+            advantage = self._whiten(advantage, mask)
         log = {
             "reward": float(scores.mean()),
             "reward_model": float(stats["reward_model"].mean()),
@@ -212,6 +214,42 @@ class PPOTrainer(Trainer):
         if args.constrained:
             log.update({"lambda": float(lam), "episode_cost": sum(self.cost_window) / len(self.cost_window)})
         return Rollout(batch, features, mask, logps, advantage, values, returns), log
+
+    # ------------------------------------------------------------------ several processes
+    def _sum_over_processes(self, values: torch.Tensor) -> torch.Tensor:
+        if self.accelerator.num_processes == 1:
+            return values
+        return self.accelerator.reduce(values.to(self.accelerator.device), reduction="sum")
+
+    def _whiten(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``masked_whiten`` over the rollout of all processes (mean and variance of every token)."""
+        if self.accelerator.num_processes == 1:
+            return masked_whiten(x, mask)
+        real = mask.bool()
+        count = mask.sum().to(x.dtype)
+        total, n = self._sum_over_processes(torch.stack([torch.where(real, x, 0).sum(), count])).tolist()
+        mean = total / max(n, 1.0)
+        squares = self._sum_over_processes(torch.where(real, x - mean, 0).pow(2).sum().reshape(1))
+        var = squares.item() / max(n, 1.0)
+        return (x - mean) * (var + 1e-8) ** -0.5 * mask.to(x.dtype)
+
+    def _average_gradients(self) -> None:
+        """All-reduce the gradients (one flat buffer): every process takes the same step."""
+        if self.accelerator.num_processes == 1:
+            return
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        flat = self._sum_over_processes(torch.cat([g.reshape(-1) for g in grads])) / self.accelerator.num_processes
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def _mean_log(self, log: dict[str, float]) -> dict[str, float]:
+        """Per-process statistics averaged over processes (equal rollout shares, so equal weights)."""
+        if self.accelerator.num_processes == 1:
+            return log
+        values = self._sum_over_processes(torch.tensor(list(log.values()), dtype=torch.float64))
+        return {k: v / self.accelerator.num_processes for k, v in zip(log, values.tolist())}
 
     def _update_lambda(self, costs: torch.Tensor) -> float:
         """One step of λ on the sliding mean episode cost (averaged across processes)."""
@@ -258,6 +296,7 @@ class PPOTrainer(Trainer):
                                           rollout.returns[name][rows, :width], mask[:, :width], args.value_clip)
                     self.accelerator.backward(args.value_coef * loss)
                     stats[f"loss/value_{name}"] = loss.item()
+                self._average_gradients()
                 if args.max_grad_norm:
                     self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
                 self.optimizer.step()
@@ -266,7 +305,9 @@ class PPOTrainer(Trainer):
                 steps += 1
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
-                if args.target_kl is not None and policy.approx_kl.item() > 1.5 * args.target_kl:
+                if (args.target_kl is not None  # decided on the kl of all processes, so all stop together
+                        and self._sum_over_processes(policy.approx_kl.detach().reshape(1)).item()
+                        > 1.5 * args.target_kl * self.accelerator.num_processes):
                     stop = True
                     break
             if stop:
@@ -283,7 +324,8 @@ class PPOTrainer(Trainer):
         from tqdm.auto import tqdm
 
         args: PPOConfig = self.args
-        per_rollout = args.ppo_epochs * math.ceil(args.rollout_batch_size / args.per_device_train_batch_size)
+        local_rollout = args.rollout_batch_size // args.world_size
+        per_rollout = args.ppo_epochs * math.ceil(local_rollout / args.per_device_train_batch_size)
         self.create_optimizer_and_scheduler(num_training_steps=args.max_steps * per_rollout)
         if resume_from_checkpoint is True:
             resume_from_checkpoint = self._last_checkpoint()
@@ -294,8 +336,12 @@ class PPOTrainer(Trainer):
                    disable=not self.is_world_process_zero())
         last: dict[str, float] = {}
         while self.iteration < args.max_steps:
+            if args.world_size > 1:
+                # each process samples its own responses; seeded by iteration so a resume replays them
+                torch.manual_seed(args.seed + 1_000_003 * args.process_index + self.iteration)
             rollout, log = self.make_rollout(next(batches))
             log.update(self.ppo_update(rollout))
+            log = self._mean_log(log)
             self.iteration += 1
             self.state.global_step = self.iteration
             self.state.epoch = self.iteration * args.rollout_batch_size / len(self.train_dataset)
@@ -305,7 +351,9 @@ class PPOTrainer(Trainer):
             bar.update(1)
             bar.set_postfix({k: round(log[k], 3) for k in ("reward", "kl", "cost", "lambda") if k in log})
             if args.save_strategy != "no" and self.iteration % max(int(args.save_steps), 1) == 0:
-                self._save_ppo_checkpoint()
+                if self.is_world_process_zero():  # the processes hold the same weights and λ
+                    self._save_ppo_checkpoint()
+                self.accelerator.wait_for_everyone()
         bar.close()
         return TrainOutput(self.iteration, last.get("loss/policy", 0.0), {k: float(v) for k, v in last.items()})
 
@@ -427,6 +475,7 @@ def run_ppo(model_config, args: PPOConfig) -> Path:
 
     if not args.dataset_path or not args.reward_model_path:
         raise ValueError("dataset_path and reward_model_path are required")
+    set_seed(args.seed)  # the fresh LoRA weights are random: same seed, same run (on every process)
     adapter, reward, cost, critics = build_models(model_config, args)
     prompts = load_preference_dataset(args.dataset_path)  # a prompt set: images, prompt, facts, reference
     trainer = PPOTrainer(adapter, args, prompts, reward, cost, critics)

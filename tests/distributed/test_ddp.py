@@ -1,7 +1,9 @@
 """Two CPU processes (DDP over gloo, launched with torchrun) train exactly like one process
-with the same global batch: `mmalign train dpo`, `sft` and `rm`."""
+with the same global batch: `mmalign train dpo`, `sft` and `rm`; PPO-Lagrangian keeps its
+processes in step (same weights, same λ and cost window)."""
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -55,6 +57,24 @@ def recipes(tiny_dirs, tmp_path_factory):
     return paths
 
 
+@pytest.fixture(scope="module")
+def scorers(tiny_dirs, tmp_path_factory):
+    """A reward and a cost model (random LoRA + head, the cost model biased to unsafe) on the tiny LLaVA."""
+    from mmalign.models import ScalarHeadModel, load_adapter
+    from mmalign.qlora import LoraSettings
+
+    root = tmp_path_factory.mktemp("scorers")
+    for kind, bias in (("reward", 0.0), ("cost", 1.0)):
+        torch.manual_seed(1)
+        adapter = load_adapter(tiny_dirs["llava"])
+        adapter.add_lora(LoraSettings(r=4, alpha=8, dropout=0.0))
+        model = ScalarHeadModel(adapter, kind=kind)
+        with torch.no_grad():
+            model.head.bias.fill_(bias)
+        model.save_pretrained(root / kind)
+    return root
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -62,8 +82,8 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def two_processes(recipes, tmp_path_factory):
-    """DPO, SFT, reward model and the PPO check in one ``torchrun --nproc_per_node 2``, device batch 1 each.
+def two_processes(tiny_dirs, recipes, scorers, tmp_path_factory):
+    """DPO, SFT, reward model and PPO in one ``torchrun --nproc_per_node 2``, device batch 1 each.
 
     (``accelerate launch`` starts several CPU processes only through MPI, so torchrun it is.)
     """
@@ -71,7 +91,7 @@ def two_processes(recipes, tmp_path_factory):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), str(WORKER), "--out", str(out), "--per-device-batch", "1",
-           "ppo", *(f"{method}={recipe}" for method, recipe in recipes.items())]
+           "--model", str(tiny_dirs["llava"]), f"ppo={scorers}", *(f"{m}={recipe}" for m, recipe in recipes.items())]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
@@ -111,10 +131,28 @@ def test_two_processes_match_one_with_the_same_global_batch(recipes, two_process
     assert sorted(p.name for p in (two_processes / method).iterdir() if p.name.startswith(".")) == []
 
 
-def test_ppo_refuses_to_run_in_several_processes(two_processes):
-    result = json.loads((two_processes / "ppo" / "result.json").read_text())
-    assert result["world_size"] == 2
-    assert result["refusal"].startswith("PPO runs in one process (this launch has 2)")
+def test_ppo_processes_stay_in_step(two_processes):
+    ranks = [json.loads((two_processes / "ppo" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    # each process rolls out its half of the rollout batch
+    assert not set(ranks[0]["first_batch"]) & set(ranks[1]["first_batch"])
+    assert len(ranks[0]["first_batch"]) == len(ranks[1]["first_batch"]) == 2
+    # λ sees the costs of both processes: the same window and multiplier everywhere
+    window = ranks[0]["cost_window"]
+    assert window == ranks[1]["cost_window"] and len(window) == 8  # 2 iterations x 4 responses
+    log_lambda = 0.0  # λ_init = 1; one SGD step of −(J_C − d)·λ on log λ per iteration, lr 0.5, d = 0
+    for seen in (4, 8):
+        log_lambda += 0.5 * (sum(window[:seen]) / seen) * math.exp(log_lambda)
+    assert ranks[0]["lambda"] == ranks[1]["lambda"] == pytest.approx(math.exp(log_lambda), rel=1e-5)
+    assert ranks[0]["lambda"] != pytest.approx(1.0)
+    assert ranks[0]["log"] == ranks[1]["log"]  # statistics are averaged over the processes
+    assert [e["lambda"] for e in ranks[0]["log"]][-1] == pytest.approx(ranks[0]["lambda"])
+    # gradients are all-reduced: policy and critics take identical steps
+    w0, w1 = (load_file(two_processes / "ppo" / f"rank{r}.safetensors") for r in (0, 1))
+    assert w0.keys() == w1.keys() and any("lora_B" in n for n in w0)
+    for name in w0:
+        assert torch.equal(w0[name], w1[name]), name
+    assert max(w.abs().max().item() for n, w in w0.items() if "default.weight" in n and "lora_B" in n) > 0
 
 
 def test_shipped_accelerate_configs_parse():
