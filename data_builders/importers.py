@@ -519,9 +519,6 @@ def read_trl(
         try:
             record = {k: v for k, v in raw.items() if k in canonical and k != "images"}
             record["images"] = _image_list(raw, required=False)
-            prompt = record.get("prompt")
-            if isinstance(prompt, str) and prompt.count(IMAGE_TOKEN) == len(record["images"] or []):
-                record["prompt"] = strip_image_token(prompt)  # one placeholder per image: images go first
             extra = {k: v for k, v in raw.items() if k not in canonical and k != "image" and v is not None}
             meta = record.get("meta")
             if extra:

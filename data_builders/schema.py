@@ -383,8 +383,7 @@ def _check_fields(record: Mapping[str, Any], kind: str, allow_extra: bool) -> No
                                   "(provenance belongs in 'meta')")
 
 
-#: LLaVA's image placeholder. In a text prompt it would be expanded by the processor on top
-#: of the images the adapter already puts before the text, so a stored text prompt has none.
+#: LLaVA's image placeholder: in a text prompt, one per image marks where the images go.
 IMAGE_PLACEHOLDER = "<image>"
 
 
@@ -393,11 +392,9 @@ def _check_prompt_images(prompt: Any, images: list) -> None:
         n = count_image_parts(prompt)
         if n != len(images):
             raise _fail("prompt", f"has {n} image part(s) but the row has {len(images)} image(s)")
-    elif IMAGE_PLACEHOLDER in prompt:
-        n = prompt.count(IMAGE_PLACEHOLDER)
-        raise _fail("prompt", f"has {n} {IMAGE_PLACEHOLDER} placeholder(s) in its text and {len(images)} image(s); "
-                    "a text prompt takes no placeholders (images go before the text; use a conversational "
-                    "prompt with image parts to place them)")
+    elif IMAGE_PLACEHOLDER in prompt and prompt.count(IMAGE_PLACEHOLDER) != len(images):
+        raise _fail("prompt", f"has {prompt.count(IMAGE_PLACEHOLDER)} {IMAGE_PLACEHOLDER} placeholder(s) but the "
+                    f"row has {len(images)} image(s); give one placeholder per image, or none (images first)")
 
 
 def validate_record(

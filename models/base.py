@@ -128,11 +128,33 @@ def message_text(message: dict[str, Any]) -> str:
     return "".join(part.get("text", "") for part in content if part.get("type") == "text")
 
 
+#: LLaVA data's image placeholder; in a text prompt it marks where an image goes.
+IMAGE_PLACEHOLDER = "<image>"
+
+
 def user_turn(prompt: Prompt, n_images: int) -> list[dict[str, Any]]:
-    """Plain text becomes one user message with the images before the text."""
+    """Plain text becomes one user message: images go where the text has ``<image>``
+    placeholders (one per image, as in LLaVA data), otherwise before the text.
+
+    Left in the text, a placeholder would be expanded by the processor on top of the
+    image parts, so a count that does not match the images is an error.
+    """
     if not isinstance(prompt, str):
         return list(prompt)
-    content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": prompt}]
+    placed = prompt.count(IMAGE_PLACEHOLDER)
+    if placed == 0:
+        content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": prompt}]
+    elif placed == n_images:
+        content, text_before = [], False
+        for j, piece in enumerate(prompt.split(IMAGE_PLACEHOLDER)):
+            if j:
+                content.append({"type": "image"})
+            if piece.strip():  # templates that put images first join the text parts as they are
+                content.append({"type": "text", "text": (" " if text_before else "") + piece.strip()})
+                text_before = True
+    else:
+        raise ValueError(f"a prompt has {placed} {IMAGE_PLACEHOLDER} placeholder(s) but its row has "
+                         f"{n_images} image(s)")
     return [{"role": "user", "content": content}]
 
 
