@@ -95,12 +95,12 @@ def test_bad_record_is_named_and_nothing_is_written(capsys, data, row, expected)
     assert expected in line
 
 
-def test_one_placeholder_per_image_is_accepted_and_stripped(capsys, data):
+def test_one_placeholder_per_image_is_accepted(capsys, data):
     path = jsonl(data / "pairs.jsonl", [{**GOOD, "prompt": "<image>\nwhat is this?"}])
     assert main(["data", "import", "trl", str(path), "--out", str(data / "out")]) == 0
     from datasets import load_from_disk
 
-    assert load_from_disk(str(data / "out"))[0]["prompt"] == "what is this?"
+    assert load_from_disk(str(data / "out"))[0]["prompt"] == "<image>\nwhat is this?"
 
 
 def test_training_refuses_a_dataset_folder_with_a_bad_record(capsys, data, tiny):

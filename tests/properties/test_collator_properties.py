@@ -152,3 +152,17 @@ def test_dpo_collator_keeps_images_and_aligns_masks_and_weights(adapter, rows, m
         shortest = min(len(adapter.encode([[image()]], [last], [rows[i][s].split()[0]]).input_ids[0])
                        for s in ("chosen", "rejected"))
         assert shortest > max_length or len(rows[i]["prompt"].split()) == 1
+
+
+@PROPERTY
+@given(prompt=st.lists(st.sampled_from(WORDS), min_size=1, max_size=12), at=st.integers(0, 12),
+       extra=st.integers(1, 2))
+def test_image_placeholder_in_a_text_prompt_marks_the_image(adapter, prompt, at, extra):
+    at = min(at, len(prompt))
+    plain = adapter.encode([[image()]], [" ".join(prompt)], ["a cup."])
+    marked = " ".join([*prompt[:at], "<image>", *prompt[at:]])
+    placed = adapter.encode([[image()]], [marked], ["a cup."])
+    assert n_image(adapter, placed.input_ids[0]) == IMAGE_TOKENS  # the placeholder is the image, not a second one
+    assert torch.equal(placed.input_ids, plain.input_ids)  # LLaVA's template puts images first either way
+    with pytest.raises(ValueError, match=f"has {1 + extra} <image> placeholder"):
+        adapter.encode([[image()]], [" ".join([marked, *["<image>"] * extra])], ["a cup."])
