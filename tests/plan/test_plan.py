@@ -169,3 +169,17 @@ def test_cli_prints_table_and_verdict(capsys):
     assert main(["plan", "--model", "qwen2-vl-7b-instruct", "--method", "ppo", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["model"] == "qwen2-vl-7b-instruct" and any(p["name"] == "KV cache" for p in data["parts"])
+
+
+def test_llava_next_folder_plans_its_largest_tiling(tmp_path):
+    from PIL import Image
+
+    from mmalign.models import load_adapter
+    from mmalign.models.tiny import save_tiny
+
+    folder = save_tiny("llava_next", tmp_path / "next")
+    _, arch = architecture_for(folder)
+    assert arch.image_tokens == 4 * 4 + 8 * 8 + 8  # base view + 2x2 grid of 4x4 patches + a newline per row
+    adapter = load_adapter(folder)
+    batch = adapter.encode([[Image.new("RGB", (64, 64))]], ["what"], ["a"])
+    assert int((batch.input_ids == adapter.base_model.config.image_token_id).sum()) == arch.image_tokens
