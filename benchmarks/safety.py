@@ -49,7 +49,16 @@ def load_scorer(path: str | Path, base: str | Path | None = None, *, name: str |
     from mmalign.reward import RewardScorer, load_reward_model
 
     model = load_reward_model(path, base, **adapter_kwargs)
-    return RewardScorer(model, batch_size=batch_size, name=name or Path(path).name)
+    return RewardScorer(model, batch_size=batch_size, name=name or scorer_label(path))
+
+
+def scorer_label(path: str | Path) -> str:
+    """How a report names a saved model: its folder, with the run folder in front when the
+    folder only names a training stage ("runs/cost/final" -> "cost/final")."""
+    folder = Path(path)
+    if folder.name == "final" or folder.name.startswith("checkpoint-"):
+        return f"{folder.parent.name}/{folder.name}"
+    return folder.name
 
 
 def safety_metrics(

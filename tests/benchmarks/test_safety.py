@@ -9,6 +9,7 @@ from mmalign.benchmarks.safety import (
     load_scorer,
     run_safety,
     safety_metrics,
+    scorer_label,
 )
 
 
@@ -125,6 +126,8 @@ def test_scalar_head_models_as_scorers(questions, tmp_path, tiny_llava_dir):
 
     loaded = load_scorer(tmp_path / "cost-model", tiny_llava_dir)
     assert loaded.name == "cost-model"
+    assert scorer_label(tmp_path / "runs" / "cost" / "final") == "cost/final"
+    assert scorer_label("runs/rm/checkpoint-60") == "rm/checkpoint-60"
     assert loaded(images, prompts, responses) == pytest.approx(expected, abs=1e-5)
 
     result = run_safety(SafetyConfig(questions, image_dir=tmp_path / "img", cost_scorer=loaded),
