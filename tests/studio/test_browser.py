@@ -97,3 +97,26 @@ def test_correct_a_span_label_a_pair_and_export(studio, tmp_path):
     assert (pair["chosen"], pair["more_helpful"], pair["safer"]) == (PAIR[0], "chosen", "chosen")
     assert (pair["chosen_harmless_rate"], pair["rejected_harmless_rate"]) == (3, -3)
     assert (pair["chosen_helpful_rate"], pair["rejected_helpful_rate"]) == (2, 0)
+
+
+def test_offsets_are_code_points_like_python(tmp_path):
+    """An emoji is two UTF-16 units in the page but one character in Python: spans must still agree."""
+    from mmalign.studio import StudioProject
+
+    project = StudioProject.create(tmp_path / "p")
+    token = project.add_annotator("alice")
+    text = "🙂 café: a cat on a mat."
+    project.add_items([{"kind": "correction", "images": [], "prompt": "Describe.", "answer": text}])
+    project.assign()
+    utf16 = len(text[:text.index("cat")].encode("utf-16-le")) // 2
+    with serving(project) as base, start_chromium() as driver:
+        sign_in(driver, base, token)
+        drag_select(driver, driver.find_element(By.ID, "answer"), utf16, utf16 + 3)
+        box = driver.switch_to.active_element
+        assert box.get_attribute("value") == "cat"
+        box.clear()
+        box.send_keys("dog" + Keys.ENTER)
+        WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.ID, "queue-done"))
+    (note,) = project.annotations()
+    start = text.index("cat")
+    assert note.payload == {"corrections": [{"start": start, "end": start + 3, "text": "dog"}]}
