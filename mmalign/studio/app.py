@@ -35,7 +35,7 @@ from flask import (
 )
 
 from mmalign.data_builders.schema import prompt_text
-from mmalign.studio.project import HARMLESS, HELPFUL, StudioProject, SubmissionError
+from mmalign.studio.project import HARMLESS, HELPFUL, StudioProject, SubmissionError, shown_swapped
 
 SESSION_COOKIE = "studio_session"
 LOGIN_CSRF_COOKIE = "studio_login_csrf"
@@ -190,11 +190,14 @@ def create_app(project: StudioProject | str | Path, *, secure_cookies: bool = Fa
         item = project.assigned_item(g.conn, g.annotator.id, item_id)
         if item is None:
             abort(404)
-        data = {"id": item.id, "kind": item.kind, "answer": item.answer, "answer_b": item.answer_b,
+        shown = [item.answer, item.answer_b]
+        if item.kind == "pair" and shown_swapped(item.id, g.annotator.id):
+            shown.reverse()  # against position bias; labels are mapped back on submission
+        data = {"id": item.id, "kind": item.kind, "answer": shown[0], "answer_b": shown[1],
                 "submitted": project.submitted(g.conn, g.annotator.id, item.id),
                 "submit_url": url_for("submit", item_id=item.id), "skip_url": url_for("skip", item_id=item.id)}
         template = "annotate.html" if item.kind == "correction" else "pair.html"
-        return page(template, item=item, data=data, prompt=prompt_text(item.prompt),
+        return page(template, item=item, data=data, shown=shown, prompt=prompt_text(item.prompt),
                     images=[url_for("image", item_id=item.id, index=i) for i in range(len(item.images))],
                     harmless_rubric=HARMLESS_RUBRIC, helpful_rubric=HELPFUL_RUBRIC,
                     harmless_range=range(HARMLESS[1], HARMLESS[0] - 1, -1),
@@ -225,7 +228,7 @@ def create_app(project: StudioProject | str | Path, *, secure_cookies: bool = Fa
         payload = request.get_json(silent=True)
         if payload is None:
             raise SubmissionError("expected a JSON body (Content-Type: application/json)")
-        annotation = project.submit(g.annotator.id, item_id, payload, conn=g.conn)
+        annotation = project.submit(g.annotator.id, item_id, payload, conn=g.conn, as_shown=True)
         return jsonify({"ok": True, "annotation": annotation, "next": next_url()})
 
     @app.post("/api/items/<int:item_id>/skip")

@@ -200,6 +200,22 @@ def check_pair_labels(payload: Any) -> dict[str, Any]:
     return out
 
 
+def shown_swapped(item_id: int, annotator_id: int) -> bool:
+    """Whether this annotator sees the pair's answers in swapped order: half the pairs are,
+    fixed per (item, annotator), so the answer shown first is not always the same one."""
+    return hashlib.sha256(f"pair-order:{item_id}:{annotator_id}".encode()).digest()[0] % 2 == 1
+
+
+def swap_pair_labels(labels: Mapping[str, Any]) -> dict[str, Any]:
+    """Pair labels with answers A and B exchanged (shown order ↔ stored order)."""
+    flip = {"a": "b", "b": "a"}
+    out = {choice: flip[labels[choice]] for choice in ("more_helpful", "safer")}
+    for side in ("a", "b"):
+        for rating in ("harmless", "helpful"):
+            out[f"{flip[side]}_{rating}"] = labels[f"{side}_{rating}"]
+    return out
+
+
 def check_name(name: str) -> str:
     name = name.strip()
     if not name or len(name) > 64 or any(not ch.isprintable() for ch in name):
@@ -438,9 +454,12 @@ class StudioProject:
                              [(float(p), int(i)) for i, p in priorities.items()])
 
     # -- annotations
-    def submit(self, annotator_id: int, item_id: int, payload: Any, conn: sqlite3.Connection | None = None) -> int:
+    def submit(self, annotator_id: int, item_id: int, payload: Any, conn: sqlite3.Connection | None = None,
+               *, as_shown: bool = False) -> int:
         """Check and store one annotation in one transaction; returns its id.
 
+        Pair labels name answers A and B as stored, or, with ``as_shown``, as the annotator's
+        page showed them (see :func:`shown_swapped`); they are stored in item order.
         Raises :class:`SubmissionError` (404 for an item not in the annotator's queue, 409 for
         a second submission of the same item, 400 for bad labels); nothing is written then.
         """
@@ -451,8 +470,12 @@ class StudioProject:
                 item = self.assigned_item(conn, annotator_id, item_id)
                 if item is None:
                     raise SubmissionError(f"item {item_id} is not in your queue", status=404)
-                stored = check_corrections(item.answer, payload) if item.kind == "correction" \
-                    else check_pair_labels(payload)
+                if item.kind == "correction":
+                    stored = check_corrections(item.answer, payload)
+                else:
+                    stored = check_pair_labels(payload)
+                    if as_shown and shown_swapped(item_id, annotator_id):
+                        stored = swap_pair_labels(stored)
                 if self.submitted(conn, annotator_id, item_id):
                     raise SubmissionError(f"item {item_id} is already submitted", status=409)
                 cur = conn.execute("INSERT INTO annotations(item_id, annotator_id, payload, created) "

@@ -7,7 +7,7 @@ import pytest
 
 from mmalign.studio import create_app
 
-from .conftest import ANSWERS
+from .conftest import ANSWERS, PAIR
 
 
 def sign_in(app, token):
@@ -152,6 +152,8 @@ def test_pair_page_shows_rubric_and_agreement_page(app, studio):
     client, _ = sign_in(app, studio[1]["alice"])
     html = client.get("/item/4").get_data(as_text=True)
     assert "Harmlessness −3…3" in html and "severely harmful" in html and "very helpful" in html
+    # alice sees this pair swapped: answer B first on the page is stored answer A
+    assert html.index(PAIR[1].replace("'", "&#39;")) < html.index(PAIR[0].replace("'", "&#39;"))
     bob, _ = sign_in(app, studio[1]["bob"])
     # "a red cup and a cat on a table.": alice marks "red" [2, 5), bob "red cup" [2, 9) -> F1 = 2*3/(3+7) = 0.6
     post(client, "/api/items/1/annotation", {"corrections": [{"start": 2, "end": 5, "text": "blue"}]},

@@ -18,6 +18,7 @@ from mmalign.benchmarks.studio_screenshot import (
 )
 from mmalign.data_builders.storage import load_preference_dataset
 from mmalign.studio import export_project
+from mmalign.studio.project import shown_swapped
 
 from .conftest import ANSWERS, PAIR
 
@@ -72,14 +73,21 @@ def test_correct_a_span_label_a_pair_and_export(studio, tmp_path):
         driver.find_element(By.ID, "submit").click()  # no marks: the answer is right as it is
         wait_for_url(driver, "/item/4")
 
-        assert driver.find_element(By.ID, "answer-b").text == PAIR[1]
+        # half the pairs are shown in swapped order (against position bias); alice's item 4 is one
+        alice = project.annotators()[0]
+        swapped = shown_swapped(4, alice.id)
+        assert swapped
+        safe, harmful = ("b", "a") if swapped else ("a", "b")
+        assert driver.find_element(By.ID, f"answer-{safe}").text == PAIR[0]
+        assert driver.find_element(By.ID, f"answer-{harmful}").text == PAIR[1]
         body = driver.find_element(By.TAG_NAME, "body")
         body.send_keys(Keys.ENTER)  # nothing chosen yet: a message, no submission
         assert "Still to choose" in driver.find_element(By.ID, "message").text
-        for field, value in [("a_harmless", "3"), ("b_harmless", "-3"), ("a_helpful", "2"), ("b_helpful", "0")]:
+        for field, value in [(f"{safe}_harmless", "3"), (f"{harmful}_harmless", "-3"), (f"{safe}_helpful", "2"),
+                             (f"{harmful}_helpful", "0")]:
             Select(driver.find_element(By.ID, field)).select_by_value(value)
-        body.send_keys("1")  # A more helpful
-        body.send_keys("3")  # A safer
+        body.send_keys({"a": "1", "b": "2"}[safe])  # the safe answer is more helpful ...
+        body.send_keys({"a": "3", "b": "4"}[safe])  # ... and safer
         body.send_keys(Keys.ENTER)
         wait_for_url(driver, "/item/2")  # the skipped item comes back last
         driver.find_element(By.ID, "submit").click()

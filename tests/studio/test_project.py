@@ -126,3 +126,20 @@ def test_public_names_resolve_without_importing_torch():
     code = "import sys, mmalign.studio.app, mmalign.studio.export; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+def test_pair_labels_given_in_shown_order_are_stored_in_item_order(tmp_path):
+    from mmalign.studio.project import shown_swapped, swap_pair_labels
+
+    project, _ = make_project(tmp_path / "p", annotators=("alice", "bob"), overlap=1.0)
+    alice, bob = project.annotators()
+    assert (shown_swapped(4, alice.id), shown_swapped(4, bob.id)) == (True, False)
+    shown = {"more_helpful": "a", "safer": "b", "a_harmless": 1, "b_harmless": -2, "a_helpful": 3, "b_helpful": 0}
+    swapped = {"more_helpful": "b", "safer": "a", "a_harmless": -2, "b_harmless": 1, "a_helpful": 0, "b_helpful": 3}
+    assert swap_pair_labels(shown) == swapped and swap_pair_labels(swapped) == shown
+    project.submit(alice.id, 4, shown, as_shown=True)  # alice saw B first
+    project.submit(bob.id, 4, shown, as_shown=True)  # bob saw A first
+    stored = {n.annotator: n.payload for n in project.annotations()}
+    assert stored == {"alice": swapped, "bob": shown}
+    # about half of all (item, annotator) pairs are swapped
+    assert 400 < sum(shown_swapped(i, a) for i in range(500) for a in (1, 2)) < 600
