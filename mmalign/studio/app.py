@@ -70,7 +70,6 @@ def create_app(project: StudioProject | str | Path, *, secure_cookies: bool = Fa
     here = Path(__file__).parent
     app = Flask("mmalign.studio", template_folder=str(here / "templates"), static_folder=str(here / "static"))
     app.config["MAX_CONTENT_LENGTH"] = 1 << 20
-    app.config["JSON_SORT_KEYS"] = False
 
     def wants_json() -> bool:
         return request.path.startswith("/api/")
