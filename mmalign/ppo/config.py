@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from mmalign.ppo.shaping import ShapingConfig
+from mmalign.training import GuardArguments
 
 
 @dataclass
-class PPOConfig(TrainingArguments, ShapingConfig):
+class PPOConfig(TrainingArguments, ShapingConfig, GuardArguments):
     """``transformers.TrainingArguments`` plus RL options.
 
     Fact-RLHF's shaping weights are the fields of :class:`ShapingConfig`, applied with

@@ -16,6 +16,7 @@ episode cost) and the policy follows the combined advantage (A_r − λA_c)/(1 +
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -43,6 +44,9 @@ from mmalign.ppo.config import PPOConfig
 from mmalign.ppo.plots import plot_ppo_logs
 from mmalign.ppo.shaping import shaping_terms
 from mmalign.reward.scoring import RewardScorer
+from mmalign.training import NONFINITE_LOG_KEY, NonFiniteTrainingError, checkpoint_problem
+
+logger = logging.getLogger(__name__)
 
 POLICY = "default"
 LAMBDA_FILE = "lagrange.json"
@@ -107,6 +111,8 @@ class PPOTrainer(Trainer):
         self.lambda_optimizer = torch.optim.SGD([self.log_lambda], lr=args.lambda_lr)
         self.cost_window: deque[float] = deque(maxlen=args.episode_cost_window)
         self.iteration = 0
+        self.nonfinite_skipped = self.nonfinite_consecutive = 0
+        self.nonfinite_stop = False
         kwargs.setdefault("processing_class", adapter.processor)
         super().__init__(model=PPOModules(adapter, critics), args=args, train_dataset=train_dataset,
                          data_collator=lambda rows: rows, **kwargs)
@@ -273,7 +279,7 @@ class PPOTrainer(Trainer):
         adapter = self.adapter
         n = rollout.batch.input_ids.shape[0]
         sums: dict[str, float] = {}
-        steps = 0
+        steps = good = 0
         stop = False
         for _ in range(args.ppo_epochs):
             order = torch.randperm(n).tolist()
@@ -299,10 +305,16 @@ class PPOTrainer(Trainer):
                 self._average_gradients()
                 if args.max_grad_norm:
                     self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                skipped = self._skip_if_nonfinite(stats)  # drops the gradients: the step changes nothing
                 self.optimizer.step()
                 self.lr_scheduler.step()
                 self.optimizer.zero_grad()
                 steps += 1
+                if skipped:
+                    if self.nonfinite_stop:
+                        break
+                    continue
+                good += 1
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 if (args.target_kl is not None  # decided on the kl of all processes, so all stop together
@@ -310,13 +322,37 @@ class PPOTrainer(Trainer):
                         > 1.5 * args.target_kl * self.accelerator.num_processes):
                     stop = True
                     break
-            if stop:
+            if stop or self.nonfinite_stop:
                 break
         adapter.use_adapter(POLICY)
-        out = {k: v / steps for k, v in sums.items()}
+        out = {k: v / good for k, v in sums.items()}
         out["ppo_steps"] = steps
         out["early_stopped"] = float(stop)
+        out[NONFINITE_LOG_KEY] = self.nonfinite_skipped
         return out
+
+    def _skip_if_nonfinite(self, stats: dict[str, float]) -> bool:
+        """Drop a minibatch step whose losses or (averaged) gradients are not finite; True if skipped.
+
+        After ``max_nonfinite_steps`` in a row ``nonfinite_stop`` is set; the loop then saves a
+        checkpoint and raises (see :class:`~mmalign.training.NonFiniteGuard` for the trainers).
+        """
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        bad = any(not math.isfinite(v) for v in stats.values())
+        if grads and not bad:
+            bad = not bool(torch.isfinite(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])).all())
+        if self._sum_over_processes(torch.tensor([float(bad)])).item() == 0:
+            self.nonfinite_consecutive = 0
+            return False
+        for p in self.model.parameters():
+            p.grad = None
+        self.nonfinite_skipped += 1
+        self.nonfinite_consecutive += 1
+        logger.warning("PPO iteration %d: non-finite loss or gradient, minibatch step skipped (%d in a row, %d in total)",
+                       self.iteration + 1, self.nonfinite_consecutive, self.nonfinite_skipped)
+        limit = self.args.max_nonfinite_steps
+        self.nonfinite_stop = bool(limit) and self.nonfinite_consecutive >= limit
+        return True
 
     # ------------------------------------------------------------------ loop
     def train(self, resume_from_checkpoint: str | bool | None = None, **_: Any) -> TrainOutput:
@@ -341,6 +377,8 @@ class PPOTrainer(Trainer):
                 torch.manual_seed(args.seed + 1_000_003 * args.process_index + self.iteration)
             rollout, log = self.make_rollout(next(batches))
             log.update(self.ppo_update(rollout))
+            if self.nonfinite_stop:
+                self._stop_nonfinite()
             log = self._mean_log(log)
             self.iteration += 1
             self.state.global_step = self.iteration
@@ -356,6 +394,17 @@ class PPOTrainer(Trainer):
                 self.accelerator.wait_for_everyone()
         bar.close()
         return TrainOutput(self.iteration, last.get("loss/policy", 0.0), {k: float(v) for k, v in last.items()})
+
+    def _stop_nonfinite(self) -> None:
+        """Keep a usable checkpoint (the weights of the last good step), then raise."""
+        checkpoint = Path(self.args.output_dir) / f"checkpoint-{self.iteration}"
+        if self.is_world_process_zero() and checkpoint_problem(checkpoint) is not None:
+            self._save_ppo_checkpoint()  # an existing checkpoint of this iteration is kept as it is
+        self.accelerator.wait_for_everyone()
+        raise NonFiniteTrainingError(
+            f"PPO stopped in iteration {self.iteration + 1}: {self.nonfinite_consecutive} minibatch steps in a row had "
+            f"a NaN/inf loss or gradient (max_nonfinite_steps={self.args.max_nonfinite_steps}); every one was "
+            f"skipped. {checkpoint} holds usable weights; resume with --resume_from_checkpoint {checkpoint}")
 
     # ------------------------------------------------------------------ saving
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:

@@ -93,3 +93,44 @@ def test_repeated_nonfinite_steps_stop_with_a_usable_checkpoint(tiny_dirs, pairs
         if "lora_" in name:
             torch.testing.assert_close(value, good[name], atol=0, rtol=0)
     assert trainer.state.log_history[-1][NONFINITE_LOG_KEY] == 2
+
+
+def test_ppo_skips_nonfinite_steps_and_stops_with_a_checkpoint(tiny_dirs, tmp_path, caplog):
+    from datasets import Dataset
+    from PIL import Image
+    from transformers import set_seed
+
+    from mmalign.models import ScalarHeadModel, load_adapter
+    from mmalign.ppo import PPOConfig, PPOTrainer, build_models
+    from mmalign.qlora import LoraSettings
+
+    torch.manual_seed(1)
+    scorer = load_adapter(tiny_dirs["llava"])
+    scorer.add_lora(LoraSettings(r=4, alpha=8, dropout=0.0))
+    ScalarHeadModel(scorer, kind="reward").save_pretrained(tmp_path / "reward")
+    args = PPOConfig(output_dir=str(tmp_path / "run"), reward_model_path=str(tmp_path / "reward"), rollout_batch_size=2,
+                     per_device_train_batch_size=1, per_device_eval_batch_size=2, ppo_epochs=2, max_steps=3,
+                     max_new_tokens=4, report_to="none", use_cpu=True, save_strategy="no", max_length=256, seed=0,
+                     max_nonfinite_steps=3)
+    prompts = Dataset.from_dict({"images": [[Image.new("RGB", (32, 32), c)] for c in ("red", "blue")],
+                                 "prompt": ["is there a cat?", "what color is it?"]})
+    set_seed(0)
+    adapter, reward, _, critics = build_models(
+        ModelConfig(model_name_or_path=str(tiny_dirs["llava"]), lora_r=4, lora_alpha=8, lora_dropout=0.0), args)
+    trainer = PPOTrainer(adapter, args, prompts, reward, None, critics)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    # the policy's first LoRA layer outputs NaN whenever gradients are on (PPO minibatches, not the rollout)
+    lora = next(m for n, m in adapter.model.named_modules() if n.endswith("lora_A.default"))
+    lora.register_forward_hook(lambda module, inputs, output: output * float("nan") if torch.is_grad_enabled() else None)
+    with caplog.at_level("WARNING", logger="mmalign.ppo.trainer"), pytest.raises(
+            NonFiniteTrainingError, match="PPO stopped in iteration 1: 3 minibatch steps in a row had a NaN/inf"):
+        trainer.train()
+    assert "minibatch step skipped (1 in a row, 1 in total)" in caplog.text
+    assert trainer.nonfinite_skipped == 3 and trainer.iteration == 0
+    for name, p in trainer.model.named_parameters():
+        if p.requires_grad:  # policy, critic and value head: no step was taken
+            assert torch.equal(p.detach(), before[name]), name
+    checkpoint = tmp_path / "run" / "checkpoint-0"
+    assert checkpoint_problem(checkpoint) is None
+    policy = load_file(checkpoint / "adapter_model.safetensors")
+    assert policy and all(torch.isfinite(v).all() for v in policy.values())
