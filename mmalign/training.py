@@ -114,7 +114,8 @@ class NonFiniteGuard:
 
     def skip_if_nonfinite(self, model: torch.nn.Module) -> bool:
         """Drop this step's gradients if its loss or any gradient is not finite; True if skipped."""
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        # FSDP 2 keeps each process's shard as a DTensor: check the local part, decide together below
+        grads = [_local(p.grad) for p in model.parameters() if p.grad is not None]
         bad = self._nonfinite_flag.to(self.args.device).float()
         if grads:
             norms = torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])
@@ -137,6 +138,11 @@ class NonFiniteGuard:
         if not any(k.startswith("eval_") for k in logs):
             logs[NONFINITE_LOG_KEY] = self.nonfinite_skipped
         super().log(logs, start_time)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This process's part of a sharded (DTensor) gradient; a plain tensor as it is."""
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 class _NonFiniteCallback(TrainerCallback):
