@@ -58,6 +58,23 @@ class QuantizationConfig:
         )
 
 
+def keep_training_layout(model: torch.nn.Module) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for AVX512-BF16 CPUs; returns layers seen.
+
+    On such CPUs a ``Linear4bit`` converts its weight to a CPU-only packed layout (with
+    bf16 block scales) the first time it runs in eval mode without gradients, e.g. during
+    generation. Afterwards a training forward through that layer fails (an in-place bias add
+    on a leaf) and evaluation numerics differ from training's. One layout keeps generation,
+    log-probs and training consistent on every machine; GPUs never take that path.
+    """
+    layers = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            layers += 1
+    return layers
+
+
 @dataclass
 class LoraSettings:
     """LoRA on the language model's linear layers.

@@ -25,7 +25,7 @@ from PIL import Image
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mmalign.models.cards import ModelCard, get_card, list_cards
-from mmalign.qlora import LoraSettings, QuantizationConfig, lora_target_regex, resolve_dtype
+from mmalign.qlora import LoraSettings, QuantizationConfig, keep_training_layout, lora_target_regex, resolve_dtype
 
 #: A prompt is either plain user text (images go before it in one user turn) or a list of
 #: chat messages in the transformers / TRL conversational format.
@@ -304,6 +304,8 @@ class VLMAdapter:
         model = cls.model_class.from_pretrained(  # safetensors only: never unpickle a checkpoint
             name_or_path, trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs
         )
+        if quantization is not None and quantization.load_in_4bit:
+            keep_training_layout(model)
         processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         adapter = cls(model, processor, card)
         adapter.freeze(train_projector=train_projector)
