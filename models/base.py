@@ -25,7 +25,13 @@ from PIL import Image
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mmalign.models.cards import ModelCard, get_card, list_cards
-from mmalign.qlora import LoraSettings, QuantizationConfig, keep_training_layout, lora_target_regex, resolve_dtype
+from mmalign.qlora import (
+    LoraSettings,
+    QuantizationConfig,
+    keep_training_layout,
+    lora_target_regex,
+    resolve_dtype,
+)
 
 #: A prompt is either plain user text (images go before it in one user turn) or a list of
 #: chat messages in the transformers / TRL conversational format.
