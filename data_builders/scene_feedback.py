@@ -65,13 +65,18 @@ def _apply(text: str, edits: list[tuple[int, int, str]]) -> str:
     return re.sub(r"\s+([,.])", r" \1", re.sub(r"\s{2,}", " ", text)).strip()
 
 
+def _sentence_tail(tokens: list[tuple[str, int, int]], i: int) -> bool:
+    """``in this picture`` ends the sentence of "there is a ... in this picture", not a clause."""
+    return [t for t, _, _ in tokens[i : i + 3]] == ["in", "this", "picture"]
+
+
 def _clause(tokens: list[tuple[str, int, int]], i: int) -> tuple[int, int]:
     """Character range of the clause around token ``i``, with one adjoining delimiter."""
     lo = i
     while lo > 0 and tokens[lo - 1][0] not in CLAUSE_BREAKS | LEADS:
         lo -= 1
     hi = i
-    while hi + 1 < len(tokens) and tokens[hi + 1][0] not in CLAUSE_BREAKS:
+    while hi + 1 < len(tokens) and tokens[hi + 1][0] not in CLAUSE_BREAKS and not _sentence_tail(tokens, hi + 1):
         hi += 1
     if lo > 0 and tokens[lo - 1][0] in (",", "and"):
         return tokens[lo - 1][1], tokens[hi][2]  # drop the delimiter before the clause
@@ -80,12 +85,19 @@ def _clause(tokens: list[tuple[str, int, int]], i: int) -> tuple[int, int]:
     return tokens[lo][1], tokens[hi][2]
 
 
-def correct_caption(caption: str, scene: Scene) -> CaptionCorrection:
-    """Fix the objects and colours of a description against the scene's annotations."""
+def correct_caption(caption: str, scene: Scene, *, replace_absent: bool = True) -> CaptionCorrection:
+    """Fix the objects and colours of a description against the scene's annotations.
+
+    An absent object is replaced by a present one the caption left out, or, with
+    ``replace_absent=False`` (or none left), its clause is removed; a caption naming only
+    absent objects still has its first one replaced, so the correction names something.
+    """
     tokens = _tokens(caption)
     mentioned = {NOUNS[t][0] for t, _, _ in tokens if t in NOUNS}
     present = scene.categories
     spare = [c for c in present if c not in mentioned]
+    if not replace_absent:
+        spare = spare[:1] if mentioned and not mentioned & set(present) else []
     result = CaptionCorrection(corrected=caption)
     edits: list[tuple[int, int, str]] = []
     for i, (word, start, end) in enumerate(tokens):
@@ -154,6 +166,7 @@ def scene_feedback_records(
     batch_size: int = 32,
     max_new_tokens: int = 48,
     include_correct_answers: bool = True,
+    replace_absent: bool = True,
 ) -> tuple[list[dict[str, Any]], FeedbackStats]:
     """Generate with ``adapter`` on scenes ``start..start+n-1`` of ``split`` and correct it.
 
@@ -161,6 +174,7 @@ def scene_feedback_records(
     evaluation never share an image. Existence answers the model gets right are paired
     with the flipped answer when ``include_correct_answers`` (keeping yes/no balanced,
     which plain DPO on unbalanced yes/no pairs needs to avoid collapsing to one answer).
+    ``replace_absent`` chooses how a named absent object is corrected (see :func:`correct_caption`).
     """
     rng = random.Random(f"scene-feedback-{seed}")
     scenes = [scene_at(config, start + i, split) for i in range(n_scenes)]
@@ -176,7 +190,7 @@ def scene_feedback_records(
         answers = adapter.generate([images[k] for k, _ in questions], prompts, max_new_tokens=3) if questions else []
         for scene, image, caption in zip(chunk, images, captions):
             stats.captions += 1
-            fix = correct_caption(caption, scene)
+            fix = correct_caption(caption, scene, replace_absent=replace_absent)
             if fix.hallucinated:
                 stats.captions_with_hallucination += 1
                 stats.hallucinated_objects += len(fix.hallucinated)

@@ -26,6 +26,19 @@ def test_absent_object_replaced_by_an_unmentioned_present_one():
     assert [fix.corrected[a:b] for a, b in spans.chosen] == ["ball"]
 
 
+def test_absent_object_removed_when_replacing_is_off():
+    text = "the image shows a small blue cup on the left and a large red table on the right ."
+    fix = correct_caption(text, CUP_TABLE, replace_absent=False)
+    assert fix.hallucinated == ["table"]
+    assert fix.corrected == "the image shows a small blue cup on the left ."
+    # a caption naming only absent objects keeps one, replaced, instead of becoming "there is ."
+    fix = correct_caption("there is a table and a car in this picture .", CUP_TABLE, replace_absent=False)
+    assert fix.hallucinated == ["table", "car"]
+    assert fix.corrected == "there is a cup in this picture ."
+    fix = correct_caption("there is a cup , a ball and a table in this picture .", CUP_TABLE)
+    assert fix.corrected == "there is a cup , a ball in this picture ."
+
+
 def test_clause_removed_when_nothing_is_left_to_name():
     text = "the image shows a blue cup , a red ball and a small table on the right ."
     fix = correct_caption(text, CUP_TABLE)
