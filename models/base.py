@@ -307,8 +307,12 @@ class VLMAdapter:
             kwargs["device_map"] = device_map
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
-        model = cls.model_class.from_pretrained(  # safetensors only: never unpickle a checkpoint
-            name_or_path, trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs
+        folder = Path(name_or_path)
+        if folder.is_dir() and not any(folder.glob("*.safetensors")):  # never unpickle a checkpoint
+            raise FileNotFoundError(f"{folder}: no .safetensors weights (checkpoints are read from "
+                                    "safetensors only, never from pickle files)")
+        model = cls.model_class.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code, **kwargs
         )
         if quantization is not None and quantization.load_in_4bit:
             keep_training_layout(model)
