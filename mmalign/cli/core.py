@@ -67,7 +67,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from mmalign.demo import DemoConfig, run_demo
 
     config = DemoConfig(eval_scenes=args.eval_scenes, feedback_scenes=args.feedback_scenes, seed=args.seed,
-                        model=args.model, epochs=args.epochs)
+                        model=args.model, epochs=args.epochs, learning_rate=args.learning_rate,
+                        replace_absent=args.replace_absent)
     report = run_demo(args.out, config)
     print(f"\nreport: {report}")
     return 0
@@ -122,8 +123,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--model", default="scene-vlm", help="base model (default: the shipped scene-vlm)")
     p.add_argument("--eval-scenes", type=int, default=200, help="held-out scenes for evaluation (default: 200)")
-    p.add_argument("--feedback-scenes", type=int, default=150, help="scenes for feedback pairs (default: 150)")
-    p.add_argument("--epochs", type=float, default=1.0, help="Dense DPO epochs (default: 1)")
+    p.add_argument("--feedback-scenes", type=int, default=600, help="scenes for feedback pairs (default: 600)")
+    p.add_argument("--epochs", type=float, default=2.0, help="Dense DPO epochs (default: 2)")
+    p.add_argument("--learning-rate", type=float, default=1e-3, help="LoRA learning rate (default: 1e-3)")
+    p.add_argument("--replace-absent", action="store_true",
+                   help="correct a hallucinated object by naming a present one instead of removing its clause")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 

@@ -181,7 +181,8 @@ def cmd_build_scene_feedback(args: argparse.Namespace) -> int:
     if args.adapter:
         adapter.load_adapter(args.adapter)
     records, stats = scene_feedback_records(adapter, WorldConfig(seed=args.seed), args.scenes, seed=args.seed,
-                                            include_correct_answers=not args.wrong_only)
+                                            include_correct_answers=not args.wrong_only,
+                                            replace_absent=not args.remove_absent)
     report = save_preference_dataset(records, args.out)
     _report(report, "preference (scene-world corrections)")
     print("  " + json.dumps(stats.__dict__))
@@ -364,6 +365,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--load-in-4bit", action="store_true", help="load the model in 4-bit NF4")
     p.add_argument("--wrong-only", action="store_true", help="only pair answers the model got wrong")
+    p.add_argument("--remove-absent", action="store_true",
+                   help="correct a named absent object by removing its clause instead of naming a present "
+                   "object the caption left out (the demo's choice: replacements teach a weakly grounded model "
+                   "to name objects it cannot see)")
     p.add_argument("--out", required=True, help="output dataset folder")
     p.set_defaults(func=cmd_build_scene_feedback)
 
