@@ -20,6 +20,28 @@ def tiny_dirs(tmp_path_factory):
     return {fam: save_tiny(fam, root / fam, seed=0) for fam in FAMILIES}
 
 
+@pytest.fixture(scope="session")
+def save_scorers(tiny_dirs, tmp_path_factory):
+    """``save_scorers(cost_bias)`` -> folder with a reward and a cost model (random LoRA + head)
+    on the tiny LLaVA; the cost head's bias sets how unsafe everything looks."""
+    from mmalign.models import ScalarHeadModel, load_adapter
+    from mmalign.qlora import LoraSettings
+
+    def save(cost_bias: float):
+        root = tmp_path_factory.mktemp("scorers")
+        for kind, bias in (("reward", 0.0), ("cost", cost_bias)):
+            torch.manual_seed(1)
+            adapter = load_adapter(tiny_dirs["llava"])
+            adapter.add_lora(LoraSettings(r=4, alpha=8, dropout=0.0))
+            model = ScalarHeadModel(adapter, kind=kind)
+            with torch.no_grad():
+                model.head.bias.fill_(bias)
+            model.save_pretrained(root / kind)
+        return root
+
+    return save
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

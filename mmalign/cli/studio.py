@@ -8,25 +8,11 @@ import sys
 
 
 def _fail(message: str) -> int:
+    """Refuse a command line (library errors reach ``mmalign.cli.main``'s handler instead)."""
     print(f"error: {message}", file=sys.stderr)
     return 2
 
 
-def _guarded(func):
-    """Known failures (bad project, bad data) as one clear line and exit code 2."""
-
-    def run(args: argparse.Namespace) -> int:
-        from mmalign.data_builders.schema import RecordError
-
-        try:
-            return func(args)
-        except (FileNotFoundError, ValueError, PermissionError, RecordError) as exc:
-            return _fail(str(exc))
-
-    return run
-
-
-@_guarded
 def cmd_init(args: argparse.Namespace) -> int:
     from mmalign.studio import StudioProject
 
@@ -35,7 +21,6 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
 def cmd_add_annotator(args: argparse.Namespace) -> int:
     from mmalign.studio import StudioProject
 
@@ -45,7 +30,6 @@ def cmd_add_annotator(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
 def cmd_remove_annotator(args: argparse.Namespace) -> int:
     from mmalign.studio import StudioProject
 
@@ -54,7 +38,6 @@ def cmd_remove_annotator(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
 def cmd_load(args: argparse.Namespace) -> int:
     from mmalign.data_builders.storage import open_dataset
     from mmalign.studio import (
@@ -93,7 +76,6 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
 def cmd_assign(args: argparse.Namespace) -> int:
     from mmalign.studio import StudioProject
 
@@ -103,7 +85,6 @@ def cmd_assign(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
 def cmd_status(args: argparse.Namespace) -> int:
     from mmalign.studio import StudioProject
 
@@ -115,7 +96,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
 def cmd_serve(args: argparse.Namespace) -> int:
     from mmalign.studio import StudioProject, serve
 
@@ -124,7 +104,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
 def cmd_export(args: argparse.Namespace) -> int:
     from mmalign.studio import StudioProject, export_project
 
@@ -135,7 +114,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
 def cmd_rank(args: argparse.Namespace) -> int:
     from mmalign.studio import StudioProject, rank_by_disagreement
 

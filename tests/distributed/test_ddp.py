@@ -58,21 +58,9 @@ def recipes(tiny_dirs, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def scorers(tiny_dirs, tmp_path_factory):
-    """A reward and a cost model (random LoRA + head, the cost model biased to unsafe) on the tiny LLaVA."""
-    from mmalign.models import ScalarHeadModel, load_adapter
-    from mmalign.qlora import LoraSettings
-
-    root = tmp_path_factory.mktemp("scorers")
-    for kind, bias in (("reward", 0.0), ("cost", 1.0)):
-        torch.manual_seed(1)
-        adapter = load_adapter(tiny_dirs["llava"])
-        adapter.add_lora(LoraSettings(r=4, alpha=8, dropout=0.0))
-        model = ScalarHeadModel(adapter, kind=kind)
-        with torch.no_grad():
-            model.head.bias.fill_(bias)
-        model.save_pretrained(root / kind)
-    return root
+def scorers(save_scorers):
+    """A reward and a cost model, the cost model biased to unsafe."""
+    return save_scorers(cost_bias=1.0)
 
 
 def free_port() -> int:

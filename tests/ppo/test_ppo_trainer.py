@@ -10,26 +10,15 @@ from PIL import Image
 
 from mmalign.cli import main
 from mmalign.model_config import ModelConfig
-from mmalign.models import ScalarHeadModel, load_adapter
+from mmalign.models import load_adapter
 from mmalign.ppo import PPOConfig, PPOTrainer, build_models
-from mmalign.qlora import LoraSettings
 
 COLORS = ("red", "blue", "green", "yellow")
 
 
 @pytest.fixture(scope="module")
-def scorers(tiny_dirs, tmp_path_factory):
-    """A reward and a cost model (random LoRA + head) saved on the tiny LLaVA."""
-    root = tmp_path_factory.mktemp("scorers")
-    for kind, bias in (("reward", 0.0), ("cost", 3.0)):
-        torch.manual_seed(1)
-        adapter = load_adapter(tiny_dirs["llava"])
-        adapter.add_lora(LoraSettings(r=4, alpha=8, dropout=0.0))
-        model = ScalarHeadModel(adapter, kind=kind)
-        with torch.no_grad():
-            model.head.bias.fill_(bias)
-        model.save_pretrained(root / kind)
-    return root
+def scorers(save_scorers):
+    return save_scorers(cost_bias=3.0)
 
 
 def prompts(n=4):
