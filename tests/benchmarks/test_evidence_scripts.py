@@ -44,3 +44,25 @@ def test_runs_from_several_invocations_merge_by_seed_and_model(tmp_path):
                     {"seed": 1, "models": {"fact_rm_prompt": {"accuracy": 4.0}, "rm": {"accuracy": 3.0}}}]
     summary = reward_models.summarise(runs)
     assert summary["rm"]["seeds"] == 2 and summary["cost"]["seeds"] == 1 and summary["rm"]["accuracy"] == 2.0
+
+
+def test_dpo_scene_table_over_seeds(tmp_path):
+    import json
+
+    from mmalign.benchmarks import dpo_scene
+    from mmalign.demo import DemoConfig
+
+    headline = {"F1 (mean of splits)": 60.0, "Accuracy (mean)": 55.0, "CHAIR_s": 40.0, "CHAIR_i": 20.0,
+                "Recall": 60.0, "Length (words)": 10.0, "weights_MB": 4.0}
+    (tmp_path / "measured").mkdir()
+    for seed, chair in ((0, 30.0), (1, 34.0)):
+        for method in ("ddpo-qlora", "dpo-qlora"):
+            row = {**headline, "CHAIR_s": chair + (5.0 if method == "dpo-qlora" else 0.0)}
+            (tmp_path / "measured" / f"seed{seed}-{method}.json").write_text(json.dumps(row))
+    runs = dpo_scene.load_runs(tmp_path)
+    assert [sorted(r["models"]) for r in runs] == [["ddpo-qlora", "dpo-qlora"]] * 2
+    table = dpo_scene.markdown(dpo_scene.summarise(runs), {"base-4bit": headline}, [0, 1], DemoConfig())
+    assert "| base-4bit | - | 60.0 | 55.0 | 40.0 | 20.0 | 60.0 | 10.0 | 4.0 |" in table
+    assert "| ddpo-qlora | 2 | 60.0 ± 0.0 | 55.0 ± 0.0 | 32.0 ± 2.8 |" in table
+    assert "| dpo-qlora | 2 | 60.0 ± 0.0 | 55.0 ± 0.0 | 37.0 ± 2.8 |" in table
+    assert "ddpo-lora" not in table  # methods not run are left out
