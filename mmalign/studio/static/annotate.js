@@ -90,23 +90,19 @@
     Studio.submit({corrections: marks.map(function (m) { return {start: m.start, end: m.end, text: m.text}; })});
   }
 
-  document.getElementById("submit").addEventListener("click", submit);
-  document.addEventListener("keydown", function (event) {
-    if (event.isComposing || event.ctrlKey || event.metaKey || event.altKey) return;
-    const inBox = Studio.inTextBox(document.activeElement);
-    if (event.key === "Enter") {
-      event.preventDefault();
-      submit();
-    } else if (event.key === "Escape" && inBox) {
+  Studio.bindKeys(submit, function (event, inBox) {
+    if (event.key === "Escape" && inBox) {
       document.activeElement.blur();
       answerEl.focus();
-    } else if (!inBox && event.key === "s") {
-      Studio.skip();
-    } else if (!inBox && event.key === "Backspace" && marks.length) {
+      return true;
+    }
+    if (!inBox && event.key === "Backspace" && marks.length) {
       event.preventDefault();
       marks.pop();
       render();
+      return true;
     }
+    return false;
   });
   render();
 })();

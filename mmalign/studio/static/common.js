@@ -54,16 +54,34 @@
     message("You already submitted this item.");
   }
 
+  function skip() {
+    run(data.skip_url, {});
+  }
+
+  // The keys every page shares (Enter submits, s skips outside a text box); pageKey(event, inBox)
+  // handles the page's own keys first and returns true when it did.
+  function bindKeys(submit, pageKey) {
+    submitButton.addEventListener("click", submit);
+    document.addEventListener("keydown", function (event) {
+      if (event.isComposing || event.ctrlKey || event.metaKey || event.altKey) return;
+      const inBox = inTextBox(document.activeElement);
+      if (event.key === "Enter") {
+        event.preventDefault();
+        submit();
+      } else if (!pageKey(event, inBox) && !inBox && event.key === "s") {
+        skip();
+      }
+    });
+  }
+
   window.Studio = {
     data: data,
     message: message,
-    inTextBox: inTextBox,
+    bindKeys: bindKeys,
     submit: function (body) {
       if (!data.submitted) run(data.submit_url, body);
     },
-    skip: function () {
-      run(data.skip_url, {});
-    },
+    skip: skip,
   };
-  document.getElementById("skip").addEventListener("click", function () { window.Studio.skip(); });
+  document.getElementById("skip").addEventListener("click", skip);
 })();

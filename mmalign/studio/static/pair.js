@@ -28,18 +28,10 @@
     Studio.submit(body);
   }
 
-  document.getElementById("submit").addEventListener("click", submit);
-  document.addEventListener("keydown", function (event) {
-    if (event.isComposing || event.ctrlKey || event.metaKey || event.altKey) return;
-    const inBox = Studio.inTextBox(document.activeElement);
-    if (event.key === "Enter") {
-      event.preventDefault();
-      submit();
-    } else if (!inBox && keys[event.key]) {
-      const pick = keys[event.key];
-      document.querySelector('input[name="' + pick[0] + '"][value="' + pick[1] + '"]').checked = true;
-    } else if (!inBox && event.key === "s") {
-      Studio.skip();
-    }
+  Studio.bindKeys(submit, function (event, inBox) {
+    if (inBox || !keys[event.key]) return false;
+    const pick = keys[event.key];
+    document.querySelector('input[name="' + pick[0] + '"][value="' + pick[1] + '"]').checked = true;
+    return true;
   });
 })();
