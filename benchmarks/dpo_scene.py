@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mmalign.benchmarks.reward_models import load_runs, summarise
-from mmalign.demo import DemoConfig
+from mmalign.demo import DemoConfig, build_feedback_pairs, demo_policy, demo_training_args
 
 #: method -> (DPO loss type, 4-bit base)
 METHODS = {"ddpo-qlora": ("ddpo", True), "dpo-qlora": ("sigmoid", True), "ddpo-lora": ("ddpo", False)}
@@ -51,9 +51,6 @@ def weight_megabytes(model) -> float:
 def build_data(config: DemoConfig, out: Path) -> tuple[Path, Path]:
     """Held-out world and the correction pairs, built once with the 4-bit base (as the demo)."""
     from mmalign.data_builders.scene_exports import make_world
-    from mmalign.data_builders.scene_feedback import scene_feedback_records
-    from mmalign.data_builders.scene_world import WorldConfig
-    from mmalign.data_builders.storage import save_preference_dataset
     from mmalign.models import load_adapter
 
     world, pairs = out / "world", out / "pairs"
@@ -61,10 +58,7 @@ def build_data(config: DemoConfig, out: Path) -> tuple[Path, Path]:
         make_world(world, seed=config.seed, size=config.eval_scenes)
     if not (pairs / "mmalign_dataset.json").exists():
         base = load_adapter(config.model, quantization=_quantization(True))
-        records, stats = scene_feedback_records(base, WorldConfig(seed=config.seed), config.feedback_scenes,
-                                                seed=config.seed, replace_absent=config.replace_absent)
-        save_preference_dataset(records, pairs)
-        (out / "pairs-stats.json").write_text(json.dumps(asdict(stats), indent=1))
+        build_feedback_pairs(base, config, pairs, out / "pairs-stats.json")
     return world, pairs
 
 
@@ -90,21 +84,13 @@ def reference_data(config: DemoConfig, pairs: Path, four_bit: bool, out: Path):
 def run_method(config: DemoConfig, method: str, seed: int, world: Path, pairs: Path, out: Path) -> dict[str, Any]:
     """Train one (method, seed) with the demo's recipe and evaluate it on the held-out scenes."""
     from mmalign.demo import evaluate_scene_model
-    from mmalign.dpo import DPOConfig, DPOTrainer
-    from mmalign.model_config import ModelConfig
+    from mmalign.dpo import DPOTrainer
 
     loss_type, four_bit = METHODS[method]
     data = reference_data(config, pairs, four_bit, out)
-    policy = ModelConfig(model_name_or_path=config.model, load_in_4bit=four_bit, bnb_4bit_compute_dtype="float32",
-                         lora_r=config.lora_r, lora_alpha=2 * config.lora_r, lora_dropout=0.0).load()
+    policy = demo_policy(config, four_bit=four_bit)
     run_dir = out / "runs" / f"{method}-seed{seed}"
-    args = DPOConfig(
-        output_dir=str(run_dir / "train"), loss_type=loss_type, beta=config.beta, gamma=config.gamma,
-        sft_weight=config.sft_weight, share_prefix=True, precompute_ref_logps=True,
-        per_device_train_batch_size=config.batch_size, num_train_epochs=config.epochs,
-        learning_rate=config.learning_rate, lr_scheduler_type="cosine", warmup_steps=5, logging_steps=10,
-        save_strategy="no", report_to="none", seed=seed, max_length=config.max_length, per_device_eval_batch_size=32,
-    )
+    args = demo_training_args(config, run_dir / "train", loss_type=loss_type, seed=seed)
     trainer = DPOTrainer(policy, args, train_dataset=data)
     start = time.perf_counter()
     trainer.train()

@@ -67,21 +67,51 @@ def evaluate_scene_model(adapter, world_dir: Path, out: Path, name: str, *, prog
     return {**pope.headline, **chair.headline}
 
 
+def build_feedback_pairs(adapter, config: DemoConfig, pairs_dir: Path, stats_file: Path) -> None:
+    """Correction pairs from ``adapter``'s answers on the feedback scenes, with their statistics."""
+    from mmalign.data_builders.scene_feedback import scene_feedback_records
+    from mmalign.data_builders.scene_world import WorldConfig
+    from mmalign.data_builders.storage import save_preference_dataset
+
+    records, stats = scene_feedback_records(adapter, WorldConfig(seed=config.seed), config.feedback_scenes,
+                                            seed=config.seed, replace_absent=config.replace_absent)
+    save_preference_dataset(records, pairs_dir)
+    stats_file.write_text(json.dumps(asdict(stats), indent=2))
+
+
+def demo_policy(config: DemoConfig, *, four_bit: bool = True):
+    """The base with a fresh LoRA, in 4-bit NF4 (QLoRA) or fp32."""
+    from mmalign.model_config import ModelConfig
+
+    return ModelConfig(model_name_or_path=config.model, load_in_4bit=four_bit, bnb_4bit_compute_dtype="float32",
+                       lora_r=config.lora_r, lora_alpha=2 * config.lora_r, lora_dropout=0.0).load()
+
+
+def demo_training_args(config: DemoConfig, output_dir: str | Path, *, loss_type: str = "ddpo",
+                       seed: int | None = None):
+    """The demo's preference-optimisation recipe (shared prefix, precomputed reference)."""
+    from mmalign.dpo import DPOConfig
+
+    return DPOConfig(
+        output_dir=str(output_dir), loss_type=loss_type, beta=config.beta, gamma=config.gamma,
+        sft_weight=config.sft_weight,
+        share_prefix=True, precompute_ref_logps=True, per_device_train_batch_size=config.batch_size,
+        num_train_epochs=config.epochs, learning_rate=config.learning_rate, lr_scheduler_type="cosine",
+        warmup_steps=5, logging_steps=10, save_strategy="no", report_to="none",
+        seed=config.seed if seed is None else seed, max_length=config.max_length, per_device_eval_batch_size=32,
+    )
+
+
 def run_demo(out_dir: str | Path, config: DemoConfig | None = None,
              progress: Callable[[str], None] | None = print) -> Path:
     """Run every stage; returns the path of the markdown report."""
     from mmalign.data_builders.scene_exports import make_world
-    from mmalign.data_builders.scene_feedback import scene_feedback_records
-    from mmalign.data_builders.scene_world import WorldConfig
-    from mmalign.data_builders.storage import save_preference_dataset
-    from mmalign.dpo import DPOConfig, DPOTrainer
-    from mmalign.model_config import ModelConfig
+    from mmalign.dpo import DPOTrainer
     from mmalign.models import load_adapter
     from mmalign.qlora import QuantizationConfig
 
     config = config or DemoConfig()
     out = Path(out_dir)
-    world = WorldConfig(seed=config.seed)
     world_dir = out / "world"
     if not (world_dir / "world.json").exists():
         _say(progress, f"[1/5] writing {config.eval_scenes} held-out scenes and benchmark files")
@@ -96,10 +126,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None,
     stats_file = out / "pairs-stats.json"
     if not (pairs_dir / "mmalign_dataset.json").exists():
         _say(progress, f"[3/5] building Dense-DPO pairs from the model's answers on {config.feedback_scenes} scenes")
-        records, stats = scene_feedback_records(base, world, config.feedback_scenes, seed=config.seed,
-                                                replace_absent=config.replace_absent)
-        save_preference_dataset(records, pairs_dir)
-        stats_file.write_text(json.dumps(asdict(stats), indent=2))
+        build_feedback_pairs(base, config, pairs_dir, stats_file)
     pair_stats = json.loads(stats_file.read_text())
 
     adapter_dir = out / "adapter"
@@ -107,17 +134,9 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None,
         _say(progress, "[4/5] training a 4-bit QLoRA adapter with Dense DPO")
         from mmalign.data_builders.storage import load_preference_dataset
 
-        policy = ModelConfig(model_name_or_path=config.model, load_in_4bit=True, bnb_4bit_compute_dtype="float32",
-                             lora_r=config.lora_r, lora_alpha=2 * config.lora_r, lora_dropout=0.0).load()
-        args = DPOConfig(
-            output_dir=str(out / "train"), loss_type="ddpo", beta=config.beta, gamma=config.gamma,
-            sft_weight=config.sft_weight,
-            share_prefix=True, precompute_ref_logps=True, per_device_train_batch_size=config.batch_size,
-            num_train_epochs=config.epochs, learning_rate=config.learning_rate, lr_scheduler_type="cosine",
-            warmup_steps=5, logging_steps=10, save_strategy="no", report_to="none", seed=config.seed,
-            max_length=config.max_length, per_device_eval_batch_size=32,
-        )
-        trainer = DPOTrainer(policy, args, train_dataset=load_preference_dataset(pairs_dir))
+        policy = demo_policy(config)
+        trainer = DPOTrainer(policy, demo_training_args(config, out / "train"),
+                             train_dataset=load_preference_dataset(pairs_dir))
         trainer.train()
         policy.save_adapter(adapter_dir)
         (out / "train-log.json").write_text(json.dumps(trainer.state.log_history, indent=2))
