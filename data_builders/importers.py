@@ -23,6 +23,7 @@ from typing import Any
 from mmalign.data_builders.corrections import correction_record
 from mmalign.data_builders.images import PIL_LIMIT, ImageOptions
 from mmalign.data_builders.schema import (
+    IMAGE_PLACEHOLDER,
     PREFERENCE,
     PROMPTS,
     SIDES,
@@ -35,7 +36,6 @@ from mmalign.data_builders.schema import (
 from mmalign.data_builders.sources import default_image_root, iter_rows, require
 from mmalign.data_builders.storage import WriteReport, write_dataset
 
-IMAGE_TOKEN = "<image>"
 LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                "llava": "assistant"}
 _MULTIPLE_CHOICE = re.compile(r"(^|\n)\s*\(?[A-D][.)]\s")
@@ -237,7 +237,7 @@ def llava_messages(turns: Any, n_images: int, fld: str = "conversations") -> lis
         if role is None:
             raise RecordError(f"turn {i} has unknown speaker {turn.get('from')!r}", field=fld)
         parts: list[dict[str, Any]] = []
-        for j, piece in enumerate(turn["value"].split(IMAGE_TOKEN)):
+        for j, piece in enumerate(turn["value"].split(IMAGE_PLACEHOLDER)):
             if j > 0:
                 parts.append({"type": "image", "text": None})
                 placed += 1
@@ -245,7 +245,7 @@ def llava_messages(turns: Any, n_images: int, fld: str = "conversations") -> lis
                 parts.append({"type": "text", "text": piece.strip()})
         messages.append({"role": role, "content": parts})
     if placed > n_images:
-        raise RecordError(f"has {placed} {IMAGE_TOKEN} placeholders but the row has {n_images} image(s)",
+        raise RecordError(f"has {placed} {IMAGE_PLACEHOLDER} placeholders but the row has {n_images} image(s)",
                           field=fld)
     first_user = next((m for m in messages if m["role"] == "user"), None)
     if first_user is None:

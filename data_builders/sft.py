@@ -18,8 +18,9 @@ from typing import Any
 
 from datasets import Dataset, Features, Image, List, Value, load_from_disk
 
+from mmalign.data_builders.schema import IMAGE_PLACEHOLDER
+
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-IMAGE_PLACEHOLDER = "<image>"
 
 MESSAGE_FEATURE = List(
     {"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})}
