@@ -100,7 +100,6 @@ class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, Trainer):
             raise ValueError("image_feature_cache_dir needs cache_image_features: true")
         self.adapter = adapter
         self.reference = reference
-        self.feature_cache_dir = args.image_feature_cache_dir
         self.feature_caches: dict[int, ImageFeatureCache] = {}
         if args.precompute_ref_logps:
             train_dataset, eval_dataset = (
@@ -118,7 +117,7 @@ class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, Trainer):
         if dataset is None or all(c in dataset.column_names for c in REF_COLUMNS):
             return dataset
         reference = self.reference or self.adapter
-        cache = self._disk_cache(reference) if self.feature_cache_dir else None
+        cache = self._disk_cache(reference, args.image_feature_cache_dir) if args.image_feature_cache_dir else None
         return precompute_reference_logps(reference, dataset, max_length=args.max_length,
                                           batch_size=args.per_device_eval_batch_size,
                                           share_prefix=args.share_prefix, feature_cache=cache)
@@ -127,13 +126,13 @@ class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, Trainer):
     def _features(self, adapter: VLMAdapter, batch: EncodedBatch) -> dict[str, Any] | None:
         if not self.args.cache_image_features:
             return None
-        if self.feature_cache_dir:
-            return self._disk_cache(adapter).features(batch)
+        if self.args.image_feature_cache_dir:
+            return self._disk_cache(adapter, self.args.image_feature_cache_dir).features(batch)
         return adapter.image_features(batch)
 
-    def _disk_cache(self, adapter: VLMAdapter) -> ImageFeatureCache:
+    def _disk_cache(self, adapter: VLMAdapter, directory: str) -> ImageFeatureCache:
         if id(adapter) not in self.feature_caches:
-            self.feature_caches[id(adapter)] = ImageFeatureCache(self.feature_cache_dir, adapter)
+            self.feature_caches[id(adapter)] = ImageFeatureCache(directory, adapter)
         return self.feature_caches[id(adapter)]
 
     def pair_logprobs(
