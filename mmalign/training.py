@@ -114,20 +114,15 @@ class NonFiniteGuard:
 
     def skip_if_nonfinite(self, model: torch.nn.Module) -> bool:
         """Drop this step's gradients if its loss or any gradient is not finite; True if skipped."""
-        # FSDP 2 keeps each process's shard as a DTensor: check the local part, decide together below
-        grads = [_local(p.grad) for p in model.parameters() if p.grad is not None]
         bad = self._nonfinite_flag.to(self.args.device).float()
-        if grads:
-            norms = torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])
-            bad = torch.maximum(bad, (~torch.isfinite(norms).all()).float().to(bad.device))
+        bad = torch.maximum(bad, nonfinite_gradients(model).float().to(bad.device))
         if self.accelerator.num_processes > 1:  # one decision for all processes (sharded grads, local losses)
             bad = self.accelerator.reduce(bad.reshape(1), reduction="sum")
         self._nonfinite_flag = torch.zeros((), dtype=torch.bool)
         if not bool(bad.sum() > 0):
             self.nonfinite_consecutive = 0
             return False
-        for p in model.parameters():
-            p.grad = None
+        drop_gradients(model)
         self.nonfinite_skipped += 1
         self.nonfinite_consecutive += 1
         logger.warning("step %d: non-finite loss or gradient, optimizer step skipped (%d in a row, %d in total)",
@@ -143,6 +138,24 @@ class NonFiniteGuard:
 def _local(t: torch.Tensor) -> torch.Tensor:
     """This process's part of a sharded (DTensor) gradient; a plain tensor as it is."""
     return t.to_local() if hasattr(t, "to_local") else t
+
+
+def nonfinite_gradients(model: torch.nn.Module) -> torch.Tensor:
+    """A 0-dim bool tensor: does any gradient hold a NaN / inf? (No device sync.)
+
+    FSDP 2 keeps each process's shard as a DTensor: the local part is checked, and callers
+    decide together across processes.
+    """
+    grads = [_local(p.grad) for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros((), dtype=torch.bool)
+    return ~torch.isfinite(torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])).all()
+
+
+def drop_gradients(model: torch.nn.Module) -> None:
+    """Forget this step's gradients, so the optimizer step leaves weights and moments untouched."""
+    for p in model.parameters():
+        p.grad = None
 
 
 class _NonFiniteCallback(TrainerCallback):

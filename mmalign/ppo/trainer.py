@@ -44,7 +44,13 @@ from mmalign.ppo.config import PPOConfig
 from mmalign.ppo.plots import plot_ppo_logs
 from mmalign.ppo.shaping import shaping_terms
 from mmalign.reward.scoring import RewardScorer
-from mmalign.training import NONFINITE_LOG_KEY, NonFiniteTrainingError, checkpoint_problem
+from mmalign.training import (
+    NONFINITE_LOG_KEY,
+    NonFiniteTrainingError,
+    checkpoint_problem,
+    drop_gradients,
+    nonfinite_gradients,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -337,15 +343,11 @@ class PPOTrainer(Trainer):
         After ``max_nonfinite_steps`` in a row ``nonfinite_stop`` is set; the loop then saves a
         checkpoint and raises (see :class:`~mmalign.training.NonFiniteGuard` for the trainers).
         """
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        bad = any(not math.isfinite(v) for v in stats.values())
-        if grads and not bad:
-            bad = not bool(torch.isfinite(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])).all())
+        bad = any(not math.isfinite(v) for v in stats.values()) or bool(nonfinite_gradients(self.model))
         if self._sum_over_processes(torch.tensor([float(bad)])).item() == 0:
             self.nonfinite_consecutive = 0
             return False
-        for p in self.model.parameters():
-            p.grad = None
+        drop_gradients(self.model)
         self.nonfinite_skipped += 1
         self.nonfinite_consecutive += 1
         logger.warning("PPO iteration %d: non-finite loss or gradient, minibatch step skipped (%d in a row, %d in total)",
