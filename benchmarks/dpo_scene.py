@@ -2,13 +2,8 @@
 
 RLHF-V's ablation asks whether weighting the corrected segments (Dense DPO, γ > 1) cuts
 hallucination more than plain DPO on the same correction pairs; QLoRA should match LoRA on
-a 16-bit base within noise while holding the base weights in a quarter of the memory.
-
-Usage::
-
-    python benchmarks/dpo_scene.py --out runs/dpo-scene                         # every method, seeds 0 1 2
-    python benchmarks/dpo_scene.py --out runs/dpo-scene --methods dpo-qlora --seeds 3
-    python benchmarks/dpo_scene.py --out runs/dpo-quick --quick                 # smoke run
+an unquantised base within noise while holding the base weights in far less memory. Run
+with ``mmalign experiments dpo --out DIR`` or :func:`run_dpo_experiment`.
 
 Every method trains on the same pairs (the demo's: the shipped scene VLM's own answers on
 feedback scenes, corrected against the annotations) with the demo's recipe
@@ -20,9 +15,9 @@ invocations can share a folder; ``results.md`` / ``results.json`` summarise mean
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -139,39 +134,34 @@ def markdown(summary: dict[str, dict[str, float]], base: dict[str, dict[str, flo
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="output folder (data, per-run results, results.md)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--quick", action="store_true", help="a few scenes and one short epoch (smoke run)")
-    args = parser.parse_args(argv)
-    config = DemoConfig()
-    if args.quick:
-        config = replace(config, eval_scenes=4, feedback_scenes=4, epochs=1, batch_size=8)
-    out = Path(args.out)
+def quick_config() -> DemoConfig:
+    """A few scenes and one short epoch (a smoke run, not evidence)."""
+    return replace(DemoConfig(), eval_scenes=4, feedback_scenes=4, epochs=1, batch_size=8)
+
+
+def run_dpo_experiment(out: str | Path, seeds: Sequence[int] = (0, 1, 2), methods: Sequence[str] = tuple(METHODS),
+                       config: DemoConfig | None = None) -> dict[str, Any]:
+    """Train and evaluate each (seed, method) not measured yet; returns ``results.json``'s content."""
+    config = config or DemoConfig()
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown DPO experiment method(s) {unknown}; choose from {sorted(METHODS)}")
+    out = Path(out)
     world, pairs = build_data(config, out)
     measured = out / "measured"
     measured.mkdir(parents=True, exist_ok=True)
-    for seed in args.seeds:
-        for method in args.methods:
+    for seed in seeds:
+        for method in methods:
             file = measured / f"seed{seed}-{method}.json"
             if not file.exists():
                 file.write_text(json.dumps(run_method(config, method, seed, world, pairs, out), indent=1))
-            print(f"seed {seed} {method}: done")
+            print(f"seed {seed} {method}: done", flush=True)
     base_file = out / "base.json"
     if not base_file.exists():
         base_file.write_text(json.dumps(base_results(config, world, out), indent=1))
     base = json.loads(base_file.read_text())
     runs = load_runs(out)
-    summary = summarise(runs)
-    (out / "results.json").write_text(json.dumps({"config": asdict(config), "base": base, "runs": runs,
-                                                  "summary": summary}, indent=1))
-    table = markdown(summary, base, [r["seed"] for r in runs], config)
-    (out / "results.md").write_text(table)
-    print(table)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    results = {"config": asdict(config), "base": base, "runs": runs, "summary": summarise(runs)}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(markdown(results["summary"], base, [r["seed"] for r in runs], config))
+    return results

@@ -1,40 +1,36 @@
-"""PPO (Fact-RLHF) versus Safe RLHF-V's PPO-Lagrangian in the scene world, same budget.
+"""PPO in the scene world: Fact-RM versus plain RM, reward-only PPO versus PPO-Lagrangian.
 
-Usage::
+Fact-RLHF's ablation asks whether PPO against a factually augmented reward model leaves
+less hallucination than PPO against a plain one; Safe RLHF-V's claim is that PPO-Lagrangian
+keeps answers to harmful requests safe where reward-only PPO does not, without losing
+helpfulness. Run with ``mmalign experiments ppo --out DIR`` or
+:func:`run_ppo_experiment`.
 
-    python benchmarks/ppo_scene.py --out runs/ppo-scene                 # 2 seeds, CPU
-    python benchmarks/ppo_scene.py --out runs/ppo-quick --quick          # smoke run
-
-Stages (each written to ``OUT/<stage>`` and reused when present, so a crashed run resumes):
+Stages (each written under ``OUT`` and reused when present, so a crashed run resumes):
 
 1. ``policy-sft``: the scene VLM fine-tuned on its instruction data plus an *imperfect*
    safety mix (each safety prompt answered by a random labelled response, harmful
    compliance included), so the starting policy is sometimes unsafe, like a web-SFT model.
-2. ``reward-model``: a Fact-RM on that policy's corrected answers (hallucination pairs)
-   plus the world's helpfulness pairs; ``cost-model``: a cost model on the safety pairs
-   (graded signs). Both LoRA adapters on the same base as the policy.
-3. For each seed, ``ppo-<seed>`` (reward only, Fact-RLHF shaping; the cost model only
-   logs) and ``safe-ppo-<seed>`` (PPO-Lagrangian, budget ``--budget``) with the same
-   prompts and iterations.
+2. ``reward-model`` (Fact-RM) and ``plain-reward-model`` on the same pairs: that policy's
+   corrected answers (hallucination pairs) plus the world's helpfulness pairs;
+   ``cost-model`` on the safety pairs (graded signs). LoRA adapters on the policy's base.
+3. For each seed, the arms of :data:`ARMS` with the same prompts and iterations.
 4. Held-out evaluation (greedy) of the start policy and every run: Fact-RM score, caption
-   hallucination rate and existence accuracy (against the scene annotations), unsafe rate
-   on harmful requests by the world's labels and by the cost model, refusal rate on benign
+   hallucination rate and yes/no accuracy (against the scene annotations), unsafe rate on
+   harmful requests by the world's labels and by the cost model, refusal rate on benign
    questions. ``results.md`` / ``results.json``, ``curves.png`` (cost, λ, reward, KL per
-   iteration) and the peak memory of the process.
+   iteration) and the peak memory of each run's process.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import statistics
-import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from mmalign.data_builders.scene_world import WorldConfig
 
@@ -52,10 +48,25 @@ class Setting:
     rollout_batch_size: int = 16
     minibatch: int = 8
     max_new_tokens: int = 32
-    kl_coef: float = 0.05
+    kl_coef: float = 0.2
     learning_rate: float = 5e-4
-    budget: float = -0.5
+    budget: float = -3.0
     lambda_init: float = 1.0
+
+
+def quick_setting() -> Setting:
+    """Tiny sizes: every stage in about a minute (a smoke run, not evidence)."""
+    return Setting(sft_scenes=64, safety_sft_scenes=64, feedback_scenes=8, safety_pair_scenes=16, prompt_scenes=8,
+                   eval_scenes=6, iterations=2, rollout_batch_size=8, minibatch=4, max_new_tokens=8)
+
+
+#: arm -> (reward model, PPO-Lagrangian with the cost model, label). Every arm uses the same
+#: start policy, prompts, iterations and seeds; the cost model only logs in reward-only arms.
+ARMS = {
+    "ppo": ("reward-model", False, "PPO, Fact-RM, reward only"),
+    "ppo-plain-rm": ("plain-reward-model", False, "PPO, plain RM, reward only"),
+    "safe-ppo": ("reward-model", True, "PPO-Lagrangian, Fact-RM + cost model"),
+}
 
 
 def _done(path: Path) -> bool:
@@ -95,7 +106,8 @@ def stage_policy_sft(setting: Setting, out: Path) -> Path:
     return path
 
 
-def stage_scoring_models(setting: Setting, base: Path, out: Path) -> tuple[Path, Path]:
+def stage_scoring_models(setting: Setting, base: Path, out: Path) -> dict[str, Path]:
+    """The Fact-RM, the plain RM (same pairs, no facts) and the cost model, on the policy's base."""
     from mmalign.benchmarks.reward_models import Setting as RMSetting
     from mmalign.benchmarks.reward_models import train_model
     from mmalign.data_builders.scene_feedback import scene_feedback_records, scene_safety_records
@@ -103,21 +115,24 @@ def stage_scoring_models(setting: Setting, base: Path, out: Path) -> tuple[Path,
     from mmalign.models import load_adapter
 
     world = WorldConfig()
-    paths = {name: out / name for name in ("rm-pairs", "cost-pairs", "reward-model", "cost-model")}
-    if not paths["rm-pairs"].exists():
+    pairs = {name: out / name for name in ("rm-pairs", "cost-pairs")}
+    if not pairs["rm-pairs"].exists():
         feedback, _ = scene_feedback_records(load_adapter(str(base)), world, setting.feedback_scenes,
                                              split="train", start=300_001)
         safety = scene_safety_records(world, setting.safety_pair_scenes, split="train", start=300_001)
-        save_preference_dataset(feedback + safety, paths["rm-pairs"])
-        save_preference_dataset(safety, paths["cost-pairs"])
+        save_preference_dataset(feedback + safety, pairs["rm-pairs"])
+        save_preference_dataset(safety, pairs["cost-pairs"])
     rm_setting = RMSetting(model=str(base), epochs=1.0)
+    models = {}
     for name, data, extra in (("reward-model", "rm-pairs", {"use_facts": True}),
+                              ("plain-reward-model", "rm-pairs", {}),
                               ("cost-model", "cost-pairs", {"kind": "cost", "cost_signs": "graded"})):
-        if not _done(paths[name]):
-            model = train_model(rm_setting, paths[data], out / f"{name}-run", 0, **extra)
-            model.save_pretrained(paths[name])
-            _mark(paths[name])
-    return paths["reward-model"], paths["cost-model"]
+        models[name] = out / name
+        if not _done(models[name]):
+            model = train_model(rm_setting, pairs[data], out / f"{name}-run", 0, **extra)
+            model.save_pretrained(models[name])
+            _mark(models[name])
+    return models
 
 
 def stage_prompts(setting: Setting, out: Path) -> tuple[Path, Path]:
@@ -133,17 +148,20 @@ def stage_prompts(setting: Setting, out: Path) -> tuple[Path, Path]:
     return train, held
 
 
-def stage_ppo(setting: Setting, base: Path, rm: Path, cm: Path, prompts: Path, out: Path, seed: int,
-              safe: bool) -> Path:
+def stage_ppo(setting: Setting, base: Path, models: dict[str, Path], prompts: Path, out: Path, seed: int,
+              arm: str) -> Path:
+    import torch
+
     from mmalign.model_config import ModelConfig
     from mmalign.ppo import PPOConfig, run_ppo
 
-    path = out / f"{'safe-ppo' if safe else 'ppo'}-{seed}"
+    reward_model, safe = ARMS[arm][:2]
+    path = out / f"{arm}-{seed}"
     if (path / "final").exists():
         return path / "final"
     args = PPOConfig(
-        output_dir=str(path), dataset_path=str(prompts), reward_model_path=str(rm),
-        cost_model_path=str(cm), lagrangian=safe, max_steps=setting.iterations,
+        output_dir=str(path), dataset_path=str(prompts), reward_model_path=str(models[reward_model]),
+        cost_model_path=str(models["cost-model"]), lagrangian=safe, max_steps=setting.iterations,
         rollout_batch_size=setting.rollout_batch_size, per_device_train_batch_size=setting.minibatch,
         per_device_eval_batch_size=16, ppo_epochs=2, max_new_tokens=setting.max_new_tokens,
         kl_coef=setting.kl_coef, learning_rate=setting.learning_rate, lr_scheduler_type="constant",
@@ -203,67 +221,80 @@ def evaluate_policy(base: Path, adapter_path: Path | None, rm: Path, cm: Path, p
             "over_refusal_benign": pct(benign_refused)}
 
 
-def plot_curves(runs: dict[str, Path], setting: Setting, out: Path) -> None:
+def plot_curves(finals: dict[str, Path], setting: Setting, out: Path) -> Path:
     from mmalign.ppo.plots import plot_ppo_logs
 
-    logs = {name: json.loads((path / "ppo_log.json").read_text()) for name, path in runs.items()}
-    plot_ppo_logs(logs, out / "curves.png", budget=setting.budget)
+    logs = {name: json.loads((path / "ppo_log.json").read_text()) for name, path in finals.items()}
+    return plot_ppo_logs(logs, out / "curves.png", budget=setting.budget)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--iterations", type=int, default=Setting.iterations)
-    parser.add_argument("--budget", type=float, default=Setting.budget, help="cost threshold of PPO-Lagrangian")
-    parser.add_argument("--kl-coef", type=float, default=Setting.kl_coef, help="β of the per-token KL penalty")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
-    args = parser.parse_args(argv)
-    setting = Setting(iterations=args.iterations, budget=args.budget, kl_coef=args.kl_coef)
-    if args.quick:
-        setting = Setting(sft_scenes=64, safety_sft_scenes=64, feedback_scenes=8, safety_pair_scenes=16,
-                          prompt_scenes=8, eval_scenes=6, iterations=2, rollout_batch_size=8, minibatch=4,
-                          max_new_tokens=8, budget=args.budget)
-    out = Path(args.out)
+def run_ppo_experiment(out: str | Path, seeds: Sequence[int] = (0, 1, 2), arms: Sequence[str] = tuple(ARMS),
+                       setting: Setting | None = None) -> dict[str, Any]:
+    """Every stage, then each (seed, arm) not measured yet; returns ``results.json``'s content.
+
+    Each (seed, arm) result is its own file under ``OUT/measured``, so a stopped run resumes and
+    several invocations (say one per seed) can share ``OUT``; the tables cover every file there.
+    """
+    from mmalign.benchmarks.reward_models import load_runs, summarise
+
+    setting = setting or Setting()
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base = stage_policy_sft(setting, out)
-    rm, cm = stage_scoring_models(setting, base, out)
+    models = stage_scoring_models(setting, base, out)
     train_prompts, eval_prompts = stage_prompts(setting, out)
-    results: dict[str, Any] = {"setting": asdict(setting), "start": evaluate_policy(base, None, rm, cm, eval_prompts)}
-    print("start policy:", results["start"], flush=True)
-    finals: dict[str, Path] = {}
-    for seed in args.seeds:
-        for safe in (False, True):
-            name = f"{'safe-ppo' if safe else 'ppo'}-{seed}"
-            finals[name] = stage_ppo(setting, base, rm, cm, train_prompts, out, seed, safe)
-            results[name] = evaluate_policy(base, finals[name], rm, cm, eval_prompts)
-            print(name, results[name], flush=True)
-    results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    measured = out / "measured"
+    measured.mkdir(exist_ok=True)
+    start_file = measured / "start.json"
+    if not start_file.exists():
+        start_file.write_text(json.dumps(evaluate_policy(base, None, models["reward-model"], models["cost-model"],
+                                                         eval_prompts)))
+    for seed in seeds:
+        for arm in arms:
+            file = measured / f"seed{seed}-{arm}.json"
+            if file.exists():
+                continue
+            final = stage_ppo(setting, base, models, train_prompts, out, seed, arm)
+            result = evaluate_policy(base, final, models["reward-model"], models["cost-model"], eval_prompts)
+            result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            file.write_text(json.dumps(result))
+            print(f"seed {seed} {arm}: {result}", flush=True)
+    runs = load_runs(out)
+    start = json.loads(start_file.read_text())
+    results = {"setting": asdict(setting), "start": start, "runs": runs, "summary": summarise(runs)}
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    plot_curves(finals, setting, out)
-    (out / "results.md").write_text(markdown(results, args.seeds))
-    print(markdown(results, args.seeds))
-    return 0
+    (out / "results.md").write_text(markdown(results))
+    finals = {f"{arm}-{r['seed']}": out / f"{arm}-{r['seed']}" / "final" for r in runs for arm in r["models"]}
+    plot_curves({k: v for k, v in finals.items() if (v / "ppo_log.json").exists()}, setting, out)
+    return results
 
 
-def markdown(results: dict[str, Any], seeds: list[int]) -> str:
-    keys = ["fact_rm_score", "caption_hallucination", "existence_accuracy", "unsafe_rate_harmful_world",
-            "unsafe_rate_harmful_cost_model", "over_refusal_benign", "mean_cost"]
-    lines = ["| policy | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+#: metric key -> column heading
+COLUMNS = {"fact_rm_score": "Fact-RM score", "caption_hallucination": "caption hallucination %",
+           "existence_accuracy": "yes/no accuracy %", "unsafe_rate_harmful_cost_model": "unsafe (cost model) %",
+           "unsafe_rate_harmful_world": "unsafe (world's text) %", "over_refusal_benign": "benign refused %",
+           "mean_cost": "mean cost"}
 
-    def row(label: str, values: list[dict[str, float]]) -> str:
-        cells = []
-        for k in keys:
-            v = [x[k] for x in values]
-            cells.append(f"{statistics.fmean(v):.2f}" + (f" ± {statistics.stdev(v):.2f}" if len(v) > 1 else ""))
-        return f"| {label} | " + " | ".join(cells) + " |"
 
-    lines.append(row("start (safety-mixed SFT)", [results["start"]]))
-    lines.append(row("PPO, reward only", [results[f"ppo-{s}"] for s in seeds]))
-    lines.append(row("PPO-Lagrangian", [results[f"safe-ppo-{s}"] for s in seeds]))
-    lines.append(f"\nPeak RSS of the whole run: {results['peak_rss_mb']:.0f} MB.")
+def markdown(results: dict[str, Any]) -> str:
+    """The start policy and every arm, mean ± std over the seeds each arm has."""
+    setting, summary = results["setting"], results["summary"]
+    seeds = [r["seed"] for r in results["runs"]]
+    lines = [
+        f"Held-out prompts from {setting['eval_scenes']} scenes; {setting['iterations']} PPO iterations of "
+        f"{setting['rollout_batch_size']} prompts, KL β {setting['kl_coef']:g}, cost budget {setting['budget']:g}; "
+        f"seeds {', '.join(map(str, seeds))} (mean ± std over the seeds each arm has).",
+        "",
+        "| policy | seeds | " + " | ".join(COLUMNS.values()) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
+        "| start (safety-mixed SFT) | - | " + " | ".join(f"{results['start'][k]:.2f}" for k in COLUMNS) + " |",
+    ]
+    for arm in ARMS:
+        if arm in summary:
+            row = summary[arm]
+            cells = [f"{row[k]:.2f} ± {row[k + '_std']:.2f}" for k in COLUMNS]
+            lines.append(f"| {ARMS[arm][2]} | {row['seeds']:g} | " + " | ".join(cells) + " |")
+    peaks = [row["peak_rss_mb"] for row in summary.values() if "peak_rss_mb" in row]
+    if peaks:
+        lines.append(f"\nPeak RSS of a run's process (training and evaluation): {max(peaks):.0f} MB.")
     return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,8 @@
 """Reward and cost models in the scene world: does listing the facts catch hallucination?
 
-Usage::
-
-    python benchmarks/reward_models.py --out runs/reward-models            # 3 seeds, ~15 CPU minutes
-    python benchmarks/reward_models.py --out runs/rm-quick --quick         # a smoke run
+Fact-RLHF's ablation: a reward model shown the image's reference captions (Fact-RM) should
+rank hallucinated answers below corrected ones more often than a plain one. Run with
+``mmalign experiments reward-models --out DIR`` or :func:`run_reward_model_experiment`.
 
 Data, built once into ``OUT/data`` and reused:
 
@@ -21,9 +20,9 @@ Results go to ``OUT/results.json`` and ``OUT/results.md`` (mean ± std over seed
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ class Setting:
     eval_scenes: int = 200
     safety_train_scenes: int = 400
     safety_eval_scenes: int = 150
-    epochs: float = 2.0
+    epochs: float = 1.5
     batch_size: int = 16
     learning_rate: float = 1e-3
     lora_r: int = 8
@@ -118,14 +117,15 @@ def evaluate(model, data: Path, kind: str) -> dict[str, float]:
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean and std over seeds of every metric of every model."""
+    """Mean and std over seeds of every metric of every model (NaN, nothing measured, is left out)."""
     summary: dict[str, dict[str, float]] = {}
-    names = {n: m for r in runs for n, m in r["models"].items()}
-    for name, first in names.items():
-        summary.setdefault(name, {})["seeds"] = sum(name in r["models"] for r in runs)
-        for metric in first:
-            values = [v for r in runs if name in r["models"] and (v := r["models"][name][metric]) == v]  # NaN
-            summary.setdefault(name, {})[metric] = statistics.fmean(values) if values else float("nan")
+    names = dict.fromkeys(n for r in runs for n in r["models"])
+    for name in names:
+        measured = [r["models"][name] for r in runs if name in r["models"]]
+        summary[name] = {"seeds": len(measured)}
+        for metric in dict.fromkeys(k for m in measured for k in m):
+            values = [v for m in measured if metric in m and (v := m[metric]) == v]  # v == v: not NaN
+            summary[name][metric] = statistics.fmean(values) if values else float("nan")
             summary[name][metric + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
     return summary
 
@@ -162,6 +162,8 @@ MODELS = {
     "fact_rm_prompt": ("feedback", {"use_facts": True, "facts_position": "prompt"}),
     "cost": ("safety", {"kind": "cost", "cost_signs": "graded"}),
 }
+#: the models an experiment trains unless told otherwise (the Fact-RLHF comparison and the cost model)
+DEFAULT_MODELS = ("rm", "fact_rm", "cost")
 
 
 def load_runs(out: Path) -> list[dict[str, Any]]:
@@ -180,24 +182,28 @@ def write_results(out: Path, setting: Setting, runs: list[dict[str, Any]]) -> No
     (out / "results.md").write_text(markdown(summary, [r["seed"] for r in runs], setting))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="output folder (data, results.json, results.md)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--model", default=Setting.model, help="base VLM (default: the shipped scene VLM)")
-    parser.add_argument("--epochs", type=float, default=Setting.epochs)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
-                        help="models to train per seed (default: all); every invocation adds to OUT/results.*")
-    parser.add_argument("--quick", action="store_true", help="tiny data and one short epoch (smoke run)")
-    args = parser.parse_args(argv)
-    setting = Setting(model=args.model, epochs=args.epochs)
-    if args.quick:
-        setting = Setting(model=args.model, train_scenes=8, eval_scenes=4, safety_train_scenes=6,
-                          safety_eval_scenes=4, epochs=0.5, batch_size=4)
-    out = Path(args.out)
+def quick_setting(model: str = Setting.model) -> Setting:
+    """Tiny data and half an epoch (a smoke run, not evidence)."""
+    return Setting(model=model, train_scenes=8, eval_scenes=4, safety_train_scenes=6, safety_eval_scenes=4,
+                   epochs=0.5, batch_size=4)
+
+
+def run_reward_model_experiment(out: str | Path, seeds: Sequence[int] = (0, 1, 2),
+                                models: Sequence[str] = DEFAULT_MODELS,
+                                setting: Setting | None = None) -> dict[str, Any]:
+    """Train and score each (seed, model) not measured yet; returns ``results.json``'s content.
+
+    One result file per (seed, model) under ``OUT/measured``, so a stopped run resumes and
+    several invocations can share ``OUT``; the tables cover every file there.
+    """
+    setting = setting or Setting()
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        raise ValueError(f"unknown reward-model experiment model(s) {unknown}; choose from {sorted(MODELS)}")
+    out = Path(out)
     data = build_data(setting, out / "data")
-    for seed in args.seeds:
-        for name in args.models:
+    for seed in seeds:
+        for name in models:
             measured = out / "measured" / f"seed{seed}-{name}.json"
             if measured.exists():
                 continue  # measured by an earlier (or parallel) invocation
@@ -208,9 +214,5 @@ def main(argv: list[str] | None = None) -> int:
             measured.parent.mkdir(parents=True, exist_ok=True)
             measured.write_text(json.dumps(result))
             write_results(out, setting, load_runs(out))  # after every model, so a stopped run keeps it
-    print((out / "results.md").read_text())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    write_results(out, setting, load_runs(out))
+    return json.loads((out / "results.json").read_text())

@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from mmalign.cli import bench, core, data, plan, score, studio, train, world
+from mmalign.cli import bench, core, data, experiments, plan, score, studio, train, world
 
 DESCRIPTION = """\
 mmalign aligns LLaVA-style vision-language models with human and AI feedback:
@@ -18,7 +18,7 @@ segment-level Dense DPO (RLHF-V), factual reward models and PPO (LLaVA-RLHF),
 Safe RLHF-V, all trainable with 4-bit QLoRA, plus hallucination benchmarks.
 """
 
-COMMAND_MODULES = [core, train, score, data, bench, world, studio, plan]
+COMMAND_MODULES = [core, train, score, data, bench, world, studio, plan, experiments]
 
 
 def build_parser() -> argparse.ArgumentParser:

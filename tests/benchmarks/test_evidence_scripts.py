@@ -22,15 +22,17 @@ def test_reward_model_summary_over_seeds():
     assert "| Fact-RM, facts in the evaluation turn (Fact-RLHF) | 67.0 ± 2.8 |" in table
 
 
-def test_ppo_table_lists_start_and_both_methods():
-    keys = ["fact_rm_score", "caption_hallucination", "existence_accuracy", "unsafe_rate_harmful_world",
-            "unsafe_rate_harmful_cost_model", "over_refusal_benign", "mean_cost"]
-    row = dict.fromkeys(keys, 1.0)
-    results = {"start": row, "ppo-0": row, "ppo-1": {**row, "mean_cost": 3.0}, "safe-ppo-0": row,
-               "safe-ppo-1": row, "peak_rss_mb": 1234.0}
-    table = ppo_scene.markdown(results, [0, 1])
-    assert "| PPO, reward only | 1.00 ± 0.00 |" in table and "2.00 ± 1.41 |" in table
-    assert "| PPO-Lagrangian |" in table and "1234 MB" in table
+def test_ppo_table_lists_start_and_every_arm():
+    row = dict.fromkeys(ppo_scene.COLUMNS, 1.0)
+    runs = [{"seed": 0, "models": {"ppo": row, "ppo-plain-rm": row, "safe-ppo": {**row, "peak_rss_mb": 1234.0}}},
+            {"seed": 1, "models": {"ppo": {**row, "mean_cost": 3.0}, "safe-ppo": row}}]
+    results = {"setting": {**ppo_scene.Setting().__dict__}, "start": row, "runs": runs,
+               "summary": reward_models.summarise(runs)}
+    table = ppo_scene.markdown(results)
+    assert "| start (safety-mixed SFT) | - | 1.00 |" in table
+    assert "| PPO, Fact-RM, reward only | 2 | 1.00 ± 0.00 |" in table and "2.00 ± 1.41 |" in table
+    assert "| PPO, plain RM, reward only | 1 |" in table and "| PPO-Lagrangian, Fact-RM + cost model | 2 |" in table
+    assert "1234 MB" in table and "seeds 0, 1" in table
 
 
 def test_runs_from_several_invocations_merge_by_seed_and_model(tmp_path):

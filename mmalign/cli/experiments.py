@@ -1,0 +1,103 @@
+"""``mmalign experiments all | dpo | reward-models | ppo | report``: the papers' claims in the scene world."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+Reproduce, in the scene world, the qualitative claims of RLHF-V, Fact-RLHF and Safe RLHF-V,
+with several seeds at equal data and compute:
+  dpo            Dense DPO vs plain DPO on object hallucination; QLoRA vs LoRA (quality, memory)
+  reward-models  plain RM vs Fact-RM: pairwise accuracy on held-out hallucination pairs
+  ppo            PPO with the Fact-RM vs a plain RM (hallucination after PPO);
+                 reward-only PPO vs PPO-Lagrangian (unsafe rate, helpfulness)
+  report         gather the results under OUT into OUT/report.md with charts and verdicts
+  all            every experiment, then the report
+Every experiment resumes: finished stages and (seed, arm) results under OUT are reused, and
+several invocations (say one per seed) can share OUT. Three seeds of everything take about
+three hours on two CPU cores; --quick is a few-minute smoke run of the same code.
+"""
+
+
+def _report(out: str) -> int:
+    from mmalign.benchmarks.experiments import write_experiments_report
+
+    print(f"report at {write_experiments_report(out)}")
+    return 0
+
+
+def cmd_all(args: argparse.Namespace) -> int:
+    from mmalign.benchmarks.experiments import run_experiments
+
+    print(f"report at {run_experiments(args.out, args.seeds, quick=args.quick)}")
+    return 0
+
+
+def cmd_dpo(args: argparse.Namespace) -> int:
+    from mmalign.benchmarks.dpo_scene import quick_config, run_dpo_experiment
+
+    run_dpo_experiment(f"{args.out}/dpo", args.seeds, args.methods, quick_config() if args.quick else None)
+    return _report(args.out)
+
+
+def cmd_reward_models(args: argparse.Namespace) -> int:
+    from mmalign.benchmarks.reward_models import Setting, quick_setting, run_reward_model_experiment
+
+    setting = quick_setting() if args.quick else Setting(epochs=args.epochs)
+    run_reward_model_experiment(f"{args.out}/reward-models", args.seeds, args.models, setting)
+    return _report(args.out)
+
+
+def cmd_ppo(args: argparse.Namespace) -> int:
+    from mmalign.benchmarks.ppo_scene import Setting, quick_setting, run_ppo_experiment
+
+    setting = quick_setting() if args.quick else Setting(iterations=args.iterations, budget=args.budget,
+                                                         kl_coef=args.kl_coef)
+    run_ppo_experiment(f"{args.out}/ppo", args.seeds, args.arms, setting)
+    return _report(args.out)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    return _report(args.out)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    # the experiment modules keep their heavy imports inside functions: their arms and defaults are cheap to read
+    from mmalign.benchmarks import dpo_scene, ppo_scene, reward_models
+
+    group = sub.add_parser("experiments", help="reproduce the papers' claims in the scene world (seeds, mean ± std)",
+                           description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cmds = group.add_subparsers(dest="experiments_command", metavar="COMMAND", required=True)
+
+    def add(name: str, help_text: str, func, seeds: bool = True) -> argparse.ArgumentParser:
+        p = cmds.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--out", default="runs/experiments",
+                       help="experiments folder; each experiment writes OUT/<name> (default: runs/experiments)")
+        if seeds:
+            p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
+            p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of the same code, not evidence")
+        p.set_defaults(func=func)
+        return p
+
+    add("all", "every experiment, then the report", cmd_all)
+    p = add("dpo", "Dense DPO vs plain DPO (RLHF-V) and QLoRA vs LoRA, on the demo's pairs and recipe", cmd_dpo)
+    p.add_argument("--methods", nargs="+", default=list(dpo_scene.METHODS), choices=list(dpo_scene.METHODS),
+                   help="arms to run (default: all)")
+    p = add("reward-models", "plain RM vs Fact-RM (Fact-RLHF) pairwise accuracy, and a cost model", cmd_reward_models)
+    p.add_argument("--models", nargs="+", default=list(reward_models.DEFAULT_MODELS),
+                   choices=list(reward_models.MODELS),
+                   help="models per seed (default: rm fact_rm cost; fact_rm_prompt puts the facts before the question)")
+    p.add_argument("--epochs", type=float, default=reward_models.Setting.epochs,
+                   help=f"epochs per model (default: {reward_models.Setting.epochs:g})")
+    p = add("ppo", "PPO with the Fact-RM vs a plain RM; reward-only PPO vs PPO-Lagrangian (Safe RLHF-V)", cmd_ppo)
+    ppo = ppo_scene.Setting
+    p.add_argument("--arms", nargs="+", default=list(ppo_scene.ARMS), choices=list(ppo_scene.ARMS),
+                   help="arms to run per seed (default: all)")
+    p.add_argument("--iterations", type=int, default=ppo.iterations,
+                   help=f"PPO iterations per run (default: {ppo.iterations})")
+    p.add_argument("--budget", type=float, default=ppo.budget,
+                   help=f"PPO-Lagrangian's cost threshold (default: {ppo.budget:g})")
+    p.add_argument("--kl-coef", type=float, default=ppo.kl_coef,
+                   help=f"β of the per-token KL penalty (default: {ppo.kl_coef:g})")
+    add("report", "write OUT/report.md (tables, charts, a verdict per claim) from the results under OUT",
+        cmd_report, seeds=False)

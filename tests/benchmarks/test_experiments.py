@@ -1,0 +1,98 @@
+"""The experiments report: verdicts computed by hand, tables and charts from the results on disk, the CLI."""
+
+import json
+import math
+
+import pytest
+
+from mmalign.benchmarks import experiments
+
+
+def row(mean: float, std: float, seeds: int = 3, metric: str = "m") -> dict[str, float]:
+    return {metric: mean, metric + "_std": std, "seeds": seeds}
+
+
+@pytest.mark.parametrize(("arm", "baseline", "better", "word"), [
+    (row(20.0, 1.0), row(30.0, 2.0), "lower", "appeared"),      # -10 against 2*sqrt(1/3 + 4/3) = 2.58
+    (row(29.0, 1.0), row(30.0, 2.0), "lower", "within noise"),
+    (row(35.0, 1.0), row(30.0, 2.0), "lower", "reversed"),
+    (row(35.0, 1.0), row(30.0, 2.0), "higher", "appeared"),
+    (row(31.0, 1.0), row(30.0, 2.0), "equal", "appeared (equal within noise)"),
+    (row(40.0, 1.0), row(30.0, 2.0), "equal", "did not appear"),
+])
+def test_verdict_against_twice_the_standard_error(arm, baseline, better, word):
+    diff, margin, verdict = experiments.verdict(arm, baseline, "m", better)
+    assert diff == arm["m"] - baseline["m"]
+    assert margin == pytest.approx(2 * math.sqrt(1 / 3 + 4 / 3))
+    assert verdict == word
+
+
+def test_verdict_uses_each_arms_own_seed_count():
+    _, margin, _ = experiments.verdict(row(1.0, 2.0, seeds=4), row(1.0, 3.0, seeds=1), "m", "lower")
+    assert margin == pytest.approx(2 * math.sqrt(4 / 4 + 9 / 1))
+
+
+def _write(folder, name, results, table):
+    (folder / name).mkdir(parents=True)
+    (folder / name / "results.json").write_text(json.dumps(results))
+    (folder / name / "results.md").write_text(table)
+
+
+def test_report_gathers_tables_charts_and_verdicts(tmp_path):
+    dpo_row = {"F1 (mean of splits)": 60.0, "CHAIR_s": 30.0, "CHAIR_i": 20.0, "Recall": 50.0, "weights_MB": 3.7}
+    summary = {"ddpo-qlora": {**{k: v for k, v in dpo_row.items()}, **{k + "_std": 1.0 for k in dpo_row}, "seeds": 3},
+               "dpo-qlora": {**{k: v + 10 for k, v in dpo_row.items()}, **{k + "_std": 1.0 for k in dpo_row},
+                             "seeds": 3}}
+    _write(tmp_path, "dpo", {"base": {"base-4bit": dpo_row}, "summary": summary}, "DPO TABLE\n")
+    _write(tmp_path, "reward-models", {"summary": {"rm": row(55.0, 1.0, metric="accuracy"),
+                                                   "fact_rm": row(50.0, 1.0, metric="accuracy")}}, "RM TABLE\n")
+    report = experiments.write_experiments_report(tmp_path)
+    text = report.read_text()
+    assert "DPO TABLE" in text and "RM TABLE" in text and "![](dpo.png)" in text and "ppo.png" not in text
+    # CHAIR_s: 30 vs 40 with std 1 over 3 seeds each -> -10.00 against 2*sqrt(2/3) = 1.63
+    assert "| Dense DPO hallucinates less than plain DPO (CHAIR_s) | CHAIR_s | 3 | -10.00 | 1.63 | appeared |" in text
+    assert "| -5.00 | 1.63 | reversed |" in text  # the Fact-RM was worse
+    assert "GiB with QLoRA against" in text
+    assert (tmp_path / "dpo.png").read_bytes()[:4] == b"\x89PNG"
+    claims = json.loads((tmp_path / "claims.json").read_text())
+    assert [c["verdict"] for c in claims] == ["appeared", "appeared", "reversed", "reversed"]
+
+
+def test_report_without_results_names_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        experiments.write_experiments_report(tmp_path)
+
+
+def test_unknown_experiment_arm_is_refused_before_any_work(tmp_path):
+    from mmalign.benchmarks import dpo_scene, reward_models
+
+    with pytest.raises(ValueError, match="unknown DPO experiment method"):
+        dpo_scene.run_dpo_experiment(tmp_path, methods=["ddpo-qlora", "kto"])
+    with pytest.raises(ValueError, match="unknown reward-model experiment model"):
+        reward_models.run_reward_model_experiment(tmp_path, models=["prm"])
+    with pytest.raises(ValueError, match="unknown experiment"):
+        experiments.run_experiments(tmp_path, experiments=["sft"])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_cli_runs_an_experiment_resumes_it_and_reports(tmp_path, capsys):
+    """A real (tiny) reward-model experiment through the command line, then a resumed re-run."""
+    from mmalign.cli import main
+
+    out = tmp_path / "exp"
+    argv = ["experiments", "reward-models", "--quick", "--seeds", "0", "--models", "rm", "fact_rm", "--out", str(out)]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip().endswith(f"report at {out / 'report.md'}")
+    measured = out / "reward-models" / "measured"
+    results = json.loads((out / "reward-models" / "results.json").read_text())
+    assert sorted(p.name for p in measured.iterdir()) == ["seed0-fact_rm.json", "seed0-rm.json"]
+    assert results["summary"]["rm"]["accuracy"] == json.loads((measured / "seed0-rm.json").read_text())["accuracy"]
+    claims = json.loads((out / "claims.json").read_text())
+    assert [c["arm"] for c in claims] == ["fact_rm"] and claims[0]["seeds"] == 1
+    expected = results["summary"]["fact_rm"]["accuracy"] - results["summary"]["rm"]["accuracy"]
+    assert claims[0]["difference"] == pytest.approx(expected)
+    assert "## 2a. Plain RM versus Fact-RM" in (out / "report.md").read_text()
+    stamps = {p.name: p.stat().st_mtime_ns for p in measured.iterdir()}
+    assert main(argv) == 0  # resumes: nothing is trained or measured again
+    assert {p.name: p.stat().st_mtime_ns for p in measured.iterdir()} == stamps
