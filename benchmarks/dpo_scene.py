@@ -1,4 +1,4 @@
-"""Dense DPO versus plain DPO, and QLoRA versus 16-bit LoRA, in the scene world, same budget.
+"""Dense DPO versus plain DPO, and QLoRA versus 16- and 32-bit LoRA, in the scene world, same budget.
 
 RLHF-V's ablation asks whether weighting the corrected segments (Dense DPO, γ > 1) cuts
 hallucination more than plain DPO on the same correction pairs; QLoRA should match LoRA on
@@ -25,16 +25,22 @@ from typing import Any
 from mmalign.benchmarks.reward_models import load_runs, summarise
 from mmalign.demo import DemoConfig, build_feedback_pairs, demo_policy, demo_training_args
 
-#: method -> (DPO loss type, 4-bit base)
-METHODS = {"ddpo-qlora": ("ddpo", True), "dpo-qlora": ("sigmoid", True), "ddpo-lora": ("ddpo", False)}
+#: method -> (DPO loss type, base precision); results of each precision's base are named by TAGS
+METHODS = {"ddpo-qlora": ("ddpo", "nf4"), "dpo-qlora": ("sigmoid", "nf4"), "ddpo-lora": ("ddpo", "float32"),
+           "ddpo-lora-bf16": ("ddpo", "bfloat16")}
+TAGS = {"nf4": "4bit", "float32": "fp32", "bfloat16": "bf16"}
 METRICS = (("F1 (mean of splits)", "POPE F1"), ("Accuracy (mean)", "POPE acc."), ("CHAIR_s", "CHAIR_s"),
            ("CHAIR_i", "CHAIR_i"), ("Recall", "recall"), ("Length (words)", "words"))
 
 
-def _quantization(four_bit: bool):
+def load_base(config: DemoConfig, precision: str):
+    """The shipped base as a method loads it, without LoRA (for data, references and the base rows)."""
+    from mmalign.models import load_adapter
     from mmalign.qlora import QuantizationConfig
 
-    return QuantizationConfig(compute_dtype="float32") if four_bit else None
+    if precision == "nf4":
+        return load_adapter(config.model, quantization=QuantizationConfig(compute_dtype="float32"))
+    return load_adapter(config.model, dtype=precision)
 
 
 def weight_megabytes(model) -> float:
@@ -46,29 +52,27 @@ def weight_megabytes(model) -> float:
 def build_data(config: DemoConfig, out: Path) -> tuple[Path, Path]:
     """Held-out world and the correction pairs, built once with the 4-bit base (as the demo)."""
     from mmalign.data_builders.scene_exports import make_world
-    from mmalign.models import load_adapter
 
     world, pairs = out / "world", out / "pairs"
     if not (world / "world.json").exists():
         make_world(world, seed=config.seed, size=config.eval_scenes)
     if not (pairs / "mmalign_dataset.json").exists():
-        base = load_adapter(config.model, quantization=_quantization(True))
+        base = load_base(config, "nf4")
         build_feedback_pairs(base, config, pairs, out / "pairs-stats.json")
     return world, pairs
 
 
-def reference_data(config: DemoConfig, pairs: Path, four_bit: bool, out: Path):
+def reference_data(config: DemoConfig, pairs: Path, precision: str, out: Path):
     """Pairs with the reference log-probs of the base as each method loads it."""
     from datasets import load_from_disk
 
     from mmalign.data_builders.storage import load_preference_dataset
     from mmalign.dpo.reference import precompute_reference_logps
     from mmalign.io import atomic_dir
-    from mmalign.models import load_adapter
 
-    path = out / f"pairs-ref-{'4bit' if four_bit else 'fp32'}"
+    path = out / f"pairs-ref-{TAGS[precision]}"
     if not path.exists():
-        base = load_adapter(config.model, quantization=_quantization(four_bit))
+        base = load_base(config, precision)
         data = precompute_reference_logps(base, load_preference_dataset(pairs), max_length=config.max_length,
                                           batch_size=32, share_prefix=True)
         with atomic_dir(path) as tmp:
@@ -81,9 +85,9 @@ def run_method(config: DemoConfig, method: str, seed: int, world: Path, pairs: P
     from mmalign.demo import evaluate_scene_model
     from mmalign.dpo import DPOTrainer
 
-    loss_type, four_bit = METHODS[method]
-    data = reference_data(config, pairs, four_bit, out)
-    policy = demo_policy(config, four_bit=four_bit)
+    loss_type, precision = METHODS[method]
+    data = reference_data(config, pairs, precision, out)
+    policy = demo_policy(config, precision=precision)
     run_dir = out / "runs" / f"{method}-seed{seed}"
     args = demo_training_args(config, run_dir / "train", loss_type=loss_type, seed=seed)
     trainer = DPOTrainer(policy, args, train_dataset=data)
@@ -96,15 +100,21 @@ def run_method(config: DemoConfig, method: str, seed: int, world: Path, pairs: P
             "reward_accuracy": summary.get("rewards/accuracies", float("nan"))}
 
 
-def base_results(config: DemoConfig, world: Path, out: Path) -> dict[str, dict[str, float]]:
+def base_results(config: DemoConfig, world: Path, out: Path, precisions: Sequence[str]) -> dict[str, dict[str, float]]:
+    """The base model's rows, one per precision, measured once each (``OUT/base/<name>.json``)."""
     from mmalign.demo import evaluate_scene_model
-    from mmalign.models import load_adapter
 
     results = {}
-    for name, four_bit in (("base-4bit", True), ("base-fp32", False)):
-        adapter = load_adapter(config.model, quantization=_quantization(four_bit))
-        results[name] = {**evaluate_scene_model(adapter, world, out / "base" / name, name, progress=False),
-                         "weights_MB": weight_megabytes(adapter.model)}
+    for precision in precisions:
+        name = f"base-{TAGS[precision]}"
+        file = out / "base" / f"{name}.json"
+        if not file.exists():
+            adapter = load_base(config, precision)
+            row = {**evaluate_scene_model(adapter, world, out / "base" / name, name, progress=False),
+                   "weights_MB": weight_megabytes(adapter.model)}
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_text(json.dumps(row, indent=1))
+        results[name] = json.loads(file.read_text())
     return results
 
 
@@ -156,11 +166,9 @@ def run_dpo_experiment(out: str | Path, seeds: Sequence[int] = (0, 1, 2), method
             if not file.exists():
                 file.write_text(json.dumps(run_method(config, method, seed, world, pairs, out), indent=1))
             print(f"seed {seed} {method}: done", flush=True)
-    base_file = out / "base.json"
-    if not base_file.exists():
-        base_file.write_text(json.dumps(base_results(config, world, out), indent=1))
-    base = json.loads(base_file.read_text())
     runs = load_runs(out)
+    measured_precisions = {METHODS[m][1] for r in runs for m in r["models"]}
+    base = base_results(config, world, out, [p for p in TAGS if p in measured_precisions | {"nf4"}])
     results = {"config": asdict(config), "base": base, "runs": runs, "summary": summarise(runs)}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "results.md").write_text(markdown(results["summary"], base, [r["seed"] for r in runs], config))

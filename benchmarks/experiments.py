@@ -3,8 +3,8 @@
 ``mmalign experiments all --out runs/experiments`` (or :func:`run_experiments`) runs, each
 into its own folder under ``OUT`` and resumable there:
 
-- ``dpo``: Dense DPO versus plain DPO (RLHF-V) and QLoRA versus LoRA on an unquantised
-  base, on the demo's pairs and recipe (:mod:`.dpo_scene`);
+- ``dpo``: Dense DPO versus plain DPO (RLHF-V) and QLoRA versus LoRA on a bf16 and an
+  fp32 base, on the demo's pairs and recipe (:mod:`.dpo_scene`);
 - ``reward-models``: plain RM versus Fact-RM pairwise accuracy on held-out hallucination
   pairs (Fact-RLHF) and a cost model (:mod:`.reward_models`);
 - ``ppo``: PPO with the Fact-RM versus the plain RM (hallucination after PPO), and
@@ -57,9 +57,12 @@ CLAIMS = (
           "unsafe_rate_harmful_cost_model", "safe-ppo", "ppo", "lower"),
     Claim("ppo", "PPO-Lagrangian keeps helpfulness (Fact-RM score) of reward-only PPO", "fact_rm_score",
           "safe-ppo", "ppo", "equal"),
-    Claim("dpo", "QLoRA matches LoRA on an unquantised base (POPE F1)", "F1 (mean of splits)", "ddpo-qlora",
-          "ddpo-lora", "equal"),
-    Claim("dpo", "QLoRA matches LoRA on an unquantised base (CHAIR_s)", "CHAIR_s", "ddpo-qlora", "ddpo-lora", "equal"),
+    Claim("dpo", "QLoRA matches LoRA on a bf16 base (POPE F1)", "F1 (mean of splits)", "ddpo-qlora",
+          "ddpo-lora-bf16", "equal"),
+    Claim("dpo", "QLoRA matches LoRA on a bf16 base (CHAIR_s)", "CHAIR_s", "ddpo-qlora", "ddpo-lora-bf16", "equal"),
+    Claim("dpo", "QLoRA matches LoRA on an fp32 base (POPE F1)", "F1 (mean of splits)", "ddpo-qlora", "ddpo-lora",
+          "equal"),
+    Claim("dpo", "QLoRA matches LoRA on an fp32 base (CHAIR_s)", "CHAIR_s", "ddpo-qlora", "ddpo-lora", "equal"),
 )
 
 
@@ -149,7 +152,8 @@ def write_experiments_report(out: str | Path) -> Path:
         lines += ["", "Verdict: the difference against twice its standard error over seeds (a rough screen)."]
     if "dpo" in results:
         dpo = results["dpo"]
-        arms = {"ddpo-qlora": "Dense DPO, QLoRA", "dpo-qlora": "DPO, QLoRA", "ddpo-lora": "Dense DPO, LoRA"}
+        arms = {"ddpo-qlora": "Dense DPO, QLoRA", "dpo-qlora": "DPO, QLoRA", "ddpo-lora-bf16": "Dense DPO, bf16 LoRA",
+                "ddpo-lora": "Dense DPO, fp32 LoRA"}
         plot_bars(_bars({"base": dpo["base"]["base-4bit"]}, dpo["summary"], arms,
                         {"F1 (mean of splits)": "POPE F1 ↑", "CHAIR_s": "CHAIR_s ↓", "CHAIR_i": "CHAIR_i ↓",
                          "Recall": "CHAIR recall ↑", "weights_MB": "weights MB"}),

@@ -79,12 +79,20 @@ def build_feedback_pairs(adapter, config: DemoConfig, pairs_dir: Path, stats_fil
     stats_file.write_text(json.dumps(asdict(stats), indent=2))
 
 
-def demo_policy(config: DemoConfig, *, four_bit: bool = True):
-    """The base with a fresh LoRA, in 4-bit NF4 (QLoRA) or fp32."""
+#: base precisions of the demo's policy: 4-bit NF4 (QLoRA, float32 compute on CPU) or unquantised
+PRECISIONS = ("nf4", "float32", "bfloat16")
+
+
+def demo_policy(config: DemoConfig, *, precision: str = "nf4"):
+    """The base with a fresh LoRA, in 4-bit NF4 (QLoRA) or unquantised float32 / bfloat16."""
     from mmalign.model_config import ModelConfig
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    four_bit = precision == "nf4"
     return ModelConfig(model_name_or_path=config.model, load_in_4bit=four_bit, bnb_4bit_compute_dtype="float32",
-                       lora_r=config.lora_r, lora_alpha=2 * config.lora_r, lora_dropout=0.0).load()
+                       dtype="float32" if four_bit else precision, lora_r=config.lora_r, lora_alpha=2 * config.lora_r,
+                       lora_dropout=0.0).load()
 
 
 def demo_training_args(config: DemoConfig, output_dir: str | Path, *, loss_type: str = "ddpo",

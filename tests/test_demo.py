@@ -30,3 +30,24 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     assert [m[:5] for m in messages] == ["[2/5]", "[5/5]"]
     assert (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == adapter_time
     assert json.loads((tmp_path / "results.json").read_text())["after"] == results["after"]
+
+
+def test_demo_policy_loads_each_precision_with_a_trainable_lora():
+    import bitsandbytes as bnb
+    import torch
+
+    from mmalign.demo import demo_policy
+
+    config = DemoConfig()
+    for precision, base_dtype in (("nf4", None), ("bfloat16", torch.bfloat16), ("float32", torch.float32)):
+        policy = demo_policy(config, precision=precision)
+        modules = dict(policy.model.named_modules())
+        quantized = [m for m in modules.values() if isinstance(m, bnb.nn.Linear4bit)]
+        assert bool(quantized) == (precision == "nf4")
+        if base_dtype is not None:
+            frozen = [p for n, p in policy.model.named_parameters() if "q_proj.base_layer" in n]
+            assert frozen and all(p.dtype == base_dtype for p in frozen)
+        trainable = [n for n, p in policy.model.named_parameters() if p.requires_grad]
+        assert trainable and all("lora_" in n for n in trainable)
+    with pytest.raises(ValueError, match="unknown precision 'int8'"):
+        demo_policy(config, precision="int8")

@@ -7,7 +7,7 @@ import argparse
 DESCRIPTION = """\
 Reproduce, in the scene world, the qualitative claims of RLHF-V, Fact-RLHF and Safe RLHF-V,
 with several seeds at equal data and compute:
-  dpo            Dense DPO vs plain DPO on object hallucination; QLoRA vs LoRA (quality, memory)
+  dpo            Dense DPO vs plain DPO on object hallucination; QLoRA vs bf16 / fp32 LoRA
   reward-models  plain RM vs Fact-RM: pairwise accuracy on held-out hallucination pairs
   ppo            PPO with the Fact-RM vs a plain RM (hallucination after PPO);
                  reward-only PPO vs PPO-Lagrangian (unsafe rate, helpfulness)
