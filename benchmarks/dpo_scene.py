@@ -164,8 +164,9 @@ def run_dpo_experiment(out: str | Path, seeds: Sequence[int] = (0, 1, 2), method
         for method in methods:
             file = measured / f"seed{seed}-{method}.json"
             if not file.exists():
+                print(f"-- dpo: seed {seed}, {method}: training, then POPE and CHAIR on the held-out scenes", flush=True)
                 file.write_text(json.dumps(run_method(config, method, seed, world, pairs, out), indent=1))
-            print(f"seed {seed} {method}: done", flush=True)
+            print(f"-- dpo: seed {seed}, {method}: measured ({file})", flush=True)
     runs = load_runs(out)
     measured_precisions = {METHODS[m][1] for r in runs for m in r["models"]}
     base = base_results(config, world, out, [p for p in TAGS if p in measured_precisions | {"nf4"}])

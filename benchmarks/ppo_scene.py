@@ -254,11 +254,12 @@ def run_ppo_experiment(out: str | Path, seeds: Sequence[int] = (0, 1, 2), arms: 
             file = measured / f"seed{seed}-{arm}.json"
             if file.exists():
                 continue
+            print(f"-- ppo: seed {seed}, {ARMS[arm][2]}: training, then the held-out evaluation", flush=True)
             final = stage_ppo(setting, base, models, train_prompts, out, seed, arm)
             result = evaluate_policy(base, final, models["reward-model"], models["cost-model"], eval_prompts)
             result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             file.write_text(json.dumps(result))
-            print(f"seed {seed} {arm}: {result}", flush=True)
+            print(f"-- ppo: seed {seed}, {arm}: {result}", flush=True)
     runs = load_runs(out)
     start = json.loads(start_file.read_text())
     results = {"setting": asdict(setting), "start": start, "runs": runs, "summary": summarise(runs)}

@@ -208,9 +208,10 @@ def run_reward_model_experiment(out: str | Path, seeds: Sequence[int] = (0, 1, 2
             if measured.exists():
                 continue  # measured by an earlier (or parallel) invocation
             path, extra = MODELS[name]
+            print(f"-- reward-models: seed {seed}, {name}: training, then scoring the held-out pairs", flush=True)
             model = train_model(setting, data[f"{path}-train"], out / f"{name}-seed{seed}", seed, **extra)
             result = evaluate(model, data[f"{path}-eval"], "cost" if name == "cost" else "reward")
-            print(f"seed {seed} {name}: {result}", flush=True)
+            print(f"-- reward-models: seed {seed}, {name}: {result}", flush=True)
             measured.parent.mkdir(parents=True, exist_ok=True)
             measured.write_text(json.dumps(result))
             write_results(out, setting, load_runs(out))  # after every model, so a stopped run keeps it

@@ -31,6 +31,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_known_noise() -> None:
+    """Hide three messages that tell a user nothing: peft asks every model for a deprecated
+    transformers attribute, the Trainer asks for pinned memory on machines without a GPU,
+    and bitsandbytes on AVX512-BF16 CPUs reports that an optional hub kernel is absent (the
+    built-in CPU kernel is used). Everything else still shows."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true but no accelerator",
+                            category=UserWarning)
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+        lambda record: "kernels-community" not in record.getMessage())
+
+
 #: Exit code of a command refused for bad input (a missing file, a bad record, an unsupported model).
 BAD_INPUT = 2
 
@@ -42,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``MMALIGN_DEBUG=1`` re-raises them with the traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_known_noise()
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
