@@ -88,6 +88,7 @@ def stage_policy_sft(setting: Setting, out: Path) -> Path:
     path = out / "policy-sft"
     if _done(path):
         return path
+    print("-- ppo: start policy: SFT on instructions plus an imperfect safety mix", flush=True)
     world = WorldConfig()
     data = concatenate_datasets([
         scene_sft_dataset(world, setting.sft_scenes, split="train", seed=1),
@@ -117,6 +118,8 @@ def stage_scoring_models(setting: Setting, base: Path, out: Path) -> dict[str, P
     world = WorldConfig()
     pairs = {name: out / name for name in ("rm-pairs", "cost-pairs")}
     if not pairs["rm-pairs"].exists():
+        print("-- ppo: preference pairs from the start policy's corrected answers and the world's safety pairs",
+              flush=True)
         feedback, _ = scene_feedback_records(load_adapter(str(base)), world, setting.feedback_scenes,
                                              split="train", start=300_001)
         safety = scene_safety_records(world, setting.safety_pair_scenes, split="train", start=300_001)
@@ -129,6 +132,7 @@ def stage_scoring_models(setting: Setting, base: Path, out: Path) -> dict[str, P
                               ("cost-model", "cost-pairs", {"kind": "cost", "cost_signs": "graded"})):
         models[name] = out / name
         if not _done(models[name]):
+            print(f"-- ppo: training the {name.replace('-', ' ')}", flush=True)
             model = train_model(rm_setting, pairs[data], out / f"{name}-run", 0, **extra)
             model.save_pretrained(models[name])
             _mark(models[name])
@@ -247,6 +251,7 @@ def run_ppo_experiment(out: str | Path, seeds: Sequence[int] = (0, 1, 2), arms: 
     measured.mkdir(exist_ok=True)
     start_file = measured / "start.json"
     if not start_file.exists():
+        print("-- ppo: evaluating the start policy", flush=True)
         start_file.write_text(json.dumps(evaluate_policy(base, None, models["reward-model"], models["cost-model"],
                                                          eval_prompts)))
     for seed in seeds:
