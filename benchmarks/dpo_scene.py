@@ -25,9 +25,11 @@ from typing import Any
 from mmalign.benchmarks.reward_models import load_runs, summarise
 from mmalign.demo import DemoConfig, build_feedback_pairs, demo_policy, demo_training_args
 
-#: method -> (DPO loss type, base precision); results of each precision's base are named by TAGS
-METHODS = {"ddpo-qlora": ("ddpo", "nf4"), "dpo-qlora": ("sigmoid", "nf4"), "ddpo-lora": ("ddpo", "float32"),
-           "ddpo-lora-bf16": ("ddpo", "bfloat16")}
+#: method -> (DPO loss type, base precision, DPOConfig changes to the demo's recipe).
+#: ``ddpo-norm-qlora`` is the RLHF-V paper's own form: scores normalised by N = |y_u| + γ|y_c|, β 0.5.
+METHODS = {"ddpo-qlora": ("ddpo", "nf4", {}), "dpo-qlora": ("sigmoid", "nf4", {}),
+           "ddpo-norm-qlora": ("ddpo", "nf4", {"ddpo_normalize": True, "beta": 0.5}),
+           "ddpo-lora": ("ddpo", "float32", {}), "ddpo-lora-bf16": ("ddpo", "bfloat16", {})}
 TAGS = {"nf4": "4bit", "float32": "fp32", "bfloat16": "bf16"}
 METRICS = (("F1 (mean of splits)", "POPE F1"), ("Accuracy (mean)", "POPE acc."), ("CHAIR_s", "CHAIR_s"),
            ("CHAIR_i", "CHAIR_i"), ("Recall", "recall"), ("Length (words)", "words"))
@@ -85,11 +87,11 @@ def run_method(config: DemoConfig, method: str, seed: int, world: Path, pairs: P
     from mmalign.demo import evaluate_scene_model
     from mmalign.dpo import DPOTrainer
 
-    loss_type, precision = METHODS[method]
+    loss_type, precision, changes = METHODS[method]
     data = reference_data(config, pairs, precision, out)
     policy = demo_policy(config, precision=precision)
     run_dir = out / "runs" / f"{method}-seed{seed}"
-    args = demo_training_args(config, run_dir / "train", loss_type=loss_type, seed=seed)
+    args = replace(demo_training_args(config, run_dir / "train", loss_type=loss_type, seed=seed), **changes)
     trainer = DPOTrainer(policy, args, train_dataset=data)
     start = time.perf_counter()
     trainer.train()
