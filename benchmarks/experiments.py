@@ -47,6 +47,8 @@ CLAIMS = (
     Claim("dpo", "Dense DPO hallucinates less than plain DPO (CHAIR_i)", "CHAIR_i", "ddpo-qlora", "dpo-qlora", "lower"),
     Claim("dpo", "Dense DPO answers POPE better than plain DPO (F1)", "F1 (mean of splits)", "ddpo-qlora",
           "dpo-qlora", "higher"),
+    Claim("dpo", "Dense DPO in the paper's normalised form hallucinates less than plain DPO (CHAIR_s)", "CHAIR_s",
+          "ddpo-norm-qlora", "dpo-qlora", "lower"),
     Claim("reward-models", "Fact-RM ranks held-out hallucination pairs better than a plain RM", "accuracy",
           "fact_rm", "rm", "higher"),
     Claim("ppo", "PPO with the Fact-RM leaves fewer hallucinated captions than with a plain RM",
@@ -152,8 +154,8 @@ def write_experiments_report(out: str | Path) -> Path:
         lines += ["", "Verdict: the difference against twice its standard error over seeds (a rough screen)."]
     if "dpo" in results:
         dpo = results["dpo"]
-        arms = {"ddpo-qlora": "Dense DPO, QLoRA", "dpo-qlora": "DPO, QLoRA", "ddpo-lora-bf16": "Dense DPO, bf16 LoRA",
-                "ddpo-lora": "Dense DPO, fp32 LoRA"}
+        arms = {"ddpo-qlora": "Dense DPO, QLoRA", "dpo-qlora": "DPO, QLoRA", "ddpo-norm-qlora": "Dense DPO normalised",
+                "ddpo-lora-bf16": "Dense DPO, bf16 LoRA", "ddpo-lora": "Dense DPO, fp32 LoRA"}
         plot_bars(_bars({"base": dpo["base"]["base-4bit"]}, dpo["summary"], arms,
                         {"F1 (mean of splits)": "POPE F1 ↑", "CHAIR_s": "CHAIR_s ↓", "CHAIR_i": "CHAIR_i ↓",
                          "Recall": "CHAIR recall ↑", "weights_MB": "weights MB"}),
