@@ -113,6 +113,7 @@ def stage_scoring_models(setting: Setting, base: Path, out: Path) -> dict[str, P
     from mmalign.benchmarks.reward_models import train_model
     from mmalign.data_builders.scene_feedback import scene_feedback_records, scene_safety_records
     from mmalign.data_builders.storage import save_preference_dataset
+    from mmalign.io import atomic_dir
     from mmalign.models import load_adapter
 
     world = WorldConfig()
@@ -134,8 +135,9 @@ def stage_scoring_models(setting: Setting, base: Path, out: Path) -> dict[str, P
         if not _done(models[name]):
             print(f"-- ppo: training the {name.replace('-', ' ')}", flush=True)
             model = train_model(rm_setting, pairs[data], out / f"{name}-run", 0, **extra)
-            model.save_pretrained(models[name])
-            _mark(models[name])
+            with atomic_dir(models[name]) as tmp:
+                model.save_pretrained(tmp)
+                _mark(tmp)
     return models
 
 
