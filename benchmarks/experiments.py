@@ -43,6 +43,8 @@ class Claim:
 
 
 CLAIMS = (
+    Claim("dpo", "Dense DPO (QLoRA) hallucinates less than the shipped model (CHAIR_s)", "CHAIR_s", "ddpo-qlora",
+          "base-4bit", "lower"),
     Claim("dpo", "Dense DPO hallucinates less than plain DPO (CHAIR_s)", "CHAIR_s", "ddpo-qlora", "dpo-qlora", "lower"),
     Claim("dpo", "Dense DPO hallucinates less than plain DPO (CHAIR_i)", "CHAIR_i", "ddpo-qlora", "dpo-qlora", "lower"),
     Claim("dpo", "Dense DPO answers POPE better than plain DPO (F1)", "F1 (mean of splits)", "ddpo-qlora",
@@ -57,7 +59,9 @@ CLAIMS = (
           "ppo", "ppo-plain-rm", "higher"),
     Claim("ppo", "PPO-Lagrangian answers harmful requests unsafely less often than reward-only PPO",
           "unsafe_rate_harmful_cost_model", "safe-ppo", "ppo", "lower"),
-    Claim("ppo", "PPO-Lagrangian keeps helpfulness (Fact-RM score) of reward-only PPO", "fact_rm_score",
+    Claim("ppo", "PPO-Lagrangian is more helpful than the start policy (Fact-RM score)", "fact_rm_score",
+          "safe-ppo", "start", "higher"),
+    Claim("ppo", "PPO-Lagrangian keeps the helpfulness of reward-only PPO (Fact-RM score)", "fact_rm_score",
           "safe-ppo", "ppo", "equal"),
     Claim("dpo", "QLoRA matches LoRA on a bf16 base (POPE F1)", "F1 (mean of splits)", "ddpo-qlora",
           "ddpo-lora-bf16", "equal"),
@@ -80,16 +84,23 @@ def verdict(arm: dict[str, float], baseline: dict[str, float], metric: str, bett
     return diff, margin, "reversed" if signed < -margin else "within noise"
 
 
+def _rows(result: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """An experiment's arms over seeds plus its single models (the base, the start policy) as one-seed rows."""
+    single = {**result.get("base", {}), **({"start": result["start"]} if "start" in result else {})}
+    rows = {name: {**row, **{k + "_std": 0.0 for k in row}, "seeds": 1} for name, row in single.items()}
+    return {**rows, **result.get("summary", {})}
+
+
 def claim_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Every claim whose two arms were measured, with its difference and verdict."""
     rows = []
     for claim in CLAIMS:
-        summary = results.get(claim.experiment, {}).get("summary", {})
-        if claim.arm in summary and claim.baseline in summary:
-            diff, margin, word = verdict(summary[claim.arm], summary[claim.baseline], claim.metric, claim.better)
+        arms = _rows(results.get(claim.experiment, {}))
+        if claim.arm in arms and claim.baseline in arms:
+            diff, margin, word = verdict(arms[claim.arm], arms[claim.baseline], claim.metric, claim.better)
             rows.append({"claim": claim.text, "metric": claim.metric, "arm": claim.arm, "baseline": claim.baseline,
                          "difference": diff, "noise": margin, "verdict": word,
-                         "seeds": min(summary[claim.arm]["seeds"], summary[claim.baseline]["seeds"])})
+                         "seeds": min(arms[claim.arm]["seeds"], arms[claim.baseline]["seeds"])})
     return rows
 
 

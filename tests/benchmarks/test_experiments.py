@@ -43,7 +43,7 @@ def test_report_gathers_tables_charts_and_verdicts(tmp_path):
     summary = {"ddpo-qlora": {**{k: v for k, v in dpo_row.items()}, **{k + "_std": 1.0 for k in dpo_row}, "seeds": 3},
                "dpo-qlora": {**{k: v + 10 for k, v in dpo_row.items()}, **{k + "_std": 1.0 for k in dpo_row},
                              "seeds": 3}}
-    _write(tmp_path, "dpo", {"base": {"base-4bit": dpo_row}, "summary": summary}, "DPO TABLE\n")
+    _write(tmp_path, "dpo", {"base": {"base-4bit": {**dpo_row, "CHAIR_s": 45.0}}, "summary": summary}, "DPO TABLE\n")
     _write(tmp_path, "reward-models", {"summary": {"rm": row(55.0, 1.0, metric="accuracy"),
                                                    "fact_rm": row(50.0, 1.0, metric="accuracy")}}, "RM TABLE\n")
     report = experiments.write_experiments_report(tmp_path)
@@ -54,8 +54,10 @@ def test_report_gathers_tables_charts_and_verdicts(tmp_path):
     assert "| -5.00 | 1.63 | reversed |" in text  # the Fact-RM was worse
     assert "GiB with QLoRA against" in text
     assert (tmp_path / "dpo.png").read_bytes()[:4] == b"\x89PNG"
+    # the base is one model: its spread is zero and it counts as one seed -> 2*sqrt(1/3) = 1.15
+    assert "| CHAIR_s | 1 | -15.00 | 1.15 | appeared |" in text
     claims = json.loads((tmp_path / "claims.json").read_text())
-    assert [c["verdict"] for c in claims] == ["appeared", "appeared", "reversed", "reversed"]
+    assert [c["verdict"] for c in claims] == ["appeared", "appeared", "appeared", "reversed", "reversed"]
 
 
 def test_report_without_results_names_the_folder(tmp_path):
