@@ -227,11 +227,35 @@ def evaluate_policy(base: Path, adapter_path: Path | None, rm: Path, cm: Path, p
             "over_refusal_benign": pct(benign_refused)}
 
 
-def plot_curves(finals: dict[str, Path], setting: Setting, out: Path) -> Path:
+def mean_logs(logs: list[list[dict[str, Any]]]) -> list[dict[str, float]]:
+    """Per-iteration mean over seeds of every numeric entry (iterations that some seeds lack use the rest)."""
+    by_step: dict[int, list[dict[str, Any]]] = {}
+    for log in logs:
+        for entry in log:
+            if "step" in entry:
+                by_step.setdefault(entry["step"], []).append(entry)
+    merged = []
+    for step in sorted(by_step):
+        entries = by_step[step]
+        keys = {k for e in entries for k, v in e.items() if isinstance(v, (int, float))}
+        merged.append({k: statistics.fmean(e[k] for e in entries if k in e) for k in keys} | {"step": step})
+    return merged
+
+
+def plot_curves(runs: list[dict[str, Any]], setting: Setting, out: Path) -> Path | None:
+    """Cost, λ, reward and KL per iteration: one line per arm, the mean over its seeds."""
     from mmalign.ppo.plots import plot_ppo_logs
 
-    logs = {name: json.loads((path / "ppo_log.json").read_text()) for name, path in finals.items()}
-    return plot_ppo_logs(logs, out / "curves.png", budget=setting.budget)
+    logs: dict[str, list[list[dict[str, Any]]]] = {}
+    for run in runs:
+        for arm in run["models"]:
+            file = out / f"{arm}-{run['seed']}" / "final" / "ppo_log.json"
+            if arm in ARMS and file.exists():
+                logs.setdefault(arm, []).append(json.loads(file.read_text()))
+    if not logs:
+        return None
+    lines = {f"{ARMS[arm][2]} (mean of {len(group)})": mean_logs(group) for arm, group in logs.items()}
+    return plot_ppo_logs(lines, out / "curves.png", budget=setting.budget)
 
 
 def run_ppo_experiment(out: str | Path, seeds: Sequence[int] = (0, 1, 2), arms: Sequence[str] = tuple(ARMS),
@@ -272,8 +296,7 @@ def run_ppo_experiment(out: str | Path, seeds: Sequence[int] = (0, 1, 2), arms: 
     results = {"setting": asdict(setting), "start": start, "runs": runs, "summary": summarise(runs)}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "results.md").write_text(markdown(results))
-    finals = {f"{arm}-{r['seed']}": out / f"{arm}-{r['seed']}" / "final" for r in runs for arm in r["models"]}
-    plot_curves({k: v for k, v in finals.items() if (v / "ppo_log.json").exists()}, setting, out)
+    plot_curves(runs, setting, out)
     return results
 
 
@@ -302,7 +325,7 @@ def markdown(results: dict[str, Any]) -> str:
             row = summary[arm]
             cells = [f"{row[k]:.2f} ± {row[k + '_std']:.2f}" for k in COLUMNS]
             lines.append(f"| {ARMS[arm][2]} | {row['seeds']:g} | " + " | ".join(cells) + " |")
-    peaks = [row["peak_rss_mb"] for row in summary.values() if "peak_rss_mb" in row]
+    peaks = [m["peak_rss_mb"] for r in results["runs"] for m in r["models"].values() if "peak_rss_mb" in m]
     if peaks:
         lines.append(f"\nPeak RSS of a run's process (training and evaluation): {max(peaks):.0f} MB.")
     return "\n".join(lines) + "\n"

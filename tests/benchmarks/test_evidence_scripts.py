@@ -68,3 +68,9 @@ def test_dpo_scene_table_over_seeds(tmp_path):
     assert "| ddpo-qlora | 2 | 60.0 ± 0.0 | 55.0 ± 0.0 | 32.0 ± 2.8 |" in table
     assert "| dpo-qlora | 2 | 60.0 ± 0.0 | 55.0 ± 0.0 | 37.0 ± 2.8 |" in table
     assert "ddpo-lora" not in table  # methods not run are left out
+
+
+def test_ppo_curves_average_seeds_per_iteration():
+    logs = [[{"step": 1, "cost": -1.0, "kl": 0.0, "note": "x"}, {"step": 2, "cost": -3.0}],
+            [{"step": 1, "cost": -2.0, "kl": 1.0}, {"reward": 5.0}]]  # an entry without a step is not an iteration
+    assert ppo_scene.mean_logs(logs) == [{"step": 1, "cost": -1.5, "kl": 0.5}, {"step": 2, "cost": -3.0}]
