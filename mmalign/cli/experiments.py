@@ -14,8 +14,8 @@ with several seeds at equal data and compute:
   report         gather the results under OUT into OUT/report.md with charts and verdicts
   all            every experiment, then the report
 Every experiment resumes: finished stages and (seed, arm) results under OUT are reused, and
-several invocations (say one per seed) can share OUT. Three seeds of everything take about
-three hours on two CPU cores; --quick is a few-minute smoke run of the same code.
+invocations for different seeds can share OUT. Three seeds of everything take about four
+hours on two CPU cores; --quick is a few-minute smoke run of the same code.
 """
 
 
