@@ -98,3 +98,23 @@ def test_cli_runs_an_experiment_resumes_it_and_reports(tmp_path, capsys):
     stamps = {p.name: p.stat().st_mtime_ns for p in measured.iterdir()}
     assert main(argv) == 0  # resumes: nothing is trained or measured again
     assert {p.name: p.stat().st_mtime_ns for p in measured.iterdir()} == stamps
+
+
+@pytest.mark.slow
+def test_dpo_experiment_measures_each_arm_once_with_the_base_of_its_precision(tmp_path):
+    from mmalign.benchmarks.dpo_scene import quick_config, run_dpo_experiment
+
+    config = quick_config()
+    results = run_dpo_experiment(tmp_path, seeds=[0], methods=["ddpo-qlora", "ddpo-lora-bf16"], config=config)
+    assert sorted(results["base"]) == ["base-4bit", "base-bf16"]  # no fp32 arm ran, so no fp32 base row
+    assert results["base"]["base-bf16"]["weights_MB"] > results["base"]["base-4bit"]["weights_MB"]
+    rows = results["runs"][0]["models"]
+    assert sorted(rows) == ["ddpo-lora-bf16", "ddpo-qlora"]
+    for row in rows.values():
+        assert {"F1 (mean of splits)", "CHAIR_s", "train_seconds", "weights_MB"} <= set(row)
+    table = (tmp_path / "results.md").read_text()
+    assert "| ddpo-qlora | 1 |" in table and "| base-bf16 | - |" in table and "| dpo-qlora |" not in table
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "measured").iterdir()}
+    again = run_dpo_experiment(tmp_path, seeds=[0], methods=["ddpo-qlora"], config=config)  # resumes
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "measured").iterdir()} == stamps
+    assert again["summary"] == results["summary"]
