@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from mmalign.data_builders.schema import IMAGE_PLACEHOLDER
 from mmalign.models.cards import ModelCard, get_card, list_cards
 from mmalign.qlora import (
     LoraSettings,
@@ -132,10 +133,6 @@ def message_text(message: dict[str, Any]) -> str:
     if isinstance(content, str):
         return content
     return "".join(part.get("text", "") for part in content if part.get("type") == "text")
-
-
-#: LLaVA data's image placeholder; in a text prompt it marks where an image goes.
-IMAGE_PLACEHOLDER = "<image>"
 
 
 def user_turn(prompt: Prompt, n_images: int) -> list[dict[str, Any]]:
