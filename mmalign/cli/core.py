@@ -93,6 +93,7 @@ def tiny_family(name: str) -> str:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Installation and model commands: version, models, selftest, tiny."""
+    from mmalign.demo import DemoConfig  # standard library imports only: cheap for --help
 
     p = sub.add_parser("version", help="print mmalign and key dependency versions")
     p.set_defaults(func=cmd_version)
@@ -120,15 +121,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "from its own answers corrected against the scene ground truth, train a 4-bit QLoRA adapter, "
         "evaluate again and write a before/after report. Re-running resumes finished stages.",
     )
+    demo = DemoConfig  # the defaults live in one place: the config the Python API uses
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument("--model", default="scene-vlm", help="base model (default: the shipped scene-vlm)")
-    p.add_argument("--eval-scenes", type=int, default=200, help="held-out scenes for evaluation (default: 200)")
-    p.add_argument("--feedback-scenes", type=int, default=600, help="scenes for feedback pairs (default: 600)")
-    p.add_argument("--epochs", type=float, default=2.0, help="Dense DPO epochs (default: 2)")
-    p.add_argument("--learning-rate", type=float, default=1e-3, help="LoRA learning rate (default: 1e-3)")
+    p.add_argument("--model", default=demo.model, help=f"base model (default: the shipped {demo.model})")
+    p.add_argument("--eval-scenes", type=int, default=demo.eval_scenes,
+                   help=f"held-out scenes for evaluation (default: {demo.eval_scenes})")
+    p.add_argument("--feedback-scenes", type=int, default=demo.feedback_scenes,
+                   help=f"scenes for feedback pairs (default: {demo.feedback_scenes})")
+    p.add_argument("--epochs", type=float, default=demo.epochs, help=f"Dense DPO epochs (default: {demo.epochs:g})")
+    p.add_argument("--learning-rate", type=float, default=demo.learning_rate,
+                   help=f"LoRA learning rate (default: {demo.learning_rate:g})")
     p.add_argument("--replace-absent", action="store_true",
                    help="correct a hallucinated object by naming a present one instead of removing its clause")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=demo.seed)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("tiny", help="write a tiny random checkpoint of a family (for debugging pipelines)",
