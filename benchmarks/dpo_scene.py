@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from mmalign.benchmarks.reward_models import load_runs, summarise
-from mmalign.demo import DemoConfig, build_feedback_pairs, demo_policy, demo_training_args
+from mmalign.demo import (
+    DemoConfig,
+    build_feedback_pairs,
+    demo_base,
+    demo_policy,
+    demo_training_args,
+)
 
 #: method -> (DPO loss type, base precision, DPOConfig changes to the demo's recipe).
 #: ``ddpo-norm-qlora`` is the RLHF-V paper's own form: scores normalised by N = |y_u| + γ|y_c|, β 0.5.
@@ -33,16 +39,6 @@ METHODS = {"ddpo-qlora": ("ddpo", "nf4", {}), "dpo-qlora": ("sigmoid", "nf4", {}
 TAGS = {"nf4": "4bit", "float32": "fp32", "bfloat16": "bf16"}
 METRICS = (("F1 (mean of splits)", "POPE F1"), ("Accuracy (mean)", "POPE acc."), ("CHAIR_s", "CHAIR_s"),
            ("CHAIR_i", "CHAIR_i"), ("Recall", "recall"), ("Length (words)", "words"))
-
-
-def load_base(config: DemoConfig, precision: str):
-    """The shipped base as a method loads it, without LoRA (for data, references and the base rows)."""
-    from mmalign.models import load_adapter
-    from mmalign.qlora import QuantizationConfig
-
-    if precision == "nf4":
-        return load_adapter(config.model, quantization=QuantizationConfig(compute_dtype="float32"))
-    return load_adapter(config.model, dtype=precision)
 
 
 def weight_megabytes(model) -> float:
@@ -59,7 +55,7 @@ def build_data(config: DemoConfig, out: Path) -> tuple[Path, Path]:
     if not (world / "world.json").exists():
         make_world(world, seed=config.seed, size=config.eval_scenes)
     if not (pairs / "mmalign_dataset.json").exists():
-        base = load_base(config, "nf4")
+        base = demo_base(config)
         build_feedback_pairs(base, config, pairs, out / "pairs-stats.json")
     return world, pairs
 
@@ -74,7 +70,7 @@ def reference_data(config: DemoConfig, pairs: Path, precision: str, out: Path):
 
     path = out / f"pairs-ref-{TAGS[precision]}"
     if not path.exists():
-        base = load_base(config, precision)
+        base = demo_base(config, precision=precision)
         data = precompute_reference_logps(base, load_preference_dataset(pairs), max_length=config.max_length,
                                           batch_size=32, share_prefix=True)
         with atomic_dir(path) as tmp:
@@ -111,7 +107,7 @@ def base_results(config: DemoConfig, world: Path, out: Path, precisions: Sequenc
         name = f"base-{TAGS[precision]}"
         file = out / "base" / f"{name}.json"
         if not file.exists():
-            adapter = load_base(config, precision)
+            adapter = demo_base(config, precision=precision)
             row = {**evaluate_scene_model(adapter, world, out / "base" / name, name, progress=False),
                    "weights_MB": weight_megabytes(adapter.model)}
             file.parent.mkdir(parents=True, exist_ok=True)

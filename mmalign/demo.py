@@ -83,12 +83,28 @@ def build_feedback_pairs(adapter, config: DemoConfig, pairs_dir: Path, stats_fil
 PRECISIONS = ("nf4", "float32", "bfloat16")
 
 
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+
+
+def demo_base(config: DemoConfig, *, precision: str = "nf4"):
+    """The base model without LoRA, as a policy of that precision sees it (to answer, evaluate
+    and compute reference log-probs)."""
+    from mmalign.models import load_adapter
+    from mmalign.qlora import QuantizationConfig
+
+    _check_precision(precision)
+    if precision == "nf4":
+        return load_adapter(config.model, quantization=QuantizationConfig(compute_dtype="float32"))
+    return load_adapter(config.model, dtype=precision)
+
+
 def demo_policy(config: DemoConfig, *, precision: str = "nf4"):
     """The base with a fresh LoRA, in 4-bit NF4 (QLoRA) or unquantised float32 / bfloat16."""
     from mmalign.model_config import ModelConfig
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    _check_precision(precision)
     four_bit = precision == "nf4"
     return ModelConfig(model_name_or_path=config.model, load_in_4bit=four_bit, bnb_4bit_compute_dtype="float32",
                        dtype="float32" if four_bit else precision, lora_r=config.lora_r, lora_alpha=2 * config.lora_r,
@@ -115,8 +131,6 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None,
     """Run every stage; returns the path of the markdown report."""
     from mmalign.data_builders.scene_exports import make_world
     from mmalign.dpo import DPOTrainer
-    from mmalign.models import load_adapter
-    from mmalign.qlora import QuantizationConfig
 
     config = config or DemoConfig()
     out = Path(out_dir)
@@ -125,9 +139,8 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None,
         _say(progress, f"[1/5] writing {config.eval_scenes} held-out scenes and benchmark files")
         make_world(world_dir, seed=config.seed, size=config.eval_scenes)
 
-    quant = QuantizationConfig(compute_dtype="float32")
     _say(progress, "[2/5] evaluating the base model")
-    base = load_adapter(config.model, quantization=quant)
+    base = demo_base(config)
     before = evaluate_scene_model(base, world_dir, out / "eval-before", "base")
 
     pairs_dir = out / "pairs"
@@ -150,7 +163,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None,
         (out / "train-log.json").write_text(json.dumps(trainer.state.log_history, indent=2))
 
     _say(progress, "[5/5] evaluating the aligned model")
-    aligned = load_adapter(config.model, quantization=quant)
+    aligned = demo_base(config)
     aligned.load_adapter(adapter_dir)
     after = evaluate_scene_model(aligned, world_dir, out / "eval-after", "ddpo")
     return write_demo_report(out, before, after, pair_stats, config)
