@@ -156,8 +156,6 @@ def stage_prompts(setting: Setting, out: Path) -> tuple[Path, Path]:
 
 def stage_ppo(setting: Setting, base: Path, models: dict[str, Path], prompts: Path, out: Path, seed: int,
               arm: str) -> Path:
-    import torch
-
     from mmalign.model_config import ModelConfig
     from mmalign.ppo import PPOConfig, run_ppo
 
@@ -178,8 +176,7 @@ def stage_ppo(setting: Setting, base: Path, models: dict[str, Path], prompts: Pa
     )
     model_config = ModelConfig(model_name_or_path=str(base), use_peft=True, lora_r=8, lora_alpha=16,
                                lora_dropout=0.0)
-    torch.manual_seed(seed)
-    return run_ppo(model_config, args)
+    return run_ppo(model_config, args)  # seeds everything from args.seed
 
 
 def evaluate_policy(base: Path, adapter_path: Path | None, rm: Path, cm: Path, prompts: Path) -> dict[str, float]:
