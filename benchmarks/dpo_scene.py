@@ -22,7 +22,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from mmalign.benchmarks.reward_models import load_runs, summarise
+from mmalign.benchmarks.seed_runs import load_runs, result_file, save_result, summarise
 from mmalign.demo import (
     DemoConfig,
     build_feedback_pairs,
@@ -156,14 +156,12 @@ def run_dpo_experiment(out: str | Path, seeds: Sequence[int] = (0, 1, 2), method
         raise ValueError(f"unknown DPO experiment method(s) {unknown}; choose from {sorted(METHODS)}")
     out = Path(out)
     world, pairs = build_data(config, out)
-    measured = out / "measured"
-    measured.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
         for method in methods:
-            file = measured / f"seed{seed}-{method}.json"
+            file = result_file(out, seed, method)
             if not file.exists():
                 print(f"-- dpo: seed {seed}, {method}: training, then POPE and CHAIR on the held-out scenes", flush=True)
-                file.write_text(json.dumps(run_method(config, method, seed, world, pairs, out), indent=1))
+                save_result(out, seed, method, run_method(config, method, seed, world, pairs, out))
             print(f"-- dpo: seed {seed}, {method}: measured ({file})", flush=True)
     runs = load_runs(out)
     measured_precisions = {METHODS[m][1] for r in runs for m in r["models"]}

@@ -262,7 +262,7 @@ def run_ppo_experiment(out: str | Path, seeds: Sequence[int] = (0, 1, 2), arms: 
     Each (seed, arm) result is its own file under ``OUT/measured``, so a stopped run resumes and
     several invocations (say one per seed) can share ``OUT``; the tables cover every file there.
     """
-    from mmalign.benchmarks.reward_models import load_runs, summarise
+    from mmalign.benchmarks.seed_runs import load_runs, result_file, save_result, summarise
 
     setting = setting or Setting()
     out = Path(out)
@@ -270,23 +270,21 @@ def run_ppo_experiment(out: str | Path, seeds: Sequence[int] = (0, 1, 2), arms: 
     base = stage_policy_sft(setting, out)
     models = stage_scoring_models(setting, base, out)
     train_prompts, eval_prompts = stage_prompts(setting, out)
-    measured = out / "measured"
-    measured.mkdir(exist_ok=True)
-    start_file = measured / "start.json"
+    start_file = out / "measured" / "start.json"  # one model: not a (seed, arm) result
+    start_file.parent.mkdir(exist_ok=True)
     if not start_file.exists():
         print("-- ppo: evaluating the start policy", flush=True)
         start_file.write_text(json.dumps(evaluate_policy(base, None, models["reward-model"], models["cost-model"],
                                                          eval_prompts)))
     for seed in seeds:
         for arm in arms:
-            file = measured / f"seed{seed}-{arm}.json"
-            if file.exists():
+            if result_file(out, seed, arm).exists():
                 continue
             print(f"-- ppo: seed {seed}, {ARMS[arm][2]}: training, then the held-out evaluation", flush=True)
             final = stage_ppo(setting, base, models, train_prompts, out, seed, arm)
             result = evaluate_policy(base, final, models["reward-model"], models["cost-model"], eval_prompts)
             result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            file.write_text(json.dumps(result))
+            save_result(out, seed, arm, result)
             print(f"-- ppo: seed {seed}, {arm}: {result}", flush=True)
     runs = load_runs(out)
     start = json.loads(start_file.read_text())

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mmalign.benchmarks.seed_runs import load_runs, result_file, save_result, summarise
+
 
 @dataclass
 class Setting:
@@ -116,20 +118,6 @@ def evaluate(model, data: Path, kind: str) -> dict[str, float]:
     return result
 
 
-def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean and std over seeds of every metric of every model (NaN, nothing measured, is left out)."""
-    summary: dict[str, dict[str, float]] = {}
-    names = dict.fromkeys(n for r in runs for n in r["models"])
-    for name in names:
-        measured = [r["models"][name] for r in runs if name in r["models"]]
-        summary[name] = {"seeds": len(measured)}
-        for metric in dict.fromkeys(k for m in measured for k in m):
-            values = [v for m in measured if metric in m and (v := m[metric]) == v]  # v == v: not NaN
-            summary[name][metric] = statistics.fmean(values) if values else float("nan")
-            summary[name][metric + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-    return summary
-
-
 def markdown(summary: dict[str, dict[str, float]], seeds: list[int], setting: Setting) -> str:
     def cell(name: str, metric: str) -> str:
         return f"{summary[name][metric]:.1f} ± {summary[name][metric + '_std']:.1f}"
@@ -166,15 +154,6 @@ MODELS = {
 DEFAULT_MODELS = ("rm", "fact_rm", "cost")
 
 
-def load_runs(out: Path) -> list[dict[str, Any]]:
-    """Every (seed, model) measured so far: one file each, so parallel invocations never clash."""
-    runs: dict[int, dict[str, Any]] = {}
-    for file in sorted((out / "measured").glob("seed*-*.json")):
-        seed, name = file.stem.removeprefix("seed").split("-", 1)
-        runs.setdefault(int(seed), {"seed": int(seed), "models": {}})["models"][name] = json.loads(file.read_text())
-    return [runs[s] for s in sorted(runs)]
-
-
 def write_results(out: Path, setting: Setting, runs: list[dict[str, Any]]) -> None:
     summary = summarise(runs)
     (out / "results.json").write_text(json.dumps({"setting": setting.__dict__, "runs": runs, "summary": summary},
@@ -204,16 +183,14 @@ def run_reward_model_experiment(out: str | Path, seeds: Sequence[int] = (0, 1, 2
     data = build_data(setting, out / "data")
     for seed in seeds:
         for name in models:
-            measured = out / "measured" / f"seed{seed}-{name}.json"
-            if measured.exists():
+            if result_file(out, seed, name).exists():
                 continue  # measured by an earlier (or parallel) invocation
             path, extra = MODELS[name]
             print(f"-- reward-models: seed {seed}, {name}: training, then scoring the held-out pairs", flush=True)
             model = train_model(setting, data[f"{path}-train"], out / f"{name}-seed{seed}", seed, **extra)
             result = evaluate(model, data[f"{path}-eval"], "cost" if name == "cost" else "reward")
             print(f"-- reward-models: seed {seed}, {name}: {result}", flush=True)
-            measured.parent.mkdir(parents=True, exist_ok=True)
-            measured.write_text(json.dumps(result))
+            save_result(out, seed, name, result)
             write_results(out, setting, load_runs(out))  # after every model, so a stopped run keeps it
     write_results(out, setting, load_runs(out))
     return json.loads((out / "results.json").read_text())

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from mmalign.benchmarks import ppo_scene, reward_models
+from mmalign.benchmarks import ppo_scene, reward_models, seed_runs
 
 
 def test_reward_model_summary_over_seeds():
@@ -14,7 +14,7 @@ def test_reward_model_summary_over_seeds():
         "cost": {"accuracy": 90.0, "sign_accuracy": 80.0, "mean_cost_unsafe": 1.0 + s,
                  "mean_cost_safe": float("nan") if s else -1.0, "pairs": 4},
     }} for s, a in ((0, 60.0), (1, 64.0))]
-    summary = reward_models.summarise(runs)
+    summary = seed_runs.summarise(runs)
     assert summary["rm"]["accuracy"] == 62.0 and summary["rm"]["accuracy_std"] == pytest.approx(math.sqrt(8))
     assert summary["cost"]["mean_cost_safe"] == -1.0  # NaN (nothing to measure) is left out, not averaged
     table = reward_models.markdown(summary, [0, 1], reward_models.Setting())
@@ -27,7 +27,7 @@ def test_ppo_table_lists_start_and_every_arm():
     runs = [{"seed": 0, "models": {"ppo": row, "ppo-plain-rm": row, "safe-ppo": {**row, "peak_rss_mb": 1234.0}}},
             {"seed": 1, "models": {"ppo": {**row, "mean_cost": 3.0}, "safe-ppo": row}}]
     results = {"setting": {**ppo_scene.Setting().__dict__}, "start": row, "runs": runs,
-               "summary": reward_models.summarise(runs)}
+               "summary": seed_runs.summarise(runs)}
     table = ppo_scene.markdown(results)
     assert "| start (safety-mixed SFT) | - | 1.00 |" in table
     assert "| PPO, Fact-RM, reward only | 2 | 1.00 ± 0.00 |" in table and "2.00 ± 1.41 |" in table
@@ -41,10 +41,10 @@ def test_runs_from_several_invocations_merge_by_seed_and_model(tmp_path):
     (tmp_path / "measured").mkdir()
     for seed, name, accuracy in ((0, "rm", 1.0), (0, "cost", 2.0), (1, "rm", 3.0), (1, "fact_rm_prompt", 4.0)):
         (tmp_path / "measured" / f"seed{seed}-{name}.json").write_text(json.dumps({"accuracy": accuracy}))
-    runs = reward_models.load_runs(tmp_path)
+    runs = seed_runs.load_runs(tmp_path)
     assert runs == [{"seed": 0, "models": {"cost": {"accuracy": 2.0}, "rm": {"accuracy": 1.0}}},
                     {"seed": 1, "models": {"fact_rm_prompt": {"accuracy": 4.0}, "rm": {"accuracy": 3.0}}}]
-    summary = reward_models.summarise(runs)
+    summary = seed_runs.summarise(runs)
     assert summary["rm"]["seeds"] == 2 and summary["cost"]["seeds"] == 1 and summary["rm"]["accuracy"] == 2.0
 
 
@@ -61,9 +61,9 @@ def test_dpo_scene_table_over_seeds(tmp_path):
         for method in ("ddpo-qlora", "dpo-qlora"):
             row = {**headline, "CHAIR_s": chair + (5.0 if method == "dpo-qlora" else 0.0)}
             (tmp_path / "measured" / f"seed{seed}-{method}.json").write_text(json.dumps(row))
-    runs = dpo_scene.load_runs(tmp_path)
+    runs = seed_runs.load_runs(tmp_path)
     assert [sorted(r["models"]) for r in runs] == [["ddpo-qlora", "dpo-qlora"]] * 2
-    table = dpo_scene.markdown(dpo_scene.summarise(runs), {"base-4bit": headline}, [0, 1], DemoConfig())
+    table = dpo_scene.markdown(seed_runs.summarise(runs), {"base-4bit": headline}, [0, 1], DemoConfig())
     assert "| base-4bit | - | 60.0 | 55.0 | 40.0 | 20.0 | 60.0 | 10.0 | 4.0 |" in table
     assert "| ddpo-qlora | 2 | 60.0 ± 0.0 | 55.0 ± 0.0 | 32.0 ± 2.8 |" in table
     assert "| dpo-qlora | 2 | 60.0 ± 0.0 | 55.0 ± 0.0 | 37.0 ± 2.8 |" in table
