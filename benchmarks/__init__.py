@@ -15,14 +15,8 @@ from mmalign.benchmarks.mmhal import MMHalBenchmark, MMHalConfig, run_mmhal
 from mmalign.benchmarks.objects import ObjectVocabulary
 from mmalign.benchmarks.objhal import ObjHalBenchmark, ObjHalConfig, run_objhal
 from mmalign.benchmarks.pope import PopeBenchmark, PopeConfig, load_pope, run_pope
-from mmalign.benchmarks.report import compare_reports, load_report, write_report
-from mmalign.benchmarks.runner import (
-    Benchmark,
-    BenchmarkResult,
-    GenerationConfig,
-    Item,
-    run_benchmark,
-)
+from mmalign.benchmarks.report import BenchmarkResult, compare_reports, load_report, write_report
+from mmalign.benchmarks.runner import Benchmark, GenerationConfig, Item, run_benchmark
 from mmalign.benchmarks.safety import (
     SafetyBenchmark,
     SafetyConfig,

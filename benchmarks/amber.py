@@ -40,18 +40,18 @@ from pathlib import Path
 from typing import Any
 
 from mmalign.benchmarks.metrics import binary_metrics, first_word_yes_no, ratio
+from mmalign.benchmarks.report import BenchmarkResult
 from mmalign.benchmarks.runner import (
     Benchmark,
-    BenchmarkResult,
     GenerationConfig,
     Item,
     answer_text,
     join_by_key,
-    read_json,
     require,
     resolve_image,
 )
 from mmalign.benchmarks.text import singularize, tokenize
+from mmalign.io import read_json
 
 GENERATIVE = "generative"
 #: Discriminative annotation types and the short names used in reports.

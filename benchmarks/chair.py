@@ -35,18 +35,18 @@ from mmalign.benchmarks.objects import (
     extractor_label,
     find_mentions,
 )
+from mmalign.benchmarks.report import BenchmarkResult
 from mmalign.benchmarks.runner import (
     Benchmark,
-    BenchmarkResult,
     GenerationConfig,
     Item,
     answer_text,
     join_by_key,
-    read_json,
     require,
     resolve_image,
 )
 from mmalign.benchmarks.text import tokenize
+from mmalign.io import read_json
 
 #: The instruction used for CHAIR captions in recent hallucination papers.
 CAPTION_PROMPT = "Please describe this image in detail."

@@ -27,18 +27,18 @@ from typing import Any
 
 from mmalign.benchmarks.judges import Judge, RecordJudge, is_record_judge, judge_name
 from mmalign.benchmarks.metrics import ratio
+from mmalign.benchmarks.report import BenchmarkResult
+from mmalign.benchmarks.resumable import cached_map
 from mmalign.benchmarks.runner import (
     Benchmark,
-    BenchmarkResult,
     GenerationConfig,
     Item,
     answer_text,
-    cached_map,
     join_by_key,
-    read_json,
     require,
     resolve_image,
 )
+from mmalign.io import read_json
 
 #: Question types in the official interleaved order (record i has type i % 8).
 MMHAL_TYPES = ("attribute", "adversarial", "comparison", "counting", "relation", "environment", "holistic", "other")

@@ -36,17 +36,17 @@ from mmalign.benchmarks.objects import (
     extractor_label,
     find_mentions,
 )
+from mmalign.benchmarks.report import BenchmarkResult
 from mmalign.benchmarks.runner import (
     Benchmark,
-    BenchmarkResult,
     GenerationConfig,
     Item,
     answer_text,
     join_by_key,
-    read_records,
     require,
     resolve_image,
 )
+from mmalign.io import read_records
 
 _QUESTION_FIELDS = ("question", "text", "prompt", "instruction")
 

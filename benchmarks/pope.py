@@ -18,17 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from mmalign.benchmarks.metrics import binary_metrics, first_word_yes_no
+from mmalign.benchmarks.report import BenchmarkResult
 from mmalign.benchmarks.runner import (
     Benchmark,
-    BenchmarkResult,
     GenerationConfig,
     Item,
     answer_text,
     join_by_key,
-    read_records,
     require,
     resolve_image,
 )
+from mmalign.io import read_records
 
 SPLITS = ("random", "popular", "adversarial")
 #: Questions per split in each data version.

@@ -11,10 +11,41 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmalign.benchmarks.runner import BenchmarkResult, atomic_write_text, jsonl_text, read_json
+from mmalign.io import atomic_write_text, jsonl_text, read_json
+
+
+@dataclass
+class BenchmarkResult:
+    """Everything a benchmark run measured.
+
+    ``headline`` holds the numbers papers report (flat, for tables and charts);
+    ``metrics`` everything, nested; ``breakdowns`` per-group tables (title -> row -> column
+    -> value); ``details`` one record per scored answer (written to ``details.jsonl``).
+    """
+
+    benchmark: str
+    headline: dict[str, float]
+    metrics: dict[str, Any]
+    protocol: dict[str, Any]
+    breakdowns: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    details: list[dict[str, Any]] = field(default_factory=list)
+    model: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report JSON: all but the per-answer details."""
+        return {
+            "benchmark": self.benchmark,
+            "model": self.model,
+            "headline": self.headline,
+            "metrics": self.metrics,
+            "breakdowns": self.breakdowns,
+            "protocol": self.protocol,
+        }
+
 
 REPORT = "report.json"
 #: Protocol entries that describe where answers came from rather than how they were scored.

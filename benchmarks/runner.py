@@ -11,22 +11,22 @@ joins the answers to the questions by key, scores them and writes the reports.
 from __future__ import annotations
 
 import io
-import json
-import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from PIL import Image
+
+from mmalign.benchmarks.report import BenchmarkResult, write_report
+from mmalign.benchmarks.resumable import cached_map
+from mmalign.data_builders.images import ImageError, resolve_inside
+from mmalign.io import read_records
 
 #: Fields that may hold the answer text in an answers file, tried in this order after the
 #: benchmark's own field (LLaVA writes "text", AMBER "response", MMHal "model_answer").
 ANSWER_FIELDS = ("text", "answer", "response", "caption", "model_answer", "output", "prediction")
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -59,35 +59,6 @@ class Item:
     prompt: str
     image: Path | bytes | None
     record: dict[str, Any]
-
-
-@dataclass
-class BenchmarkResult:
-    """Everything a benchmark run measured.
-
-    ``headline`` holds the numbers papers report (flat, for tables and charts);
-    ``metrics`` everything, nested; ``breakdowns`` per-group tables (title -> row -> column
-    -> value); ``details`` one record per scored answer (written to ``details.jsonl``).
-    """
-
-    benchmark: str
-    headline: dict[str, float]
-    metrics: dict[str, Any]
-    protocol: dict[str, Any]
-    breakdowns: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    details: list[dict[str, Any]] = field(default_factory=list)
-    model: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report JSON: all but the per-answer details."""
-        return {
-            "benchmark": self.benchmark,
-            "model": self.model,
-            "headline": self.headline,
-            "metrics": self.metrics,
-            "breakdowns": self.breakdowns,
-            "protocol": self.protocol,
-        }
 
 
 class Benchmark(ABC):
@@ -145,65 +116,6 @@ class Benchmark(ABC):
 
 
 # --------------------------------------------------------------------------- files
-
-
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a JSON list or a JSON Lines file (whatever the extension: POPE's official
-    ``.json`` files are JSON Lines). Every record must be an object."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: invalid JSON: {err}") from None
-    else:
-        records = []
-        for line_no, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} line {line_no}: invalid JSON: {err}") from None
-    for i, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise ValueError(f"{path} record {i}: expected a JSON object, got {type(record).__name__}")
-    return records
-
-
-def read_json(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON: {err}") from None
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def jsonl_text(records: Sequence[Mapping[str, Any]]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
 def require(record: Mapping[str, Any], name: str, where: str, kind: type | tuple[type, ...] | None = None) -> Any:
@@ -277,132 +189,12 @@ def load_image(source: Path | bytes | None, where: str) -> Image.Image | None:
 def resolve_image(image_dir: Path | None, name: str, where: str) -> Path:
     """``image_dir / name``, confined to the image folder: a question file naming an absolute
     path or one that climbs out with ``..`` (symlinks resolved) is refused."""
-    from mmalign.data_builders.images import ImageError, resolve_inside
-
     if image_dir is None:
         raise ValueError(f"{where}: image {name!r} needs an image folder, but no image folder was given")
     try:
         return resolve_inside(Path(image_dir), name)
     except ImageError as err:
         raise ValueError(f"{where}: {err}") from None
-
-
-# --------------------------------------------------------------------------- resumable batches
-
-
-def cached_map(
-    items: Sequence[T],
-    keys: Sequence[str],
-    compute: Callable[[list[T], int], list[dict[str, Any]]],
-    *,
-    key_of: Callable[[Mapping[str, Any], str], str],
-    path: Path | None,
-    settings: Mapping[str, Any],
-    batch_size: int,
-    desc: str,
-    progress: bool = True,
-    whole_batches: bool = True,
-) -> list[dict[str, Any]]:
-    """One output record per item, computed in batches, cached to survive interruption.
-
-    With ``path`` (``name.jsonl``): ``settings`` go to ``name.meta.json`` (a resumed run
-    with other settings is an error), each finished batch is appended to
-    ``name.partial.jsonl`` and flushed, and at the end all records are written to ``path``
-    in item order, atomically.
-
-    With ``whole_batches`` (for generation), batches are fixed slices of ``items`` and a
-    batch is either cached whole or computed whole (``compute`` gets its index), so a
-    resumed run computes exactly what an uninterrupted one would — padding and sampling
-    seeds included — and writes the same file. Without it (for judges), only the missing
-    items are computed, in batches of ``batch_size``.
-    """
-    if len(set(keys)) != len(keys):
-        raise ValueError("duplicate keys among the items")
-    done: dict[str, dict[str, Any]] = {}
-    partial = None
-    if path is not None:
-        path = Path(path)
-        partial = path.with_name(path.stem + ".partial.jsonl")
-        _check_settings(path.with_name(path.stem + ".meta.json"), path, dict(settings))
-        if path.exists():
-            done.update(_read_cache(path, key_of, allow_torn_tail=False))
-        if partial.exists():
-            done.update(_read_cache(partial, key_of, allow_torn_tail=True))
-    wanted = set(keys)
-    done = {k: v for k, v in done.items() if k in wanted}
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(items), initial=len(done), desc=desc, unit="item", disable=not progress)
-    sink = open(partial, "a", encoding="utf-8") if partial is not None else None
-    try:
-        if whole_batches:
-            batches = [list(range(start, min(start + batch_size, len(items))))
-                       for start in range(0, len(items), batch_size)]
-        else:
-            pending = [i for i in range(len(items)) if keys[i] not in done]
-            batches = [pending[start : start + batch_size] for start in range(0, len(pending), batch_size)]
-        for batch_index, span in enumerate(batches):
-            if all(keys[i] in done for i in span):
-                continue
-            outputs = compute([items[i] for i in span], batch_index)
-            if len(outputs) != len(span):
-                raise RuntimeError(f"batch {batch_index}: got {len(outputs)} outputs for {len(span)} items")
-            new = [(keys[i], out) for i, out in zip(span, outputs) if keys[i] not in done]
-            if sink is not None:
-                sink.write(jsonl_text([out for _, out in new]))
-                sink.flush()
-                os.fsync(sink.fileno())
-            done.update(new)
-            bar.update(len(new))
-    finally:
-        bar.close()
-        if sink is not None:
-            sink.close()
-    ordered = [done[k] for k in keys]
-    if path is not None:
-        atomic_write_text(path, jsonl_text(ordered))
-        partial.unlink(missing_ok=True)
-    return ordered
-
-
-def _check_settings(meta: Path, final: Path, settings: dict[str, Any]) -> None:
-    if meta.exists():
-        saved = read_json(meta)
-        if saved != settings:
-            changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
-            raise ValueError(
-                f"{meta}: the cached answers were made with other settings ({', '.join(changed)}); "
-                "use another output folder or delete the cache to start over"
-            )
-        return
-    if final.exists():
-        raise ValueError(
-            f"{final} exists but has no {meta.name}; it was not written by this runner — "
-            "use another output folder"
-        )
-    atomic_write_text(meta, json.dumps(settings, indent=2, sort_keys=True) + "\n")
-
-
-def _read_cache(
-    path: Path, key_of: Callable[[Mapping[str, Any], str], str], *, allow_torn_tail: bool
-) -> dict[str, dict[str, Any]]:
-    """Records of a cache file; a torn last line (an interrupted write) is dropped and the
-    file rewritten without it so appending can go on."""
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    records: dict[str, dict[str, Any]] = {}
-    for line_no, line in enumerate(lines, start=1):
-        try:
-            record = json.loads(line)
-            if not line.endswith("\n"):
-                raise json.JSONDecodeError("no line end", line, len(line))
-        except json.JSONDecodeError as err:
-            if allow_torn_tail and line_no == len(lines):
-                atomic_write_text(path, "".join(lines[:-1]))
-                break
-            raise ValueError(f"{path} line {line_no}: invalid JSON: {err}") from None
-        records[key_of(record, f"{path} line {line_no}")] = record
-    return records
 
 
 def generate_answers(
@@ -472,8 +264,6 @@ def run_benchmark(
     """Generate answers with ``adapter`` (cached in ``out/answers.jsonl``) or read
     ``answers`` (a file produced elsewhere), score them, and write the reports to ``out``.
     """
-    from mmalign.benchmarks.report import write_report
-
     if (adapter is None) == (answers is None):
         raise ValueError("give exactly one of adapter (to generate answers) or answers (to score a file)")
     workdir = Path(out) if out is not None else None

@@ -25,18 +25,18 @@ from PIL import Image
 
 from mmalign.benchmarks.judges import judge_name
 from mmalign.benchmarks.metrics import ratio
+from mmalign.benchmarks.report import BenchmarkResult
 from mmalign.benchmarks.runner import (
     Benchmark,
-    BenchmarkResult,
     GenerationConfig,
     Item,
     answer_text,
     join_by_key,
     load_image,
-    read_records,
     require,
     resolve_image,
 )
+from mmalign.io import read_records
 
 Scorer = Callable[[list[Image.Image | None], list[str], list[str]], Sequence[float]]
 _PROMPT_FIELDS = ("question", "prompt", "text")

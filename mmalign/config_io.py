@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
+from mmalign.io import atomic_write_text
+
 
 def resolve_recipe_path(name_or_path: str) -> Path:
     """A recipe file, or the name of one shipped in ``mmalign/recipes`` (without ``.yaml``)."""
@@ -83,9 +85,4 @@ def resolved_config(*configs: Any) -> dict[str, Any]:
 
 
 def write_resolved_config(path: str | Path, *configs: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(resolved_config(*configs), sort_keys=True))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, yaml.safe_dump(resolved_config(*configs), sort_keys=True))

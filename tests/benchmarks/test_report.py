@@ -79,8 +79,7 @@ def test_a_folder_without_report_is_an_error(tmp_path):
 
 
 def test_markdown_shows_multiline_protocol_values_on_one_line():
-    from mmalign.benchmarks.report import render_markdown
-    from mmalign.benchmarks.runner import BenchmarkResult
+    from mmalign.benchmarks.report import BenchmarkResult, render_markdown
 
     result = BenchmarkResult("pope", {"F1": 85.904}, {}, {"prompt_suffix": "\nAnswer.", "parsing": "official"},
                              model="m")

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from mmalign.benchmarks.pope import PopeBenchmark, PopeConfig, run_pope
-from mmalign.benchmarks.runner import GenerationConfig, read_records, run_benchmark
+from mmalign.benchmarks.runner import GenerationConfig, run_benchmark
+from mmalign.io import read_records
 
 
 def pope(pope_dir, tmp_path):
