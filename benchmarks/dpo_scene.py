@@ -49,7 +49,7 @@ def weight_megabytes(model) -> float:
 
 def build_data(config: DemoConfig, out: Path) -> tuple[Path, Path]:
     """Held-out world and the correction pairs, built once with the 4-bit base (as the demo)."""
-    from mmalign.data_builders.scene_exports import make_world
+    from mmalign.scene.exports import make_world
 
     world, pairs = out / "world", out / "pairs"
     if not (world / "world.json").exists():

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mmalign.data_builders.scene_world import WorldConfig
+from mmalign.scene.world import WorldConfig
 
 
 @dataclass
@@ -80,9 +80,9 @@ def _mark(path: Path, info: dict[str, Any] | None = None) -> None:
 def stage_policy_sft(setting: Setting, out: Path) -> Path:
     from datasets import concatenate_datasets
 
-    from mmalign.data_builders.scene_sft import scene_safety_sft_dataset, scene_sft_dataset
     from mmalign.io import atomic_dir
     from mmalign.model_config import ModelConfig
+    from mmalign.scene.sft import scene_safety_sft_dataset, scene_sft_dataset
     from mmalign.sft import SFTConfig, SFTTrainer
 
     path = out / "policy-sft"
@@ -111,10 +111,10 @@ def stage_scoring_models(setting: Setting, base: Path, out: Path) -> dict[str, P
     """The Fact-RM, the plain RM (same pairs, no facts) and the cost model, on the policy's base."""
     from mmalign.benchmarks.reward_models import Setting as RMSetting
     from mmalign.benchmarks.reward_models import train_model
-    from mmalign.data_builders.scene_feedback import scene_feedback_records, scene_safety_records
     from mmalign.data_builders.storage import save_preference_dataset
     from mmalign.io import atomic_dir
     from mmalign.models import load_adapter
+    from mmalign.scene.feedback import scene_feedback_records, scene_safety_records
 
     world = WorldConfig()
     pairs = {name: out / name for name in ("rm-pairs", "cost-pairs")}
@@ -142,8 +142,8 @@ def stage_scoring_models(setting: Setting, base: Path, out: Path) -> dict[str, P
 
 
 def stage_prompts(setting: Setting, out: Path) -> tuple[Path, Path]:
-    from mmalign.data_builders.scene_feedback import scene_prompt_records
     from mmalign.data_builders.storage import save_prompt_set
+    from mmalign.scene.feedback import scene_prompt_records
 
     world = WorldConfig()
     train, held = out / "prompts-train", out / "prompts-eval"
@@ -181,11 +181,11 @@ def stage_ppo(setting: Setting, base: Path, models: dict[str, Path], prompts: Pa
 
 def evaluate_policy(base: Path, adapter_path: Path | None, rm: Path, cm: Path, prompts: Path) -> dict[str, float]:
     """Greedy answers to the held-out prompts, judged by the world, the Fact-RM and the cost model."""
-    from mmalign.data_builders.scene_feedback import correct_caption, safety_response_kind
-    from mmalign.data_builders.scene_world import scene_at
     from mmalign.data_builders.storage import load_preference_dataset
     from mmalign.models import load_adapter
     from mmalign.reward import RewardScorer, load_reward_model
+    from mmalign.scene.feedback import correct_caption, safety_response_kind
+    from mmalign.scene.world import scene_at
 
     world = WorldConfig()
     data = load_preference_dataset(prompts)

@@ -46,10 +46,10 @@ class Setting:
 
 def build_data(setting: Setting, out: Path) -> dict[str, Path]:
     """Write the four datasets (train / held-out, helpfulness / safety) unless present."""
-    from mmalign.data_builders.scene_feedback import scene_feedback_records, scene_safety_records
-    from mmalign.data_builders.scene_world import WorldConfig
     from mmalign.data_builders.storage import save_preference_dataset
     from mmalign.models import load_adapter
+    from mmalign.scene.feedback import scene_feedback_records, scene_safety_records
+    from mmalign.scene.world import WorldConfig
 
     world = WorldConfig()
     paths = {name: out / name for name in ("feedback-train", "feedback-eval", "safety-train", "safety-eval")}

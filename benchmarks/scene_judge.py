@@ -30,17 +30,8 @@ from typing import Any
 
 from mmalign.benchmarks.objects import ObjectVocabulary
 from mmalign.benchmarks.runner import require
-from mmalign.data_builders.scene_world import (
-    BACKGROUNDS,
-    COLORS,
-    NUMBER_WORDS,
-    QA,
-    SIZES,
-    WHERE_PHRASES,
-    Scene,
-    WorldConfig,
-    questions,
-)
+from mmalign.scene.text import NUMBER_WORDS, QA, WHERE_PHRASES, questions
+from mmalign.scene.world import BACKGROUNDS, COLORS, SIZES, Scene, WorldConfig
 
 _ARTICLES = frozenset({"a", "an", "the"})
 _NEGATIONS = frozenset({"no", "not"})

@@ -113,8 +113,8 @@ def drag_select(driver: Any, element: Any, start: int, end: int) -> None:
 def demo_project(root: Path, scenes: int = 8, model: str = "scene-vlm") -> tuple[Any, str]:
     """A project with the scene VLM's descriptions of held-out scene-world images; returns it and a token."""
     from mmalign import load_adapter
-    from mmalign.data_builders.scene_feedback import scene_prompt_records
-    from mmalign.data_builders.scene_world import WorldConfig
+    from mmalign.scene.feedback import scene_prompt_records
+    from mmalign.scene.world import WorldConfig
     from mmalign.studio import GenerationSettings, StudioProject, load_prompt_set
 
     project = StudioProject.create(root)
@@ -131,7 +131,7 @@ def first_hallucination(project: Any) -> tuple[int, str, int, int, str]:
     ``(item id, answer, start, end, a category the scene does hold)``."""
     import re
 
-    from mmalign.data_builders.scene_world import WorldConfig, scene_at
+    from mmalign.scene.world import WorldConfig, scene_at
 
     config = WorldConfig(seed=0)
     for item in project.items():

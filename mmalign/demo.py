@@ -69,9 +69,9 @@ def evaluate_scene_model(adapter, world_dir: Path, out: Path, name: str, *, prog
 
 def build_feedback_pairs(adapter, config: DemoConfig, pairs_dir: Path, stats_file: Path) -> None:
     """Correction pairs from ``adapter``'s answers on the feedback scenes, with their statistics."""
-    from mmalign.data_builders.scene_feedback import scene_feedback_records
-    from mmalign.data_builders.scene_world import WorldConfig
     from mmalign.data_builders.storage import save_preference_dataset
+    from mmalign.scene.feedback import scene_feedback_records
+    from mmalign.scene.world import WorldConfig
 
     records, stats = scene_feedback_records(adapter, WorldConfig(seed=config.seed), config.feedback_scenes,
                                             seed=config.seed, replace_absent=config.replace_absent)
@@ -129,8 +129,8 @@ def demo_training_args(config: DemoConfig, output_dir: str | Path, *, loss_type:
 def run_demo(out_dir: str | Path, config: DemoConfig | None = None,
              progress: Callable[[str], None] | None = print) -> Path:
     """Run every stage; returns the path of the markdown report."""
-    from mmalign.data_builders.scene_exports import make_world
     from mmalign.dpo import DPOTrainer
+    from mmalign.scene.exports import make_world
 
     config = config or DemoConfig()
     out = Path(out_dir)

@@ -15,8 +15,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmalign.data_builders.scene_world import WorldConfig, world_vocabulary
 from mmalign.io import atomic_dir
+from mmalign.scene.text import world_vocabulary
+from mmalign.scene.world import WorldConfig
 
 
 @dataclass
@@ -78,7 +79,8 @@ def pretrain_vision_tower(model, processor, world: WorldConfig, config: Pretrain
     import torch
     from tqdm.auto import tqdm
 
-    from mmalign.data_builders.scene_world import render, scene_at
+    from mmalign.scene.render import render
+    from mmalign.scene.world import scene_at
 
     tower = model.model.vision_tower
     vision = model.config.vision_config
@@ -121,9 +123,9 @@ def pretrain_scene_vlm(out_dir: str | Path, config: PretrainConfig | None = None
     from transformers import set_seed
 
     from mmalign.config_io import write_resolved_config
-    from mmalign.data_builders.scene_sft import scene_sft_dataset
     from mmalign.model_config import ModelConfig
     from mmalign.models.scene_vlm import SceneVLMConfig, build_scene_vlm
+    from mmalign.scene.sft import scene_sft_dataset
     from mmalign.sft import SFTConfig, SFTTrainer
 
     config = config or PretrainConfig()

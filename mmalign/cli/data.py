@@ -170,11 +170,11 @@ def cmd_build_safety_pairs(args: argparse.Namespace) -> int:
 def cmd_build_scene_feedback(args: argparse.Namespace) -> int:
     import json
 
-    from mmalign.data_builders.scene_feedback import scene_feedback_records
-    from mmalign.data_builders.scene_world import WorldConfig
     from mmalign.data_builders.storage import save_preference_dataset
     from mmalign.models import load_adapter
     from mmalign.qlora import QuantizationConfig
+    from mmalign.scene.feedback import scene_feedback_records
+    from mmalign.scene.world import WorldConfig
 
     adapter = load_adapter(args.model, quantization=QuantizationConfig(compute_dtype="float32") if args.load_in_4bit
                            else None)
@@ -191,9 +191,9 @@ def cmd_build_scene_feedback(args: argparse.Namespace) -> int:
 
 @_guarded
 def cmd_build_scene_safety(args: argparse.Namespace) -> int:
-    from mmalign.data_builders.scene_feedback import scene_safety_records
-    from mmalign.data_builders.scene_world import WorldConfig
     from mmalign.data_builders.storage import save_preference_dataset
+    from mmalign.scene.feedback import scene_safety_records
+    from mmalign.scene.world import WorldConfig
 
     records = scene_safety_records(WorldConfig(seed=args.seed), args.scenes, hazardous_only=args.hazardous_only)
     _report(save_preference_dataset(records, args.out), "dual preference (scene-world safety)")
@@ -201,9 +201,9 @@ def cmd_build_scene_safety(args: argparse.Namespace) -> int:
 
 
 def cmd_build_scene_prompts(args: argparse.Namespace) -> int:
-    from mmalign.data_builders.scene_feedback import scene_prompt_records
-    from mmalign.data_builders.scene_world import WorldConfig
     from mmalign.data_builders.storage import save_prompt_set
+    from mmalign.scene.feedback import scene_prompt_records
+    from mmalign.scene.world import WorldConfig
 
     records = scene_prompt_records(WorldConfig(seed=args.seed), args.scenes, split=args.split, start=args.start,
                                    kinds=args.kinds, seed=args.seed)

@@ -6,7 +6,7 @@ import argparse
 
 
 def cmd_make(args: argparse.Namespace) -> int:
-    from mmalign.data_builders.scene_exports import make_world
+    from mmalign.scene.exports import make_world
 
     out = make_world(args.out, seed=args.seed, size=args.size, split=args.split)
     print(f"wrote {args.size} {args.split} scenes with POPE, COCO (CHAIR), AMBER and MMHal files to {out}")
@@ -14,8 +14,8 @@ def cmd_make(args: argparse.Namespace) -> int:
 
 
 def cmd_sft_data(args: argparse.Namespace) -> int:
-    from mmalign.data_builders.scene_sft import save_scene_sft_dataset
-    from mmalign.data_builders.scene_world import WorldConfig
+    from mmalign.scene.sft import save_scene_sft_dataset
+    from mmalign.scene.world import WorldConfig
 
     save_scene_sft_dataset(args.out, WorldConfig(seed=args.seed), args.size, split=args.split,
                            turns=args.turns, seed=args.seed)

@@ -11,8 +11,9 @@ from mmalign.benchmarks.mmhal import extract_rating
 from mmalign.benchmarks.objects import ObjectVocabulary
 from mmalign.benchmarks.scene_judge import grade, read_answer
 from mmalign.cli.bench import register
-from mmalign.data_builders.scene_exports import make_world
-from mmalign.data_builders.scene_world import QA, Scene, SceneObject, WorldConfig
+from mmalign.scene.exports import make_world
+from mmalign.scene.text import QA
+from mmalign.scene.world import Scene, SceneObject, WorldConfig
 
 # A white scene: a large red cup top left, a small blue table in the middle, a small green
 # knife bottom right (the only hazard).

@@ -3,10 +3,12 @@
 import pytest
 import torch
 
-from mmalign.data_builders.scene_world import WorldConfig, render, scene_at, world_vocabulary
 from mmalign.models import get_card, load_adapter
 from mmalign.models.scene_vlm import SceneVLMConfig, build_scene_vlm
 from mmalign.qlora import QuantizationConfig
+from mmalign.scene.render import render
+from mmalign.scene.text import world_vocabulary
+from mmalign.scene.world import WorldConfig, scene_at
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +48,8 @@ def test_answers_existence_questions_with_yes_or_no(scene_vlm):
 
 def test_weights_are_trained_and_use_the_image(scene_vlm):
     """Instruction data from the world: low loss with the right images, higher with shuffled ones."""
-    from mmalign.data_builders.scene_sft import scene_sft_dataset
     from mmalign.models import EncodedBatch
+    from mmalign.scene.sft import scene_sft_dataset
     from mmalign.sft import SFTCollator, sft_loss
 
     rows = [dict(r) for r in scene_sft_dataset(WorldConfig(), 32, split="eval")]

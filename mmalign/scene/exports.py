@@ -29,22 +29,18 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mmalign.data_builders.scene_world import (
+from mmalign.io import atomic_dir
+from mmalign.scene.render import render_png
+from mmalign.scene.safety import safety_prompts
+from mmalign.scene.text import NUMBER_WORDS, QA, TEMPLATES, captions, questions
+from mmalign.scene.world import (
     CATEGORY_SPECS,
     MAX_COUNT,
-    NUMBER_WORDS,
-    QA,
     SIZES,
-    TEMPLATES,
     Scene,
     WorldConfig,
-    captions,
     generate_scenes,
-    questions,
-    render_png,
-    safety_prompts,
 )
-from mmalign.io import atomic_dir
 
 POPE_VARIANTS = ("random", "popular", "adversarial")
 POPE_PER_IMAGE = 3  # yes questions per image (and as many no questions), as in POPE

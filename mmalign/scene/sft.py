@@ -12,16 +12,12 @@ import random
 
 from datasets import Dataset
 
-from mmalign.data_builders.scene_world import (
-    TEMPLATES,
-    WorldConfig,
-    captions,
-    questions,
-    render,
-    safety_prompts,
-    scene_at,
-)
 from mmalign.data_builders.sft import SFT_FEATURES
+from mmalign.io import atomic_dir
+from mmalign.scene.render import render
+from mmalign.scene.safety import safety_prompts
+from mmalign.scene.text import TEMPLATES, captions, questions
+from mmalign.scene.world import WorldConfig, scene_at
 
 #: Appended to a question when the short answer is wanted (LLaVA-1.5's wording).
 SHORT_ANSWER = TEMPLATES["short_answer"]
@@ -96,8 +92,6 @@ def scene_safety_sft_dataset(config: WorldConfig, n_scenes: int, *, split: str =
 
 def save_scene_sft_dataset(out_dir, config: WorldConfig, n_scenes: int, **kwargs) -> None:
     """Write :func:`scene_sft_dataset` as a ``datasets`` folder, atomically."""
-    from mmalign.io import atomic_dir
-
     dataset = scene_sft_dataset(config, n_scenes, **kwargs)
     with atomic_dir(out_dir) as tmp:
         dataset.save_to_disk(str(tmp))

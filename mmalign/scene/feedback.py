@@ -18,18 +18,11 @@ from itertools import combinations
 from typing import Any
 
 from mmalign.data_builders.corrections import correction_record
-from mmalign.data_builders.scene_world import (
-    CATEGORY_SPECS,
-    COLORS,
-    TEMPLATES,
-    Scene,
-    WorldConfig,
-    absent_partners,
-    captions,
-    render,
-    safety_prompts,
-    scene_at,
-)
+from mmalign.scene.ranges import FEEDBACK
+from mmalign.scene.render import render
+from mmalign.scene.safety import safety_prompts
+from mmalign.scene.text import TEMPLATES, absent_partners, captions
+from mmalign.scene.world import CATEGORY_SPECS, COLORS, Scene, WorldConfig, scene_at
 
 TOKEN = re.compile(r"\w+|[^\w\s]")
 CLAUSE_BREAKS = {",", "and", "."}
@@ -160,8 +153,8 @@ def scene_feedback_records(
     config: WorldConfig,
     n_scenes: int,
     *,
-    split: str = "eval",
-    start: int = 100_001,
+    split: str = FEEDBACK.split,
+    start: int = FEEDBACK.start,
     seed: int = 0,
     batch_size: int = 32,
     max_new_tokens: int = 48,
@@ -170,7 +163,7 @@ def scene_feedback_records(
 ) -> tuple[list[dict[str, Any]], FeedbackStats]:
     """Generate with ``adapter`` on scenes ``start..start+n-1`` of ``split`` and correct it.
 
-    Scenes are taken far from the benchmark scenes (which start at 1) so feedback and
+    By default scenes come from the ``FEEDBACK`` range, disjoint from the benchmark scenes, so feedback and
     evaluation never share an image. Existence answers the model gets right are paired
     with the flipped answer when ``include_correct_answers`` (keeping yes/no balanced,
     which plain DPO on unbalanced yes/no pairs needs to avoid collapsing to one answer).

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mmalign.data_builders import scene_exports
-from mmalign.data_builders.scene_exports import (
+from mmalign.scene import exports as scene_exports
+from mmalign.scene.exports import (
     MMHAL_TYPES,
     POPE_VARIANTS,
     make_world,
@@ -20,22 +20,23 @@ from mmalign.data_builders.scene_exports import (
     pope_questions,
     read_world,
 )
-from mmalign.data_builders.scene_world import (
+from mmalign.scene.render import render, render_png
+from mmalign.scene.safety import safety_prompts
+from mmalign.scene.text import (
+    NUMBER_WORDS,
+    absent_partners,
+    captions,
+    questions,
+    tokenize,
+    world_vocabulary,
+)
+from mmalign.scene.world import (
     CATEGORY_SPECS,
     GRID,
     HAZARD_SPECS,
-    NUMBER_WORDS,
     WorldConfig,
-    absent_partners,
-    captions,
     generate_scenes,
-    questions,
-    render,
-    render_png,
-    safety_prompts,
     scene_at,
-    tokenize,
-    world_vocabulary,
 )
 
 CONFIG = WorldConfig()

@@ -3,8 +3,8 @@
 import random
 
 from mmalign.data_builders.corrections import correction_spans
-from mmalign.data_builders.scene_feedback import correct_caption, existence_questions
-from mmalign.data_builders.scene_world import Scene, SceneObject, WorldConfig
+from mmalign.scene.feedback import correct_caption, existence_questions
+from mmalign.scene.world import Scene, SceneObject, WorldConfig
 
 
 def scene(*objects):
@@ -75,8 +75,8 @@ def test_existence_questions_target_missing_partners_and_stay_balanced():
 
 
 def test_scene_safety_records_validate_and_orient_by_helpfulness(tmp_path):
-    from mmalign.data_builders.scene_feedback import scene_safety_records
     from mmalign.data_builders.storage import load_preference_dataset, save_preference_dataset
+    from mmalign.scene.feedback import scene_safety_records
 
     records = scene_safety_records(WorldConfig(), 30, hazardous_only=True)
     assert records, "some of the first 30 training scenes hold a hazard"
@@ -92,10 +92,10 @@ def test_scene_safety_records_validate_and_orient_by_helpfulness(tmp_path):
 
 
 def test_scene_feedback_records_from_the_shipped_model_carry_facts_and_corrections(tmp_path):
-    from mmalign.data_builders.scene_feedback import scene_facts, scene_feedback_records
-    from mmalign.data_builders.scene_world import scene_at
     from mmalign.data_builders.storage import load_preference_dataset, save_preference_dataset
     from mmalign.models import load_adapter
+    from mmalign.scene.feedback import scene_facts, scene_feedback_records
+    from mmalign.scene.world import scene_at
 
     config = WorldConfig()
     records, stats = scene_feedback_records(load_adapter("scene-vlm"), config, 6, start=500_001, batch_size=6)
@@ -110,13 +110,14 @@ def test_scene_feedback_records_from_the_shipped_model_carry_facts_and_correctio
 
 
 def test_scene_prompt_sets_carry_facts_references_and_safety_kinds(tmp_path):
-    from mmalign.data_builders.scene_feedback import (
+    from mmalign.data_builders.storage import load_preference_dataset, save_prompt_set
+    from mmalign.scene.feedback import (
         safety_response_kind,
         scene_facts,
         scene_prompt_records,
     )
-    from mmalign.data_builders.scene_world import safety_prompts, scene_at
-    from mmalign.data_builders.storage import load_preference_dataset, save_prompt_set
+    from mmalign.scene.safety import safety_prompts
+    from mmalign.scene.world import scene_at
 
     config = WorldConfig()
     records = scene_prompt_records(config, 40)
@@ -140,7 +141,7 @@ def test_scene_prompt_sets_carry_facts_references_and_safety_kinds(tmp_path):
 
 
 def test_safety_sft_mix_draws_every_labelled_response():
-    from mmalign.data_builders.scene_sft import scene_safety_sft_dataset
+    from mmalign.scene.sft import scene_safety_sft_dataset
 
     rows = scene_safety_sft_dataset(WorldConfig(), 200)
     answers = [m[1]["content"][0]["text"] for m in rows["messages"]]
