@@ -10,7 +10,7 @@ roles are LoRA adapters with scalar heads on one shared base (docs/ppo.md).
 
 The per-layer activation count follows what a Llama-style decoder layer saves for its
 backward pass (norm inputs and outputs, rotated q and k, v, the attention output, the
-SwiGLU intermediates, LoRA inputs); ``benchmarks/plan_validation.py`` compares it with
+SwiGLU intermediates, LoRA inputs); ``mmalign/experiments/perf/plan_validation.py`` compares it with
 measured peaks of tiny models (docs/plan.md).
 """
 

@@ -20,28 +20,32 @@ hours on two CPU cores; --quick is a few-minute smoke run of the same code.
 
 
 def _report(out: str) -> int:
-    from mmalign.benchmarks.experiments import write_experiments_report
+    from mmalign.experiments.report import write_experiments_report
 
     print(f"report at {write_experiments_report(out)}")
     return 0
 
 
 def cmd_all(args: argparse.Namespace) -> int:
-    from mmalign.benchmarks.experiments import run_experiments
+    from mmalign.experiments.report import run_experiments
 
     print(f"report at {run_experiments(args.out, args.seeds, quick=args.quick)}")
     return 0
 
 
 def cmd_dpo(args: argparse.Namespace) -> int:
-    from mmalign.benchmarks.dpo_scene import quick_config, run_dpo_experiment
+    from mmalign.experiments.dpo import quick_config, run_dpo_experiment
 
     run_dpo_experiment(f"{args.out}/dpo", args.seeds, args.methods, quick_config() if args.quick else None)
     return _report(args.out)
 
 
 def cmd_reward_models(args: argparse.Namespace) -> int:
-    from mmalign.benchmarks.reward_models import Setting, quick_setting, run_reward_model_experiment
+    from mmalign.experiments.reward_models import (
+        Setting,
+        quick_setting,
+        run_reward_model_experiment,
+    )
 
     setting = quick_setting() if args.quick else Setting(epochs=args.epochs)
     run_reward_model_experiment(f"{args.out}/reward-models", args.seeds, args.models, setting)
@@ -49,7 +53,7 @@ def cmd_reward_models(args: argparse.Namespace) -> int:
 
 
 def cmd_ppo(args: argparse.Namespace) -> int:
-    from mmalign.benchmarks.ppo_scene import Setting, quick_setting, run_ppo_experiment
+    from mmalign.experiments.ppo import Setting, quick_setting, run_ppo_experiment
 
     setting = quick_setting() if args.quick else Setting(iterations=args.iterations, budget=args.budget,
                                                          kl_coef=args.kl_coef)
@@ -63,7 +67,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     # the experiment modules keep their heavy imports inside functions: their arms and defaults are cheap to read
-    from mmalign.benchmarks import dpo_scene, ppo_scene, reward_models
+    from mmalign.experiments import dpo, ppo, reward_models
 
     group = sub.add_parser("experiments", help="reproduce the papers' claims in the scene world (seeds, mean ± std)",
                            description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,7 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     add("all", "every experiment, then the report", cmd_all)
     p = add("dpo", "Dense DPO vs plain DPO (RLHF-V) and QLoRA vs LoRA, on the demo's pairs and recipe", cmd_dpo)
-    p.add_argument("--methods", nargs="+", default=list(dpo_scene.METHODS), choices=list(dpo_scene.METHODS),
+    p.add_argument("--methods", nargs="+", default=list(dpo.METHODS), choices=list(dpo.METHODS),
                    help="arms to run (default: all)")
     p = add("reward-models", "plain RM vs Fact-RM (Fact-RLHF) pairwise accuracy, and a cost model", cmd_reward_models)
     p.add_argument("--models", nargs="+", default=list(reward_models.DEFAULT_MODELS),
@@ -90,14 +94,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=float, default=reward_models.Setting.epochs,
                    help=f"epochs per model (default: {reward_models.Setting.epochs:g})")
     p = add("ppo", "PPO with the Fact-RM vs a plain RM; reward-only PPO vs PPO-Lagrangian (Safe RLHF-V)", cmd_ppo)
-    ppo = ppo_scene.Setting
-    p.add_argument("--arms", nargs="+", default=list(ppo_scene.ARMS), choices=list(ppo_scene.ARMS),
+    p.add_argument("--arms", nargs="+", default=list(ppo.ARMS), choices=list(ppo.ARMS),
                    help="arms to run per seed (default: all)")
-    p.add_argument("--iterations", type=int, default=ppo.iterations,
-                   help=f"PPO iterations per run (default: {ppo.iterations})")
-    p.add_argument("--budget", type=float, default=ppo.budget,
-                   help=f"PPO-Lagrangian's cost threshold (default: {ppo.budget:g})")
-    p.add_argument("--kl-coef", type=float, default=ppo.kl_coef,
-                   help=f"β of the per-token KL penalty (default: {ppo.kl_coef:g})")
+    p.add_argument("--iterations", type=int, default=ppo.Setting.iterations,
+                   help=f"PPO iterations per run (default: {ppo.Setting.iterations})")
+    p.add_argument("--budget", type=float, default=ppo.Setting.budget,
+                   help=f"PPO-Lagrangian's cost threshold (default: {ppo.Setting.budget:g})")
+    p.add_argument("--kl-coef", type=float, default=ppo.Setting.kl_coef,
+                   help=f"β of the per-token KL penalty (default: {ppo.Setting.kl_coef:g})")
     add("report", "write OUT/report.md (tables, charts, a verdict per claim) from the results under OUT",
         cmd_report, seeds=False)

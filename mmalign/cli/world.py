@@ -24,7 +24,7 @@ def cmd_sft_data(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from mmalign.world import PretrainConfig, pretrain_scene_vlm
+    from mmalign.experiments.pretrain_scene_vlm import PretrainConfig, pretrain_scene_vlm
 
     config = PretrainConfig(seed=args.seed, n_scenes=args.n_scenes, epochs=args.epochs,
                             batch_size=args.batch_size, learning_rate=args.learning_rate,
@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the SFT trainer on the training split. Defaults reproduce the shipped weights.")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    from mmalign.world import PretrainConfig
+    from mmalign.experiments.pretrain_scene_vlm import PretrainConfig
 
     d = PretrainConfig()
     p.add_argument("--n-scenes", type=int, default=d.n_scenes, help=f"training scenes (default: {d.n_scenes})")

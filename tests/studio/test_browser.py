@@ -9,16 +9,16 @@ import os
 
 import pytest
 
-from mmalign.benchmarks.studio_screenshot import (
+from mmalign.data_builders.storage import load_preference_dataset
+from mmalign.studio import export_project
+from mmalign.studio.project import shown_swapped
+from mmalign.studio.screenshot import (
     browser_available,
     drag_select,
     serving,
     sign_in,
     start_chromium,
 )
-from mmalign.data_builders.storage import load_preference_dataset
-from mmalign.studio import export_project
-from mmalign.studio.project import shown_swapped
 
 from .conftest import ANSWERS, PAIR
 

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mmalign.experiments.seeds import load_runs, result_file, save_result, summarise
 from mmalign.scene.world import WorldConfig
 
 
@@ -109,9 +110,9 @@ def stage_policy_sft(setting: Setting, out: Path) -> Path:
 
 def stage_scoring_models(setting: Setting, base: Path, out: Path) -> dict[str, Path]:
     """The Fact-RM, the plain RM (same pairs, no facts) and the cost model, on the policy's base."""
-    from mmalign.benchmarks.reward_models import Setting as RMSetting
-    from mmalign.benchmarks.reward_models import train_model
     from mmalign.data_builders.storage import save_preference_dataset
+    from mmalign.experiments.reward_models import Setting as RMSetting
+    from mmalign.experiments.reward_models import train_model
     from mmalign.io import atomic_dir
     from mmalign.models import load_adapter
     from mmalign.scene.feedback import scene_feedback_records, scene_safety_records
@@ -262,7 +263,6 @@ def run_ppo_experiment(out: str | Path, seeds: Sequence[int] = (0, 1, 2), arms: 
     Each (seed, arm) result is its own file under ``OUT/measured``, so a stopped run resumes and
     several invocations (say one per seed) can share ``OUT``; the tables cover every file there.
     """
-    from mmalign.benchmarks.seed_runs import load_runs, result_file, save_result, summarise
 
     setting = setting or Setting()
     out = Path(out)

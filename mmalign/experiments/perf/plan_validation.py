@@ -14,7 +14,7 @@ CPU analogue of ``torch.cuda.max_memory_allocated``. The planner is run with
 the models' SDPA attention (on CPU too it keeps no attention probabilities) and no CUDA
 allowance.
 
-    python benchmarks/plan_validation.py [--out results.json] [--quick]
+    python -m mmalign.experiments.perf.plan_validation [--out results.json] [--quick]
 """
 
 from __future__ import annotations

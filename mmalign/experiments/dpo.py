@@ -22,14 +22,15 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from mmalign.benchmarks.seed_runs import load_runs, result_file, save_result, summarise
 from mmalign.demo import (
     DemoConfig,
     build_feedback_pairs,
     demo_base,
     demo_policy,
     demo_training_args,
+    evaluate_scene_model,
 )
+from mmalign.experiments.seeds import load_runs, result_file, save_result, summarise
 
 #: method -> (DPO loss type, base precision, DPOConfig changes to the demo's recipe).
 #: ``ddpo-norm-qlora`` is the RLHF-V paper's own form: scores normalised by N = |y_u| + γ|y_c|, β 0.5.
@@ -80,7 +81,6 @@ def reference_data(config: DemoConfig, pairs: Path, precision: str, out: Path):
 
 def run_method(config: DemoConfig, method: str, seed: int, world: Path, pairs: Path, out: Path) -> dict[str, Any]:
     """Train one (method, seed) with the demo's recipe and evaluate it on the held-out scenes."""
-    from mmalign.demo import evaluate_scene_model
     from mmalign.dpo import DPOTrainer
 
     loss_type, precision, changes = METHODS[method]
@@ -100,7 +100,6 @@ def run_method(config: DemoConfig, method: str, seed: int, world: Path, pairs: P
 
 def base_results(config: DemoConfig, world: Path, out: Path, precisions: Sequence[str]) -> dict[str, dict[str, float]]:
     """The base model's rows, one per precision, measured once each (``OUT/base/<name>.json``)."""
-    from mmalign.demo import evaluate_scene_model
 
     results = {}
     for precision in precisions:

@@ -1,4 +1,4 @@
-"""benchmarks/dpo_speed.py: every configuration trains and they all do the same work.
+"""python -m mmalign.experiments.perf.dpo_speed: every configuration trains and they all do the same work.
 
 A speed comparison is only fair if the configurations compute the same thing, so the
 quick shape is trained for two steps under each configuration (in this process, to stay
@@ -20,9 +20,7 @@ import torch
 
 pytest.importorskip("trl")
 
-from mmalign.benchmarks import dpo_speed  # noqa: E402
-
-SCRIPT = Path(dpo_speed.__file__).resolve()
+from mmalign.experiments.perf import dpo_speed  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +56,7 @@ def test_every_configuration_computes_the_same_losses(quick_checkpoint, one_thre
 def test_command_line_quick_run(tmp_path):
     out = tmp_path / "speed.json"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--steps", "1", "--warmup", "1",
+        [sys.executable, "-m", "mmalign.experiments.perf.dpo_speed", "--quick", "--steps", "1", "--warmup", "1",
          "--configs", "trl", "mmalign-cached-shared-precomputed", "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )

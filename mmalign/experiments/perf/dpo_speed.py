@@ -2,13 +2,13 @@
 
 Usage::
 
-    python benchmarks/dpo_speed.py                 # full shape, every configuration
-    python benchmarks/dpo_speed.py --quick         # small shape, a smoke run in seconds
-    python benchmarks/dpo_speed.py --steps 8 --warmup 2 --repeats 2 --json speed.json
-    python benchmarks/dpo_speed.py --vocab 32000   # LLaVA-1.5's vocabulary size
+    python -m mmalign.experiments.perf.dpo_speed                 # full shape, every configuration
+    python -m mmalign.experiments.perf.dpo_speed --quick         # small shape, a smoke run in seconds
+    python -m mmalign.experiments.perf.dpo_speed --steps 8 --warmup 2 --repeats 2 --json speed.json
+    python -m mmalign.experiments.perf.dpo_speed --vocab 32000   # LLaVA-1.5's vocabulary size
 
 The model is a randomly initialised LLaVA built offline with a realistic token budget
-(PEERS.md, "How TRL runs DPO on a VLM"): a Llama of 8 layers x 512 wide, a CLIP of 2 layers
+(as TRL's VLM DPO examples use): a Llama of 8 layers x 512 wide, a CLIP of 2 layers
 x 128 wide at 336 px / patch 14 (576 image tokens), a 60-token question and 100-token
 answers (+ end of turn), LoRA r=8 on every linear layer of the language model, reference =
 the base with adapters off, fp32, 2 pairs per step, AdamW at a constant learning rate,
@@ -317,7 +317,7 @@ def _run_subprocess(spec: dict[str, Any]) -> dict[str, Any]:
                TQDM_DISABLE="1", TRANSFORMERS_VERBOSITY="error")
     if spec["threads"]:
         env["OMP_NUM_THREADS"] = str(spec["threads"])
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
+    proc = subprocess.run([sys.executable, "-m", __spec__.name, "--worker", json.dumps(spec)],
                           capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
@@ -416,8 +416,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run as a file, this folder (mmalign.benchmarks: pope.py, text.py, ...) would sit first on
-    # sys.path and could shadow top-level modules of the libraries imported below.
-    here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     sys.exit(main())

@@ -4,11 +4,11 @@
 into its own folder under ``OUT`` and resumable there:
 
 - ``dpo``: Dense DPO versus plain DPO (RLHF-V) and QLoRA versus LoRA on a bf16 and an
-  fp32 base, on the demo's pairs and recipe (:mod:`.dpo_scene`);
+  fp32 base, on the demo's pairs and recipe (:mod:`.dpo`);
 - ``reward-models``: plain RM versus Fact-RM pairwise accuracy on held-out hallucination
   pairs (Fact-RLHF) and a cost model (:mod:`.reward_models`);
 - ``ppo``: PPO with the Fact-RM versus the plain RM (hallucination after PPO), and
-  reward-only PPO versus PPO-Lagrangian (Safe RLHF-V) (:mod:`.ppo_scene`);
+  reward-only PPO versus PPO-Lagrangian (Safe RLHF-V) (:mod:`.ppo`);
 
 then :func:`write_experiments_report` gathers every table into ``OUT/report.md`` with bar
 charts and, for each claim, the difference between the two arms and a verdict. A verdict
@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from mmalign.experiments import dpo, ppo, reward_models
 
 EXPERIMENTS = ("dpo", "reward-models", "ppo")
 
@@ -195,8 +197,6 @@ def write_experiments_report(out: str | Path) -> Path:
 def run_experiments(out: str | Path, seeds: Sequence[int] = (0, 1, 2), experiments: Sequence[str] = EXPERIMENTS,
                     quick: bool = False) -> Path:
     """Run the chosen experiments (resuming whatever is already measured), then write the report."""
-    from mmalign.benchmarks import dpo_scene, ppo_scene, reward_models
-
     unknown = sorted(set(experiments) - set(EXPERIMENTS))
     if unknown:
         raise ValueError(f"unknown experiment(s) {unknown}; choose from {', '.join(EXPERIMENTS)}")
@@ -204,10 +204,10 @@ def run_experiments(out: str | Path, seeds: Sequence[int] = (0, 1, 2), experimen
     for name in experiments:
         print(f"== experiment {name}", flush=True)
         if name == "dpo":
-            dpo_scene.run_dpo_experiment(out / name, seeds, config=dpo_scene.quick_config() if quick else None)
+            dpo.run_dpo_experiment(out / name, seeds, config=dpo.quick_config() if quick else None)
         elif name == "reward-models":
             reward_models.run_reward_model_experiment(out / name, seeds,
                                                       setting=reward_models.quick_setting() if quick else None)
         else:
-            ppo_scene.run_ppo_experiment(out / name, seeds, setting=ppo_scene.quick_setting() if quick else None)
+            ppo.run_ppo_experiment(out / name, seeds, setting=ppo.quick_setting() if quick else None)
     return write_experiments_report(out)

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from mmalign.benchmarks import experiments
+from mmalign.experiments import report as experiments
 
 
 def row(mean: float, std: float, seeds: int = 3, metric: str = "m") -> dict[str, float]:
@@ -66,7 +66,8 @@ def test_report_without_results_names_the_folder(tmp_path):
 
 
 def test_unknown_experiment_arm_is_refused_before_any_work(tmp_path):
-    from mmalign.benchmarks import dpo_scene, reward_models
+    from mmalign.experiments import dpo as dpo_scene
+    from mmalign.experiments import reward_models
 
     with pytest.raises(ValueError, match="unknown DPO experiment method"):
         dpo_scene.run_dpo_experiment(tmp_path, methods=["ddpo-qlora", "kto"])
@@ -102,7 +103,7 @@ def test_cli_runs_an_experiment_resumes_it_and_reports(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_dpo_experiment_measures_each_arm_once_with_the_base_of_its_precision(tmp_path):
-    from mmalign.benchmarks.dpo_scene import quick_config, run_dpo_experiment
+    from mmalign.experiments.dpo import quick_config, run_dpo_experiment
 
     config = quick_config()
     results = run_dpo_experiment(tmp_path, seeds=[0], methods=["ddpo-qlora", "ddpo-lora-bf16"], config=config)

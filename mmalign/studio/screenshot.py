@@ -6,7 +6,7 @@ scene does not hold, marks that word with the mouse and types the right object, 
 the page. Needs Debian's ``chromium`` and ``chromium-driver`` and the
 ``selenium`` package (the ``test`` extra)::
 
-    python -m mmalign.benchmarks.studio_screenshot --out docs/images/studio-annotate.png
+    python -m mmalign.studio.screenshot --out docs/images/studio-annotate.png
 
 :func:`start_chromium` and :func:`drag_select` are shared with the browser test.
 """

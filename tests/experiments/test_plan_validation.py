@@ -1,6 +1,6 @@
 """The planner stays close to a measured peak (the validation script's smallest kind of case)."""
 
-from mmalign.benchmarks.plan_validation import Case, build_model, measure, predict
+from mmalign.experiments.perf.plan_validation import Case, build_model, measure, predict
 
 
 def test_predicted_peak_is_within_fifteen_percent_of_the_measured_one(tmp_path):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmalign.benchmarks.seed_runs import load_runs, result_file, save_result, summarise
+from mmalign.experiments.seeds import load_runs, result_file, save_result, summarise
 
 
 @dataclass

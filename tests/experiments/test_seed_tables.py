@@ -4,7 +4,9 @@ import math
 
 import pytest
 
-from mmalign.benchmarks import ppo_scene, reward_models, seed_runs
+from mmalign.experiments import ppo as ppo_scene
+from mmalign.experiments import reward_models
+from mmalign.experiments import seeds as seed_runs
 
 
 def test_reward_model_summary_over_seeds():
@@ -51,8 +53,8 @@ def test_runs_from_several_invocations_merge_by_seed_and_model(tmp_path):
 def test_dpo_scene_table_over_seeds(tmp_path):
     import json
 
-    from mmalign.benchmarks import dpo_scene
     from mmalign.demo import DemoConfig
+    from mmalign.experiments import dpo as dpo_scene
 
     headline = {"F1 (mean of splits)": 60.0, "Accuracy (mean)": 55.0, "CHAIR_s": 40.0, "CHAIR_i": 20.0,
                 "Recall": 60.0, "Length (words)": 10.0, "weights_MB": 4.0}

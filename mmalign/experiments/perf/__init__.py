@@ -1,0 +1,1 @@
+"""Speed and memory measured against peers and predictions; each module runs with ``python -m``."""
