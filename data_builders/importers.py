@@ -380,10 +380,6 @@ def read_llava_conversations(
 
 
 # ---------------------------------------------------------------------------- safety
-def _orient(prefer_first: bool) -> tuple[str, str]:
-    return ("chosen", "rejected") if prefer_first else ("rejected", "chosen")
-
-
 def read_beavertails_v(
     path: str | Path,
     *,

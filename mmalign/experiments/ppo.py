@@ -185,7 +185,7 @@ def evaluate_policy(base: Path, adapter_path: Path | None, rm: Path, cm: Path, p
     from mmalign.data_builders.storage import load_preference_dataset
     from mmalign.models import load_adapter
     from mmalign.reward import RewardScorer, load_reward_model
-    from mmalign.scene.feedback import correct_caption, safety_response_kind
+    from mmalign.scene.feedback import caption_hallucination_rate, safety_response_kind
     from mmalign.scene.world import scene_at
 
     world = WorldConfig()
@@ -201,13 +201,13 @@ def evaluate_policy(base: Path, adapter_path: Path | None, rm: Path, cm: Path, p
     images, prompts_, facts = data["images"], data["prompt"], data["facts"]
     rm_scores = RewardScorer(load_reward_model(rm, base), batch_size=16, max_length=512)(images, prompts_, answers, facts)
     costs = RewardScorer(load_reward_model(cm, base), batch_size=16, max_length=512)(images, prompts_, answers, facts)
-    caption_bad, exist_right, harmful_unsafe, harmful_unsafe_cm, benign_refused = [], [], [], [], []
+    described, exist_right, harmful_unsafe, harmful_unsafe_cm, benign_refused = [], [], [], [], []
     for row, answer, cost in zip(data, answers, costs):
         meta = json.loads(row["meta"]) if isinstance(row["meta"], str) else row["meta"]
         scene = scene_at(world, int(meta["scene"].rsplit("-", 1)[1]), "eval")
         kind = row["source"].rsplit("/", 1)[1]
         if kind == "describe":
-            caption_bad.append(bool(correct_caption(answer, scene).hallucinated))
+            described.append((answer, scene))
         elif kind == "exist":
             exist_right.append(answer.strip().lower().startswith(row["reference"]))
         elif meta.get("harmful_request"):
@@ -220,7 +220,7 @@ def evaluate_policy(base: Path, adapter_path: Path | None, rm: Path, cm: Path, p
         return 100 * statistics.fmean(values) if values else float("nan")
 
     return {"fact_rm_score": statistics.fmean(rm_scores), "mean_cost": statistics.fmean(costs),
-            "caption_hallucination": pct(caption_bad), "existence_accuracy": pct(exist_right),
+            "caption_hallucination": 100 * caption_hallucination_rate(*zip(*described)) if described else float("nan"), "existence_accuracy": pct(exist_right),
             "unsafe_rate_harmful_world": pct(harmful_unsafe), "unsafe_rate_harmful_cost_model": pct(harmful_unsafe_cm),
             "over_refusal_benign": pct(benign_refused)}
 

@@ -34,8 +34,8 @@ from flask import (
     url_for,
 )
 
-from mmalign.data_builders.schema import prompt_text
-from mmalign.studio.project import HARMLESS, HELPFUL, StudioProject, SubmissionError, shown_swapped
+from mmalign.data_builders.schema import HARMLESS_RANGE, HELPFUL_RANGE, prompt_text
+from mmalign.studio.project import StudioProject, SubmissionError, shown_swapped
 
 SESSION_COOKIE = "studio_session"
 LOGIN_CSRF_COOKIE = "studio_login_csrf"
@@ -199,8 +199,8 @@ def create_app(project: StudioProject | str | Path, *, secure_cookies: bool = Fa
         return page(template, item=item, data=data, shown=shown, prompt=prompt_text(item.prompt),
                     images=[url_for("image", item_id=item.id, index=i) for i in range(len(item.images))],
                     harmless_rubric=HARMLESS_RUBRIC, helpful_rubric=HELPFUL_RUBRIC,
-                    harmless_range=range(HARMLESS[1], HARMLESS[0] - 1, -1),
-                    helpful_range=range(HELPFUL[1], HELPFUL[0] - 1, -1))
+                    harmless_range=range(HARMLESS_RANGE[1], HARMLESS_RANGE[0] - 1, -1),
+                    helpful_range=range(HELPFUL_RANGE[1], HELPFUL_RANGE[0] - 1, -1))
 
     @app.get("/image/<int:item_id>/<int:index>")
     def image(item_id: int, index: int) -> Response:

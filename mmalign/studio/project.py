@@ -25,16 +25,16 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from mmalign.data_builders.schema import HARMLESS_RANGE, HELPFUL_RANGE
 
 DB_NAME = "studio.sqlite"
 IMAGES = "images"
 SCHEMA_VERSION = 1
 KINDS = ("correction", "pair")
-HARMLESS = (-3, 3)
-HELPFUL = (0, 3)
 MAX_CORRECTIONS = 200
 MAX_TEXT = 10_000
 
@@ -61,7 +61,7 @@ CREATE TABLE IF NOT EXISTS annotations(
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def token_hash(token: str) -> str:
@@ -191,7 +191,7 @@ def check_pair_labels(payload: Any) -> dict[str, Any]:
             raise SubmissionError(f"expected \"a\" or \"b\", got {json.dumps(value)}", field=choice)
         out[choice] = value
     for side in ("a", "b"):
-        for rating, (lo, hi) in (("harmless", HARMLESS), ("helpful", HELPFUL)):
+        for rating, (lo, hi) in (("harmless", HARMLESS_RANGE), ("helpful", HELPFUL_RANGE)):
             fld = f"{side}_{rating}"
             value = _integer(payload.get(fld), fld)
             if not lo <= value <= hi:

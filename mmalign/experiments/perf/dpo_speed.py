@@ -46,6 +46,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from mmalign.utils import format_table
+
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SEED = 42
 
@@ -348,20 +350,18 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return rows
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
+def speed_table(rows: list[dict[str, Any]]) -> str:
+    """One line per configuration: throughput, peak memory and ratios to TRL."""
     def value(row: dict[str, Any], key: str, fmt: str, suffix: str = "") -> str:
         return format(row[key], fmt) + suffix if row.get(key) is not None else "-"
 
-    header = (f"{'configuration':34} {'pairs/s':>8} {'peak RSS MB':>11} {'+train MB':>11} {'speed/TRL':>9} "
-              f"{'mem/TRL':>8} {'max|dloss|':>10}  notes")
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        notes = f"reference precomputed once in {r['precompute_s']:.1f} s" if r["precompute_s"] is not None else ""
-        lines.append(f"{r['name']:34} {r['pairs_per_s']:8.3f} {r['peak_rss_mb']:11.0f} "
-                     f"{r['peak_rss_mb'] - r['rss_before_train_mb']:11.0f} "
-                     f"{value(r, 'speed_vs_trl', '8.2f', 'x'):>9} {value(r, 'memory_vs_trl', '7.2f', 'x'):>8} "
-                     f"{value(r, 'max_loss_diff_vs_trl', '10.1e'):>10}  {notes}")
-    return "\n".join(lines)
+    header = ["configuration", "pairs/s", "peak RSS MB", "+train MB", "speed/TRL", "mem/TRL", "max|dloss|", "notes"]
+    lines = [[r["name"], f"{r['pairs_per_s']:.3f}", f"{r['peak_rss_mb']:.0f}",
+              f"{r['peak_rss_mb'] - r['rss_before_train_mb']:.0f}", value(r, "speed_vs_trl", ".2f", "x"),
+              value(r, "memory_vs_trl", ".2f", "x"), value(r, "max_loss_diff_vs_trl", ".1e"),
+              f"reference precomputed once in {r['precompute_s']:.1f} s" if r["precompute_s"] is not None else ""]
+             for r in rows]
+    return format_table(header, lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         raise RuntimeError("the configurations built rows of different lengths")
     print(f"shape: {'quick' if args.quick else 'full'} {asdict(shape)}; rows of {row_tokens} tokens; "
           f"{args.warmup} warm-up + {args.steps} timed steps; {args.repeats} round(s); torch threads {threads}")
-    print(format_table(rows))
+    print(speed_table(rows))
     print(f"load average (1/5/15 min) before {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
           f"after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}")
     if args.json:
