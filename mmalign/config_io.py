@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +45,39 @@ def accelerate_config_path(name_or_path: str) -> Path:
     raise FileNotFoundError(f"no accelerate config {name_or_path!r}; shipped accelerate configs: {', '.join(names)}")
 
 
-def parse_recipe(dataclass_types: Sequence[type], argv: Sequence[str], prog: str) -> tuple[Any, ...]:
-    """Parse ``[--config FILE] [--field value ...]`` into instances of ``dataclass_types``.
+def read_recipe(name_or_path: str | Path, dataclass_types: Sequence[type]) -> dict[str, Any]:
+    """A recipe's values, checked against the options of ``dataclass_types``: a key no
+    dataclass knows is an error naming it, so a typo never silently falls back to a default."""
+    path = resolve_recipe_path(str(name_or_path))
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{name_or_path}: a recipe is a mapping of option names to values")
+    _check_known(values, dataclass_types, str(name_or_path))
+    return values
 
-    YAML values become defaults and flags override them; unknown YAML keys are an error
-    naming the key, so a typo never silently falls back to a default.
-    """
+
+def _check_known(values: Mapping[str, Any], dataclass_types: Sequence[type], where: str) -> None:
+    known = {f.name for t in dataclass_types for f in dataclasses.fields(t)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown option(s) {', '.join(unknown)}")
+
+
+def load_recipe(recipe: str | Path | None, dataclass_types: Sequence[type],
+                overrides: Mapping[str, Any] | None = None) -> tuple[Any, ...]:
+    """Instances of ``dataclass_types`` from a recipe with ``overrides`` on top: the Python
+    form of ``mmalign train ... --config RECIPE --option value``, so scripts and experiments
+    start from the shipped recipes and state only what they change."""
+    values = read_recipe(recipe, dataclass_types) if recipe else {}
+    overrides = dict(overrides or {})
+    _check_known(overrides, dataclass_types, "overrides")
+    values.update(overrides)
+    return tuple(HfArgumentParser(list(dataclass_types)).parse_dict(values))
+
+
+def parse_recipe(dataclass_types: Sequence[type], argv: Sequence[str], prog: str) -> tuple[Any, ...]:
+    """Parse ``[--config FILE] [--field value ...]`` into instances of ``dataclass_types``:
+    the recipe's values (:func:`read_recipe`) become defaults and flags override them."""
     parser = HfArgumentParser(list(dataclass_types), prog=prog)
     parser.add_argument("--config", default=None,
                         help="YAML recipe file or shipped recipe name; flags override its values")
@@ -63,14 +90,10 @@ def parse_recipe(dataclass_types: Sequence[type], argv: Sequence[str], prog: str
         config_path = argv[at + 1]
         del argv[at : at + 2]
     if config_path:
-        values = yaml.safe_load(resolve_recipe_path(config_path).read_text()) or {}
-        if not isinstance(values, dict):
-            parser.error(f"{config_path}: a recipe is a mapping of option names to values")
-        known = {f.name for t in dataclass_types for f in dataclasses.fields(t)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            parser.error(f"{config_path}: unknown option(s) {', '.join(unknown)}")
-        parser.set_defaults(**values)
+        try:
+            parser.set_defaults(**read_recipe(config_path, dataclass_types))
+        except ValueError as err:
+            parser.error(str(err))
     # The parser also returns a namespace holding --config itself; keep the dataclasses.
     return tuple(parser.parse_args_into_dataclasses(args=argv)[: len(dataclass_types)])
 

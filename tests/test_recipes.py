@@ -38,3 +38,15 @@ def test_unknown_key_is_an_error_naming_it(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_recipe(_method_specs()["rm"][0], ["--config", str(bad)], prog="test")
     assert "unknown option(s) learning_rat" in capsys.readouterr().err
+
+
+def test_load_recipe_puts_overrides_over_the_recipe_and_names_unknown_keys():
+    from mmalign.config_io import load_recipe
+    from mmalign.dpo import DPOConfig
+    from mmalign.model_config import ModelConfig
+
+    model, args = load_recipe("ddpo-scene-vlm", (ModelConfig, DPOConfig), {"beta": 0.3, "output_dir": "elsewhere"})
+    assert (args.beta, args.gamma, args.output_dir) == (0.3, 5.0, "elsewhere")  # gamma from the recipe
+    assert model.model_name_or_path == "scene-vlm" and model.load_in_4bit
+    with pytest.raises(ValueError, match="overrides: unknown option.*betta"):
+        load_recipe("ddpo-scene-vlm", (ModelConfig, DPOConfig), {"betta": 0.3})

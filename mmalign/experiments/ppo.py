@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from mmalign.experiments.seeds import load_runs, result_file, save_result, summarise
+from mmalign.scene.ranges import REWARD_TRAIN, RL_EVAL, RL_PROMPTS, SAFETY_SFT
 from mmalign.scene.world import WorldConfig
 
 
@@ -93,7 +94,7 @@ def stage_policy_sft(setting: Setting, out: Path) -> Path:
     world = WorldConfig()
     data = concatenate_datasets([
         scene_sft_dataset(world, setting.sft_scenes, split="train", seed=1),
-        scene_safety_sft_dataset(world, setting.safety_sft_scenes, split="train", start=50_001),
+        scene_safety_sft_dataset(world, setting.safety_sft_scenes, **SAFETY_SFT.take(setting.safety_sft_scenes)),
     ]).shuffle(seed=0)
     adapter = ModelConfig(model_name_or_path=setting.model, use_peft=False).load()
     args = SFTConfig(output_dir=str(out / "policy-sft-run"), per_device_train_batch_size=32, num_train_epochs=1,
@@ -123,8 +124,8 @@ def stage_scoring_models(setting: Setting, base: Path, out: Path) -> dict[str, P
         print("-- ppo: preference pairs from the start policy's corrected answers and the world's safety pairs",
               flush=True)
         feedback, _ = scene_feedback_records(load_adapter(str(base)), world, setting.feedback_scenes,
-                                             split="train", start=300_001)
-        safety = scene_safety_records(world, setting.safety_pair_scenes, split="train", start=300_001)
+                                             **REWARD_TRAIN.take(setting.feedback_scenes))
+        safety = scene_safety_records(world, setting.safety_pair_scenes, **REWARD_TRAIN.take(setting.safety_pair_scenes))
         save_preference_dataset(feedback + safety, pairs["rm-pairs"])
         save_preference_dataset(safety, pairs["cost-pairs"])
     rm_setting = RMSetting(model=str(base), epochs=1.0)
@@ -149,34 +150,40 @@ def stage_prompts(setting: Setting, out: Path) -> tuple[Path, Path]:
     world = WorldConfig()
     train, held = out / "prompts-train", out / "prompts-eval"
     if not train.exists():
-        save_prompt_set(scene_prompt_records(world, setting.prompt_scenes, split="train", start=600_001), train)
+        save_prompt_set(scene_prompt_records(world, setting.prompt_scenes, **RL_PROMPTS.take(setting.prompt_scenes)), train)
     if not held.exists():
-        save_prompt_set(scene_prompt_records(world, setting.eval_scenes, split="eval", start=700_001), held)
+        save_prompt_set(scene_prompt_records(world, setting.eval_scenes, **RL_EVAL.take(setting.eval_scenes)), held)
     return train, held
+
+
+def ppo_run_config(setting: Setting, base: Path, models: dict[str, Path], prompts: Path, path: Path, seed: int,
+                   arm: str) -> tuple[Any, Any]:
+    """(ModelConfig, PPOConfig) of one run: the arm's shipped recipe, with the Setting's knobs,
+    the experiment's data and its bookkeeping on top."""
+    from mmalign.config_io import load_recipe
+    from mmalign.model_config import ModelConfig
+    from mmalign.ppo import PPOConfig
+
+    reward_model, safe = ARMS[arm][:2]
+    return load_recipe("safe-ppo-scene-vlm" if safe else "ppo-scene-vlm", (ModelConfig, PPOConfig), {
+        "model_name_or_path": str(base), "output_dir": str(path), "dataset_path": str(prompts),
+        "reward_model_path": str(models[reward_model]), "cost_model_path": str(models["cost-model"]),
+        "lagrangian": safe, "max_steps": setting.iterations, "rollout_batch_size": setting.rollout_batch_size,
+        "per_device_train_batch_size": setting.minibatch, "max_new_tokens": setting.max_new_tokens,
+        "kl_coef": setting.kl_coef, "learning_rate": setting.learning_rate, "cost_threshold": setting.budget,
+        "lambda_init": setting.lambda_init, "save_strategy": "steps", "logging_steps": 1, "use_cpu": True,
+        "seed": seed,
+    })
 
 
 def stage_ppo(setting: Setting, base: Path, models: dict[str, Path], prompts: Path, out: Path, seed: int,
               arm: str) -> Path:
-    from mmalign.model_config import ModelConfig
-    from mmalign.ppo import PPOConfig, run_ppo
+    from mmalign.ppo import run_ppo
 
-    reward_model, safe = ARMS[arm][:2]
     path = out / f"{arm}-{seed}"
     if (path / "final").exists():
         return path / "final"
-    args = PPOConfig(
-        output_dir=str(path), dataset_path=str(prompts), reward_model_path=str(models[reward_model]),
-        cost_model_path=str(models["cost-model"]), lagrangian=safe, max_steps=setting.iterations,
-        rollout_batch_size=setting.rollout_batch_size, per_device_train_batch_size=setting.minibatch,
-        per_device_eval_batch_size=16, ppo_epochs=2, max_new_tokens=setting.max_new_tokens,
-        kl_coef=setting.kl_coef, learning_rate=setting.learning_rate, lr_scheduler_type="constant",
-        shaping=True, lam=0.95, value_clip=5.0 if safe else 0.2, score_clip=50.0,
-        cost_threshold=setting.budget, lambda_init=setting.lambda_init, lambda_lr=0.1, lambda_max=20.0,
-        episode_cost_window=64, save_strategy="steps", save_steps=10, logging_steps=1, report_to="none",
-        use_cpu=True, seed=seed, max_length=512,
-    )
-    model_config = ModelConfig(model_name_or_path=str(base), use_peft=True, lora_r=8, lora_alpha=16,
-                               lora_dropout=0.0)
+    model_config, args = ppo_run_config(setting, base, models, prompts, path, seed, arm)
     return run_ppo(model_config, args)  # seeds everything from args.seed
 
 
@@ -204,7 +211,7 @@ def evaluate_policy(base: Path, adapter_path: Path | None, rm: Path, cm: Path, p
     described, exist_right, harmful_unsafe, harmful_unsafe_cm, benign_refused = [], [], [], [], []
     for row, answer, cost in zip(data, answers, costs):
         meta = json.loads(row["meta"]) if isinstance(row["meta"], str) else row["meta"]
-        scene = scene_at(world, int(meta["scene"].rsplit("-", 1)[1]), "eval")
+        scene = scene_at(world, int(meta["scene"].rsplit("-", 1)[1]), RL_EVAL.split)
         kind = row["source"].rsplit("/", 1)[1]
         if kind == "describe":
             described.append((answer, scene))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmalign.io import atomic_dir
+from mmalign.scene.ranges import PRETRAIN
 from mmalign.scene.text import world_vocabulary
 from mmalign.scene.world import WorldConfig
 
@@ -97,8 +98,9 @@ def pretrain_vision_tower(model, processor, world: WorldConfig, config: Pretrain
     losses = []
     tower.train()
     for step in tqdm(range(config.vision_steps), desc="vision tower: patch classification"):
-        ids = torch.randint(1, config.n_scenes + 1, (config.vision_batch_size,), generator=generator).tolist()
-        scenes = [scene_at(world, i, "train") for i in ids]
+        ids = torch.randint(PRETRAIN.start, PRETRAIN.start + config.n_scenes, (config.vision_batch_size,),
+                            generator=generator).tolist()
+        scenes = [scene_at(world, i, PRETRAIN.split) for i in ids]
         pixels = processor.image_processor([render(s) for s in scenes], return_tensors="pt")["pixel_values"]
         targets = [patch_labels(s, vision.image_size, vision.patch_size, categories, colors, backgrounds)
                    for s in scenes]
@@ -134,7 +136,8 @@ def pretrain_scene_vlm(out_dir: str | Path, config: PretrainConfig | None = None
     model_cfg = SceneVLMConfig(**config.model)
     model, processor = build_scene_vlm(world_vocabulary(world), model_cfg)
     vision_losses = pretrain_vision_tower(model, processor, world, config) if config.vision_steps else []
-    data = scene_sft_dataset(world, config.n_scenes, split="train", turns=config.turns, seed=config.seed)
+    data = scene_sft_dataset(world, config.n_scenes, split=PRETRAIN.take(config.n_scenes)["split"], turns=config.turns,
+                             seed=config.seed)
     with tempfile.TemporaryDirectory() as tmp:
         init = Path(tmp) / "init"
         model.save_pretrained(init)

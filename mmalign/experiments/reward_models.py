@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mmalign.experiments.seeds import load_runs, result_file, save_result, summarise
+from mmalign.scene.ranges import REWARD_EVAL, REWARD_TRAIN
 
 
 @dataclass
@@ -55,34 +56,47 @@ def build_data(setting: Setting, out: Path) -> dict[str, Path]:
     paths = {name: out / name for name in ("feedback-train", "feedback-eval", "safety-train", "safety-eval")}
     if not all(p.exists() for p in paths.values()):
         adapter = load_adapter(setting.model)
-        train, stats = scene_feedback_records(adapter, world, setting.train_scenes, split="train", start=300_001)
+        train, stats = scene_feedback_records(adapter, world, setting.train_scenes,
+                                              **REWARD_TRAIN.take(setting.train_scenes))
         print(f"feedback train: {stats}")
-        held, stats = scene_feedback_records(adapter, world, setting.eval_scenes, split="eval", start=400_001)
+        held, stats = scene_feedback_records(adapter, world, setting.eval_scenes,
+                                             **REWARD_EVAL.take(setting.eval_scenes))
         print(f"feedback held-out: {stats}")
         save_preference_dataset(train, paths["feedback-train"])
         save_preference_dataset(held, paths["feedback-eval"])
-        save_preference_dataset(scene_safety_records(world, setting.safety_train_scenes, split="train",
-                                                     start=300_001), paths["safety-train"])
-        save_preference_dataset(scene_safety_records(world, setting.safety_eval_scenes, split="eval",
-                                                     start=400_001), paths["safety-eval"])
+        save_preference_dataset(scene_safety_records(world, setting.safety_train_scenes,
+                                                     **REWARD_TRAIN.take(setting.safety_train_scenes)), paths["safety-train"])
+        save_preference_dataset(scene_safety_records(world, setting.safety_eval_scenes,
+                                                     **REWARD_EVAL.take(setting.safety_eval_scenes)), paths["safety-eval"])
     return paths
+
+
+def reward_run_config(setting: Setting, data: Path, out: Path, seed: int, **reward_args: Any) -> tuple[Any, Any]:
+    """(ModelConfig, RewardConfig) of one model: the shipped recipe of its kind (cost model,
+    Fact-RM or plain RM) with the Setting's knobs, the data and the seed on top."""
+    from mmalign.config_io import load_recipe
+    from mmalign.model_config import ModelConfig
+    from mmalign.reward import RewardConfig
+
+    recipe = ("cost-scene-vlm" if reward_args.get("kind") == "cost"
+              else "fact-rm-scene-vlm" if reward_args.get("use_facts") else "rm-scene-vlm")
+    return load_recipe(recipe, (ModelConfig, RewardConfig), {
+        "model_name_or_path": setting.model, "lora_r": setting.lora_r, "lora_alpha": 2 * setting.lora_r,
+        "output_dir": str(out), "dataset_path": str(data), "num_train_epochs": setting.epochs,
+        "per_device_train_batch_size": setting.batch_size, "learning_rate": setting.learning_rate,
+        "max_length": setting.max_length, "seed": seed, "data_seed": seed, "facts_seed": seed, "use_cpu": True,
+        **reward_args,
+    })
 
 
 def train_model(setting: Setting, data: Path, out: Path, seed: int, **reward_args: Any):
     from transformers import set_seed
 
     from mmalign.data_builders.storage import load_preference_dataset
-    from mmalign.model_config import ModelConfig
     from mmalign.models import ScalarHeadModel
-    from mmalign.reward import RewardConfig, RewardTrainer
+    from mmalign.reward import RewardTrainer
 
-    args = RewardConfig(output_dir=str(out), num_train_epochs=setting.epochs,
-                        per_device_train_batch_size=setting.batch_size, learning_rate=setting.learning_rate,
-                        lr_scheduler_type="cosine", warmup_steps=0.05, max_length=setting.max_length, seed=seed,
-                        data_seed=seed, facts_seed=seed, save_strategy="no", logging_steps=20, report_to="none",
-                        use_cpu=True, **reward_args)
-    model_config = ModelConfig(model_name_or_path=setting.model, use_peft=True, lora_r=setting.lora_r,
-                               lora_alpha=2 * setting.lora_r, lora_dropout=0.0)
+    model_config, args = reward_run_config(setting, data, out, seed, **reward_args)
     set_seed(seed)
     model = ScalarHeadModel(model_config.load(), kind=args.kind)
     RewardTrainer(model, args, train_dataset=load_preference_dataset(data)).train()
