@@ -180,7 +180,7 @@ class FeedbackStats:
 class AIFeedbackBuilder:
     """Orchestrates sampling → claims → judging → pairing; yields canonical records.
 
-    ``policy`` is a :class:`~mmalign.models.base.VLMAdapter` (anything with ``generate``);
+    ``policy`` is a :class:`~mmalign.models.adapter.VLMAdapter` (anything with ``generate``);
     ``judge`` and ``splitter`` follow :mod:`mmalign.data_builders.claims`.
     """
 

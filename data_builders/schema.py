@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmalign.chat import IMAGE_PLACEHOLDER
 from mmalign.data_builders.images import ImageError, ImageOptions, load_image_bytes
 
 log = logging.getLogger("mmalign.data")
@@ -381,10 +382,6 @@ def _check_fields(record: Mapping[str, Any], kind: str, allow_extra: bool) -> No
         if extra:
             raise _fail(extra[0], f"is not a column of the canonical {kind} schema "
                                   "(provenance belongs in 'meta')")
-
-
-#: LLaVA's image placeholder: in a text prompt, one per image marks where the images go.
-IMAGE_PLACEHOLDER = "<image>"
 
 
 def _check_prompt_images(prompt: Any, images: list) -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmalign.models.base import EncodedBatch, VLMAdapter, last_token_index
+from mmalign.models.adapter import VLMAdapter
+from mmalign.models.batch import EncodedBatch, last_token_index
 from mmalign.models.cards import ModelCard, get_card, list_cards
 from mmalign.models.llava import LlavaAdapter
 from mmalign.models.llava_next import LlavaNextAdapter

@@ -8,12 +8,11 @@ targets and the recommended 4-bit settings.
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 
 @dataclass(frozen=True)

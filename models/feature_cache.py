@@ -27,7 +27,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from mmalign.models.base import EncodedBatch, VLMAdapter
+from mmalign.models.adapter import VLMAdapter
+from mmalign.models.batch import EncodedBatch
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from transformers import LlavaForConditionalGeneration
 
-from mmalign.models.base import ModelInputsSpec, VLMAdapter
+from mmalign.models.adapter import VLMAdapter
+from mmalign.models.batch import ModelInputsSpec
 
 
 class LlavaAdapter(VLMAdapter):

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from transformers import LlavaNextForConditionalGeneration
 
-from mmalign.models.base import ModelInputsSpec, VLMAdapter
+from mmalign.models.adapter import VLMAdapter
+from mmalign.models.batch import ModelInputsSpec
 
 
 class LlavaNextAdapter(VLMAdapter):

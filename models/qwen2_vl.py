@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
 
-from mmalign.models.base import ModelInputsSpec, VLMAdapter
+from mmalign.models.adapter import VLMAdapter
+from mmalign.models.batch import ModelInputsSpec
 
 _QWEN_INPUTS = ModelInputsSpec(
     image_keys=("pixel_values", "image_grid_thw"),

@@ -16,9 +16,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmalign.io import atomic_dir
-from mmalign.models.base import (
+from mmalign.models.adapter import VLMAdapter
+from mmalign.models.batch import (
     EncodedBatch,
-    VLMAdapter,
     last_token_index,
     predicting_positions,
     unflatten_rows,

@@ -16,7 +16,9 @@ from typing import Any
 
 import torch
 
-from mmalign.models.base import VLMAdapter, message_text, pad_rows
+from mmalign.chat import response_text
+from mmalign.models.adapter import VLMAdapter
+from mmalign.models.batch import pad_rows
 
 logger = logging.getLogger(__name__)
 
@@ -32,15 +34,6 @@ def span_token_weights(offsets: Sequence[tuple[int, int]], spans: Sequence[Seque
     if not spans or gamma == 1.0:
         return [1.0] * len(offsets)
     return [gamma if s < e and any(s < b and a < e for a, b in spans) else 1.0 for s, e in offsets]
-
-
-def response_text(value: Any) -> str:
-    """A response given as text or as a conversational list ending in the answer."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and value:
-        return message_text(value[-1])
-    raise TypeError(f"a response must be a string or a list of messages, got {type(value).__name__}")
 
 
 @dataclass

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from mmalign.models.base import EncodedBatch, VLMAdapter, gather_logprobs
+from mmalign.models.adapter import VLMAdapter
+from mmalign.models.batch import EncodedBatch, gather_logprobs
 
 
 def _layout(chosen: EncodedBatch, rejected: EncodedBatch):

@@ -14,7 +14,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from mmalign.dpo.collator import DPOCollator
-from mmalign.models.base import VLMAdapter
+from mmalign.models.adapter import VLMAdapter
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 

@@ -26,7 +26,8 @@ from mmalign.dpo.collator import DPOCollator
 from mmalign.dpo.config import DPOConfig
 from mmalign.dpo.prefix import shared_prefix_logprobs
 from mmalign.losses.dpo import dpo_loss, dynamic_beta, sequence_logps, sft_term
-from mmalign.models.base import EncodedBatch, VLMAdapter, concat_batches
+from mmalign.models.adapter import VLMAdapter
+from mmalign.models.batch import EncodedBatch, concat_batches
 from mmalign.models.feature_cache import ImageFeatureCache
 from mmalign.training import LossOnlyEvaluation, NonFiniteGuard, StepMetrics, train_and_save
 

@@ -130,9 +130,3 @@ def lagrange_loss(log_lambda: torch.Tensor, mean_cost: torch.Tensor | float, thr
     ``d`` and lowers it otherwise; storing log λ keeps λ positive.
     """
     return -(torch.as_tensor(mean_cost, dtype=log_lambda.dtype) - threshold) * log_lambda.exp()
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the softmax over the last axis, in float32."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)

@@ -38,7 +38,8 @@ from mmalign.losses.ppo import (
     ppo_value_loss,
     shaped_rewards,
 )
-from mmalign.models.base import EncodedBatch, VLMAdapter, concat_batches, concat_features, pad_cat
+from mmalign.models.adapter import VLMAdapter, concat_features
+from mmalign.models.batch import EncodedBatch, concat_batches, pad_cat
 from mmalign.models.scalar_head import ScalarHeadModel
 from mmalign.ppo.config import PPOConfig
 from mmalign.ppo.plots import plot_ppo_logs

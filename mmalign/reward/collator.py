@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from mmalign.dpo.collator import response_text
-from mmalign.models.base import VLMAdapter
+from mmalign.chat import response_text
+from mmalign.models.adapter import VLMAdapter
 from mmalign.reward.data import scored_pair
 from mmalign.reward.template import RewardTemplate, encode_for_scoring
 

@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mmalign.models.base import EncodedBatch, Prompt, VLMAdapter, normalise_images, user_turn
+from mmalign.chat import Prompt, user_turn
+from mmalign.models.adapter import VLMAdapter, normalise_images
+from mmalign.models.batch import EncodedBatch
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 from transformers import Trainer, set_seed
 
 from mmalign.losses.reward import bradley_terry_loss, cost_loss, pairwise_accuracy, sign_accuracy
-from mmalign.models.base import EncodedBatch
+from mmalign.models.batch import EncodedBatch
 from mmalign.models.scalar_head import ScalarHeadModel
 from mmalign.reward.collator import ScalarPairCollator
 from mmalign.reward.config import RewardConfig

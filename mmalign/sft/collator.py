@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from mmalign.models.base import VLMAdapter
+from mmalign.models.adapter import VLMAdapter
 
 
 @dataclass

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from transformers import Trainer, set_seed
 
-from mmalign.models.base import EncodedBatch, VLMAdapter
+from mmalign.models.adapter import VLMAdapter
+from mmalign.models.batch import EncodedBatch
 from mmalign.sft.collator import SFTCollator
 from mmalign.sft.config import SFTConfig
 from mmalign.training import LossOnlyEvaluation, NonFiniteGuard, train_and_save

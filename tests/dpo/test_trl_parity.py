@@ -43,7 +43,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration  # noqa: E
 
 from mmalign.dpo import DPOCollator, DPOConfig, DPOTrainer  # noqa: E402
 from mmalign.models import load_adapter  # noqa: E402
-from mmalign.models.base import VLMAdapter  # noqa: E402
+from mmalign.models.adapter import VLMAdapter  # noqa: E402
 from mmalign.qlora import LoraSettings  # noqa: E402
 
 BETA = 0.1

@@ -74,7 +74,8 @@ def test_sample_packs_exactly_the_sampled_tokens(tiny_dirs, family):
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
 def test_rollout_chunks_concatenate_to_the_same_logprobs(tiny_dirs, family):
-    from mmalign.models.base import concat_batches, concat_features, pad_cat
+    from mmalign.models.adapter import concat_features
+    from mmalign.models.batch import concat_batches, pad_cat
 
     adapter = load_adapter(tiny_dirs[family])
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ from mmalign.cli import main
 from mmalign.losses.reward import bradley_terry_loss, cost_loss
 from mmalign.model_config import ModelConfig
 from mmalign.models import ScalarHeadModel, load_adapter
-from mmalign.models.base import last_token_index
+from mmalign.models.batch import last_token_index
 from mmalign.reward import (
     RewardConfig,
     RewardScorer,

@@ -88,7 +88,7 @@ def test_trust_remote_code_is_off_unless_asked():
     from mmalign.export import merge_adapter
     from mmalign.model_config import ModelConfig
     from mmalign.models import detect_family
-    from mmalign.models.base import VLMAdapter
+    from mmalign.models.adapter import VLMAdapter
 
     for func in (VLMAdapter.from_pretrained, detect_family, merge_adapter):
         assert inspect.signature(func).parameters["trust_remote_code"].default is False

@@ -1,0 +1,478 @@
+"""The adapter contract: the one place that knows a model family's quirks.
+
+Everything above this layer (collators, losses, trainers, benchmarks) talks to a
+``VLMAdapter``: it loads a checkpoint (fp32 / bf16 / 4-bit NF4), attaches LoRA to the
+language model only, turns (images, prompt, response) into model inputs with the
+response tokens marked and mapped to character offsets, computes image features once,
+returns per-token response log-probs, and generates.
+
+Family subclasses only declare module names and which processor outputs feed the vision
+encoder; the shared logic lives here, loading in :mod:`~mmalign.models.loading` and
+LoRA in :mod:`~mmalign.models.lora`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from mmalign.chat import Prompt, message_text, user_turn
+from mmalign.models.batch import (
+    EncodedBatch,
+    ModelInputsSpec,
+    Samples,
+    entropy_from_logits,
+    gather_logprobs,
+    pad_rows,
+    predicting_positions,
+    unflatten_rows,
+)
+from mmalign.models.cards import ModelCard
+from mmalign.models.loading import LoadingMixin
+from mmalign.models.lora import LoraMixin
+
+
+def normalise_images(images: Sequence[Any] | None, batch: int) -> list[list[Image.Image]]:
+    """Accept one image, ``None`` or a list of images per row; return lists of RGB images."""
+    if images is None:
+        return [[] for _ in range(batch)]
+    if len(images) != batch:
+        raise ValueError(f"got {len(images)} image entries for {batch} prompts")
+    rows: list[list[Image.Image]] = []
+    for i, entry in enumerate(images):
+        if entry is None:
+            entry = []
+        elif isinstance(entry, Image.Image):
+            entry = [entry]
+        for img in entry:
+            if not isinstance(img, Image.Image):
+                raise TypeError(f"row {i}: images must be PIL images, got {type(img).__name__}")
+        rows.append([img.convert("RGB") for img in entry])
+    return rows
+
+
+def concat_features(features: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Cached image features of several batches, in the same order as
+    :func:`~mmalign.models.batch.concat_batches`."""
+    if features[0] is None:
+        return None
+    return {"image": BaseModelOutputWithPooling(
+        pooler_output=[x for f in features for x in f["image"].pooler_output])}
+
+
+class VLMAdapter(LoadingMixin, LoraMixin):
+    """Base class of all model-family adapters. Use :func:`mmalign.models.load_adapter`."""
+
+    family: ClassVar[str]
+    model_class: ClassVar[type]
+    vision_scope: ClassVar[str]  # qualified name of the vision tower
+    projector_scopes: ClassVar[tuple[str, ...]]  # modules / parameters of the projector
+    language_scope: ClassVar[str]  # qualified name of the language model
+    inputs: ClassVar[ModelInputsSpec]
+    default_card_name: ClassVar[str | None] = None  # card used for local folders of this family
+
+    def __init__(self, model: torch.nn.Module, processor: Any, card: ModelCard):
+        self.model = model
+        self.processor = processor
+        self.card = card
+        self.tokenizer = processor.tokenizer
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if processor.chat_template is None:
+            processor.chat_template = card.chat_template
+        self.end_of_turn_ids = self._token_ids(card.end_of_turn)
+        # What the tokenizer puts in front of a text (BOS for Llama / Mistral, nothing for Qwen).
+        self.bos_ids = [
+            t for t in self.tokenizer("x", add_special_tokens=True)["input_ids"]
+            if t in self.tokenizer.all_special_ids
+        ][:1]
+
+    # ------------------------------------------------------------------ inputs
+    def _token_ids(self, text: str) -> list[int]:
+        tid = self.tokenizer.convert_tokens_to_ids(text)
+        if isinstance(tid, int) and tid != self.tokenizer.unk_token_id:
+            return [tid]
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Tokens that end a generated answer: the card's end of turn, then EOS."""
+        return list(dict.fromkeys([*self.end_of_turn_ids, self.tokenizer.eos_token_id]))
+
+    def format_prompt(self, prompt: Prompt, n_images: int) -> str:
+        """Render the chat template up to the start of the assistant's answer."""
+        return self._render(user_turn(prompt, n_images), add_generation_prompt=True)
+
+    def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        return self.processor.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, tokenize=False
+        )
+
+    def conversation_segments(self, messages: list[dict[str, Any]]) -> list[tuple[str, bool]]:
+        """Split a rendered conversation into (text, is_assistant) pieces.
+
+        Each assistant message becomes its bare content (tokenized alone, followed by the
+        end-of-turn token, exactly like a single-turn response); the text the template
+        puts between assistant turns is recovered by rendering growing prefixes, which
+        works for any template whose renderings extend each other.
+        """
+        eot = self.card.end_of_turn
+        segments: list[tuple[str, bool]] = []
+        rendered, carry = "", ""
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            prefix = self._render(messages[:i], add_generation_prompt=True)
+            if not prefix.startswith(rendered):
+                raise ValueError(f"message {i}: the chat template does not render prefixes stably")
+            content = message_text(message)
+            full = self._render(messages[: i + 1], add_generation_prompt=False)
+            at = full.find(content, len(prefix))
+            tail = full[at + len(content):] if at >= 0 else ""
+            if at < 0 or not tail.startswith(eot):
+                raise ValueError(
+                    f"message {i}: the chat template must render an assistant turn as its content "
+                    f"followed by {eot!r}"
+                )
+            segments += [(carry + prefix[len(rendered):], False), (content, True)]
+            rendered, carry = full, tail[len(eot):]
+        if not segments or messages[-1]["role"] != "assistant":
+            raise ValueError("a conversation for training must end with an assistant message")
+        return segments
+
+    def encode(
+        self,
+        images: Sequence[Any] | None,
+        prompts: Sequence[Prompt],
+        responses: Sequence[str] | None = None,
+        *,
+        max_length: int | None = None,
+        padding_side: str = "right",
+        end_of_turn: bool = True,
+    ) -> EncodedBatch:
+        """Tokenize rows of (images, prompt[, response]) with the chat template.
+
+        The response is tokenized on its own (with character offsets) and followed by the
+        card's end-of-turn token, so a response's tokens are identical whatever the prompt.
+        ``end_of_turn=False`` leaves the response open (a scoring prefix whose last token a
+        reward head reads).
+        ``max_length`` cuts the response tail; image tokens are never cut (a row that
+        cannot keep its image tokens and at least one response token is an error naming
+        the row).
+        """
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list, one per row")
+        if responses is not None and len(responses) != len(prompts):
+            raise ValueError(f"got {len(responses)} responses for {len(prompts)} prompts")
+        rows_images = normalise_images(images, len(prompts))
+        rows = []
+        for i, (prompt, imgs) in enumerate(zip(prompts, rows_images)):
+            segs = [(self.format_prompt(prompt, len(imgs)), False)]
+            if responses is not None:
+                segs.append((responses[i], True))
+            rows.append(segs)
+        return self._encode_segments(rows_images, rows, max_length, padding_side, end_of_turn)
+
+    def encode_conversations(
+        self,
+        images: Sequence[Any] | None,
+        conversations: Sequence[list[dict[str, Any]]],
+        *,
+        max_length: int | None = None,
+        padding_side: str = "right",
+    ) -> EncodedBatch:
+        """Tokenize multi-turn conversations; ``response_mask`` marks every assistant turn.
+
+        Messages use the transformers / TRL format (``{"role", "content"}``, content a
+        string or a list of ``{"type": "image"}`` / ``{"type": "text", "text"}`` parts);
+        images fill the image parts in order. ``response_offsets[b]`` lists the character
+        offsets of the response tokens of all assistant turns, each relative to its turn.
+        """
+        rows_images = normalise_images(images, len(conversations))
+        rows = []
+        for i, conv in enumerate(conversations):
+            n_parts = sum(
+                sum(p.get("type") == "image" for p in m["content"])
+                for m in conv if not isinstance(m["content"], str)
+            )
+            if n_parts != len(rows_images[i]):
+                raise ValueError(f"row {i}: {n_parts} image placeholders but {len(rows_images[i])} images")
+            try:
+                rows.append(self.conversation_segments(conv))
+            except ValueError as err:
+                raise ValueError(f"row {i}: {err}") from None
+        return self._encode_segments(rows_images, rows, max_length, padding_side)
+
+    def _encode_segments(
+        self,
+        rows_images: list[list[Image.Image]],
+        rows: list[list[tuple[str, bool]]],
+        max_length: int | None,
+        padding_side: str,
+        end_of_turn: bool = True,
+    ) -> EncodedBatch:
+        # All non-assistant texts of the batch go through the processor in one call: it
+        # expands each image placeholder for the next image in order and builds pixels.
+        texts = [text for segs in rows for text, is_resp in segs if not is_resp and text]
+        flat = [img for row in rows_images for img in row]
+        out = self.processor(images=flat or None, text=texts, return_tensors="pt", padding=True,
+                             add_special_tokens=False)
+        keep = out["attention_mask"].bool()
+        text_ids = iter([out["input_ids"][j][keep[j]] for j in range(len(texts))])
+        text_extras = {k: iter([out[k][j][keep[j]] for j in range(len(texts))])
+                       for k in self.inputs.text_keys if k in out}
+        image_id = getattr(self.base_model.config, "image_token_id", None)
+        ids_rows, resp_rows, offsets_all = [], [], []
+        extra_rows: dict[str, list[torch.Tensor]] = {k: [] for k in text_extras}
+        for i, segs in enumerate(rows):
+            pieces = [torch.tensor(self.bos_ids, dtype=torch.long)]
+            is_resp = [torch.zeros(len(self.bos_ids), dtype=torch.bool)]
+            extras = {k: [torch.zeros(len(self.bos_ids), dtype=torch.long)] for k in text_extras}
+            offsets: list[tuple[int, int]] = []
+            for text, resp in segs:
+                if resp:
+                    enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+                    closing = self.end_of_turn_ids if end_of_turn else []
+                    ids = torch.tensor(list(enc["input_ids"]) + closing, dtype=torch.long)
+                    offsets += [tuple(o) for o in enc["offset_mapping"]]
+                    offsets += [(len(text), len(text))] * len(closing)
+                    for k in extras:
+                        extras[k].append(torch.zeros(len(ids), dtype=torch.long))
+                elif text:
+                    ids = next(text_ids)
+                    for k in extras:
+                        extras[k].append(next(text_extras[k]).long())
+                else:
+                    continue
+                pieces.append(ids)
+                is_resp.append(torch.full((len(ids),), resp, dtype=torch.bool))
+            ids, resp_mask = torch.cat(pieces), torch.cat(is_resp)
+            row_extras = {k: torch.cat(v) for k, v in extras.items()}
+            if max_length is not None and len(ids) > max_length:
+                ids, resp_mask, offsets, row_extras = _truncate_row(
+                    i, ids, resp_mask, offsets, row_extras, max_length, image_id
+                )
+            ids_rows.append(ids)
+            resp_rows.append(resp_mask)
+            offsets_all.append(offsets)
+            for k, v in row_extras.items():
+                extra_rows[k].append(v)
+        pad = self.tokenizer.pad_token_id
+        return EncodedBatch(
+            input_ids=pad_rows(ids_rows, pad, padding_side),
+            attention_mask=pad_rows([torch.ones_like(r) for r in ids_rows], 0, padding_side),
+            response_mask=pad_rows(resp_rows, False, padding_side),
+            image_inputs={k: out[k] for k in self.inputs.image_keys if k in out and flat},
+            text_inputs={k: pad_rows(v, 0, padding_side) for k, v in extra_rows.items()},
+            response_offsets=offsets_all,
+            images_per_row=[len(r) for r in rows_images],
+        )
+
+    # ------------------------------------------------------------------ forward
+    def image_features(self, batch: EncodedBatch, *, grad: bool | None = None) -> dict[str, Any] | None:
+        """Vision encoder + projector output for every image of the batch, computed once.
+
+        Pass the result as ``image_features=`` to the forward methods to skip the vision
+        tower. Without gradients by default when vision tower and projector are frozen.
+        """
+        if not batch.image_inputs:
+            return None
+        if grad is None:
+            grad = any(p.requires_grad for _, p in self.projector_parameters())
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            out = self.base_model.get_image_features(**batch.image_inputs, return_dict=True)
+        return {"image": out}
+
+    def select(self, batch: EncodedBatch, rows: Sequence[int], image_features: dict[str, Any] | None = None):
+        """Rows ``rows`` of a batch and of its cached image features (a PPO minibatch).
+
+        Padding columns no selected row uses are dropped. Pixel inputs are left out when
+        features are given, since the forward then does not read them.
+        """
+        rows = list(rows)
+        starts = [0]
+        for n in batch.images_per_row:
+            starts.append(starts[-1] + n)
+        images = [j for r in rows for j in range(starts[r], starts[r + 1])]
+        width = int(batch.attention_mask[rows].sum(-1).max())
+        keys = self.inputs.forward_image_keys if image_features is not None else tuple(batch.image_inputs)
+        if any(batch.image_inputs[k].shape[0] != starts[-1] for k in keys if k in batch.image_inputs):
+            raise ValueError("select needs cached image features: this family's pixels are not one row per image")
+        sub = EncodedBatch(
+            input_ids=batch.input_ids[rows, :width],
+            attention_mask=batch.attention_mask[rows, :width],
+            response_mask=batch.response_mask[rows, :width],
+            image_inputs={k: batch.image_inputs[k][images] for k in keys if k in batch.image_inputs},
+            text_inputs={k: v[rows, :width] for k, v in batch.text_inputs.items()},
+            response_offsets=[batch.response_offsets[r] for r in rows] if batch.response_offsets else [],
+            images_per_row=[batch.images_per_row[r] for r in rows],
+        )
+        if image_features is None:
+            return sub, None
+        pooled = image_features["image"].pooler_output
+        return sub, {"image": BaseModelOutputWithPooling(pooler_output=[pooled[j] for j in images])}
+
+    def forward_kwargs(self, batch: EncodedBatch, image_features: dict[str, Any] | None = None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "input_ids": batch.input_ids,
+            "attention_mask": batch.attention_mask,
+            **batch.text_inputs,
+        }
+        if image_features is not None:
+            kwargs["mm_encoder_outputs"] = image_features
+            kwargs.update({k: batch.image_inputs[k] for k in self.inputs.forward_image_keys if k in batch.image_inputs})
+        else:
+            kwargs.update(batch.image_inputs)
+        return kwargs
+
+    def response_logprobs(
+        self,
+        batch: EncodedBatch,
+        image_features: dict[str, Any] | None = None,
+        *,
+        model: torch.nn.Module | None = None,
+        with_entropy: bool = False,
+    ):
+        """Per-token log-probs of the response tokens: ``(batch, max_response_len)`` plus mask.
+
+        Only positions that predict a response token are projected to the vocabulary,
+        so no ``(batch, seq, vocab)`` tensor is built. ``model`` overrides ``self.model``
+        with a wrapped copy (DDP / FSDP / DeepSpeed engine) inside a trainer.
+        ``with_entropy`` also returns the policy's entropy at each response position
+        (detached, for logging), as a third tensor.
+        """
+        predicts = predicting_positions(batch.response_mask)
+        out = (model or self.model)(
+            **self.forward_kwargs(batch, image_features), logits_to_keep=predicts, use_cache=False
+        )
+        targets = batch.input_ids[batch.response_mask]
+        logits = out.logits.reshape(-1, out.logits.shape[-1])
+        logps, mask = unflatten_rows(gather_logprobs(logits, targets), batch.response_lengths)
+        if not with_entropy:
+            return logps, mask
+        with torch.no_grad():
+            entropy = entropy_from_logits(logits)
+        return logps, mask, unflatten_rows(entropy, batch.response_lengths)[0]
+
+    @torch.no_grad()
+    def sample(
+        self,
+        images: Sequence[Any] | None,
+        prompts: Sequence[Prompt],
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+    ) -> Samples:
+        """Sample one response per prompt and return it as a training batch (for RL).
+
+        Generation runs left-padded; the result is re-packed right-padded, each row
+        [prompt, response up to and including the stop token], with ``response_mask`` on
+        exactly the sampled tokens, so log-probs computed later score what was sampled.
+        ``top_k=0`` and ``top_p=1`` sample from the full distribution (as PPO assumes).
+        """
+        batch = self.encode(images, prompts, padding_side="left").to(self.device)
+        stop = self.stop_ids
+        # a sampled image placeholder would make the sequence unreadable for the model
+        placeholders = [getattr(self.base_model.config, k, None) for k in ("image_token_id", "video_token_id")]
+        out = self.model.generate(
+            **self.forward_kwargs(batch), max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+            top_p=top_p, top_k=top_k, eos_token_id=stop, pad_token_id=self.tokenizer.pad_token_id,
+            suppress_tokens=[t for t in placeholders if t is not None] or None,
+        )
+        new = out[:, batch.input_ids.shape[1]:].cpu()
+        is_stop = torch.isin(new, torch.tensor(stop))
+        ended = is_stop.any(-1)
+        lengths = torch.where(ended, is_stop.int().argmax(-1) + 1, torch.tensor(new.shape[1]))
+        keep = batch.attention_mask.bool().cpu()
+        ids, resp, extras = [], [], {k: [] for k in batch.text_inputs}
+        for i in range(new.shape[0]):
+            prompt = batch.input_ids[i].cpu()[keep[i]]
+            answer = new[i, : lengths[i]]
+            ids.append(torch.cat([prompt, answer]))
+            resp.append(torch.cat([torch.zeros(len(prompt), dtype=torch.bool), torch.ones(len(answer), dtype=torch.bool)]))
+            for k, v in batch.text_inputs.items():
+                extras[k].append(torch.cat([v[i].cpu()[keep[i]], torch.zeros(len(answer), dtype=v.dtype)]))
+        packed = EncodedBatch(
+            input_ids=pad_rows(ids, self.tokenizer.pad_token_id),
+            attention_mask=pad_rows([torch.ones_like(r, dtype=torch.long) for r in ids], 0),
+            response_mask=pad_rows(resp, False),
+            image_inputs={k: v.cpu() for k, v in batch.image_inputs.items()},
+            text_inputs={k: pad_rows(v, 0) for k, v in extras.items()},
+            images_per_row=batch.images_per_row,
+        )
+        texts = [self.tokenizer.decode(new[i, : lengths[i]], skip_special_tokens=True) for i in range(len(ids))]
+        return Samples(packed, texts, ended, lengths)
+
+    def hidden_states(self, batch: EncodedBatch, image_features: dict[str, Any] | None = None) -> torch.Tensor:
+        """Final (normed) hidden states of the language model, ``(batch, seq, hidden)``."""
+        kwargs = self.forward_kwargs(batch, image_features)
+        return self.base_model.model(**kwargs, use_cache=False).last_hidden_state
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(
+        self,
+        images: Sequence[Any] | None,
+        prompts: Sequence[Prompt],
+        *,
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        num_return_sequences: int = 1,
+    ) -> list[str]:
+        """Batched generation with left padding; returns decoded answers, prompt removed.
+
+        With ``num_return_sequences=n`` the answers of row ``i`` are ``out[i*n:(i+1)*n]``.
+        """
+        batch = self.encode(images, prompts, padding_side="left").to(self.device)
+        gen_kwargs: dict[str, Any] = dict(
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            num_return_sequences=num_return_sequences,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        if do_sample:
+            gen_kwargs.update(temperature=temperature, top_p=top_p)
+        out = self.model.generate(**self.forward_kwargs(batch), **gen_kwargs)
+        new = out[:, batch.input_ids.shape[1] :]
+        return self.tokenizer.batch_decode(new, skip_special_tokens=True)
+
+    def describe(self) -> dict[str, Any]:
+        """Counts of parameters by part, for logs and tests."""
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.model.parameters())
+        return {"family": self.family, "card": self.card.name, "trainable": trainable, "total": total,
+                "quantized": self.quantized}
+
+
+def _truncate_row(
+    row: int,
+    ids: torch.Tensor,
+    resp_mask: torch.Tensor,
+    offsets: list[tuple[int, int]],
+    extras: dict[str, torch.Tensor],
+    max_length: int,
+    image_id: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]], dict[str, torch.Tensor]]:
+    """Cut encoded row ``row`` to ``max_length`` tokens, from the response's tail.
+
+    Cutting an image token would leave the processor's pixels without their slots, so a
+    row whose images or first response token fall past the limit is an error instead.
+    """
+    images_cut = image_id is not None and bool((ids[max_length:] == image_id).any())
+    if images_cut or (resp_mask.any() and not resp_mask[:max_length].any()):
+        raise ValueError(
+            f"row {row}: {int((~resp_mask).sum())} prompt and image tokens leave no room for "
+            f"the response within max_length={max_length}; image tokens are never truncated"
+        )
+    offsets = offsets[: int(resp_mask[:max_length].sum())]
+    return ids[:max_length], resp_mask[:max_length], offsets, {k: v[:max_length] for k, v in extras.items()}
+

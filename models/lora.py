@@ -1,0 +1,156 @@
+"""LoRA adapters on a ``VLMAdapter``: attach, switch, save, load and disable them.
+
+A mixin so peft's state handling (which resets trainable flags on every adapter switch)
+stays in one place. The adapter class provides ``model``, ``card``, ``family`` and the
+module scopes; :class:`~mmalign.models.loading.LoadingMixin` provides ``base_model``,
+``quantized``, ``freeze``, ``train_projector`` and ``_is_under``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from mmalign.io import atomic_dir
+from mmalign.qlora import LoraSettings, lora_target_regex
+
+
+class LoraMixin:
+    """LoRA / peft state of an adapter (peft is imported only when LoRA is used)."""
+
+    def lora_config(self, settings: LoraSettings):
+        from peft import LoraConfig
+
+        targets = settings.target_modules or self.card.lora_targets
+        scopes = [self.language_scope] + ([self.vision_scope] if settings.include_vision else [])
+        if targets == "all-linear":
+            targets = sorted(self._linear_leaf_names(scopes))
+        elif isinstance(targets, str):
+            targets = [targets]
+        modules_to_save = None
+        if self.train_projector:
+            # Projector trained in full; peft saves it with the adapter.
+            modules_to_save = [s.rsplit(".", 1)[-1] for s in self.projector_scopes]
+        return LoraConfig(
+            r=settings.r,
+            lora_alpha=settings.alpha,
+            lora_dropout=settings.dropout,
+            bias=settings.bias,
+            target_modules=lora_target_regex(scopes, list(targets)),
+            modules_to_save=modules_to_save,
+        )
+
+    def _linear_leaf_names(self, scopes: Sequence[str]) -> set[str]:
+        names = set()
+        for name, module in self.base_model.named_modules():
+            if self._is_under(name, scopes) and _is_linear(module):
+                names.add(name.rsplit(".", 1)[-1])
+        return names
+
+    def add_lora(self, settings: LoraSettings | None = None, *, gradient_checkpointing: bool = False,
+                 adapter_name: str = "default") -> None:
+        """Wrap the model with fresh, trainable LoRA adapters (QLoRA when 4-bit).
+
+        On a model that already has adapters, ``adapter_name`` adds another trainable one
+        beside them on the same base (PPO's critics); the active adapter does not change.
+        """
+        from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+        settings = settings or LoraSettings(
+            r=self.card.lora_r, alpha=self.card.lora_alpha, dropout=self.card.lora_dropout
+        )
+        was_training = self.model.training
+        if isinstance(self.model, PeftModel):
+            self.model.add_adapter(adapter_name, self.lora_config(settings))
+            self._mark_trainable(adapter_name, True)  # peft leaves a non-active adapter frozen
+            self.model.train(was_training)
+            return
+        if self.quantized:
+            self.model = prepare_model_for_kbit_training(
+                self.model, use_gradient_checkpointing=gradient_checkpointing
+            )
+            self.freeze(self.train_projector)  # it may upcast and re-enable the projector
+        elif gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.model = get_peft_model(self.model, self.lora_config(settings), adapter_name=adapter_name)
+        self.model.train(was_training)  # new LoRA dropout layers start in training mode
+
+    def use_adapter(self, name: str) -> None:
+        """Make adapter ``name`` the active one without changing which weights are trainable.
+
+        (peft's ``set_adapter`` also freezes every other adapter, which would stop the
+        policy from training while a critic or the reward model runs.)
+        """
+        from peft import PeftModel
+
+        if not isinstance(self.model, PeftModel):
+            raise ValueError(f"no adapters on this model; cannot activate {name!r}")
+        if self.model.active_adapter == name:
+            return
+        with self._trainable_kept():
+            self.model.set_adapter(name)
+
+    def _mark_trainable(self, adapter_name: str, trainable: bool) -> None:
+        for name, p in self.model.named_parameters():
+            if f".{adapter_name}." in name and "lora_" in name:
+                p.requires_grad_(trainable)
+
+    @contextmanager
+    def _trainable_kept(self):
+        """Restore every parameter's ``requires_grad`` on exit (peft resets them on adapter switches)."""
+        flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        try:
+            yield
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
+    def save_adapter(self, path: str | Path) -> Path:
+        """Save LoRA weights in the standard PEFT format (safetensors), written atomically."""
+        with atomic_dir(path) as tmp:
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            (tmp / "mmalign_adapter.json").write_text(
+                json.dumps({"family": self.family, "card": self.card.name}, indent=2)
+            )
+        return Path(path)
+
+    def load_adapter(self, path: str | Path, *, adapter_name: str = "default", is_trainable: bool = False) -> None:
+        """Attach a saved PEFT adapter and make it active.
+
+        A second call adds another named adapter beside the first; adapters already there
+        keep their trainable flags (the new one is trainable only with ``is_trainable``).
+        """
+        from peft import PeftModel
+
+        if Path(path).is_dir() and not (Path(path) / "adapter_model.safetensors").is_file():
+            raise FileNotFoundError(f"{path}: no adapter_model.safetensors (adapters are read from safetensors "
+                                    "only, never from pickle files)")
+        if isinstance(self.model, PeftModel):
+            with self._trainable_kept():
+                self.model.load_adapter(str(path), adapter_name=adapter_name, is_trainable=is_trainable)
+                self.model.set_adapter(adapter_name)
+            self._mark_trainable(adapter_name, is_trainable)
+        else:
+            self.model = PeftModel.from_pretrained(
+                self.model, str(path), adapter_name=adapter_name, is_trainable=is_trainable
+            )
+
+    @contextmanager
+    def adapters_disabled(self):
+        """Run the frozen base (the usual DPO / PPO reference) without copying weights."""
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            with self._trainable_kept(), self.model.disable_adapter():
+                yield
+        else:
+            yield
+
+
+def _is_linear(module: torch.nn.Module) -> bool:
+    # bitsandbytes' Linear4bit subclasses nn.Linear, so 4-bit layers count too.
+    return isinstance(module, torch.nn.Linear)
