@@ -111,19 +111,22 @@ def demo_policy(config: DemoConfig, *, precision: str = "nf4"):
                        lora_dropout=0.0).load()
 
 
-def demo_training_args(config: DemoConfig, output_dir: str | Path, *, loss_type: str = "ddpo",
-                       seed: int | None = None):
-    """The demo's preference-optimisation recipe (shared prefix, precomputed reference)."""
+def demo_training_args(config: DemoConfig, output_dir: str | Path, dataset_path: str | Path, *,
+                       loss_type: str = "ddpo", seed: int | None = None):
+    """The demo's preference optimisation: the shipped ``ddpo-scene-vlm`` recipe with the
+    DemoConfig's knobs and a precomputed reference on top."""
+    from mmalign.config_io import load_recipe
     from mmalign.dpo import DPOConfig
+    from mmalign.model_config import ModelConfig
 
-    return DPOConfig(
-        output_dir=str(output_dir), loss_type=loss_type, beta=config.beta, gamma=config.gamma,
-        sft_weight=config.sft_weight,
-        share_prefix=True, precompute_ref_logps=True, per_device_train_batch_size=config.batch_size,
-        num_train_epochs=config.epochs, learning_rate=config.learning_rate, lr_scheduler_type="cosine",
-        warmup_steps=5, logging_steps=10, save_strategy="no", report_to="none",
-        seed=config.seed if seed is None else seed, max_length=config.max_length, per_device_eval_batch_size=32,
-    )
+    _, args = load_recipe("ddpo-scene-vlm", (ModelConfig, DPOConfig), {
+        "output_dir": str(output_dir), "dataset_path": str(dataset_path), "loss_type": loss_type, "beta": config.beta, "gamma": config.gamma,
+        "sft_weight": config.sft_weight, "precompute_ref_logps": True,
+        "per_device_train_batch_size": config.batch_size, "num_train_epochs": config.epochs,
+        "learning_rate": config.learning_rate, "logging_steps": 10, "per_device_eval_batch_size": 32,
+        "seed": config.seed if seed is None else seed, "max_length": config.max_length,
+    })
+    return args
 
 
 def run_demo(out_dir: str | Path, config: DemoConfig | None = None,
@@ -156,7 +159,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None,
         from mmalign.data_builders.storage import load_preference_dataset
 
         policy = demo_policy(config)
-        trainer = DPOTrainer(policy, demo_training_args(config, out / "train"),
+        trainer = DPOTrainer(policy, demo_training_args(config, out / "train", pairs_dir),
                              train_dataset=load_preference_dataset(pairs_dir))
         trainer.train()
         policy.save_adapter(adapter_dir)
