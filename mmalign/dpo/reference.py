@@ -14,6 +14,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from mmalign.dpo.collator import DPOCollator
+from mmalign.dpo.logprobs import pair_logprobs, split_pair
 from mmalign.models.adapter import VLMAdapter
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -37,8 +38,6 @@ def precompute_reference_logps(
     image-aware truncation are left out, as training would drop them. A ``feature_cache``
     (:class:`~mmalign.models.feature_cache.ImageFeatureCache`) is read and filled on the way.
     """
-    from mmalign.dpo.trainer import pair_logprobs, split_pair
-
     collator = DPOCollator(adapter, max_length)
     was_training = adapter.model.training
     adapter.model.eval()

@@ -20,31 +20,16 @@ from typing import Any
 
 import torch
 from transformers import Trainer, set_seed
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mmalign.dpo.collator import DPOCollator
 from mmalign.dpo.config import DPOConfig
-from mmalign.dpo.prefix import shared_prefix_logprobs
+from mmalign.dpo.logprobs import pair_logprobs, split_pair
+from mmalign.dpo.reference import REF_COLUMNS, precompute_reference_logps
 from mmalign.losses.dpo import dpo_loss, dynamic_beta, sequence_logps, sft_term
 from mmalign.models.adapter import VLMAdapter
-from mmalign.models.batch import EncodedBatch, concat_batches
+from mmalign.models.batch import EncodedBatch
 from mmalign.models.feature_cache import ImageFeatureCache
 from mmalign.training import LossOnlyEvaluation, NonFiniteGuard, StepMetrics, train_and_save
-
-
-def split_pair(inputs: dict[str, torch.Tensor], adapter: VLMAdapter) -> tuple[EncodedBatch, EncodedBatch]:
-    """The chosen and rejected batches of collated features (images shared by both)."""
-    images = {k: inputs[k] for k in adapter.inputs.image_keys if k in inputs}
-    batches = []
-    for key in ("chosen", "rejected"):
-        batches.append(EncodedBatch(
-            input_ids=inputs[f"{key}_input_ids"],
-            attention_mask=inputs[f"{key}_attention_mask"],
-            response_mask=inputs[f"{key}_response_mask"].bool(),
-            image_inputs=images,
-            text_inputs={k: inputs[f"{key}_{k}"] for k in adapter.inputs.text_keys if f"{key}_{k}" in inputs},
-        ))
-    return batches[0], batches[1]
 
 
 def _pad_to(t: torch.Tensor, width: int, value: float | int | bool) -> torch.Tensor:
@@ -53,30 +38,6 @@ def _pad_to(t: torch.Tensor, width: int, value: float | int | bool) -> torch.Ten
     pad = t.new_full((t.shape[0], width - t.shape[1]), value)
     return torch.cat([t, pad], dim=1)
 
-
-def repeat_features(features: dict[str, Any] | None, times: int = 2) -> dict[str, Any] | None:
-    """Image features of B images -> the same features for the 2B rows of a pair batch."""
-    if features is None:
-        return None
-    return {"image": BaseModelOutputWithPooling(pooler_output=list(features["image"].pooler_output) * times)}
-
-
-def pair_logprobs(
-    model, adapter: VLMAdapter, chosen: EncodedBatch, rejected: EncodedBatch, features=None,
-    *, share_prefix: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token log-probs and masks of chosen and rejected responses, ``(B, R)`` each.
-
-    One forward either way: a 2B-row batch (chosen rows, then rejected), or with
-    ``share_prefix`` one row per pair holding the prefix once.
-    """
-    if share_prefix:
-        return shared_prefix_logprobs(model, adapter, chosen, rejected, features)
-    # chosen then rejected rows; both carry the pair's images, so the batch holds them twice
-    pair = concat_batches([chosen, rejected], adapter.tokenizer.pad_token_id)
-    logps, mask = adapter.response_logprobs(pair, repeat_features(features), model=model)
-    n = chosen.input_ids.shape[0]
-    return logps[:n], mask[:n], logps[n:], mask[n:]
 
 
 class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, Trainer):
@@ -113,8 +74,6 @@ class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, Trainer):
                          data_collator=self.collator, **kwargs)
 
     def _with_reference(self, dataset, args: DPOConfig):
-        from mmalign.dpo.reference import REF_COLUMNS, precompute_reference_logps
-
         if dataset is None or all(c in dataset.column_names for c in REF_COLUMNS):
             return dataset
         reference = self.reference or self.adapter

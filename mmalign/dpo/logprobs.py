@@ -1,0 +1,53 @@
+"""The pair forward DPO's trainer and its reference precomputation share: per-token
+log-probs of the chosen and rejected responses of a collated batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from mmalign.dpo.prefix import shared_prefix_logprobs
+from mmalign.models.adapter import VLMAdapter
+from mmalign.models.batch import EncodedBatch, concat_batches
+
+
+def split_pair(inputs: dict[str, torch.Tensor], adapter: VLMAdapter) -> tuple[EncodedBatch, EncodedBatch]:
+    """The chosen and rejected batches of collated features (images shared by both)."""
+    images = {k: inputs[k] for k in adapter.inputs.image_keys if k in inputs}
+    batches = []
+    for key in ("chosen", "rejected"):
+        batches.append(EncodedBatch(
+            input_ids=inputs[f"{key}_input_ids"],
+            attention_mask=inputs[f"{key}_attention_mask"],
+            response_mask=inputs[f"{key}_response_mask"].bool(),
+            image_inputs=images,
+            text_inputs={k: inputs[f"{key}_{k}"] for k in adapter.inputs.text_keys if f"{key}_{k}" in inputs},
+        ))
+    return batches[0], batches[1]
+
+
+def repeat_features(features: dict[str, Any] | None, times: int = 2) -> dict[str, Any] | None:
+    """Image features of B images -> the same features for the 2B rows of a pair batch."""
+    if features is None:
+        return None
+    return {"image": BaseModelOutputWithPooling(pooler_output=list(features["image"].pooler_output) * times)}
+
+
+def pair_logprobs(
+    model, adapter: VLMAdapter, chosen: EncodedBatch, rejected: EncodedBatch, features=None,
+    *, share_prefix: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token log-probs and masks of chosen and rejected responses, ``(B, R)`` each.
+
+    One forward either way: a 2B-row batch (chosen rows, then rejected), or with
+    ``share_prefix`` one row per pair holding the prefix once.
+    """
+    if share_prefix:
+        return shared_prefix_logprobs(model, adapter, chosen, rejected, features)
+    # chosen then rejected rows; both carry the pair's images, so the batch holds them twice
+    pair = concat_batches([chosen, rejected], adapter.tokenizer.pad_token_id)
+    logps, mask = adapter.response_logprobs(pair, repeat_features(features), model=model)
+    n = chosen.input_ids.shape[0]
+    return logps[:n], mask[:n], logps[n:], mask[n:]
