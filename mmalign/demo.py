@@ -32,7 +32,7 @@ class DemoConfig:
     feedback_scenes: int = 600
     seed: int = 0
     model: str = "scene-vlm"
-    lora_r: int = 8
+    lora_r: int | None = None  # None: the model card's LoRA (scene-vlm: r 8, alpha 16, no dropout)
     beta: float = 0.1
     gamma: float = 5.0
     sft_weight: float = 1.0
@@ -106,9 +106,9 @@ def demo_policy(config: DemoConfig, *, precision: str = "nf4"):
 
     _check_precision(precision)
     four_bit = precision == "nf4"
+    lora = {"lora_r": config.lora_r, "lora_alpha": 2 * config.lora_r} if config.lora_r else {}
     return ModelConfig(model_name_or_path=config.model, load_in_4bit=four_bit, bnb_4bit_compute_dtype="float32",
-                       dtype="float32" if four_bit else precision, lora_r=config.lora_r, lora_alpha=2 * config.lora_r,
-                       lora_dropout=0.0).load()
+                       dtype="float32" if four_bit else precision, **lora).load()
 
 
 def demo_training_args(config: DemoConfig, output_dir: str | Path, dataset_path: str | Path, *,

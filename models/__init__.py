@@ -34,6 +34,15 @@ def detect_family(name_or_path: str | Path, trust_remote_code: bool = False) -> 
     return model_type
 
 
+def card_for(name_or_path: str | Path, *, trust_remote_code: bool = False) -> ModelCard:
+    """The card that describes a checkpoint: its own (by card name or hub id), else its
+    family's default card; :func:`load_adapter` gives the adapter the same one."""
+    try:
+        return get_card(str(name_or_path))
+    except KeyError:
+        return ADAPTERS[detect_family(name_or_path, trust_remote_code)].default_card()
+
+
 def load_adapter(name_or_path: str | Path, *, family: str | None = None, **kwargs) -> VLMAdapter:
     """Load any supported checkpoint: a model card name, a hub id or a local folder.
 
@@ -68,6 +77,7 @@ __all__ = [
     "Qwen2_5_VLAdapter",
     "ScalarHeadModel",
     "VLMAdapter",
+    "card_for",
     "detect_family",
     "get_card",
     "last_token_index",

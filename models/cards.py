@@ -14,9 +14,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from mmalign.qlora import LoraSettings, QuantizationConfig
+
 
 @dataclass(frozen=True)
 class ModelCard:
+    """A supported checkpoint. ``lora`` and ``quantization`` are its recommended settings,
+    the defaults every loader falls back to (a TOML table overrides the generic defaults of
+    :class:`LoraSettings` / :class:`QuantizationConfig` key by key)."""
+
     name: str
     family: str
     hub_id: str
@@ -24,14 +30,8 @@ class ModelCard:
     image_token: str
     end_of_turn: str
     chat_template: str
-    lora_targets: tuple[str, ...]
-    lora_r: int = 64
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    load_in_4bit: bool = True
-    quant_type: str = "nf4"
-    double_quant: bool = True
-    compute_dtype: str = "bfloat16"
+    lora: LoraSettings
+    quantization: QuantizationConfig
     params_b: float | None = None
     path: str | None = None  # weights shipped inside the package, relative to mmalign/models
     extra: dict[str, Any] = field(default_factory=dict)
@@ -43,24 +43,15 @@ class ModelCard:
             raw = tomllib.load(fh)
         try:
             lora = raw.pop("lora", {})
+            if "targets" in lora:
+                lora["target_modules"] = tuple(lora.pop("targets"))
             quant = raw.pop("quantization", {})
             known = {
                 "name", "family", "hub_id", "description", "image_token", "end_of_turn",
                 "chat_template", "params_b", "path",
             }
             extra = {k: raw.pop(k) for k in list(raw) if k not in known}
-            return cls(
-                **raw,
-                lora_targets=tuple(lora.get("targets", ())),
-                lora_r=lora.get("r", 64),
-                lora_alpha=lora.get("alpha", 16),
-                lora_dropout=lora.get("dropout", 0.05),
-                load_in_4bit=quant.get("load_in_4bit", True),
-                quant_type=quant.get("quant_type", "nf4"),
-                double_quant=quant.get("double_quant", True),
-                compute_dtype=quant.get("compute_dtype", "bfloat16"),
-                extra=extra,
-            )
+            return cls(**raw, lora=LoraSettings(**lora), quantization=QuantizationConfig(**quant), extra=extra)
         except TypeError as err:
             raise ValueError(f"model card {path}: {err}") from err
 

@@ -25,7 +25,7 @@ class LoraMixin:
     def lora_config(self, settings: LoraSettings):
         from peft import LoraConfig
 
-        targets = settings.target_modules or self.card.lora_targets
+        targets = settings.target_modules or self.card.lora.target_modules
         scopes = [self.language_scope] + ([self.vision_scope] if settings.include_vision else [])
         if targets == "all-linear":
             targets = sorted(self._linear_leaf_names(scopes))
@@ -60,9 +60,7 @@ class LoraMixin:
         """
         from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
-        settings = settings or LoraSettings(
-            r=self.card.lora_r, alpha=self.card.lora_alpha, dropout=self.card.lora_dropout
-        )
+        settings = settings or self.card.lora
         was_training = self.model.training
         if isinstance(self.model, PeftModel):
             self.model.add_adapter(adapter_name, self.lora_config(settings))

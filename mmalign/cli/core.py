@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from mmalign import __version__
+from mmalign.demo import DemoConfig, run_demo
+from mmalign.utils import format_table
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -24,20 +26,20 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from mmalign.models import list_cards
-    from mmalign.utils import format_table
 
     cards = list_cards()
     if args.verbose:
         for card in cards:
             print(f"{card.name}  ({card.family})\n  hub id:       {card.hub_id}\n  {card.description}")
             print(f"  image token:  {card.image_token}   end of turn: {card.end_of_turn}")
-            print(f"  LoRA:         r={card.lora_r} alpha={card.lora_alpha} dropout={card.lora_dropout} "
-                  f"targets={','.join(card.lora_targets)}")
-            print(f"  4-bit:        {card.quant_type}, double quant={card.double_quant}, "
-                  f"compute={card.compute_dtype}\n")
+            lora, quant = card.lora, card.quantization
+            print(f"  LoRA:         r={lora.r} alpha={lora.alpha} dropout={lora.dropout} "
+                  f"targets={','.join(lora.target_modules)}")
+            print(f"  4-bit:        {quant.quant_type}, double quant={quant.double_quant}, "
+                  f"compute={quant.compute_dtype}\n")
         return 0
     rows = [[c.name, c.family, c.hub_id, f"{c.params_b:.1f}B" if c.params_b else "-",
-             f"{c.quant_type}/{c.compute_dtype}"] for c in cards]
+             f"{c.quantization.quant_type}/{c.quantization.compute_dtype}"] for c in cards]
     print(format_table(["card", "family", "hub id", "params", "4-bit"], rows))
     return 0
 
@@ -64,8 +66,6 @@ def cmd_selftest(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from mmalign.demo import DemoConfig, run_demo
-
     config = DemoConfig(eval_scenes=args.eval_scenes, feedback_scenes=args.feedback_scenes, seed=args.seed,
                         model=args.model, epochs=args.epochs, learning_rate=args.learning_rate,
                         replace_absent=args.replace_absent)
@@ -93,8 +93,6 @@ def tiny_family(name: str) -> str:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Installation and model commands: version, models, selftest, tiny."""
-    from mmalign.demo import DemoConfig  # standard library imports only: cheap for --help
-
     p = sub.add_parser("version", help="print mmalign and key dependency versions")
     p.set_defaults(func=cmd_version)
 

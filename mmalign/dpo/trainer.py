@@ -171,7 +171,7 @@ def run_dpo(model_config, args: DPOConfig) -> Path:
     are written atomically to ``args.output_dir/final`` with the resolved config.
     """
     from mmalign.data_builders.storage import load_preference_dataset
-    from mmalign.models import load_adapter
+    from mmalign.models import card_for, load_adapter
 
     if not args.dataset_path:
         raise ValueError("dataset_path is required")
@@ -180,7 +180,7 @@ def run_dpo(model_config, args: DPOConfig) -> Path:
     reference = None
     if args.reference_model_path:
         reference = load_adapter(args.reference_model_path, dtype=model_config.dtype,
-                                 quantization=model_config.quantization())
+                                 quantization=model_config.quantization(card_for(args.reference_model_path)))
         reference.model.eval()
     train = load_preference_dataset(args.dataset_path)
     evaluation = load_preference_dataset(args.eval_dataset_path) if args.eval_dataset_path else None

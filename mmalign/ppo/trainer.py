@@ -504,7 +504,7 @@ def build_models(model_config, args: PPOConfig):
         if args.critic_from_reward:
             critic = ScalarHeadModel.from_pretrained(source, adapter, is_trainable=True, adapter_name=critic_name)
         else:
-            adapter.add_lora(model_config.lora(), adapter_name=critic_name)
+            adapter.add_lora(model_config.lora(adapter.card), adapter_name=critic_name)
             critic = ScalarHeadModel(adapter, kind="value")
             critic.adapter_name = critic_name
         critic.kind = "value"

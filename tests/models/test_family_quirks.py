@@ -58,7 +58,7 @@ def test_cards_cover_the_supported_checkpoints():
     assert {"llava-1.5-7b", "llava-1.5-13b", "llava-v1.6-mistral-7b", "qwen2-vl-7b-instruct",
             "qwen2.5-vl-7b-instruct"} <= set(names)
     for card in names.values():
-        assert card.lora_targets and card.quant_type == "nf4" and card.load_in_4bit
+        assert card.lora.target_modules and card.quantization.quant_type == "nf4" and card.quantization.load_in_4bit
         assert "{%" in card.chat_template
     assert get_card("llava-hf/llava-1.5-7b-hf").name == "llava-1.5-7b"
     with pytest.raises(KeyError, match="known cards"):
