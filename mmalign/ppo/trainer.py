@@ -50,6 +50,7 @@ from mmalign.training import (
     NonFiniteTrainingError,
     checkpoint_problem,
     drop_gradients,
+    latest_valid_checkpoint,
     nonfinite_gradients,
 )
 
@@ -59,6 +60,12 @@ POLICY = "default"
 LAMBDA_FILE = "lagrange.json"
 STATE_FILE = "ppo_state.json"
 LOG_FILE = "ppo_log.json"  # per-iteration metrics, also in the final folder
+#: per-process sampling seed = seed + stride x rank + iteration: a prime far above any iteration
+#: count, so two processes never draw the same seed
+PROCESS_SEED_STRIDE = 1_000_003
+#: stop a rollout's passes once the approximate KL exceeds this multiple of target_kl
+#: (the Spinning Up PPO convention)
+EARLY_STOP_KL_FACTOR = 1.5
 
 
 class PPOModules(torch.nn.Module):
@@ -326,7 +333,7 @@ class PPOTrainer(Trainer):
                     sums[k] = sums.get(k, 0.0) + v
                 if (args.target_kl is not None  # decided on the kl of all processes, so all stop together
                         and self._sum_over_processes(policy.approx_kl.detach().reshape(1)).item()
-                        > 1.5 * args.target_kl * self.accelerator.num_processes):
+                        > EARLY_STOP_KL_FACTOR * args.target_kl * self.accelerator.num_processes):
                     stop = True
                     break
             if stop or self.nonfinite_stop:
@@ -367,7 +374,7 @@ class PPOTrainer(Trainer):
         per_rollout = args.ppo_epochs * math.ceil(local_rollout / args.per_device_train_batch_size)
         self.create_optimizer_and_scheduler(num_training_steps=args.max_steps * per_rollout)
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = self._last_checkpoint()
+            resume_from_checkpoint = latest_valid_checkpoint(args.output_dir)
         if resume_from_checkpoint:
             self._load_ppo_checkpoint(Path(resume_from_checkpoint))
         batches = self._prompt_batches(self.iteration)
@@ -377,7 +384,7 @@ class PPOTrainer(Trainer):
         while self.iteration < args.max_steps:
             if args.world_size > 1:
                 # each process samples its own responses; seeded by iteration so a resume replays them
-                torch.manual_seed(args.seed + 1_000_003 * args.process_index + self.iteration)
+                torch.manual_seed(args.seed + PROCESS_SEED_STRIDE * args.process_index + self.iteration)
             rollout, log = self.make_rollout(next(batches))
             log.update(self.ppo_update(rollout))
             if self.nonfinite_stop:
@@ -429,10 +436,6 @@ class PPOTrainer(Trainer):
             plot_ppo_logs({Path(self.args.output_dir).name: self.state.log_history}, out / "ppo_curves.png", budget)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(out)
-
-    def _last_checkpoint(self) -> str | None:
-        found = sorted(Path(self.args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-        return str(found[-1]) if found else None
 
     def _save_ppo_checkpoint(self) -> None:
         """Adapters, heads, optimiser, scheduler, λ and its window, RNG, log: everything a resume needs."""
