@@ -200,11 +200,13 @@ def _text(value: Any, fld: str, *, allow_empty: bool = False) -> str:
     return value
 
 
-def normalise_messages(value: Any, fld: str = "prompt") -> list[dict[str, Any]]:
+def normalise_messages(value: Any, fld: str = "prompt", *, last_role: str = "user") -> list[dict[str, Any]]:
     """Chat messages in the stored form: ``content`` is always a list of typed parts.
 
     Accepts TRL / transformers messages whose ``content`` is a string or a list of
-    ``{"type": "text", "text": ...}`` / ``{"type": "image"}`` parts.
+    ``{"type": "text", "text": ...}`` / ``{"type": "image"}`` parts. A prompt ends with the
+    user's turn (the responses answer it); an SFT conversation with the assistant's
+    (``last_role="assistant"``).
     """
     if not isinstance(value, list) or not value:
         raise _fail(fld, "expected a non-empty list of messages")
@@ -233,17 +235,11 @@ def normalise_messages(value: Any, fld: str = "prompt") -> list[dict[str, Any]]:
         else:
             raise _fail(f"{where}.content", "expected a string or a list of parts")
         out.append({"role": role, "content": parts})
-    if out[-1]["role"] != "user":
-        raise _fail(fld, "the last message must be the user's turn (the responses answer it)")
+    if out[-1]["role"] != last_role:
+        raise _fail(fld, f"the last message must be the {last_role}'s turn")
     if not any(p["type"] == "image" or (p["text"] or "").strip() for m in out for p in m["content"]):
         raise _fail(fld, "has no text and no image")
     return out
-
-
-def to_messages(prompt: str, n_images: int) -> list[dict[str, Any]]:
-    """A text prompt as one user message with its images first (what adapters render)."""
-    parts = [{"type": "image", "text": None} for _ in range(n_images)]
-    return [{"role": "user", "content": [*parts, {"type": "text", "text": prompt}]}]
 
 
 def prompt_text(prompt: str | list[dict[str, Any]]) -> str:

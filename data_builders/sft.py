@@ -18,7 +18,7 @@ from typing import Any
 
 from datasets import Dataset, Features, Image, List, Value, load_from_disk
 
-from mmalign.data_builders.schema import IMAGE_PLACEHOLDER
+from mmalign.data_builders.schema import IMAGE_PLACEHOLDER, RecordError, normalise_messages
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
@@ -59,28 +59,13 @@ def llava_to_messages(record: dict[str, Any], row: int) -> dict[str, Any]:
     return {"messages": messages, "images": [image] if image else []}
 
 
-def normalise_messages(messages: Any, row: int) -> list[dict[str, Any]]:
-    """Check a TRL-style message list; string contents become one text part."""
-    if not isinstance(messages, list) or not messages:
-        raise SFTDataError(f"row {row}: field 'messages' must be a non-empty list")
-    out = []
-    for m, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant"):
-            raise SFTDataError(f"row {row}: messages[{m}].role must be system, user or assistant")
-        content = message.get("content")
-        if isinstance(content, str):
-            content = [{"type": "text", "text": content}]
-        if not isinstance(content, list) or not all(
-            isinstance(p, dict) and p.get("type") in ("text", "image") for p in content
-        ):
-            raise SFTDataError(f"row {row}: messages[{m}].content must be a string or a list of text/image parts")
-        parts = [{"type": p["type"], "text": p.get("text") if p["type"] == "text" else None} for p in content]
-        if any(p["type"] == "text" and not isinstance(p["text"], str) for p in parts):
-            raise SFTDataError(f"row {row}: messages[{m}] has a text part without a string 'text'")
-        out.append({"role": message["role"], "content": parts})
-    if out[-1]["role"] != "assistant":
-        raise SFTDataError(f"row {row}: messages must end with an assistant message")
-    return out
+def conversation(messages: Any, row: int) -> list[dict[str, Any]]:
+    """A TRL-style conversation checked by the canonical message rules, ending with the
+    assistant's turn; string contents become one text part."""
+    try:
+        return normalise_messages(messages, "messages", last_role="assistant")
+    except RecordError as err:
+        raise SFTDataError(str(err.located(row))) from None
 
 
 def _resolve_image(path: str, folder: Path, row: int) -> str:
@@ -100,7 +85,7 @@ def records_to_dataset(records: Iterable[dict[str, Any]], image_folder: str | Pa
     for i, record in enumerate(records):
         if "conversations" in record:
             record = llava_to_messages(record, i)
-        messages = normalise_messages(record.get("messages"), i)
+        messages = conversation(record.get("messages"), i)
         images = record.get("images") or []
         if isinstance(images, str):
             images = [images]
@@ -121,7 +106,7 @@ def load_sft_dataset(path: str | Path, image_folder: str | Path | None = None) -
         if "messages" not in ds.column_names:
             raise SFTDataError(f"{path}: dataset has no 'messages' column (columns: {ds.column_names})")
         for i, messages in enumerate(ds["messages"]):
-            normalise_messages(messages, i)
+            conversation(messages, i)
         return ds
     folder = Path(image_folder) if image_folder else path.parent
     text = path.read_text()

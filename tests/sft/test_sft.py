@@ -163,9 +163,10 @@ def test_recipe_rejects_unknown_keys(tmp_path):
 def test_sft_data_errors_name_row_and_field(tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
     cases = [
-        ([{"messages": "hi"}], "row 0: field 'messages' must be a non-empty list"),
-        ([{"messages": [{"role": "user", "content": "hi"}]}], "row 0: messages must end with an assistant"),
-        ([{"messages": [{"role": "bot", "content": "x"}]}], r"row 0: messages\[0\].role"),
+        ([{"messages": "hi"}], "row 0, field 'messages': expected a non-empty list of messages"),
+        ([{"messages": [{"role": "user", "content": "hi"}]}],
+         "row 0, field 'messages': the last message must be the assistant's turn"),
+        ([{"messages": [{"role": "bot", "content": "x"}]}], r"row 0, field 'messages\[0\].role': expected one of"),
         ([{"conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]}],
          "row 0: conversations\\[0\\] has <image> but the record has no 'image'"),
         ([{"image": "../escape.png", "conversations": [{"from": "human", "value": "<image>q"},
