@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
+
+from mmalign.chat import first_word
 
 
 def ratio(numerator: float, denominator: float) -> float:
@@ -15,8 +16,8 @@ def ratio(numerator: float, denominator: float) -> float:
 def first_word_yes_no(text: str) -> str:
     """"yes" or "no" when the answer's first word (case-folded, punctuation ignored) is
     one of them, else "unknown"."""
-    words = re.findall(r"[a-z]+", text.lower())
-    return words[0] if words and words[0] in ("yes", "no") else "unknown"
+    word = first_word(text)
+    return word if word in ("yes", "no") else "unknown"
 
 
 def binary_metrics(labels: Sequence[str], predictions: Sequence[str], positive: str) -> dict[str, float]:

@@ -6,6 +6,7 @@ responses this way, so it imports nothing else from mmalign.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 #: LLaVA's image placeholder: in a text prompt, one per image marks where the images go.
@@ -57,3 +58,13 @@ def user_turn(prompt: Prompt, n_images: int) -> list[dict[str, Any]]:
         raise ValueError(f"a prompt has {placed} {IMAGE_PLACEHOLDER} placeholder(s) but its row has "
                          f"{n_images} image(s)")
     return [{"role": "user", "content": content}]
+
+
+_WORD = re.compile(r"[A-Za-z]+")
+
+
+def first_word(text: str) -> str:
+    """The first word of an answer, lowercased, punctuation and digits skipped ("Yes." -> "yes"):
+    how yes/no answers are read everywhere (benchmarks, reward shaping, the scene world)."""
+    match = _WORD.search(text)
+    return match.group(0).lower() if match else ""

@@ -16,8 +16,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from mmalign.chat import first_word
+
 _CHOICE = re.compile(r"^\s*\(?([A-Ea-e])\)?(?:[.):,\s]|$)")
-_WORD = re.compile(r"[A-Za-z]+")
 
 
 @dataclass
@@ -42,11 +43,6 @@ def answer_kind(reference: str | None) -> str | None:
     if len(ref) == 1 and ref in "abcde":
         return "choice"
     return None
-
-
-def first_word(text: str) -> str:
-    match = _WORD.search(text)
-    return match.group(0).lower() if match else ""
 
 
 def symbolic_reward(response: str, reference: str | None, config: ShapingConfig) -> float:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
+from mmalign.chat import first_word
 from mmalign.data_builders.corrections import correction_record
 from mmalign.scene.ranges import FEEDBACK
 from mmalign.scene.render import render
@@ -132,11 +133,6 @@ def existence_questions(scene: Scene, config: WorldConfig, rng: random.Random) -
     return [(c, "no") for c in absent] + [(c, "yes") for c in present]
 
 
-def _first_word(text: str) -> str:
-    words = TOKEN.findall(text.lower())
-    return words[0] if words else ""
-
-
 @dataclass
 class FeedbackStats:
     scenes: int = 0
@@ -195,7 +191,7 @@ def scene_feedback_records(
                 ))
         for (k, (category, truth)), prompt, answer in zip(questions, prompts, answers):
             stats.questions += 1
-            said = _first_word(answer)
+            said = first_word(answer)
             wrong = said != truth
             stats.wrong_answers += wrong
             if wrong or include_correct_answers:
