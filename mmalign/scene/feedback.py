@@ -18,14 +18,13 @@ from itertools import combinations
 from typing import Any
 
 from mmalign.chat import first_word
-from mmalign.data_builders.corrections import correction_record
+from mmalign.data_builders.corrections import correction_record, tokenize
 from mmalign.scene.ranges import FEEDBACK
 from mmalign.scene.render import render
 from mmalign.scene.safety import safety_prompts
 from mmalign.scene.text import TEMPLATES, absent_partners, captions
 from mmalign.scene.world import CATEGORY_SPECS, COLORS, Scene, WorldConfig, scene_at
 
-TOKEN = re.compile(r"\w+|[^\w\s]")
 CLAUSE_BREAKS = {",", "and", "."}
 LEADS = {"shows", "is", "are", "with", "see", "contains", "has", "of"}
 DESCRIBE_PROMPT = "Describe the image."
@@ -50,7 +49,8 @@ class CaptionCorrection:
 
 
 def _tokens(text: str) -> list[tuple[str, int, int]]:
-    return [(m.group().lower(), m.start(), m.end()) for m in TOKEN.finditer(text)]
+    """Lowercased word and punctuation tokens with offsets (the correction diff's tokens)."""
+    return [(t.text.lower(), t.start, t.end) for t in tokenize(text)]
 
 
 def _apply(text: str, edits: list[tuple[int, int, str]]) -> str:
