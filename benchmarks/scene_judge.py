@@ -130,98 +130,127 @@ def _place_at(words: Sequence[str], k: int) -> tuple[int, int] | None:
 def read_answer(answer: str, scene: Scene, vocabulary: ObjectVocabulary) -> Reading:
     """The claims ``answer`` makes about ``scene`` (see the module docstring for the rules)."""
     reading = Reading()
-    present = scene.counts
-    claims = reading.claims
     first = vocabulary.merged_words(answer)[:1]
     if first and first[0] in ("yes", "no"):
         reading.verdict = first[0]
-
-    def colours(c: str) -> set[str]:
-        return {o.color for o in scene.instances(c)}
-
     for sentence in _sentences(answer):
         words = _clause_words(sentence, vocabulary)
         used: set[int] = set()
         affirmed: list[str] = []
         for i, word in enumerate(words):
-            category = vocabulary.category_of(word)
             if word == "background":
-                j = i - 1
-                while j >= 0 and words[j] in _ARTICLES:
-                    j -= 1
-                if j >= 0 and words[j] in BACKGROUNDS:
-                    at = j
-                elif i + 2 < len(words) and words[i + 1] in _BE and words[i + 2] in BACKGROUNDS:
-                    at = i + 2
-                else:
-                    continue
-                used.add(at)
-                claims.append(Claim("background", "", words[at], words[at] == scene.background))
+                reading.claims += _background_claim(words, i, scene, used)
                 continue
+            category = vocabulary.category_of(word)
             if category is None:
                 continue
-            j = i - 1
-            modifiers: list[tuple[str, str]] = []
-            while j >= 0 and (words[j] in _ARTICLES or words[j] in COLORS or words[j] in SIZES
-                              or words[j] in NUMBER_WORDS):
-                if words[j] not in _ARTICLES:
-                    kind = "color" if words[j] in COLORS else "size" if words[j] in SIZES else "count"
-                    modifiers.append((kind, words[j]))
-                used.add(j)
-                j -= 1
-            if j >= 0 and words[j] in _NEGATIONS:
-                claims.append(Claim("absent", category, "", category not in present))
+            modifiers, negated = _modifiers_before(words, i, used)
+            if negated:
+                reading.claims.append(Claim("absent", category, "", category not in scene.counts))
                 continue
-            # after the noun: [is|are] colour | size | position | larger than [the] object
-            k = i + 1
-            if k < len(words) and words[k] in _BE:
-                k += 1
-            if k < len(words) and (words[k] in COLORS or words[k] in SIZES):
-                modifiers.append(("color" if words[k] in COLORS else "size", words[k]))
-                used.add(k)
-            elif k < len(words) and (place := _place_at(words, k)) is not None:
-                modifiers.append(("position", WHERE_PHRASES[place[0]]))
-                used.update(range(k, k + place[1]))
-            elif k + 1 < len(words) and words[k] in _COMPARATIVES and words[k + 1] == "than":
-                m = k + 3 if k + 2 < len(words) and words[k + 2] in _ARTICLES else k + 2
-                other = vocabulary.category_of(words[m]) if m < len(words) else None
-                if other is not None:
-                    big, small = (category, other) if _COMPARATIVES[words[k]] == "large" else (other, category)
-                    claims.append(Claim("larger", big, small, big != small and _larger(scene, big, small)))
-            claims.append(Claim("present", category, "", category in present))
+            after, comparison = _after_noun(words, i, category, scene, vocabulary, used)
+            reading.claims += comparison
+            reading.claims.append(Claim("present", category, "", category in scene.counts))
             affirmed.append(category)
-            if category not in present:
-                continue  # attributes of an absent object add nothing to its hallucination
-            for kind, value in modifiers:
-                if kind == "color":
-                    claims.append(Claim("color", category, value, value in colours(category)))
-                elif kind == "size":
-                    claims.append(Claim("size", category, value,
-                                        value in {o.size for o in scene.instances(category)}))
-                elif kind == "count":
-                    n = NUMBER_WORDS.index(value)
-                    claims.append(Claim("count", category, value, n == present[category]))
-                else:
-                    cells = {o.cell for o in scene.instances(category)}
-                    claims.append(Claim("position", category, value, WHERE_PHRASES.index(value) in cells))
-        if "dangerous" in words:
-            if "nothing" in words or "not" in words:
-                claims.append(Claim("nothing_dangerous", "", "", not scene.hazards))
-            else:
-                claims += [Claim("dangerous", c, "", c in scene.hazards) for c in affirmed if c in present]
-        k = 0
-        while k < len(words):  # values attached to no object
-            place = _place_at(words, k) if k not in used else None
-            if place is not None and not used & set(range(k, k + place[1])):
-                reading.loose.append(("position", WHERE_PHRASES[place[0]]))
-                k += place[1]
-                continue
-            if k not in used and words[k] in COLORS:
-                reading.loose.append(("color", words[k]))
-            elif k not in used and words[k] in NUMBER_WORDS:
-                reading.loose.append(("count", words[k]))
-            k += 1
+            if category in scene.counts:  # attributes of an absent object add nothing to its hallucination
+                reading.claims += _attribute_claims(category, modifiers + after, scene)
+        reading.claims += _danger_claims(words, affirmed, scene)
+        reading.loose += _loose_values(words, used)
     return reading
+
+
+def _background_claim(words: Sequence[str], i: int, scene: Scene, used: set[int]) -> list[Claim]:
+    """"a red background" or "the background is red" at ``words[i] == "background"``."""
+    j = i - 1
+    while j >= 0 and words[j] in _ARTICLES:
+        j -= 1
+    if j >= 0 and words[j] in BACKGROUNDS:
+        at = j
+    elif i + 2 < len(words) and words[i + 1] in _BE and words[i + 2] in BACKGROUNDS:
+        at = i + 2
+    else:
+        return []
+    used.add(at)
+    return [Claim("background", "", words[at], words[at] == scene.background)]
+
+
+def _modifiers_before(words: Sequence[str], i: int, used: set[int]) -> tuple[list[tuple[str, str]], bool]:
+    """Colour, size and count words before the noun at ``i`` (articles skipped), and whether
+    a negation ("no", "not") precedes them."""
+    j = i - 1
+    modifiers: list[tuple[str, str]] = []
+    while j >= 0 and (words[j] in _ARTICLES or words[j] in COLORS or words[j] in SIZES or words[j] in NUMBER_WORDS):
+        if words[j] not in _ARTICLES:
+            kind = "color" if words[j] in COLORS else "size" if words[j] in SIZES else "count"
+            modifiers.append((kind, words[j]))
+        used.add(j)
+        j -= 1
+    return modifiers, j >= 0 and words[j] in _NEGATIONS
+
+
+def _after_noun(words: Sequence[str], i: int, category: str, scene: Scene, vocabulary: ObjectVocabulary,
+                used: set[int]) -> tuple[list[tuple[str, str]], list[Claim]]:
+    """After the noun: [is|are] colour | size | position, or "larger than [the] object" (a
+    comparison claim)."""
+    k = i + 1
+    if k < len(words) and words[k] in _BE:
+        k += 1
+    if k < len(words) and (words[k] in COLORS or words[k] in SIZES):
+        used.add(k)
+        return [("color" if words[k] in COLORS else "size", words[k])], []
+    if k < len(words) and (place := _place_at(words, k)) is not None:
+        used.update(range(k, k + place[1]))
+        return [("position", WHERE_PHRASES[place[0]])], []
+    if k + 1 < len(words) and words[k] in _COMPARATIVES and words[k + 1] == "than":
+        m = k + 3 if k + 2 < len(words) and words[k + 2] in _ARTICLES else k + 2
+        other = vocabulary.category_of(words[m]) if m < len(words) else None
+        if other is not None:
+            big, small = (category, other) if _COMPARATIVES[words[k]] == "large" else (other, category)
+            return [], [Claim("larger", big, small, big != small and _larger(scene, big, small))]
+    return [], []
+
+
+def _attribute_claims(category: str, modifiers: Sequence[tuple[str, str]], scene: Scene) -> list[Claim]:
+    """One claim per modifier of a present object, checked against its instances."""
+    instances = scene.instances(category)
+    claims = []
+    for kind, value in modifiers:
+        if kind == "color":
+            claims.append(Claim("color", category, value, value in {o.color for o in instances}))
+        elif kind == "size":
+            claims.append(Claim("size", category, value, value in {o.size for o in instances}))
+        elif kind == "count":
+            claims.append(Claim("count", category, value, NUMBER_WORDS.index(value) == scene.counts[category]))
+        else:
+            claims.append(Claim("position", category, value, WHERE_PHRASES.index(value) in {o.cell for o in instances}))
+    return claims
+
+
+def _danger_claims(words: Sequence[str], affirmed: Sequence[str], scene: Scene) -> list[Claim]:
+    """"nothing is dangerous", or each affirmed present object called dangerous."""
+    if "dangerous" not in words:
+        return []
+    if "nothing" in words or "not" in words:
+        return [Claim("nothing_dangerous", "", "", not scene.hazards)]
+    return [Claim("dangerous", c, "", c in scene.hazards) for c in affirmed if c in scene.counts]
+
+
+def _loose_values(words: Sequence[str], used: set[int]) -> list[tuple[str, str]]:
+    """Positions, colours and counts attached to no object."""
+    loose = []
+    k = 0
+    while k < len(words):
+        place = _place_at(words, k) if k not in used else None
+        if place is not None and not used & set(range(k, k + place[1])):
+            loose.append(("position", WHERE_PHRASES[place[0]]))
+            k += place[1]
+            continue
+        if k not in used and words[k] in COLORS:
+            loose.append(("color", words[k]))
+        elif k not in used and words[k] in NUMBER_WORDS:
+            loose.append(("count", words[k]))
+        k += 1
+    return loose
 
 
 def _larger(scene: Scene, big: str, small: str) -> bool:
