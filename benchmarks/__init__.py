@@ -25,7 +25,22 @@ from mmalign.benchmarks.safety import (
 )
 from mmalign.benchmarks.scene_judge import SceneJudge
 
+#: Every benchmark by its name: the class and its config dataclass. ``mmalign bench NAME``
+#: is generated from this table: one flag per config field with ``metadata["help"]``.
+BENCHMARKS: dict[str, tuple[type[Benchmark], type]] = {
+    benchmark.name: (benchmark, config)
+    for benchmark, config in (
+        (PopeBenchmark, PopeConfig),
+        (ChairBenchmark, ChairConfig),
+        (ObjHalBenchmark, ObjHalConfig),
+        (AmberBenchmark, AmberConfig),
+        (MMHalBenchmark, MMHalConfig),
+        (SafetyBenchmark, SafetyConfig),
+    )
+}
+
 __all__ = [
+    "BENCHMARKS",
     "AdapterJudge",
     "AmberBenchmark",
     "AmberConfig",

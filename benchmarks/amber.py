@@ -35,7 +35,7 @@ and F1. AMBER score = (100 - CHAIR + F1) / 2.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -222,12 +222,16 @@ class AmberConfig:
     discriminative, existence, attribute, relation); ``similarity`` replaces the
     word-vector step (default: equality)."""
 
-    data_dir: str | Path
-    query_file: str | Path | None = None
-    image_dir: str | Path | None = None
-    kinds: str = "all"
-    parsing: str = "first-word"
-    discriminative_suffix: str = ""
+    data_dir: str | Path = field(metadata={
+        "help": "folder with query_all.json, annotations.json, relation.json, safe_words.txt", "flag": "--data"})
+    query_file: str | Path | None = field(
+        default=None, metadata={"help": "another query file (e.g. query_generative.json)"})
+    image_dir: str | Path | None = field(
+        default=None, metadata={"help": "image folder (needed with --model)", "flag": "--images"})
+    kinds: str = field(default="all", metadata={"help": "queries to evaluate", "choices": list(KINDS)})
+    parsing: str = field(default="first-word", metadata={"help": "yes/no parsing of discriminative answers",
+                                                         "choices": ["first-word", "exact"]})
+    discriminative_suffix: str = field(default="", metadata={"help": "text appended to discriminative queries"})
     similarity: WordSimilarity | None = None
     similarity_name: str | None = None
     similarity_threshold: float = 0.8

@@ -173,14 +173,18 @@ class ChairConfig:
     be answered; without them, any annotated image may be answered. ``extract_objects``
     (e.g. an LLM) lists the objects of a caption instead of the parser."""
 
-    instances: str | Path | None = None
-    captions: str | Path | None = None
-    image_dir: str | Path | None = None
-    image_ids: Sequence[int | str] | None = None
-    num_images: int | None = None
-    seed: int = 0
-    prompt: str = CAPTION_PROMPT
-    vocabulary: str | ObjectVocabulary = "auto"
+    instances: str | Path | None = field(default=None, metadata={"help": "COCO instances JSON"})
+    captions: str | Path | None = field(default=None, metadata={"help": "COCO captions JSON"})
+    image_dir: str | Path | None = field(
+        default=None, metadata={"help": "image folder (needed with --model)", "flag": "--images"})
+    image_ids: Sequence[int | str] | None = field(default=None, metadata={"help": "caption exactly these images"})
+    num_images: int | None = field(
+        default=None, metadata={"help": "caption a seeded random sample of this many images"})
+    seed: int = field(default=0, metadata={"help": "seed of the --num-images sample", "flag": "--sample-seed"})
+    prompt: str = field(default=CAPTION_PROMPT, metadata={"help": "captioning prompt"})
+    vocabulary: str | ObjectVocabulary = field(default="auto", metadata={
+        "help": "object words: mmalign's COCO table, or the instance category names",
+        "choices": ["auto", "coco", "instances"]})
     extract_objects: ObjectExtractor | None = None
     extractor_name: str | None = None  # recorded in the report (default: the callable's name)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +111,9 @@ class MMHalConfig:
     :class:`~mmalign.benchmarks.scene_judge.SceneJudge` reads the records instead of the
     prompt); ``judge_template``: the judge prompt."""
 
-    template: str | Path
-    image_dir: str | Path | None = None
+    template: str | Path = field(metadata={"help": "MMHal-Bench response_template.json"})
+    image_dir: str | Path | None = field(
+        default=None, metadata={"help": "image folder (needed with --model)", "flag": "--images"})
     judge: Judge | RecordJudge | None = None
     judge_template: str = JUDGE_TEMPLATE
     judge_batch_size: int = 8

@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +78,14 @@ def objhal_metrics(objects: Sequence[set[str]], ground_truths: Sequence[set[str]
 
 @dataclass
 class ObjHalConfig:
-    questions: str | Path
-    instances: str | Path | None = None
-    captions: str | Path | None = None
-    image_dir: str | Path | None = None
-    vocabulary: str | ObjectVocabulary = "auto"
+    questions: str | Path = field(metadata={"help": "Object HalBench questions (JSON or JSON Lines)"})
+    instances: str | Path | None = field(default=None, metadata={"help": "COCO instances JSON"})
+    captions: str | Path | None = field(default=None, metadata={"help": "COCO captions JSON"})
+    image_dir: str | Path | None = field(default=None, metadata={
+        "help": "image folder (needed with --model unless images are inline)", "flag": "--images"})
+    vocabulary: str | ObjectVocabulary = field(default="auto", metadata={
+        "help": "object words: mmalign's COCO table, or the instance category names",
+        "choices": ["auto", "coco", "instances"]})
     extract_objects: ObjectExtractor | None = None
     extractor_name: str | None = None  # recorded in the report (default: the callable's name)
 

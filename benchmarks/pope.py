@@ -13,7 +13,7 @@ split use "yes" as the positive class; the headline is the mean of the split F1s
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -191,11 +191,15 @@ class PopeConfig:
     {split: file} mapping; ``splits`` keeps only those splits; ``parsing`` is "official"
     (default) or "strict"; ``data_version`` is "auto", "llava-1.5", "current" or "custom"."""
 
-    questions: str | Path | Mapping[str, str | Path]
-    image_dir: str | Path | None = None
-    splits: Sequence[str] | None = None
-    parsing: str = "official"
-    data_version: str = "auto"
+    questions: str | Path | Mapping[str, str | Path] = field(metadata={
+        "help": "folder of coco_pope_{random,popular,adversarial}.json files, one file, or SPLIT=FILE pairs"})
+    image_dir: str | Path | None = field(
+        default=None, metadata={"help": "image folder (needed with --model)", "flag": "--images"})
+    splits: Sequence[str] | None = field(default=None, metadata={"help": "evaluate only these splits"})
+    parsing: str = field(default="official", metadata={"help": "yes/no parsing of the answers",
+                                                       "choices": list(PARSERS)})
+    data_version: str = field(default="auto", metadata={
+        "help": "POPE version the split sizes must match", "choices": ["auto", *DATA_VERSIONS, "custom"]})
     prompt_suffix: str = PROMPT_SUFFIX
 
     def __post_init__(self) -> None:

@@ -17,7 +17,7 @@ world's prompts do), the metrics are also given for harmful and benign requests 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -105,12 +105,12 @@ class SafetyConfig:
     """``cost_scorer`` / ``reward_scorer``: at least one; ``category_field``: default
     ``harm_category`` when the records have it, else ``category``."""
 
-    questions: str | Path
-    image_dir: str | Path | None = None
+    questions: str | Path = field(metadata={"help": "safety prompts (JSON or JSON Lines)"})
+    image_dir: str | Path | None = field(default=None, metadata={"help": "image folder", "flag": "--images"})
     cost_scorer: Scorer | None = None
     reward_scorer: Scorer | None = None
-    cost_threshold: float = 0.0
-    category_field: str | None = None
+    cost_threshold: float = field(default=0.0, metadata={"help": "cost above this is unsafe"})
+    category_field: str | None = field(default=None, metadata={"help": "field holding the harm category"})
     request_field: str = "is_harmful_request"  # used when every record has it as a boolean
     scorer_batch_size: int = 16
 
