@@ -6,8 +6,10 @@ Command groups live in their own modules, each exposing ``register(subparsers)``
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from mmalign.cli import bench, core, data, experiments, plan, score, studio, train, world
@@ -36,9 +38,6 @@ def quiet_known_noise() -> None:
     transformers attribute, the Trainer asks for pinned memory on machines without a GPU,
     and bitsandbytes on AVX512-BF16 CPUs reports that an optional hub kernel is absent (the
     built-in CPU kernel is used). Everything else still shows."""
-    import logging
-    import warnings
-
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true but no accelerator",
                             category=UserWarning)
@@ -46,15 +45,27 @@ def quiet_known_noise() -> None:
         lambda record: "kernels-community" not in record.getMessage())
 
 
-#: Exit code of a command refused for bad input (a missing file, a bad record, an unsupported model).
+#: Exit code of a command refused for bad input (a missing file, a bad record, an unsupported
+#: model, flags that do not go together): one ``error: ...`` line on stderr.
 BAD_INPUT = 2
+#: Exit code of a command that could not finish for a reason other than its input (a judge
+#: endpoint that failed, a GPU out of memory: ``RuntimeError``), also one ``error: ...`` line.
+#: ``data validate`` (invalid rows) and ``selftest`` (a failed family) report their findings
+#: with the same code.
+FAILED = 1
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a command. Bad input ends in one ``error: ...`` line on stderr and exit code 2, not a
-    traceback: the library's errors (``RecordError``, ``ImageError``... are ``ValueError``s,
-    missing files are ``OSError``s) already name the file, row and field.
-    ``MMALIGN_DEBUG=1`` re-raises them with the traceback."""
+    """Run a command. Bad input ends in one ``error: ...`` line on stderr and exit code 2
+    (:data:`BAD_INPUT`), not a traceback: the library's errors (``RecordError``,
+    ``ImageError``... are ``ValueError``s, missing files are ``OSError``s) already name the
+    file, row and field, and commands raise ``ValueError`` for flags that do not go together.
+    A ``RuntimeError`` (a failing judge endpoint...) ends in one ``error: ...`` line and exit
+    code 1 (:data:`FAILED`). ``MMALIGN_DEBUG=1`` re-raises both with the traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet_known_noise()
@@ -66,9 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, KeyError) as exc:
         if os.environ.get("MMALIGN_DEBUG"):
             raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {_one_line(message)}", file=sys.stderr)
         return BAD_INPUT
+    except RuntimeError as exc:
+        if os.environ.get("MMALIGN_DEBUG"):
+            raise
+        print(f"error: {_one_line(exc)} (MMALIGN_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return FAILED
 
 
 if __name__ == "__main__":

@@ -7,49 +7,31 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+from mmalign.cli.common import add_model_flags, load_model, print_written
+from mmalign.cli.world import BUILDERS as WORLD_BUILDERS
+from mmalign.data_builders.corrections import read_corrections
+from mmalign.data_builders.importers import IMPORTERS, import_dataset
+from mmalign.data_builders.safety import label_disagreements, save_oriented
+from mmalign.data_builders.schema import RowErrors
+from mmalign.data_builders.storage import (
+    iter_records,
+    open_dataset,
+    read_manifest,
+    validate_dataset,
+    write_dataset,
+)
 
 SCHEMA_HINT = "canonical schema: docs/data.md (images, prompt, chosen, rejected + optional columns)"
 
 
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 1
-
-
-def _report(report: Any, what: str) -> None:
-    print(f"wrote {report.rows} {what} rows to {report.path}")
-    if report.sources:
-        print("  sources: " + ", ".join(f"{k}={v}" for k, v in sorted(report.sources.items())))
-    if report.skipped:
-        from mmalign.data_builders.schema import RowErrors
-
-        print("  " + RowErrors(lenient=True, skipped=report.skipped).summary())
-        for err in report.skipped[:10]:
-            print(f"    {err}")
-
-
-def _guarded(func):
-    """Turn data errors into a one-line message and exit code 1 (no traceback for bad input)."""
-
-    def run(args: argparse.Namespace) -> int:
-        from mmalign.data_builders.schema import RecordError
-
-        try:
-            return func(args)
-        except (RecordError, ValueError, FileNotFoundError, RuntimeError) as exc:
-            return _fail(str(exc))
-
-    run.__doc__ = func.__doc__
-    return run
-
-
 # ---------------------------------------------------------------------------- import
-@_guarded
 def cmd_import(args: argparse.Namespace) -> int:
-    from mmalign.data_builders.importers import IMPORTERS, import_dataset
-
     options: dict[str, Any] = {}
     if args.images:
         options["image_root"] = args.images
@@ -63,41 +45,23 @@ def cmd_import(args: argparse.Namespace) -> int:
     for name, value in passed.items():
         if value is not None:
             if name not in accepted:
-                return _fail(f"--{name} does not apply to format {args.format}")
+                raise ValueError(f"--{name} does not apply to format {args.format}")
             options[name] = value
     report = import_dataset(args.format, args.path, args.out, lenient=args.lenient, **options)
-    _report(report, IMPORTERS[args.format].kind)
+    print_written(report, IMPORTERS[args.format].kind)
     return 0
 
 
 # ---------------------------------------------------------------------------- build
-@_guarded
 def cmd_build_corrections(args: argparse.Namespace) -> int:
-    from mmalign.data_builders.corrections import read_corrections
-    from mmalign.data_builders.schema import RowErrors
-    from mmalign.data_builders.storage import write_dataset
-
     errors = RowErrors(lenient=args.lenient)
     records = read_corrections(args.input, image_root=args.images, errors=errors, min_match=args.min_match)
-    _report(write_dataset(records, args.out, errors=errors), "preference")
+    print_written(write_dataset(records, args.out, errors=errors), "preference")
     return 0
-
-
-def _load_model(name: str, args: argparse.Namespace):
-    from mmalign import QuantizationConfig, load_adapter
-
-    kwargs: dict[str, Any] = {"dtype": args.dtype}
-    if args.load_in_4bit:
-        kwargs["quantization"] = QuantizationConfig(compute_dtype=args.dtype)
-    if args.device_map:
-        kwargs["device_map"] = args.device_map
-    return load_adapter(name, **kwargs)
 
 
 def _ai_feedback_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None]:
     """The sampling config and the judge endpoint settings: YAML file first, flags override."""
-    import yaml
-
     from mmalign.data_builders.ai_feedback import AIFeedbackConfig
 
     values: dict[str, Any] = {}
@@ -124,7 +88,6 @@ def _ai_feedback_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any]
     return AIFeedbackConfig.from_dict(values), endpoint
 
 
-@_guarded
 def cmd_build_ai_feedback(args: argparse.Namespace) -> int:
     from mmalign.data_builders.ai_feedback import AIFeedbackBuilder, build_ai_feedback
     from mmalign.data_builders.claims import (
@@ -138,90 +101,33 @@ def cmd_build_ai_feedback(args: argparse.Namespace) -> int:
 
     config, endpoint_settings = _ai_feedback_settings(args)
     if (endpoint_settings is None) == (args.judge is None):
-        return _fail("give exactly one judge: --judge MODEL (local) or --judge-url URL (or judge_endpoint in --config)")
+        raise ValueError("give exactly one judge: --judge MODEL (local) or --judge-url URL "
+                         "(or judge_endpoint in --config)")
     if endpoint_settings is not None:
         if "model" not in endpoint_settings:
-            return _fail("an endpoint judge needs a model name (--judge-model or judge_endpoint.model)")
+            raise ValueError("an endpoint judge needs a model name (--judge-model or judge_endpoint.model)")
         endpoint = ChatEndpoint(**endpoint_settings)
         judge: Any = EndpointJudge(endpoint)
         splitter: Any = EndpointSplitter(endpoint) if args.splitter == "judge" else SentenceSplitter()
     else:
-        judge_adapter = _load_model(args.judge, args)
+        judge_adapter = load_model(args, args.judge)
         judge = AdapterJudge(judge_adapter)
         splitter = AdapterSplitter(judge_adapter) if args.splitter == "judge" else SentenceSplitter()
-    builder = AIFeedbackBuilder(_load_model(args.policy, args), judge, splitter, config)
+    builder = AIFeedbackBuilder(load_model(args, args.policy), judge, splitter, config)
     report = build_ai_feedback(args.prompts, args.out, builder, image_root=args.images, lenient=args.lenient)
-    _report(report, "preference")
+    print_written(report, "preference")
     print(f"  {builder.stats.summary()}")
     return 0
 
 
-@_guarded
 def cmd_build_safety_pairs(args: argparse.Namespace) -> int:
-    from mmalign.data_builders.safety import save_oriented
-    from mmalign.data_builders.storage import open_dataset
-
     report = save_oriented(open_dataset(args.input, args.split), args.out, args.by, lenient=args.lenient)
-    _report(report, f"preference (ordered by {args.by})")
-    return 0
-
-
-@_guarded
-def cmd_build_scene_feedback(args: argparse.Namespace) -> int:
-    import json
-
-    from mmalign.data_builders.storage import save_preference_dataset
-    from mmalign.models import load_adapter
-    from mmalign.qlora import QuantizationConfig
-    from mmalign.scene.feedback import scene_feedback_records
-    from mmalign.scene.world import WorldConfig
-
-    adapter = load_adapter(args.model, quantization=QuantizationConfig(compute_dtype="float32") if args.load_in_4bit
-                           else None)
-    if args.adapter:
-        adapter.load_adapter(args.adapter)
-    records, stats = scene_feedback_records(adapter, WorldConfig(seed=args.seed), args.scenes, seed=args.seed,
-                                            include_correct_answers=not args.wrong_only,
-                                            replace_absent=not args.remove_absent)
-    report = save_preference_dataset(records, args.out)
-    _report(report, "preference (scene-world corrections)")
-    print("  " + json.dumps(stats.__dict__))
-    return 0
-
-
-@_guarded
-def cmd_build_scene_safety(args: argparse.Namespace) -> int:
-    from mmalign.data_builders.storage import save_preference_dataset
-    from mmalign.scene.feedback import scene_safety_records
-    from mmalign.scene.world import WorldConfig
-
-    records = scene_safety_records(WorldConfig(seed=args.seed), args.scenes, hazardous_only=args.hazardous_only)
-    _report(save_preference_dataset(records, args.out), "dual preference (scene-world safety)")
-    return 0
-
-
-def cmd_build_scene_prompts(args: argparse.Namespace) -> int:
-    from mmalign.data_builders.storage import save_prompt_set
-    from mmalign.scene.feedback import scene_prompt_records
-    from mmalign.scene.world import WorldConfig
-
-    records = scene_prompt_records(WorldConfig(seed=args.seed), args.scenes, split=args.split, start=args.start,
-                                   kinds=args.kinds, seed=args.seed)
-    _report(save_prompt_set(records, args.out), "prompt set (scene world, for PPO)")
+    print_written(report, f"preference (ordered by {args.by})")
     return 0
 
 
 # ---------------------------------------------------------------------------- validate / inspect
-@_guarded
 def cmd_validate(args: argparse.Namespace) -> int:
-    from mmalign.data_builders.safety import label_disagreements
-    from mmalign.data_builders.storage import (
-        iter_records,
-        open_dataset,
-        read_manifest,
-        validate_dataset,
-    )
-
     ds = open_dataset(args.path, args.split)
     report = validate_dataset(ds, lenient=True, check_images=not args.no_image_check)
     manifest = read_manifest(args.path)
@@ -243,7 +149,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1
 
 
-@_guarded
 def cmd_inspect(args: argparse.Namespace) -> int:
     from mmalign.data_builders.preview import inspect_dataset, write_html_preview
 
@@ -266,16 +171,19 @@ def _help(parser: argparse.ArgumentParser):
     return show
 
 
-def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dtype", default="float32", help="dtype of the models (default: float32)")
-    p.add_argument("--load-in-4bit", action="store_true", help="load policy and judge in 4-bit NF4")
-    p.add_argument("--device-map", help='e.g. "auto" or "cuda:0" (default: CPU)')
+def _moved(old: str, new: str, run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """The handler of a command's former name: a note on stderr, then the command."""
+
+    def moved(args: argparse.Namespace) -> int:
+        print(f"note: 'mmalign data build {old}' is now 'mmalign world {new}'; the old name goes in the next "
+              "release", file=sys.stderr)
+        return run(args)
+
+    return moved
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Dataset commands: import public formats, build pairs, validate, inspect."""
-    from mmalign.data_builders.importers import IMPORTERS
-
     data = sub.add_parser("data", help="import, build, validate and inspect preference datasets",
                           description="Multimodal preference datasets in one canonical, TRL-compatible "
                           "form. " + SCHEMA_HINT + ".")
@@ -300,7 +208,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lenient", action="store_true", help="skip bad rows (counted and listed) instead of failing")
     p.set_defaults(func=cmd_import)
 
-    build = dsub.add_parser("build", help="build datasets (corrections, ai-feedback, safety-pairs, scene-feedback, scene-safety, scene-prompts)")
+    build = dsub.add_parser("build", help="build datasets (corrections, ai-feedback, safety-pairs)",
+                            description="Build preference datasets. The scene world's builders are "
+                            "'mmalign world feedback | safety | prompts'.")
     bsub = build.add_subparsers(dest="build_command", metavar="BUILDER")
     build.set_defaults(func=_help(build))
 
@@ -341,7 +251,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="sampling seed (default 0)")
     p.add_argument("--images", help="image folder for file prompt sources")
     p.add_argument("--lenient", action="store_true", help="skip bad prompt rows instead of failing")
-    _model_options(p)
+    add_model_flags(p, what="the policy and the judge")
     p.set_defaults(func=cmd_build_ai_feedback)
 
     p = bsub.add_parser("safety-pairs", help="order dual-preference pairs for the reward or the cost model",
@@ -355,44 +265,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lenient", action="store_true", help="skip rows without the needed label")
     p.set_defaults(func=cmd_build_safety_pairs)
 
-    p = bsub.add_parser("scene-feedback", help="Dense-DPO pairs: a model's answers on scenes, corrected by the world",
-                        description="Describe held-out scenes and answer existence questions with a model, then "
-                        "correct every absent object, wrong colour and wrong yes/no against the scene annotations "
-                        "(RLHF-V-style corrected spans).")
-    p.add_argument("--model", default="scene-vlm", help="model card, hub id or folder (default: scene-vlm)")
-    p.add_argument("--adapter", help="optional PEFT adapter to load on the model")
-    p.add_argument("--scenes", type=int, default=600, help="number of scenes (default: 600)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--load-in-4bit", action="store_true", help="load the model in 4-bit NF4")
-    p.add_argument("--wrong-only", action="store_true", help="only pair answers the model got wrong")
-    p.add_argument("--remove-absent", action="store_true",
-                   help="correct a named absent object by removing its clause instead of naming a present "
-                   "object the caption left out (the demo's choice: replacements teach a weakly grounded model "
-                   "to name objects it cannot see)")
-    p.add_argument("--out", required=True, help="output dataset folder")
-    p.set_defaults(func=cmd_build_scene_feedback)
-
-    p = bsub.add_parser("scene-safety", help="dual-preference safety pairs (helpful / safer, graded) from the world",
-                        description="BeaverTails-V-style records from the scene world's safety prompts: chosen = "
-                        "more helpful, with safer side, safe flags, harmlessness −3…3 and helpfulness 0…3.")
-    p.add_argument("--scenes", type=int, default=2000, help="number of training scenes (default: 2000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--hazardous-only", action="store_true", help="only scenes holding a hazardous object")
-    p.add_argument("--out", required=True, help="output dataset folder")
-    p.set_defaults(func=cmd_build_scene_safety)
-
-    p = bsub.add_parser("scene-prompts", help="scene-world prompt set for PPO (describe, yes/no, safety)",
-                        description="Prompts with the scene's facts (for a Fact-RM) and, for yes/no questions, the "
-                        "answer as reference (Fact-RLHF's symbolic reward); safety prompts cover harmful requests, "
-                        "hazard questions and benign questions.")
-    p.add_argument("--scenes", type=int, default=500, help="number of scenes (default: 500)")
-    p.add_argument("--split", default="train", help="world split (default: train)")
-    p.add_argument("--start", type=int, default=1, help="first scene number (default: 1)")
-    p.add_argument("--kinds", nargs="+", default=["describe", "exist", "safety"],
-                   choices=["describe", "exist", "safety"], help="prompt kinds (default: all three)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output dataset folder")
-    p.set_defaults(func=cmd_build_scene_prompts)
+    for new, (_, description, add_flags, run) in WORLD_BUILDERS.items():  # former names, hidden from --help
+        old = f"scene-{new}"
+        p = bsub.add_parser(old, description=f"Former name of 'mmalign world {new}'. {description}")
+        add_flags(p)
+        p.set_defaults(func=_moved(old, new, run))
 
     p = dsub.add_parser("validate", help="check every row of a dataset folder against the canonical schema",
                         description="Check every row (types, spans, labels, images fully decoded) and list "

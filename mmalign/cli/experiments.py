@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+# the experiment modules keep their heavy imports inside functions: their arms and defaults are cheap to read
+from mmalign.experiments import dpo, ppo, reward_models
+from mmalign.experiments.report import run_experiments, write_experiments_report
+
 DESCRIPTION = """\
 Reproduce, in the scene world, the qualitative claims of RLHF-V, Fact-RLHF and Safe RLHF-V,
 with several seeds at equal data and compute:
@@ -20,44 +24,30 @@ hours on two CPU cores; --quick is a few-minute smoke run of the same code.
 
 
 def _report(out: str) -> int:
-    from mmalign.experiments.report import write_experiments_report
-
     print(f"report at {write_experiments_report(out)}")
     return 0
 
 
 def cmd_all(args: argparse.Namespace) -> int:
-    from mmalign.experiments.report import run_experiments
-
     print(f"report at {run_experiments(args.out, args.seeds, quick=args.quick)}")
     return 0
 
 
 def cmd_dpo(args: argparse.Namespace) -> int:
-    from mmalign.experiments.dpo import quick_config, run_dpo_experiment
-
-    run_dpo_experiment(f"{args.out}/dpo", args.seeds, args.methods, quick_config() if args.quick else None)
+    dpo.run_dpo_experiment(f"{args.out}/dpo", args.seeds, args.methods, dpo.quick_config() if args.quick else None)
     return _report(args.out)
 
 
 def cmd_reward_models(args: argparse.Namespace) -> int:
-    from mmalign.experiments.reward_models import (
-        Setting,
-        quick_setting,
-        run_reward_model_experiment,
-    )
-
-    setting = quick_setting() if args.quick else Setting(epochs=args.epochs)
-    run_reward_model_experiment(f"{args.out}/reward-models", args.seeds, args.models, setting)
+    setting = reward_models.quick_setting() if args.quick else reward_models.Setting(epochs=args.epochs)
+    reward_models.run_reward_model_experiment(f"{args.out}/reward-models", args.seeds, args.models, setting)
     return _report(args.out)
 
 
 def cmd_ppo(args: argparse.Namespace) -> int:
-    from mmalign.experiments.ppo import Setting, quick_setting, run_ppo_experiment
-
-    setting = quick_setting() if args.quick else Setting(iterations=args.iterations, budget=args.budget,
-                                                         kl_coef=args.kl_coef)
-    run_ppo_experiment(f"{args.out}/ppo", args.seeds, args.arms, setting)
+    setting = ppo.quick_setting() if args.quick else ppo.Setting(iterations=args.iterations, budget=args.budget,
+                                                                 kl_coef=args.kl_coef)
+    ppo.run_ppo_experiment(f"{args.out}/ppo", args.seeds, args.arms, setting)
     return _report(args.out)
 
 
@@ -66,9 +56,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    # the experiment modules keep their heavy imports inside functions: their arms and defaults are cheap to read
-    from mmalign.experiments import dpo, ppo, reward_models
-
     group = sub.add_parser("experiments", help="reproduce the papers' claims in the scene world (seeds, mean ± std)",
                            description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     cmds = group.add_subparsers(dest="experiments_command", metavar="COMMAND", required=True)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from mmalign.plan import PlanSettings, architecture_for, estimate_memory, parse_gpu
+
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from mmalign.plan import PlanSettings, architecture_for, estimate_memory, parse_gpu
-
     name, arch = architecture_for(args.model)
     settings = PlanSettings(
         method=args.method, mode=args.mode, dtype=args.dtype, batch_size=args.batch_size, seq_len=args.seq_len,

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from mmalign.cli.common import add_model_flags, model_kwargs
+from mmalign.io import atomic_dir
+
 
 def cmd_score(args: argparse.Namespace) -> int:
     from datasets import load_from_disk
 
-    from mmalign.io import atomic_dir
-    from mmalign.qlora import QuantizationConfig
     from mmalign.reward import RewardScorer, load_reward_model
 
-    quantization = QuantizationConfig(compute_dtype=args.dtype) if args.load_in_4bit else None
-    model = load_reward_model(args.model, args.base, dtype=args.dtype, quantization=quantization,
-                              device_map=args.device_map)
+    model = load_reward_model(args.model, args.base, **model_kwargs(args))
     scorer = RewardScorer(model, batch_size=args.batch_size, max_length=args.max_length)
     dataset = load_from_disk(args.data)
     columns = []
@@ -45,7 +44,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prefix", default=None, help="score column prefix (default: the model kind, reward or cost)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=2048, help="longest scoring sequence (default: 2048)")
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
-    p.add_argument("--load-in-4bit", action="store_true", help="load the base in 4-bit NF4")
-    p.add_argument("--device-map", default=None, help="e.g. auto or cuda:0")
+    add_model_flags(p, what="the base")
     p.set_defaults(func=cmd_score)

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-
-def _fail(message: str) -> int:
-    """Refuse a command line (library errors reach ``mmalign.cli.main``'s handler instead)."""
-    print(f"error: {message}", file=sys.stderr)
-    return 2
+from mmalign.cli.common import add_model_flags, load_model
+from mmalign.data_builders.storage import open_dataset
+from mmalign.studio import (
+    GenerationSettings,
+    StudioProject,
+    export_project,
+    load_preference_items,
+    load_prompt_set,
+    rank_by_disagreement,
+    serve,
+)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from mmalign.studio import StudioProject
 
     project = StudioProject.create(args.project)
     print(f"project ready in {project.path} (studio.sqlite, images/)")
@@ -22,7 +26,6 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_add_annotator(args: argparse.Namespace) -> int:
-    from mmalign.studio import StudioProject
 
     token = StudioProject(args.project).add_annotator(args.name)
     print(f"annotator {args.name!r} added; sign-in token (shown once, only its hash is stored):")
@@ -31,7 +34,6 @@ def cmd_add_annotator(args: argparse.Namespace) -> int:
 
 
 def cmd_remove_annotator(args: argparse.Namespace) -> int:
-    from mmalign.studio import StudioProject
 
     StudioProject(args.project).remove_annotator(args.name)
     print(f"annotator {args.name!r} removed: token and sessions no longer work; their submissions stay")
@@ -39,27 +41,14 @@ def cmd_remove_annotator(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from mmalign.data_builders.storage import open_dataset
-    from mmalign.studio import (
-        GenerationSettings,
-        StudioProject,
-        load_preference_items,
-        load_prompt_set,
-    )
 
     project = StudioProject(args.project)
     if bool(args.prompts) == bool(args.from_dataset):
-        return _fail("give either --prompts with --model, or --from-dataset")
+        raise ValueError("give either --prompts with --model, or --from-dataset")
     if args.prompts:
         if not args.model:
-            return _fail("--prompts needs --model (a card name such as scene-vlm, or a folder)")
-        from mmalign import QuantizationConfig, load_adapter
-
-        quantization = QuantizationConfig(compute_dtype=args.dtype) if args.load_in_4bit else None
-        adapter = load_adapter(args.model, dtype=args.dtype, quantization=quantization,
-                               **({"device_map": args.device_map} if args.device_map else {}))
-        if args.adapter:
-            adapter.load_adapter(args.adapter)
+            raise ValueError("--prompts needs --model (a card name such as scene-vlm, or a folder)")
+        adapter = load_model(args)
         settings = GenerationSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                                       limit=args.limit)
         model_name = args.model + (f" + {args.adapter}" if args.adapter else "")
@@ -77,7 +66,6 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_assign(args: argparse.Namespace) -> int:
-    from mmalign.studio import StudioProject
 
     report = StudioProject(args.project).assign(overlap=args.overlap, overlap_annotators=args.overlap_annotators,
                                                 seed=args.seed)
@@ -86,7 +74,6 @@ def cmd_assign(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from mmalign.studio import StudioProject
 
     status = StudioProject(args.project).status()
     kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(status["items"].items())) or "none"
@@ -97,7 +84,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from mmalign.studio import StudioProject, serve
 
     serve(StudioProject(args.project), host=args.host, port=args.port, threads=args.threads,
           secure_cookies=args.secure_cookies)
@@ -105,7 +91,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from mmalign.studio import StudioProject, export_project
 
     report = export_project(StudioProject(args.project), args.out, prefer=args.prefer)
     print(f"wrote {report.rows} rows to {report.path} ({report.corrections} corrections, {report.pairs} pairs; "
@@ -115,7 +100,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
-    from mmalign.studio import StudioProject, rank_by_disagreement
 
     scores = rank_by_disagreement(StudioProject(args.project), args.reward_models, base=args.base,
                                   batch_size=args.batch_size)
@@ -164,9 +148,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "preference dataset: rejected answers become correction items and/or chosen vs "
                         "rejected become pair items). New items are assigned when annotators exist.")
     _project(p)
-    p.add_argument("--prompts", help="prompt-set folder (e.g. from `mmalign data build scene-prompts`)")
+    p.add_argument("--prompts", help="prompt-set folder (e.g. from `mmalign world prompts`)")
     p.add_argument("--model", help="model card name (e.g. scene-vlm), hub id or folder that answers the prompts")
-    p.add_argument("--adapter", help="optional PEFT adapter folder loaded on the model")
     p.add_argument("--from-dataset", help="canonical preference dataset folder")
     p.add_argument("--as", dest="as_", choices=["corrections", "pairs", "both"], default="corrections",
                    help="--from-dataset: what the rows become (default: corrections of rejected)")
@@ -174,9 +157,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="use only the first N rows")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch (default: 8)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="longest generated answer (default: 128)")
-    p.add_argument("--dtype", default="float32", help="model dtype (default: float32)")
-    p.add_argument("--load-in-4bit", action="store_true", help="load the model in 4-bit NF4")
-    p.add_argument("--device-map", help='e.g. "auto" or "cuda:0" (default: CPU)')
+    add_model_flags(p, adapter=True, title="model loading (with --prompts)")
     _overlap(p)
     p.set_defaults(func=cmd_load)
 

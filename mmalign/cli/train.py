@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from mmalign.cli.common import add_model_flags, load_model
+from mmalign.export import merge_adapter
+from mmalign.io import atomic_dir
+
 TRAIN_HELP = """\
 Train with a recipe. Every option is a YAML key of the recipe and a --flag; flags
 override the recipe. `mmalign train METHOD --help` lists the options of a method.
@@ -37,6 +41,7 @@ def _method_specs():
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    # imports transformers (0.5 s): not for --help
     from mmalign.config_io import parse_recipe
 
     types, run = _method_specs()[args.method]
@@ -44,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     options = [*forced.get(args.method, []), *args.options]
     configs = parse_recipe(types, options, prog=f"mmalign train {args.method}")
     if args.method == "safe-ppo" and not configs[1].cost_model_path:
-        raise SystemExit("mmalign train safe-ppo: set cost_model_path (a trained cost model)")
+        raise ValueError("mmalign train safe-ppo: set cost_model_path (a trained cost model)")
     out = run(*configs)
     if configs[1].process_index == 0:  # one line, also under torchrun / accelerate launch
         print(f"training finished; final model in {out}")
@@ -55,14 +60,8 @@ def cmd_precompute_ref(args: argparse.Namespace) -> int:
     from datasets import load_from_disk
 
     from mmalign.dpo.reference import precompute_reference_logps
-    from mmalign.io import atomic_dir
-    from mmalign.models import load_adapter
-    from mmalign.qlora import QuantizationConfig
 
-    quantization = QuantizationConfig(compute_dtype=args.compute_dtype) if args.load_in_4bit else None
-    adapter = load_adapter(args.model, dtype=args.dtype, quantization=quantization)
-    if args.adapter:
-        adapter.load_adapter(args.adapter)
+    adapter = load_model(args)
     dataset = precompute_reference_logps(adapter, load_from_disk(args.data), max_length=args.max_length,
                                          batch_size=args.batch_size)
     with atomic_dir(args.out) as tmp:
@@ -72,10 +71,8 @@ def cmd_precompute_ref(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from mmalign.export import merge_adapter
-
     if not args.merge:
-        raise SystemExit("mmalign export: only --merge is supported (fold LoRA into the base weights)")
+        raise ValueError("mmalign export: only --merge is supported (fold LoRA into the base weights)")
     out = merge_adapter(args.base, args.adapter, args.out, dtype=args.dtype,
                         trust_remote_code=args.trust_remote_code)
     print(f"merged checkpoint written to {out}")
@@ -83,6 +80,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_accelerate_config(args: argparse.Namespace) -> int:
+    # imports transformers (0.5 s): not for --help
     from mmalign.config_io import accelerate_config_path
 
     print(accelerate_config_path(args.name))
@@ -108,14 +106,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "with ref_chosen_logps / ref_rejected_logps columns (per token, so Dense DPO's gamma "
                        "can change later). Train on it and the reference forward is skipped.")
     p.add_argument("--model", required=True, help="reference model: card name, hub id or folder")
-    p.add_argument("--adapter", default=None, help="optional PEFT adapter on the model (e.g. the SFT adapter)")
     p.add_argument("--data", required=True, help="preference dataset folder")
     p.add_argument("--out", required=True, help="output dataset folder")
     p.add_argument("--max-length", type=int, default=2048, help="same max_length as training (default: 2048)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--load-in-4bit", action="store_true", help="load the reference in 4-bit NF4")
-    p.add_argument("--compute-dtype", default="bfloat16", help="4-bit compute dtype (float32 on CPU)")
+    # 4-bit compute dtype bfloat16 (not --dtype as elsewhere): this command's default before the flags
+    # were shared, and the shipped 7B recipes' bnb_4bit_compute_dtype, whose reference it stores
+    add_model_flags(p, what="the reference", compute_dtype="bfloat16", adapter=True)
     p.set_defaults(func=cmd_precompute_ref)
 
     p = sub.add_parser("export", help="merge a LoRA adapter into its base for deployment",
@@ -125,6 +122,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", required=True, help="base model: card name, hub id or folder")
     p.add_argument("--adapter", required=True, help="PEFT adapter folder")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--dtype", default="float32", help="dtype of the merged weights (float32, bfloat16, float16)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow custom code from the base checkpoint")
+    add_model_flags(p, what="the merged checkpoint", quantize=False, device_map=False, title=None)
     p.set_defaults(func=cmd_export)

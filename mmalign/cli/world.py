@@ -1,21 +1,34 @@
-"""``mmalign world make | sft-data | pretrain``: the built-in synthetic scene world."""
+"""``mmalign world make | sft-data | pretrain | feedback | safety | prompts``: the built-in synthetic scene world.
+
+``feedback``, ``safety`` and ``prompts`` were ``mmalign data build scene-feedback |
+scene-safety | scene-prompts``; those names still work for one release (hidden, with a note).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+
+from mmalign.cli.common import add_model_flags, load_model, print_written
+from mmalign.data_builders.storage import save_preference_dataset, save_prompt_set
+from mmalign.experiments.pretrain_scene_vlm import PretrainConfig, pretrain_scene_vlm
+from mmalign.scene.exports import make_world
+from mmalign.scene.feedback import (
+    scene_feedback_records,
+    scene_prompt_records,
+    scene_safety_records,
+)
+from mmalign.scene.world import WorldConfig
 
 
 def cmd_make(args: argparse.Namespace) -> int:
-    from mmalign.scene.exports import make_world
-
     out = make_world(args.out, seed=args.seed, size=args.size, split=args.split)
     print(f"wrote {args.size} {args.split} scenes with POPE, COCO (CHAIR), AMBER and MMHal files to {out}")
     return 0
 
 
 def cmd_sft_data(args: argparse.Namespace) -> int:
-    from mmalign.scene.sft import save_scene_sft_dataset
-    from mmalign.scene.world import WorldConfig
+    from mmalign.scene.sft import save_scene_sft_dataset  # imports datasets (0.5 s): not for --help
 
     save_scene_sft_dataset(args.out, WorldConfig(seed=args.seed), args.size, split=args.split,
                            turns=args.turns, seed=args.seed)
@@ -24,14 +37,86 @@ def cmd_sft_data(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from mmalign.experiments.pretrain_scene_vlm import PretrainConfig, pretrain_scene_vlm
-
     config = PretrainConfig(seed=args.seed, n_scenes=args.n_scenes, epochs=args.epochs,
                             batch_size=args.batch_size, learning_rate=args.learning_rate,
                             vision_steps=args.vision_steps, train_vision=args.train_vision)
     out = pretrain_scene_vlm(args.out, config)
     print(f"pretrained scene VLM written to {out}")
     return 0
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    adapter = load_model(args)
+    records, stats = scene_feedback_records(adapter, WorldConfig(seed=args.seed), args.scenes, seed=args.seed,
+                                            include_correct_answers=not args.wrong_only,
+                                            replace_absent=not args.remove_absent)
+    print_written(save_preference_dataset(records, args.out), "preference (scene-world corrections)")
+    print("  " + json.dumps(stats.__dict__))
+    return 0
+
+
+def cmd_safety(args: argparse.Namespace) -> int:
+    records = scene_safety_records(WorldConfig(seed=args.seed), args.scenes, hazardous_only=args.hazardous_only)
+    print_written(save_preference_dataset(records, args.out), "dual preference (scene-world safety)")
+    return 0
+
+
+def cmd_prompts(args: argparse.Namespace) -> int:
+    records = scene_prompt_records(WorldConfig(seed=args.seed), args.scenes, split=args.split, start=args.start,
+                                   kinds=args.kinds, seed=args.seed)
+    print_written(save_prompt_set(records, args.out), "prompt set (scene world, for PPO)")
+    return 0
+
+
+# ---------------------------------------------------------------------------- parsers
+FEEDBACK = ("Dense-DPO pairs: a model's answers on scenes, corrected by the world",
+            "Describe held-out scenes and answer existence questions with a model, then correct every absent "
+            "object, wrong colour and wrong yes/no against the scene annotations (RLHF-V-style corrected spans).")
+SAFETY = ("dual-preference safety pairs (helpful / safer, graded) from the world",
+          "BeaverTails-V-style records from the scene world's safety prompts: chosen = more helpful, with safer "
+          "side, safe flags, harmlessness −3…3 and helpfulness 0…3.")
+PROMPTS = ("scene-world prompt set for PPO (describe, yes/no, safety)",
+           "Prompts with the scene's facts (for a Fact-RM) and, for yes/no questions, the answer as reference "
+           "(Fact-RLHF's symbolic reward); safety prompts cover harmful requests, hazard questions and benign "
+           "questions.")
+
+
+def add_feedback_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="scene-vlm", help="model card, hub id or folder (default: scene-vlm)")
+    p.add_argument("--scenes", type=int, default=600, help="number of scenes (default: 600)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--wrong-only", action="store_true", help="only pair answers the model got wrong")
+    p.add_argument("--remove-absent", action="store_true",
+                   help="correct a named absent object by removing its clause instead of naming a present "
+                   "object the caption left out (the demo's choice: replacements teach a weakly grounded model "
+                   "to name objects it cannot see)")
+    p.add_argument("--out", required=True, help="output dataset folder")
+    add_model_flags(p, adapter=True)
+
+
+def add_safety_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenes", type=int, default=2000, help="number of training scenes (default: 2000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hazardous-only", action="store_true", help="only scenes holding a hazardous object")
+    p.add_argument("--out", required=True, help="output dataset folder")
+
+
+def add_prompts_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenes", type=int, default=500, help="number of scenes (default: 500)")
+    p.add_argument("--split", default="train", help="world split (default: train)")
+    p.add_argument("--start", type=int, default=1, help="first scene number (default: 1)")
+    p.add_argument("--kinds", nargs="+", default=["describe", "exist", "safety"],
+                   choices=["describe", "exist", "safety"], help="prompt kinds (default: all three)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output dataset folder")
+
+
+#: The dataset builders, by their ``mmalign world`` name: (help, description, add the flags, run).
+BUILDERS = {
+    "feedback": (*FEEDBACK, add_feedback_flags, cmd_feedback),
+    "safety": (*SAFETY, add_safety_flags, cmd_safety),
+    "prompts": (*PROMPTS, add_prompts_flags, cmd_prompts),
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,8 +145,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the SFT trainer on the training split. Defaults reproduce the shipped weights.")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    from mmalign.experiments.pretrain_scene_vlm import PretrainConfig
-
     d = PretrainConfig()
     p.add_argument("--n-scenes", type=int, default=d.n_scenes, help=f"training scenes (default: {d.n_scenes})")
     p.add_argument("--epochs", type=float, default=d.epochs, help=f"passes over the scenes (default: {d.epochs})")
@@ -72,3 +155,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-vision", action="store_true",
                    help="also train the vision tower in stage 2 (default: keep the stage-1 tower frozen)")
     p.set_defaults(func=cmd_pretrain)
+
+    for name, (help_text, description, add_flags, run) in BUILDERS.items():
+        p = cmds.add_parser(name, help=help_text, description=description)
+        add_flags(p)
+        p.set_defaults(func=run)

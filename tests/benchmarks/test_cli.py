@@ -1,18 +1,14 @@
-"""``mmalign bench ...`` through its own parser (the module is registered by the lead)."""
+"""``mmalign bench ...`` through the ``mmalign`` command (its error handling included)."""
 
-import argparse
 import json
 
 import pytest
 
-from mmalign.cli.bench import register
+from mmalign.cli import main
 
 
 def bench(*argv):
-    parser = argparse.ArgumentParser(prog="mmalign")
-    register(parser.add_subparsers())
-    args = parser.parse_args(["bench", *map(str, argv)])
-    return args.func(args)
+    return main(["bench", *map(str, argv)])
 
 
 def pope_answer_file(path, split, texts):

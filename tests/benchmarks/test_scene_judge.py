@@ -1,7 +1,6 @@
 """The scene world's ground-truth MMHal judge: every rubric level on a hand-built scene, the
 claim reading, and the judge plugged into MMHal-Bench and the CLI on an exported world."""
 
-import argparse
 import json
 
 import pytest
@@ -10,7 +9,7 @@ from mmalign.benchmarks import MMHalConfig, SceneJudge, run_mmhal
 from mmalign.benchmarks.mmhal import extract_rating
 from mmalign.benchmarks.objects import ObjectVocabulary
 from mmalign.benchmarks.scene_judge import grade, read_answer
-from mmalign.cli.bench import register
+from mmalign.cli import main
 from mmalign.scene.exports import make_world
 from mmalign.scene.text import QA
 from mmalign.scene.world import Scene, SceneObject, WorldConfig
@@ -143,10 +142,7 @@ def test_cli_judge_scene_and_clear_errors(world, tmp_path, capsys):
                                for i in range(len(records))))
 
     def bench(*argv):
-        parser = argparse.ArgumentParser(prog="mmalign")
-        register(parser.add_subparsers())
-        args = parser.parse_args(["bench", *map(str, argv)])
-        return args.func(args)
+        return main(["bench", *map(str, argv)])
 
     assert bench("mmhal", "--template", template, "--answers", answers, "--judge-scene", world,
                  "--out", tmp_path / "m", "--no-progress") == 0

@@ -1,4 +1,4 @@
-"""Bad input across the CLI: one clear line naming the file / row / field, non-zero exit, no output."""
+"""Bad input across the CLI: one clear line naming the file / row / field, exit code 2, no output."""
 
 import json
 from pathlib import Path
@@ -39,10 +39,10 @@ def jsonl(path: Path, rows: list, extra_line: str | None = None) -> Path:
 
 
 def run(capsys, argv: list[str], out: Path | None = None) -> str:
-    """Run a command that must fail; return its one error line."""
+    """Run a command that must refuse its input; return its one error line."""
     code = main([str(a) for a in argv])
     captured = capsys.readouterr()
-    assert code != 0
+    assert code == 2
     lines = [line for line in captured.err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1, captured.err
     assert "Traceback" not in captured.err + captured.out

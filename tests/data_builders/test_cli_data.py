@@ -1,6 +1,5 @@
-"""`mmalign data ...` commands, run through their argparse registration."""
+"""`mmalign data ...` commands, run through the ``mmalign`` command (its error handling included)."""
 
-import argparse
 import json
 
 import datasets
@@ -8,15 +7,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mmalign.cli import data as data_cli
+from mmalign.cli import main
 from mmalign.data_builders.storage import load_preference_dataset, save_preference_dataset
 
 
 def run(*argv):
-    parser = argparse.ArgumentParser(prog="mmalign")
-    data_cli.register(parser.add_subparsers())
-    args = parser.parse_args(["data", *map(str, argv)])
-    return args.func(args)
+    return main(["data", *map(str, argv)])
 
 
 @pytest.fixture
@@ -60,16 +56,16 @@ def test_import_validate_inspect(rlhf_v_file, tmp_path, capsys):
     assert "riding a <mark>blue</mark> bike" in page and page.count('<img src="data:image/png;base64,') == 2
 
 
-def test_import_errors_exit_1_and_write_nothing(rlhf_v_file, tmp_path, capsys):
+def test_import_errors_exit_2_and_write_nothing(rlhf_v_file, tmp_path, capsys):
     path = rlhf_v_file([TEXT, "{broken"])
-    assert run("import", "rlhf-v", path, "--out", tmp_path / "ds") == 1
+    assert run("import", "rlhf-v", path, "--out", tmp_path / "ds") == 2
     err = capsys.readouterr().err
     assert err.startswith("error: row 1 (id 101), field 'text': is not valid JSON")
     assert not (tmp_path / "ds").exists()
     assert run("import", "rlhf-v", path, "--out", tmp_path / "ds", "--lenient") == 0
     out = capsys.readouterr().out
     assert "wrote 1 preference rows" in out and "skipped 1 row (1 × 'text')" in out
-    assert run("import", "rlhf-v", path, "--out", tmp_path / "x", "--facts", "f.json") == 1
+    assert run("import", "rlhf-v", path, "--out", tmp_path / "x", "--facts", "f.json") == 2
     assert "--facts does not apply to format rlhf-v" in capsys.readouterr().err
 
 
@@ -144,8 +140,8 @@ def test_build_ai_feedback_with_an_endpoint_judge(tiny_llava, png, chat_server, 
 
 
 def test_ai_feedback_needs_exactly_one_judge(tiny_llava, tmp_path, capsys):
-    assert run("build", "ai-feedback", "--prompts", tmp_path, "--policy", tiny_llava, "--out", tmp_path / "o") == 1
+    assert run("build", "ai-feedback", "--prompts", tmp_path, "--policy", tiny_llava, "--out", tmp_path / "o") == 2
     assert "give exactly one judge" in capsys.readouterr().err
     code = run("build", "ai-feedback", "--prompts", tmp_path, "--policy", tiny_llava, "--out", tmp_path / "o",
                "--judge", tiny_llava, "--judge-url", "http://127.0.0.1:9/v1")
-    assert code == 1 and "give exactly one judge" in capsys.readouterr().err
+    assert code == 2 and "give exactly one judge" in capsys.readouterr().err

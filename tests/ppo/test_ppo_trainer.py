@@ -186,5 +186,4 @@ def test_cli_safe_ppo_writes_a_standard_adapter(tiny_dirs, scorers, tmp_path):
     fresh.load_adapter(final)  # the policy loads like any PEFT adapter
     resolved = yaml.safe_load((final / "mmalign_config.yaml").read_text())
     assert resolved["cost_model_path"] == str(scorers / "cost")
-    with pytest.raises(SystemExit):  # safe-ppo without a cost model is refused
-        main(["train", "safe-ppo", "--config", str(recipe)])
+    assert main(["train", "safe-ppo", "--config", str(recipe)]) == 2  # refused: safe-ppo needs a cost model
