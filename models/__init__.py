@@ -34,13 +34,23 @@ def detect_family(name_or_path: str | Path, trust_remote_code: bool = False) -> 
     return model_type
 
 
+def _named_card(name: str) -> ModelCard | None:
+    """The card ``name`` names (a card name or hub id that is not a local folder), or None;
+    a missing local path is an error rather than a hub id to look up."""
+    if Path(name).exists():
+        return None
+    try:
+        return get_card(name)
+    except KeyError:
+        if Path(name).is_absolute() or name.startswith((".", "~")):  # a path, not a hub id
+            raise FileNotFoundError(f"model folder {name} does not exist (nor is it a model card name)") from None
+        return None
+
+
 def card_for(name_or_path: str | Path, *, trust_remote_code: bool = False) -> ModelCard:
     """The card that describes a checkpoint: its own (by card name or hub id), else its
     family's default card; :func:`load_adapter` gives the adapter the same one."""
-    try:
-        return get_card(str(name_or_path))
-    except KeyError:
-        return ADAPTERS[detect_family(name_or_path, trust_remote_code)].default_card()
+    return _named_card(str(name_or_path)) or ADAPTERS[detect_family(name_or_path, trust_remote_code)].default_card()
 
 
 def load_adapter(name_or_path: str | Path, *, family: str | None = None, **kwargs) -> VLMAdapter:
@@ -51,14 +61,9 @@ def load_adapter(name_or_path: str | Path, *, family: str | None = None, **kwarg
     """
     name = str(name_or_path)
     card = kwargs.get("card")
-    if card is None and not Path(name).exists():
-        try:
-            card = get_card(name)
-            kwargs["card"] = card
-            name = str(card.local_path() or card.hub_id)
-        except KeyError:
-            if Path(name).is_absolute() or name.startswith((".", "~")):  # a path, not a hub id
-                raise FileNotFoundError(f"model folder {name} does not exist (nor is it a model card name)") from None
+    if card is None and (card := _named_card(name)) is not None:
+        kwargs["card"] = card
+        name = str(card.local_path() or card.hub_id)
     family = family or (card.family if isinstance(card, ModelCard) else None) or detect_family(
         name, kwargs.get("trust_remote_code", False)
     )
