@@ -43,6 +43,7 @@ def _method_specs():
 def cmd_train(args: argparse.Namespace) -> int:
     # imports transformers (0.5 s): not for --help
     from mmalign.config_io import parse_recipe
+    from mmalign.ppo.plots import plot_ppo_run
 
     types, run = _method_specs()[args.method]
     forced = {"cost": ["--kind", "cost"], "ppo": ["--lagrangian", "false"], "safe-ppo": ["--lagrangian", "true"]}
@@ -52,6 +53,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError("mmalign train safe-ppo: set cost_model_path (a trained cost model)")
     out = run(*configs)
     if configs[1].process_index == 0:  # one line, also under torchrun / accelerate launch
+        if args.method in ("ppo", "safe-ppo"):  # curves for people; the trainer only writes the log
+            plot_ppo_run(out, configs[1].cost_threshold if configs[1].constrained else None)
         print(f"training finished; final model in {out}")
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -32,3 +33,10 @@ def plot_ppo_logs(runs: dict[str, list[dict[str, Any]]], out: str | Path, budget
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return Path(out)
+
+
+def plot_ppo_run(final: str | Path, budget: float | None = None) -> Path | None:
+    """``ppo_curves.png`` beside a finished run's ``ppo_log.json``; None when it logged nothing."""
+    final = Path(final)
+    log = json.loads((final / "ppo_log.json").read_text())
+    return plot_ppo_logs({final.parent.name: log}, final / "ppo_curves.png", budget) if log else None

@@ -42,7 +42,6 @@ from mmalign.models.adapter import VLMAdapter, concat_features
 from mmalign.models.batch import EncodedBatch, concat_batches, pad_cat
 from mmalign.models.scalar_head import ScalarHeadModel
 from mmalign.ppo.config import PPOConfig
-from mmalign.ppo.plots import plot_ppo_logs
 from mmalign.ppo.shaping import shaping_terms
 from mmalign.reward.scoring import RewardScorer
 from mmalign.training import (
@@ -431,9 +430,6 @@ class PPOTrainer(Trainer):
         if self.args.constrained:
             (out / LAMBDA_FILE).write_text(json.dumps({"lambda": self.log_lambda.exp().item()}))
         (out / LOG_FILE).write_text(json.dumps(self.state.log_history, indent=1))
-        if self.state.log_history:
-            budget = self.args.cost_threshold if self.args.constrained else None
-            plot_ppo_logs({Path(self.args.output_dir).name: self.state.log_history}, out / "ppo_curves.png", budget)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(out)
 
