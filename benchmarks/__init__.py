@@ -10,7 +10,7 @@ answers through a model adapter (batched, resumable) or reads an answers file, a
 
 from mmalign.benchmarks.amber import AmberBenchmark, AmberConfig, run_amber
 from mmalign.benchmarks.chair import ChairBenchmark, ChairConfig, load_ground_truth, run_chair
-from mmalign.benchmarks.judges import AdapterJudge, HTTPJudge, HTTPJudgeConfig
+from mmalign.benchmarks.judges import GenerativeJudge, HTTPJudge, HTTPJudgeConfig
 from mmalign.benchmarks.mmhal import MMHalBenchmark, MMHalConfig, run_mmhal
 from mmalign.benchmarks.objects import ObjectVocabulary
 from mmalign.benchmarks.objhal import ObjHalBenchmark, ObjHalConfig, run_objhal
@@ -41,7 +41,7 @@ BENCHMARKS: dict[str, tuple[type[Benchmark], type]] = {
 
 __all__ = [
     "BENCHMARKS",
-    "AdapterJudge",
+    "GenerativeJudge",
     "AmberBenchmark",
     "AmberConfig",
     "Benchmark",

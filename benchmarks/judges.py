@@ -112,7 +112,7 @@ class HTTPJudge:
         return content
 
 
-class AdapterJudge:
+class GenerativeJudge:
     """A local model as a text-only judge, through the adapter's batched greedy generation."""
 
     def __init__(self, adapter: Any, name: str | None = None, *, max_new_tokens: int = 512, batch_size: int = 4):

@@ -187,7 +187,7 @@ class MMHalBenchmark(Benchmark):
     def score(self, answers: list[dict[str, Any]], workdir: Path | None) -> BenchmarkResult:
         judge = self.config.judge
         if judge is None:
-            raise ValueError("MMHal-Bench needs a judge (an HTTPJudge, an AdapterJudge, a SceneJudge or any callable)")
+            raise ValueError("MMHal-Bench needs a judge (an HTTPJudge, an GenerativeJudge, a SceneJudge or any callable)")
         keys = [str(i) for i in range(len(self.records))]
         joined = join_by_key(answers, keys, self.answer_key, what="MMHal record")
         texts = [answer_text(joined[k], f"answer to MMHal record {k}", self.answer_field) for k in keys]

@@ -25,7 +25,7 @@ from typing import Any
 
 from mmalign.benchmarks import (
     BENCHMARKS,
-    AdapterJudge,
+    GenerativeJudge,
     HTTPJudge,
     HTTPJudgeConfig,
     SceneJudge,
@@ -188,7 +188,7 @@ def _judge_fields(args: argparse.Namespace) -> dict[str, Any]:
         judge = HTTPJudge(HTTPJudgeConfig(base_url=args.judge_url, model=args.judge_model,
                                           api_key_env=args.judge_key_env))
     else:
-        judge = AdapterJudge(load_model(args, args.judge_local), name=f"local:{Path(args.judge_local).name}",
+        judge = GenerativeJudge(load_model(args, args.judge_local), name=f"local:{Path(args.judge_local).name}",
                              max_new_tokens=args.judge_max_new_tokens)
     return {"judge": judge, "judge_template": template}
 

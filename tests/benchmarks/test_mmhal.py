@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from mmalign.benchmarks.judges import AdapterJudge, HTTPJudge, HTTPJudgeConfig
+from mmalign.benchmarks.judges import GenerativeJudge, HTTPJudge, HTTPJudgeConfig
 from mmalign.benchmarks.mmhal import (
     MMHalBenchmark,
     MMHalConfig,
@@ -178,6 +178,6 @@ def test_adapter_judge_generates_text_only():
             assert images is None and kwargs["do_sample"] is False
             return [f" Rating: {len(p) % 7} " for p in prompts]
 
-    judge = AdapterJudge(Recorder(), name="local:tiny", batch_size=2)
+    judge = GenerativeJudge(Recorder(), name="local:tiny", batch_size=2)
     assert judge(["abc", "abcd", "x"]) == ["Rating: 3", "Rating: 4", "Rating: 1"]
     assert judge.name == "local:tiny"
