@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from mmalign.benchmarks.runner import GenerationConfig
 from mmalign.cli.common import add_model_flags, load_model
 from mmalign.data_builders.storage import open_dataset
 from mmalign.studio import (
-    GenerationSettings,
     StudioProject,
     export_project,
     load_preference_items,
@@ -49,11 +49,10 @@ def cmd_load(args: argparse.Namespace) -> int:
         if not args.model:
             raise ValueError("--prompts needs --model (a card name such as scene-vlm, or a folder)")
         adapter = load_model(args)
-        settings = GenerationSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                                      limit=args.limit)
+        generation = GenerationConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
         model_name = args.model + (f" + {args.adapter}" if args.adapter else "")
-        added = load_prompt_set(project, open_dataset(args.prompts, args.split), adapter, settings,
-                                model_name=model_name)
+        added = load_prompt_set(project, open_dataset(args.prompts, args.split), adapter, generation,
+                                limit=args.limit, model_name=model_name)
         print(f"added {added} correction items with answers of {model_name}")
     else:
         added = load_preference_items(project, open_dataset(args.from_dataset, args.split), mode=args.as_,

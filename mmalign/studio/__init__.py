@@ -13,7 +13,6 @@ _EXPORTS = {
     "SubmissionError": "mmalign.studio.project",
     "apply_corrections": "mmalign.studio.project",
     "integrity_check": "mmalign.studio.project",
-    "GenerationSettings": "mmalign.studio.load",
     "load_prompt_set": "mmalign.studio.load",
     "load_preference_items": "mmalign.studio.load",
     "create_app": "mmalign.studio.app",

@@ -8,21 +8,12 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
+from mmalign.benchmarks.runner import GenerationConfig
 from mmalign.studio.project import StudioProject, image_bytes
 
 PREFERENCE_MODES = ("corrections", "pairs", "both")
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """How answers are generated for a prompt set."""
-
-    batch_size: int = 8
-    max_new_tokens: int = 128
-    limit: int | None = None
 
 
 def _rows(dataset: Any, limit: int | None) -> Iterator[dict[str, Any]]:
@@ -44,30 +35,33 @@ def _meta(row: dict[str, Any], index: int) -> dict[str, Any]:
 
 
 def load_prompt_set(project: StudioProject, dataset: Any, adapter: Any,
-                    settings: GenerationSettings | None = None, *, model_name: str | None = None,
-                    progress: bool = True) -> int:
+                    generation: GenerationConfig | None = None, *, limit: int | None = None,
+                    model_name: str | None = None, progress: bool = True) -> int:
     """Generate the adapter's answer to every prompt of a prompt set; each becomes a correction item.
 
     ``dataset`` is a prompt set (``images``, ``prompt``; see ``data_builders.schema``), e.g.
     from ``open_dataset``. ``model_name`` is kept in each item's provenance. Returns the
     number of items added.
     """
+    import torch
     from PIL import Image
     from tqdm.auto import tqdm
 
-    settings = settings or GenerationSettings()
-    if settings.batch_size < 1 or settings.max_new_tokens < 1:
-        raise ValueError("batch_size and max_new_tokens must be at least 1")
-    rows = list(_rows(dataset, settings.limit))
+    generation = generation or GenerationConfig()  # checks batch_size and max_new_tokens
+    rows = list(_rows(dataset, limit))
     if rows and "prompt" not in rows[0]:
         raise ValueError("the dataset has no 'prompt' column (expected a prompt set)")
     added = 0
     bar = tqdm(total=len(rows), desc="generating answers", unit="prompt", disable=not progress)
-    for lo in range(0, len(rows), settings.batch_size):
-        batch = rows[lo:lo + settings.batch_size]
+    for index, lo in enumerate(range(0, len(rows), generation.batch_size)):
+        batch = rows[lo:lo + generation.batch_size]
         encoded = [image_bytes(r.get("images")) for r in batch]
         images = [[Image.open(io.BytesIO(b)).convert("RGB") for b in row_images] for row_images in encoded]
-        answers = adapter.generate(images, [r["prompt"] for r in batch], max_new_tokens=settings.max_new_tokens)
+        if generation.do_sample:
+            torch.manual_seed(generation.seed + index)
+        answers = adapter.generate(images, [r["prompt"] for r in batch], max_new_tokens=generation.max_new_tokens,
+                                   do_sample=generation.do_sample, temperature=generation.temperature,
+                                   top_p=generation.top_p)
         items = []
         for offset, (row, row_images, answer) in enumerate(zip(batch, encoded, answers)):
             if not answer.strip():

@@ -113,14 +113,15 @@ def drag_select(driver: Any, element: Any, start: int, end: int) -> None:
 def demo_project(root: Path, scenes: int = 8, model: str = "scene-vlm") -> tuple[Any, str]:
     """A project with the scene VLM's descriptions of held-out scene-world images; returns it and a token."""
     from mmalign import load_adapter
+    from mmalign.benchmarks.runner import GenerationConfig
     from mmalign.scene.feedback import scene_prompt_records
     from mmalign.scene.world import WorldConfig
-    from mmalign.studio import GenerationSettings, StudioProject, load_prompt_set
+    from mmalign.studio import StudioProject, load_prompt_set
 
     project = StudioProject.create(root)
     token = project.add_annotator("alice")
     records = scene_prompt_records(WorldConfig(seed=0), scenes, split="eval", kinds=["describe"])
-    load_prompt_set(project, records, load_adapter(model), GenerationSettings(batch_size=scenes, max_new_tokens=32),
+    load_prompt_set(project, records, load_adapter(model), GenerationConfig(batch_size=scenes, max_new_tokens=32),
                     model_name=model, progress=False)
     project.assign()
     return project, token

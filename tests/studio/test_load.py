@@ -5,9 +5,10 @@ import json
 import pytest
 from PIL import Image
 
+from mmalign.benchmarks.runner import GenerationConfig
 from mmalign.cli import main
 from mmalign.data_builders.storage import save_preference_dataset, save_prompt_set
-from mmalign.studio import GenerationSettings, StudioProject, load_preference_items, load_prompt_set
+from mmalign.studio import StudioProject, load_preference_items, load_prompt_set
 
 from .conftest import png
 
@@ -38,7 +39,7 @@ def test_prompt_set_answers_come_from_the_adapter(tiny_llava, prompt_set, tmp_pa
     adapter = load_adapter(tiny_llava)
     project = StudioProject.create(tmp_path / "proj")
     added = load_prompt_set(project, open_dataset(prompt_set), adapter,
-                            GenerationSettings(batch_size=2, max_new_tokens=6), model_name="tiny", progress=False)
+                            GenerationConfig(batch_size=2, max_new_tokens=6), model_name="tiny", progress=False)
     items = project.items()
     # the same prompts answered directly in the same batches: the studio stored exactly these answers
     images = [[Image.new("RGB", (32, 32), c)] for c in ("red", "blue", "green")]
