@@ -19,6 +19,7 @@ _EXPORTS = {
     "LoraSettings": "mmalign.qlora",
     "run_selftest": "mmalign.selftest",
     "ModelConfig": "mmalign.model_config",
+    "load_recipe": "mmalign.config_io",
     "SFTConfig": "mmalign.sft",
     "SFTTrainer": "mmalign.sft",
     "DPOConfig": "mmalign.dpo",
