@@ -7,12 +7,13 @@ import json
 
 from mmalign.benchmarks.runner import GenerationConfig
 from mmalign.cli.common import add_model_flags, load_model
-from mmalign.data_builders.storage import open_dataset
 from mmalign.studio import (
     StudioProject,
+    Submission,
     export_project,
     load_preference_items,
     load_prompt_set,
+    open_items_source,
     rank_by_disagreement,
     serve,
 )
@@ -42,26 +43,35 @@ def cmd_remove_annotator(args: argparse.Namespace) -> int:
 
 def cmd_load(args: argparse.Namespace) -> int:
 
+    # Every option is checked, and the source opened (a .json / .jsonl file read and checked
+    # whole), before the model loads and before anything is added.
     project = StudioProject(args.project)
     if bool(args.prompts) == bool(args.from_dataset):
         raise ValueError("give either --prompts with --model, or --from-dataset")
+    if args.prompts and not args.model:
+        raise ValueError("--prompts needs --model (a card name such as scene-vlm, or a folder)")
+    if args.limit is not None and args.limit < 0:
+        raise ValueError(f"--limit must be 0 or more, got {args.limit}")
+    project.check_assignment(overlap=args.overlap, overlap_annotators=args.overlap_annotators)
     if args.prompts:
-        if not args.model:
-            raise ValueError("--prompts needs --model (a card name such as scene-vlm, or a folder)")
-        adapter = load_model(args)
         generation = GenerationConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+        source = open_items_source(args.prompts, args.split, kind="prompts")
+        adapter = load_model(args)
         model_name = args.model + (f" + {args.adapter}" if args.adapter else "")
-        added = load_prompt_set(project, open_dataset(args.prompts, args.split), adapter, generation,
-                                limit=args.limit, model_name=model_name)
-        print(f"added {added} correction items with answers of {model_name}")
+        loaded = load_prompt_set(project, source, adapter, generation, limit=args.limit, model_name=model_name)
+        print(f"added {loaded.added} correction items with answers of {model_name}" + _already(loaded.skipped))
     else:
-        added = load_preference_items(project, open_dataset(args.from_dataset, args.split), mode=args.as_,
-                                      limit=args.limit)
-        print(f"added {added} items ({args.as_}) from {args.from_dataset}")
+        source = open_items_source(args.from_dataset, args.split, kind="preference")
+        loaded = load_preference_items(project, source, mode=args.as_, limit=args.limit)
+        print(f"added {loaded.added} items ({args.as_}) from {args.from_dataset}" + _already(loaded.skipped))
     if project.annotators():
         report = project.assign(overlap=args.overlap, overlap_annotators=args.overlap_annotators, seed=args.seed)
         print(f"assigned {report['items']} items ({report['shared']} shared): {report['assignments']} assignments")
     return 0
+
+
+def _already(skipped: int) -> str:
+    return f"; {skipped} already in the project were skipped" if skipped else ""
 
 
 def cmd_assign(args: argparse.Namespace) -> int:
@@ -79,6 +89,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"items: {kinds}; unassigned: {status['unassigned']}")
     for name, (done, assigned) in status["annotators"].items():
         print(f"  {name}: {done} / {assigned} done")
+    subs = status["submissions"]
+    print(f"submissions: {subs['valid']} valid, {subs['invalid']} invalid, {subs['dropped']} dropped"
+          + (" (review the invalid ones with `mmalign studio submissions list --state invalid`)"
+             if subs["invalid"] else ""))
     return 0
 
 
@@ -94,7 +108,66 @@ def cmd_export(args: argparse.Namespace) -> int:
     report = export_project(StudioProject(args.project), args.out, prefer=args.prefer)
     print(f"wrote {report.rows} rows to {report.path} ({report.corrections} corrections, {report.pairs} pairs; "
           f"{report.unchanged} answers marked correct were left out)")
+    if report.dropped:
+        print(f"{report.dropped} dropped submissions were left out")
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} submissions that cannot become a valid record "
+              "(drop or reopen them with `mmalign studio submissions drop`):")
+        for skipped in report.skipped:
+            print(f"  {skipped}")
     print("agreement: " + json.dumps(report.agreement["overall"]))
+    return 0
+
+
+def _summary(sub: Submission) -> str:
+    """One line of what a submission says."""
+    payload = sub.payload
+    try:
+        if sub.kind == "correction":
+            marks = payload["corrections"]
+            if not marks:
+                return "answer marked correct"
+            text = "; ".join(f"[{c['start']}, {c['end']}) → {c['text']!r}" for c in marks[:3])
+            return text + (f"; … {len(marks) - 3} more" if len(marks) > 3 else "")
+        return (f"more helpful {payload['more_helpful']}, safer {payload['safer']}, harmless "
+                f"{payload['a_harmless']}/{payload['b_harmless']}, helpful {payload['a_helpful']}/{payload['b_helpful']}")
+    except (KeyError, TypeError, IndexError):
+        return json.dumps(payload)[:120]
+
+
+def cmd_submissions_list(args: argparse.Namespace) -> int:
+
+    state = None if args.state == "all" else args.state
+    subs = StudioProject(args.project).submissions(state=state, item=args.item, annotator=args.annotator)
+    for sub in subs:
+        line = f"{sub.id:>6}  item {sub.item_id:<5} {sub.kind:<10} {sub.annotator:<16} {sub.created}  {sub.state}"
+        if sub.dropped:
+            drop = sub.dropped
+            line += f" {drop.at} by {drop.by}{' (reopened)' if drop.reopened else ''}: {drop.reason}"
+        elif sub.problem:
+            line += f": {sub.problem}"
+        print(line)
+        print(f"{'':8}{_summary(sub)}")
+    counts = {s: sum(sub.state == s for sub in subs) for s in ("valid", "invalid", "dropped")}
+    print(f"{len(subs)} submissions: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    return 0
+
+
+def cmd_submissions_drop(args: argparse.Namespace) -> int:
+
+    project = StudioProject(args.project)
+    if bool(args.id) == args.all_invalid:
+        raise ValueError("give --id ID [ID ...] or --all-invalid")
+    ids = args.id or [sub.id for sub in project.submissions(state="invalid")]
+    if not ids:
+        print("no invalid submissions: nothing dropped")
+        return 0
+    for result in project.drop_submissions(ids, args.reason, by=args.by, reopen=args.reopen):
+        where = (f"reopened in {result['annotator']}'s queue" if result["reopened"]
+                 else f"the item has {result['other_submissions']} other submission(s)" if result["other_submissions"]
+                 else f"the item is queued for {result['queued_for']}" if result["queued_for"]
+                 else "the item is unassigned (no other active annotator; `mmalign studio assign` gives it out)")
+        print(f"dropped submission {result['submission']} (item {result['item']}, {result['annotator']}): {where}")
     return 0
 
 
@@ -183,6 +256,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prefer", choices=["helpful", "safer"], default="helpful",
                    help="pair items: chosen is the more helpful (default) or the safer answer")
     p.set_defaults(func=cmd_export)
+
+    p = cmds.add_parser("submissions", help="review submissions; drop or reopen bad ones",
+                        description="List submissions with today's verdict on each (valid, invalid: stored before "
+                        "the current checks and skipped by the export, or dropped), and drop them: a dropped "
+                        "submission is kept with who dropped it, when and why, and leaves the export.")
+    subs = p.add_subparsers(dest="submissions_command", metavar="ACTION", required=True)
+    q = subs.add_parser("list", help="list submissions (id, item, kind, annotator, time, state, what it says)")
+    _project(q)
+    q.add_argument("--state", choices=["all", "valid", "invalid", "dropped"], default="all",
+                   help="only submissions in this state (default: all)")
+    q.add_argument("--item", type=int, help="only this item's submissions")
+    q.add_argument("--annotator", help="only this annotator's submissions")
+    q.set_defaults(func=cmd_submissions_list)
+    q = subs.add_parser("drop", help="drop submissions (recorded, never deleted); optionally reopen the item",
+                        description="Without --reopen the annotator's assignment ends and an item left with no "
+                        "submission goes to the least-loaded other annotator; with --reopen it goes back into the "
+                        "same annotator's queue for a new submission.")
+    _project(q)
+    q.add_argument("--id", type=int, nargs="+", help="submission ids (from `submissions list`)")
+    q.add_argument("--all-invalid", action="store_true", help="drop every submission in state invalid")
+    q.add_argument("--reason", required=True, help="why (recorded with the submission)")
+    q.add_argument("--reopen", action="store_true", help="give the item back to the same annotator")
+    q.add_argument("--by", help="who drops (recorded; default: the user running the command)")
+    q.set_defaults(func=cmd_submissions_drop)
 
     p = cmds.add_parser("rank", help="order queues by the disagreement of several reward models",
                         description="Score every item with each reward model (a pair item: answer A minus answer B); the standard "

@@ -10,15 +10,19 @@ from importlib import import_module
 
 _EXPORTS = {
     "StudioProject": "mmalign.studio.project",
+    "Submission": "mmalign.studio.project",
     "SubmissionError": "mmalign.studio.project",
     "apply_corrections": "mmalign.studio.project",
     "integrity_check": "mmalign.studio.project",
     "load_prompt_set": "mmalign.studio.load",
     "load_preference_items": "mmalign.studio.load",
+    "open_items_source": "mmalign.studio.load",
+    "LoadReport": "mmalign.studio.load",
     "create_app": "mmalign.studio.app",
     "serve": "mmalign.studio.app",
     "export_project": "mmalign.studio.export",
     "ExportReport": "mmalign.studio.export",
+    "SkippedSubmission": "mmalign.studio.export",
     "rank_by_disagreement": "mmalign.studio.active",
 }
 

@@ -7,7 +7,9 @@ pure-Python, multi-threaded production WSGI server, no compiler or proxy needed)
 Security model: every request is checked against the database (session cookie → session
 row → active annotator), so removing an annotator or a session takes effect at once; every
 POST carries a CSRF token (the session's, or a double-submit cookie on the sign-in form);
-annotators see and submit only items in their own queue (others' items answer 404); model
+annotators see and submit only items in their own queue (others' items, and ids that cannot
+exist, answer 404); submissions are checked for what they mean before anything is stored
+(400 with a message the page shows, see :func:`mmalign.studio.project.check_corrections`); model
 text reaches the page only as escaped text or JSON read through ``textContent``; images are
 served only from the project's ``images/`` folder; a strict Content-Security-Policy forbids
 inline scripts.
@@ -224,7 +226,10 @@ def create_app(project: StudioProject | str | Path, *, secure_cookies: bool = Fa
 
     @app.post("/api/items/<int:item_id>/annotation")
     def submit(item_id: int) -> Response:
-        payload = request.get_json(silent=True)
+        try:
+            payload = request.get_json(silent=True)
+        except RecursionError:  # nested deeper than the JSON parser goes (not a ValueError)
+            raise SubmissionError("the JSON body is nested too deeply") from None
         if payload is None:
             raise SubmissionError("expected a JSON body (Content-Type: application/json)")
         annotation = project.submit(g.annotator.id, item_id, payload, conn=g.conn, as_shown=True)

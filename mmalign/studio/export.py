@@ -6,6 +6,10 @@ sides as character spans. Pair items give dual-preference rows (Safe RLHF-V): wh
 is more helpful, which is safer, graded harmlessness and helpfulness, ``*_is_safe`` from
 harmlessness ≥ 0. Every row names its item, annotator and time in ``meta``, with the
 item's and the annotator's agreement where the item was annotated by several people.
+
+Dropped submissions are left out. A submission that cannot become a valid record (stored
+before today's submission checks existed, or whose images are gone) is skipped and listed
+in the report, naming the submission, item and annotator, instead of failing the export.
 """
 
 from __future__ import annotations
@@ -17,10 +21,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from mmalign.studio.project import Item, StudioProject, apply_corrections
+from mmalign.studio.project import Item, StudioProject, SubmissionError, apply_corrections
 
 AGREEMENT_FILE = "agreement.json"
 SIDE = {"a": 0, "b": 1}
+
+
+@dataclass(frozen=True)
+class SkippedSubmission:
+    """A submission the export left out, and why."""
+
+    submission: int
+    item: int
+    annotator: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"submission {self.submission} (item {self.item}, {self.annotator}): {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -31,6 +48,8 @@ class ExportReport:
     pairs: int
     unchanged: int  # correction items whose annotator found nothing wrong (no pair to learn from)
     agreement: dict[str, Any]
+    skipped: tuple[SkippedSubmission, ...] = ()  # submissions that cannot become a valid record
+    dropped: int = 0  # submissions the owner dropped
 
 
 def _pair_record(item: Item, labels: dict[str, Any], prefer: str) -> dict[str, Any]:
@@ -51,39 +70,61 @@ def _pair_record(item: Item, labels: dict[str, Any], prefer: str) -> dict[str, A
 
 
 def export_records(project: StudioProject, *, prefer: Literal["helpful", "safer"] = "helpful"
-                   ) -> tuple[list[dict[str, Any]], dict[str, int], dict[str, Any]]:
-    """Canonical records (not yet validated), counts by kind, and the agreement report."""
+                   ) -> tuple[list[dict[str, Any]], dict[str, int], dict[str, Any], list[SkippedSubmission]]:
+    """Canonical records (each checked with ``validate_record``), counts by kind (and of dropped
+    submissions), the agreement report, and the submissions skipped because they cannot
+    become a valid record."""
+    from mmalign.data_builders.schema import RecordError, validate_record
+
     if prefer not in ("helpful", "safer"):
         raise ValueError(f"prefer must be 'helpful' or 'safer', got {prefer!r}")
     items = {item.id: item for item in project.items()}
     agreement = project.agreement()
-    counts = {"corrections": 0, "pairs": 0, "unchanged": 0}
-    records = []
-    for note in project.annotations():
+    counts = {"corrections": 0, "pairs": 0, "unchanged": 0, "dropped": 0}
+    records: list[dict[str, Any]] = []
+    skipped: list[SkippedSubmission] = []
+    for note in project.submissions():
+        if note.state == "dropped":
+            counts["dropped"] += 1
+            continue
         item = items[note.item_id]
-        if item.kind == "correction":
-            corrections = note.payload["corrections"]
-            if not corrections:
+        try:
+            if note.problem:
+                raise SubmissionError(note.problem)
+            record = _record(project, item, note.payload, prefer)
+            if record is None:
                 counts["unchanged"] += 1
                 continue
-            chosen, chosen_spans, rejected_spans = apply_corrections(item.answer, corrections)
-            record = {"chosen": chosen, "rejected": item.answer, "chosen_spans": chosen_spans,
-                      "rejected_spans": rejected_spans}
-            counts["corrections"] += 1
-        else:
-            record = _pair_record(item, note.payload, prefer)
-            counts["pairs"] += 1
-        record["images"] = [{"bytes": project.image_path(rel).read_bytes(), "path": None} for rel in item.images]
-        record["prompt"] = item.prompt
-        record["source"] = "studio"
-        record["meta"] = {
-            "studio_item": item.id, "kind": item.kind, "annotator": note.annotator, "annotated_at": note.created,
-            "item_source": item.source, "item_meta": item.meta,
-            "agreement": {"item": agreement["items"].get(str(item.id)),
-                          "annotator": agreement["per_annotator"].get(note.annotator)},
-        }
+            record["meta"] = {
+                "studio_item": item.id, "kind": item.kind, "annotator": note.annotator, "annotated_at": note.created,
+                "item_source": item.source, "item_meta": item.meta,
+                "agreement": {"item": agreement["items"].get(str(item.id)),
+                              "annotator": agreement["per_annotator"].get(note.annotator)},
+            }
+            validate_record(record)
+        except (SubmissionError, RecordError, OSError) as err:  # OSError: an image file is gone
+            skipped.append(SkippedSubmission(note.id, item.id, note.annotator, str(err)))
+            continue
+        counts["corrections" if item.kind == "correction" else "pairs"] += 1
         records.append(record)
-    return records, counts, agreement
+    return records, counts, agreement, skipped
+
+
+def _record(project: StudioProject, item: Item, payload: dict[str, Any], prefer: str) -> dict[str, Any] | None:
+    """The canonical record of one checked submission (``None``: an answer marked correct as it is)."""
+    if item.kind == "correction":
+        corrections = payload["corrections"]
+        if not corrections:
+            return None
+        chosen, chosen_spans, rejected_spans = apply_corrections(item.answer, corrections)
+        record = {"chosen": chosen, "rejected": item.answer, "chosen_spans": chosen_spans,
+                  "rejected_spans": rejected_spans}
+    else:
+        record = _pair_record(item, payload, prefer)
+    record["images"] = [{"bytes": project.image_path(rel).read_bytes(), "path": None} for rel in item.images]
+    record["prompt"] = item.prompt
+    record["source"] = "studio"
+    return record
 
 
 def export_project(project: StudioProject, out: str | Path, *,
@@ -91,10 +132,11 @@ def export_project(project: StudioProject, out: str | Path, *,
     """Write the validated dataset atomically (``save_preference_dataset``), then ``agreement.json`` in it."""
     from mmalign.data_builders.storage import save_preference_dataset
 
-    records, counts, agreement = export_records(project, prefer=prefer)
+    records, counts, agreement, skipped = export_records(project, prefer=prefer)
     if not records:
         raise ValueError(f"{project.path}: no annotation to export yet "
-                         f"({counts['unchanged']} answers were marked correct as they are)")
+                         f"({counts['unchanged']} answers were marked correct as they are"
+                         + "".join(f"; skipped {s}" for s in skipped) + ")")
     report = save_preference_dataset(records, out)
     out = Path(out)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-agreement-", dir=out)
@@ -103,4 +145,5 @@ def export_project(project: StudioProject, out: str | Path, *,
     os.chmod(tmp, 0o644)
     os.replace(tmp, out / AGREEMENT_FILE)
     return ExportReport(path=out, rows=report.rows, corrections=counts["corrections"], pairs=counts["pairs"],
-                        unchanged=counts["unchanged"], agreement=agreement)
+                        unchanged=counts["unchanged"], agreement=agreement, skipped=tuple(skipped),
+                        dropped=counts["dropped"])

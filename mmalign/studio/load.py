@@ -2,18 +2,60 @@
 
 Answers are generated through the adapter API (any supported model, optionally with a
 LoRA adapter), in batches, so a team annotates exactly what its model says.
+
+Loading is safe to repeat: a prompt (same text and images) that the same model already
+answered in the project is not generated again, and an item identical to one in the
+project is not added again (:meth:`StudioProject.add_items`); the report counts both.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mmalign.benchmarks.runner import GenerationConfig
 from mmalign.studio.project import StudioProject, image_bytes
 
 PREFERENCE_MODES = ("corrections", "pairs", "both")
+RECORD_FILES = (".json", ".jsonl")
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """Items added, and rows skipped because the project already holds their item."""
+
+    added: int
+    skipped: int = 0
+
+
+def open_items_source(path: str | Path, split: str | None = None, *, kind: str = "prompts") -> Any:
+    """Rows to load: a saved dataset folder (``open_dataset``), or a ``.json`` / ``.jsonl`` file
+    of records (``mmalign.io.read_records``) checked one by one against the canonical schema
+    (``kind`` = ``prompts`` or ``preference``), image paths relative to the file's folder.
+
+    A file is read and checked whole before anything is added: a bad record raises
+    ``RecordError`` naming its row, and nothing is loaded.
+    """
+    from mmalign.data_builders.images import ImageOptions
+    from mmalign.data_builders.schema import VALIDATORS
+    from mmalign.data_builders.storage import open_dataset
+    from mmalign.io import read_records
+
+    path = Path(path)
+    if path.is_file() and path.suffix in RECORD_FILES:
+        if split is not None:
+            raise ValueError(f"{path}: --split / split= chooses a split of a dataset folder, not of a "
+                             f"{path.suffix} file")
+        options = ImageOptions(root=path.parent)
+        return [VALIDATORS[kind](record, row=i, images=options) for i, record in enumerate(read_records(path))]
+    if path.is_file():
+        raise ValueError(f"{path}: expected a dataset folder or a {' / '.join(RECORD_FILES)} file of records")
+    return open_dataset(path, split)
 
 
 def _rows(dataset: Any, limit: int | None) -> Iterator[dict[str, Any]]:
@@ -34,56 +76,84 @@ def _meta(row: dict[str, Any], index: int) -> dict[str, Any]:
     return {"row": index, **({"source_meta": meta} if meta else {})}
 
 
+def _prompt_key(prompt: Any, image_hashes: list[str], model_name: str | None) -> str:
+    """What makes two generation requests the same: prompt, image contents, model."""
+    return hashlib.sha256(json.dumps([prompt, image_hashes, model_name], sort_keys=True).encode()).hexdigest()
+
+
+def _answered(project: StudioProject) -> set[str]:
+    """Keys of the prompts each model has answered in the project (images are stored under their SHA-256)."""
+    return {_prompt_key(item.prompt, [Path(rel).stem for rel in item.images], item.meta.get("model"))
+            for item in project.items() if item.kind == "correction"}
+
+
 def load_prompt_set(project: StudioProject, dataset: Any, adapter: Any,
                     generation: GenerationConfig | None = None, *, limit: int | None = None,
-                    model_name: str | None = None, progress: bool = True) -> int:
+                    model_name: str | None = None, progress: bool = True) -> LoadReport:
     """Generate the adapter's answer to every prompt of a prompt set; each becomes a correction item.
 
     ``dataset`` is a prompt set (``images``, ``prompt``; see ``data_builders.schema``), e.g.
-    from ``open_dataset``. ``model_name`` is kept in each item's provenance. Returns the
-    number of items added.
+    from :func:`open_items_source`. ``model_name`` is kept in each item's provenance; a
+    prompt (same text and images) this model already answered in the project is skipped
+    before generation, so a rerun (after a crash, or of the same command) adds only what is
+    missing. Items are added batch by batch.
     """
     import torch
     from PIL import Image
     from tqdm.auto import tqdm
 
     generation = generation or GenerationConfig()  # checks batch_size and max_new_tokens
+    _check_limit(limit)
     rows = list(_rows(dataset, limit))
     if rows and "prompt" not in rows[0]:
         raise ValueError("the dataset has no 'prompt' column (expected a prompt set)")
-    added = 0
+    answered = _answered(project)
+    added = skipped = 0
     bar = tqdm(total=len(rows), desc="generating answers", unit="prompt", disable=not progress)
     for index, lo in enumerate(range(0, len(rows), generation.batch_size)):
-        batch = rows[lo:lo + generation.batch_size]
-        encoded = [image_bytes(r.get("images")) for r in batch]
-        images = [[Image.open(io.BytesIO(b)).convert("RGB") for b in row_images] for row_images in encoded]
-        if generation.do_sample:
-            torch.manual_seed(generation.seed + index)
-        answers = adapter.generate(images, [r["prompt"] for r in batch], max_new_tokens=generation.max_new_tokens,
-                                   do_sample=generation.do_sample, temperature=generation.temperature,
-                                   top_p=generation.top_p)
-        items = []
-        for offset, (row, row_images, answer) in enumerate(zip(batch, encoded, answers)):
-            if not answer.strip():
-                continue  # nothing to correct
-            items.append({"kind": "correction", "images": row_images, "prompt": row["prompt"],
-                          "answer": answer.strip(), "source": row.get("source"),
-                          "meta": {**_meta(row, lo + offset), "model": model_name}})
-        added += project.add_items(items)
-        bar.update(len(batch))
+        batch, encoded = [], []
+        for offset, row in enumerate(rows[lo:lo + generation.batch_size]):
+            row_images = image_bytes(row.get("images"))
+            key = _prompt_key(row["prompt"], [hashlib.sha256(data).hexdigest() for data in row_images], model_name)
+            if key in answered:
+                skipped += 1
+                continue
+            answered.add(key)
+            batch.append((lo + offset, row))
+            encoded.append(row_images)
+        if batch:
+            images = [[Image.open(io.BytesIO(b)).convert("RGB") for b in row_images] for row_images in encoded]
+            if generation.do_sample:
+                torch.manual_seed(generation.seed + index)
+            answers = adapter.generate(images, [r["prompt"] for _, r in batch],
+                                       max_new_tokens=generation.max_new_tokens, do_sample=generation.do_sample,
+                                       temperature=generation.temperature, top_p=generation.top_p)
+            items = []
+            for (number, row), row_images, answer in zip(batch, encoded, answers):
+                if not answer.strip():
+                    continue  # nothing to correct
+                items.append({"kind": "correction", "images": row_images, "prompt": row["prompt"],
+                              "answer": answer.strip(), "source": row.get("source"),
+                              "meta": {**_meta(row, number), "model": model_name}})
+            new = project.add_items(items)
+            added += new
+            skipped += len(items) - new
+        bar.update(min(generation.batch_size, len(rows) - lo))
     bar.close()
-    return added
+    return LoadReport(added, skipped)
 
 
 def load_preference_items(project: StudioProject, dataset: Any, *, mode: str = "corrections",
-                          limit: int | None = None) -> int:
-    """Items from a canonical preference dataset.
+                          limit: int | None = None) -> LoadReport:
+    """Items from a canonical preference dataset, added in one transaction.
 
     ``corrections``: the ``rejected`` answer becomes a correction item; ``pairs``: chosen
     (answer A) vs rejected (answer B) becomes a pair item for dual labels; ``both``: both.
+    Items already in the project are skipped (and counted in the report).
     """
     if mode not in PREFERENCE_MODES:
         raise ValueError(f"mode must be one of {PREFERENCE_MODES}, got {mode!r}")
+    _check_limit(limit)
     items = []
     for index, row in enumerate(_rows(dataset, limit)):
         for fld in ("prompt", "rejected") + (("chosen",) if mode != "corrections" else ()):
@@ -95,5 +165,10 @@ def load_preference_items(project: StudioProject, dataset: Any, *, mode: str = "
             items.append({**common, "kind": "correction", "answer": row["rejected"]})
         if mode in ("pairs", "both"):
             items.append({**common, "kind": "pair", "answer": row["chosen"], "answer_b": row["rejected"]})
-    return project.add_items(items)
+    added = project.add_items(items)
+    return LoadReport(added, len(items) - added)
 
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be a whole number ≥ 0, got {limit!r}")

@@ -5,6 +5,10 @@ loses no committed transaction, and there is no server to install. Every thread 
 request) opens its own connection with a busy timeout; every submission is one
 ``BEGIN IMMEDIATE`` transaction that either stores the whole annotation or nothing.
 
+Nothing an annotator submitted is ever deleted: the owner can *drop* a submission (it moves
+to the ``dropped`` table with who, when and why, and leaves the export), optionally
+reopening the item for the same annotator.
+
 Items are either *correction* items (one answer; the annotator marks wrong spans and types
 their corrections, RLHF-V style) or *pair* items (two answers; the annotator says which is
 more helpful and which is safer and rates both, Safe RLHF-V style). Annotators sign in with
@@ -13,6 +17,7 @@ a random token of which only the SHA-256 hash is stored.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import io
 import json
@@ -21,6 +26,7 @@ import random
 import secrets
 import sqlite3
 import tempfile
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,10 +39,12 @@ from mmalign.data_builders.schema import HARMLESS_RANGE, HELPFUL_RANGE
 
 DB_NAME = "studio.sqlite"
 IMAGES = "images"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 KINDS = ("correction", "pair")
 MAX_CORRECTIONS = 200
 MAX_TEXT = 10_000
+MAX_ID = 2**63 - 1  # SQLite's largest integer: larger ids exist nowhere
+STATES = ("valid", "invalid", "dropped")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -57,6 +65,13 @@ CREATE TABLE IF NOT EXISTS annotations(
     id INTEGER PRIMARY KEY, item_id INTEGER NOT NULL, annotator_id INTEGER NOT NULL,
     payload TEXT NOT NULL, created TEXT NOT NULL, UNIQUE (item_id, annotator_id),
     FOREIGN KEY (item_id, annotator_id) REFERENCES assignments(item_id, annotator_id));
+"""
+# Schema 2: dropped submissions keep their id, payload and time, plus who dropped them, when and why.
+DROPPED = """
+CREATE TABLE IF NOT EXISTS dropped(
+    id INTEGER PRIMARY KEY, item_id INTEGER NOT NULL, annotator_id INTEGER NOT NULL,
+    payload TEXT NOT NULL, created TEXT NOT NULL, dropped_at TEXT NOT NULL, dropped_by TEXT NOT NULL,
+    reason TEXT NOT NULL, reopened INTEGER NOT NULL);
 """
 
 
@@ -110,6 +125,39 @@ class Annotation:
     created: str
 
 
+@dataclass(frozen=True)
+class Drop:
+    """Who dropped a submission, when (UTC), why, and whether its annotator got the item back."""
+
+    at: str
+    by: str
+    reason: str
+    reopened: bool
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One submitted annotation as the owner reviews it.
+
+    ``problem`` says why today's checks refuse it (a submission stored before they existed),
+    ``None`` when it passes; ``dropped`` is set once the owner dropped it.
+    """
+
+    id: int
+    item_id: int
+    kind: str
+    annotator: str
+    payload: Any
+    created: str
+    problem: str | None
+    dropped: Drop | None
+
+    @property
+    def state(self) -> str:
+        """``valid`` (exported), ``invalid`` (kept but skipped by the export) or ``dropped``."""
+        return "dropped" if self.dropped else "invalid" if self.problem else "valid"
+
+
 # ---------------------------------------------------------------------------- submission checks
 def _integer(value: Any, fld: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
@@ -117,11 +165,46 @@ def _integer(value: Any, fld: str) -> int:
     return value
 
 
+# Characters that show nothing on their own: controls, format characters (zero-width space,
+# joiners, soft hyphen, BOM...), separators, surrogates and unassigned code points, plus the
+# few blank characters whose category says otherwise (Hangul fillers, Braille blank, CGJ).
+INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Cn", "Zs", "Zl", "Zp"})
+BLANK_CHARACTERS = frozenset("\u034f\u115f\u1160\u2800\u3164\uffa0")
+
+
+def _invisible(ch: str) -> bool:
+    return ch in BLANK_CHARACTERS or unicodedata.category(ch) in INVISIBLE_CATEGORIES
+
+
+def has_visible(text: str) -> bool:
+    """Whether ``text`` holds a character that shows on its own (not a combining mark alone)."""
+    return any(not _invisible(ch) and unicodedata.category(ch) not in ("Mn", "Me") for ch in text)
+
+
+def reading(text: str) -> str:
+    """``text`` as a reader sees it: NFC, invisible characters dropped, spacing collapsed."""
+    kept = "".join(ch for ch in unicodedata.normalize("NFC", text) if ch.isspace() or not _invisible(ch))
+    return " ".join(kept.split())
+
+
+def _check_text(text: str, fld: str) -> None:
+    for ch in text:
+        category = unicodedata.category(ch)
+        if category == "Cs":
+            raise SubmissionError(f"holds a lone surrogate U+{ord(ch):04X} (not valid Unicode text)", field=fld)
+        if category == "Cc" and not ch.isspace():
+            raise SubmissionError(f"holds the control character U+{ord(ch):04X}", field=fld)
+
+
 def check_corrections(answer: str, payload: Any) -> dict[str, Any]:
-    """The stored form of a correction submission: spans sorted, in range, not overlapping.
+    """The stored form of a correction submission, checked for what it means.
 
     ``payload`` is ``{"corrections": [{"start", "end", "text"}, ...]}`` with character
-    offsets into ``answer``; an empty list says the answer is right as it is.
+    offsets into ``answer``; an empty list says the answer is right as it is. Refused:
+    spans that are empty, outside the answer or overlapping; a correction that reads the
+    same as its marked text, or that is not empty yet shows nothing (zero-width spaces and
+    other invisible characters: delete with an empty correction); control characters and
+    lone surrogates; corrections whose result is empty or reads the same as the answer.
     """
     if not isinstance(payload, Mapping) or not isinstance(payload.get("corrections"), list):
         raise SubmissionError("expected {\"corrections\": [{\"start\", \"end\", \"text\"}, ...]}",
@@ -138,20 +221,32 @@ def check_corrections(answer: str, payload: Any) -> dict[str, Any]:
         text = entry.get("text")
         if not isinstance(text, str) or len(text) > MAX_TEXT:
             raise SubmissionError(f"expected a string of at most {MAX_TEXT} characters", field=f"{fld}.text")
+        _check_text(text, f"{fld}.text")
         if not 0 <= start < end <= len(answer):
             raise SubmissionError(f"span [{start}, {end}) is empty or outside the answer "
                                   f"({len(answer)} characters)", field=fld)
-        if text == answer[start:end]:
-            raise SubmissionError(f"the correction of [{start}, {end}) repeats the marked text "
-                                  f"{answer[start:end]!r}", field=f"{fld}.text")
+        marked = answer[start:end]
+        if text == marked or reading(text) == reading(marked):
+            raise SubmissionError(f"the correction of [{start}, {end}) repeats the marked text {marked!r}"
+                                  + ("" if text == marked else " (it differs only in invisible characters or "
+                                     "spacing)"), field=f"{fld}.text")
+        if text and not has_visible(text):
+            raise SubmissionError(f"the correction of [{start}, {end}) has no visible character "
+                                  f"({', '.join(f'U+{ord(ch):04X}' for ch in text[:5])}"
+                                  f"{'...' if len(text) > 5 else ''}); leave it empty to delete the marked text",
+                                  field=f"{fld}.text")
         out.append({"start": start, "end": end, "text": text})
     out.sort(key=lambda c: c["start"])
     for prev, cur in zip(out, out[1:]):
         if cur["start"] < prev["end"]:
             raise SubmissionError(f"span [{cur['start']}, {cur['end']}) overlaps span "
                                   f"[{prev['start']}, {prev['end']})", field="corrections")
-    if not apply_corrections(answer, out)[0].strip():
+    corrected = apply_corrections(answer, out)[0]
+    if not has_visible(corrected):
         raise SubmissionError("the corrected answer would be empty", field="corrections")
+    if out and reading(corrected) == reading(answer):
+        raise SubmissionError("the corrections leave the answer unchanged (the corrected answer reads the same "
+                              "as the original); submit without marks if nothing is wrong", field="corrections")
     return {"corrections": out}
 
 
@@ -216,6 +311,11 @@ def swap_pair_labels(labels: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_submission(item: Item, payload: Any) -> dict[str, Any]:
+    """The stored form of a submission on ``item`` (labels of a pair in item order)."""
+    return check_corrections(item.answer, payload) if item.kind == "correction" else check_pair_labels(payload)
+
+
 def check_name(name: str) -> str:
     name = name.strip()
     if not name or len(name) > 64 or any(not ch.isprintable() for ch in name):
@@ -234,6 +334,16 @@ class StudioProject:
         if not self.db_path.is_file():
             raise FileNotFoundError(f"{self.path} is not a studio project (no {DB_NAME}); "
                                     "create one with `mmalign studio init --project DIR`")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a project made by an older version up to :data:`SCHEMA_VERSION` (adds tables only)."""
+        with self.connection() as conn:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'dropped'").fetchone():
+                return
+            with self.transaction(conn):
+                conn.execute(DROPPED.strip())
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     @classmethod
     def create(cls, path: str | Path) -> StudioProject:
@@ -245,7 +355,7 @@ class StudioProject:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise RuntimeError(f"{root / DB_NAME}: SQLite refused write-ahead logging (mode {mode})")
-            conn.executescript(SCHEMA)
+            conn.executescript(SCHEMA + DROPPED)
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?), ('created', ?)",
                          (str(SCHEMA_VERSION), now()))
         finally:
@@ -363,8 +473,13 @@ class StudioProject:
     # -- items
     def add_items(self, items: Iterable[Mapping[str, Any]]) -> int:
         """Insert items (``kind``, ``images``, ``prompt``, ``answer``[, ``answer_b``, ``source``,
-        ``meta``]) in one transaction; returns how many. Images may be bytes, PIL images,
-        ``{"bytes", "path"}`` dicts or paths."""
+        ``meta``]) in one transaction; returns how many were added. Images may be bytes, PIL
+        images, ``{"bytes", "path"}`` dicts or paths.
+
+        An item identical to one already in the project (same kind, images, prompt and
+        answers; ``source`` and ``meta`` aside), or to an earlier one of ``items``, is skipped,
+        so running the same load twice adds nothing the second time.
+        """
         rows = []
         for i, item in enumerate(items):
             kind = item.get("kind")
@@ -380,9 +495,18 @@ class StudioProject:
                          answer_b if kind == "pair" else None, item.get("source"),
                          json.dumps(dict(item.get("meta") or {})), now()))
         with self.connection() as conn, self.transaction(conn):
+            seen = {item_fingerprint(r["kind"], json.loads(r["images"]), json.loads(r["prompt"]), r["answer"],
+                                     r["answer_b"])
+                    for r in conn.execute("SELECT kind, images, prompt, answer, answer_b FROM items")}
+            new = []
+            for row in rows:
+                key = item_fingerprint(row[0], json.loads(row[1]), json.loads(row[2]), row[3], row[4])
+                if key not in seen:
+                    seen.add(key)
+                    new.append(row)
             conn.executemany("INSERT INTO items(kind, images, prompt, answer, answer_b, source, meta, created) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        return len(rows)
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", new)
+        return len(new)
 
     @staticmethod
     def _item(row: sqlite3.Row) -> Item:
@@ -395,6 +519,8 @@ class StudioProject:
 
     def assigned_item(self, conn: sqlite3.Connection, annotator_id: int, item_id: int) -> Item | None:
         """The item if it is in this annotator's queue, else ``None`` (others' items do not exist for them)."""
+        if not 0 < item_id <= MAX_ID:
+            return None
         row = conn.execute("SELECT i.* FROM items i JOIN assignments a ON a.item_id = i.id "
                            "WHERE i.id = ? AND a.annotator_id = ?", (item_id, annotator_id)).fetchone()
         return self._item(row) if row else None
@@ -420,14 +546,36 @@ class StudioProject:
         return conn.execute("SELECT 1 FROM annotations WHERE item_id = ? AND annotator_id = ?",
                             (item_id, annotator_id)).fetchone() is not None
 
+    def check_assignment(self, *, overlap: float = 0.0, overlap_annotators: int = 2,
+                         conn: sqlite3.Connection | None = None) -> None:
+        """Refuse assignment options that :meth:`assign` cannot honour (``ValueError``), before
+        anything is written: ``overlap`` outside 0…1, fewer than 2 ``overlap_annotators``, or
+        more of them than there are active annotators (when annotators exist and ``overlap`` > 0)."""
+        if isinstance(overlap, bool) or not isinstance(overlap, int | float) or not 0.0 <= overlap <= 1.0:
+            raise ValueError(f"overlap must be within 0…1 (a share of the new items), got {overlap}")
+        if isinstance(overlap_annotators, bool) or not isinstance(overlap_annotators, int) or overlap_annotators < 2:
+            raise ValueError(f"overlap_annotators must be at least 2, got {overlap_annotators}")
+        if overlap > 0:
+            with self._conn(conn) as c:
+                active = len(self.annotators_of(c))
+            if active and overlap_annotators > active:
+                raise ValueError(f"overlap_annotators is {overlap_annotators} but the project has only {active} "
+                                 f"active annotator{'s' if active != 1 else ''}")
+
+    @contextmanager
+    def _conn(self, conn: sqlite3.Connection | None) -> Iterator[sqlite3.Connection]:
+        if conn is not None:
+            yield conn
+        else:
+            with self.connection() as own:
+                yield own
+
     def assign(self, *, overlap: float = 0.0, overlap_annotators: int = 2, seed: int = 0) -> dict[str, int]:
         """Give every unassigned item to annotators: a share ``overlap`` of them to
-        ``overlap_annotators`` people (for agreement), the rest to one, least-loaded first."""
-        if not 0.0 <= overlap <= 1.0:
-            raise ValueError(f"overlap must be within 0…1, got {overlap}")
-        if overlap_annotators < 2:
-            raise ValueError(f"overlap_annotators must be at least 2, got {overlap_annotators}")
+        ``overlap_annotators`` people (for agreement), the rest to one, least-loaded first.
+        Bad options raise ``ValueError`` (see :meth:`check_assignment`) and assign nothing."""
         with self.connection() as conn, self.transaction(conn):
+            self.check_assignment(overlap=overlap, overlap_annotators=overlap_annotators, conn=conn)
             people = [r[0] for r in conn.execute("SELECT id FROM annotators WHERE active = 1 ORDER BY id")]
             if not people:
                 raise ValueError("no annotators yet: add one with `mmalign studio add-annotator`")
@@ -439,7 +587,7 @@ class StudioProject:
             position = dict(conn.execute("SELECT annotator_id, MAX(position) FROM assignments GROUP BY annotator_id"))
             rows = []
             for item in new:
-                count = min(overlap_annotators, len(people)) if item in shared else 1
+                count = overlap_annotators if item in shared else 1
                 for person in sorted(people, key=lambda p: (load[p], p))[:count]:
                     load[person] += 1
                     position[person] = position.get(person, 0) + 1
@@ -470,16 +618,16 @@ class StudioProject:
                 item = self.assigned_item(conn, annotator_id, item_id)
                 if item is None:
                     raise SubmissionError(f"item {item_id} is not in your queue", status=404)
-                if item.kind == "correction":
-                    stored = check_corrections(item.answer, payload)
-                else:
-                    stored = check_pair_labels(payload)
-                    if as_shown and shown_swapped(item_id, annotator_id):
-                        stored = swap_pair_labels(stored)
+                stored = check_submission(item, payload)
+                if item.kind == "pair" and as_shown and shown_swapped(item_id, annotator_id):
+                    stored = swap_pair_labels(stored)
                 if self.submitted(conn, annotator_id, item_id):
                     raise SubmissionError(f"item {item_id} is already submitted", status=409)
-                cur = conn.execute("INSERT INTO annotations(item_id, annotator_id, payload, created) "
-                                   "VALUES (?, ?, ?, ?)", (item_id, annotator_id, json.dumps(stored), now()))
+                # ids are never reused, dropped submissions included
+                cur = conn.execute(
+                    "INSERT INTO annotations(id, item_id, annotator_id, payload, created) VALUES ("
+                    "(SELECT COALESCE(MAX(id), 0) + 1 FROM (SELECT id FROM annotations UNION ALL "
+                    "SELECT id FROM dropped)), ?, ?, ?, ?)", (item_id, annotator_id, json.dumps(stored), now()))
                 return int(cur.lastrowid)
         finally:
             if own:
@@ -496,20 +644,137 @@ class StudioProject:
                          (last + 1, item_id, annotator_id))
 
     def annotations(self) -> list[Annotation]:
+        """Every submission not dropped, as stored (see :meth:`submissions` for the review view)."""
         with self.connection() as conn:
             rows = conn.execute("SELECT n.item_id, a.name, n.payload, n.created FROM annotations n "
                                 "JOIN annotators a ON a.id = n.annotator_id ORDER BY n.item_id, n.id").fetchall()
-        return [Annotation(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+        return [Annotation(r[0], r[1], _loads(r[2]), r[3]) for r in rows]
+
+    def submissions(self, *, state: str | None = None, item: int | None = None,
+                    annotator: str | None = None) -> list[Submission]:
+        """Submissions for review, oldest first: each with today's verdict on it and its drop record.
+
+        ``state`` keeps only ``valid``, ``invalid`` (stored before today's checks existed and
+        refused by them: the export skips these) or ``dropped`` ones; ``item`` and
+        ``annotator`` (a name) filter too.
+        """
+        if state is not None and state not in STATES:
+            raise ValueError(f"state must be one of {STATES}, got {state!r}")
+        if item is not None and not 0 < item <= MAX_ID:
+            raise ValueError(f"no item {item} in the project")
+        with self.connection() as conn:
+            names = {r[0]: r[1] for r in conn.execute("SELECT id, name FROM annotators")}
+            if annotator is not None and annotator not in names.values():
+                raise ValueError(f"no annotator named {annotator!r}")
+            if item is not None and not conn.execute("SELECT 1 FROM items WHERE id = ?", (item,)).fetchone():
+                raise ValueError(f"no item {item} in the project")
+            items = {i.id: i for i in (self._item(r) for r in conn.execute("SELECT * FROM items"))}
+            kept = conn.execute("SELECT id, item_id, annotator_id, payload, created, NULL, NULL, NULL, NULL "
+                                "FROM annotations").fetchall()
+            gone = conn.execute("SELECT id, item_id, annotator_id, payload, created, dropped_at, dropped_by, reason, "
+                                "reopened FROM dropped").fetchall()
+        out = []
+        for row in sorted([*kept, *gone], key=lambda r: r[0]):
+            sub_id, item_id, annotator_id, raw, created, at, by, reason, reopened = tuple(row)
+            if (item is not None and item_id != item) or (annotator is not None and names[annotator_id] != annotator):
+                continue
+            payload = _loads(raw)
+            try:
+                check_submission(items[item_id], payload)
+                problem = None
+            except SubmissionError as err:
+                problem = str(err)
+            drop = Drop(at, by, reason, bool(reopened)) if at is not None else None
+            found = Submission(sub_id, item_id, items[item_id].kind, names[annotator_id], payload, created, problem,
+                               drop)
+            if state is None or found.state == state:
+                out.append(found)
+        return out
+
+    def drop_submissions(self, ids: Sequence[int], reason: str, *, by: str | None = None,
+                         reopen: bool = False) -> list[dict[str, Any]]:
+        """Drop submissions (all or none, in one transaction); returns what became of each item.
+
+        A dropped submission leaves the export and the agreement but is kept, with ``by``
+        (default: the user running this), the time and ``reason``, in the ``dropped`` table
+        (:meth:`submissions` lists it). With ``reopen`` the item goes back into the same
+        annotator's queue for a new submission. Otherwise that assignment ends, and an item
+        left with no submission and no pending assignment goes to the least-loaded other
+        active annotator (or stays unassigned when there is none, for ``assign`` later).
+        Unknown or already dropped ids and an empty reason raise ``ValueError``.
+        """
+        reason = reason.strip() if isinstance(reason, str) else ""
+        if not reason:
+            raise ValueError("give a reason for dropping (it is recorded with the submission)")
+        by = (by or _user()).strip() or "unknown"
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            raise ValueError("no submission id given")
+        results = []
+        with self.connection() as conn, self.transaction(conn):
+            for sub_id in ids:
+                if isinstance(sub_id, bool) or not isinstance(sub_id, int) or not 0 < sub_id <= MAX_ID:
+                    raise ValueError(f"no submission {sub_id!r}")
+                row = conn.execute("SELECT n.*, a.name, a.active FROM annotations n JOIN annotators a "
+                                   "ON a.id = n.annotator_id WHERE n.id = ?", (sub_id,)).fetchone()
+                if row is None:
+                    old = conn.execute("SELECT dropped_at, dropped_by, reason FROM dropped WHERE id = ?",
+                                       (sub_id,)).fetchone()
+                    if old:
+                        raise ValueError(f"submission {sub_id} was already dropped ({old[0]} by {old[1]}: {old[2]})")
+                    raise ValueError(f"no submission {sub_id} (see `mmalign studio submissions list`)")
+                item_id, annotator_id = row["item_id"], row["annotator_id"]
+                if reopen and not row["active"]:
+                    raise ValueError(f"submission {sub_id}: annotator {row['name']!r} was removed, so the item cannot "
+                                     "be reopened for them; drop it without reopening to queue it for someone else")
+                conn.execute("INSERT INTO dropped VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             (sub_id, item_id, annotator_id, row["payload"], row["created"], now(), by, reason,
+                              int(reopen)))
+                conn.execute("DELETE FROM annotations WHERE id = ?", (sub_id,))
+                result = {"submission": sub_id, "item": item_id, "annotator": row["name"], "reopened": reopen,
+                          "queued_for": row["name"] if reopen else None, "other_submissions": 0}
+                if not reopen:
+                    conn.execute("DELETE FROM assignments WHERE item_id = ? AND annotator_id = ?",
+                                 (item_id, annotator_id))
+                    result["other_submissions"] = conn.execute(
+                        "SELECT COUNT(*) FROM annotations WHERE item_id = ?", (item_id,)).fetchone()[0]
+                    pending = [r[0] for r in conn.execute(
+                        "SELECT a.name FROM assignments s JOIN annotators a ON a.id = s.annotator_id "
+                        "WHERE s.item_id = ? AND a.active = 1 AND NOT EXISTS (SELECT 1 FROM annotations n "
+                        "WHERE n.item_id = s.item_id AND n.annotator_id = s.annotator_id)", (item_id,))]
+                    if pending:
+                        result["queued_for"] = pending[0]
+                    elif not result["other_submissions"]:
+                        result["queued_for"] = self._requeue(conn, item_id)
+                results.append(result)
+        return results
+
+    def drop_submission(self, submission_id: int, reason: str, *, by: str | None = None,
+                        reopen: bool = False) -> dict[str, Any]:
+        """:meth:`drop_submissions` for one submission."""
+        return self.drop_submissions([submission_id], reason, by=by, reopen=reopen)[0]
+
+    def _requeue(self, conn: sqlite3.Connection, item_id: int) -> str | None:
+        """Give an item to the least-loaded active annotator who has not had a submission on it dropped."""
+        row = conn.execute(
+            "SELECT a.id, a.name, (SELECT COUNT(*) FROM assignments s WHERE s.annotator_id = a.id) AS load, "
+            "(SELECT COALESCE(MAX(position), 0) FROM assignments s WHERE s.annotator_id = a.id) AS last "
+            "FROM annotators a WHERE a.active = 1 AND a.id NOT IN (SELECT annotator_id FROM dropped WHERE item_id = ?) "
+            "AND a.id NOT IN (SELECT annotator_id FROM assignments WHERE item_id = ?) ORDER BY load, a.id LIMIT 1",
+            (item_id, item_id)).fetchone()
+        if row is None:
+            return None
+        conn.execute("INSERT INTO assignments VALUES (?, ?, ?)", (item_id, row["id"], row["last"] + 1))
+        return row["name"]
 
     def agreement(self) -> dict[str, Any]:
-        """:func:`mmalign.studio.agreement.agreement_report` over every submitted annotation."""
+        """:func:`mmalign.studio.agreement.agreement_report` over every valid submission (not dropped)."""
         from mmalign.studio.agreement import agreement_report
 
-        kinds = {item.id: item.kind for item in self.items()}
         corrections: dict[int, dict[str, list[list[int]]]] = {}
         pairs: dict[int, dict[str, dict[str, Any]]] = {}
-        for note in self.annotations():
-            if kinds[note.item_id] == "correction":
+        for note in self.submissions(state="valid"):
+            if note.kind == "correction":
                 spans = [[c["start"], c["end"]] for c in note.payload["corrections"]]
                 corrections.setdefault(note.item_id, {})[note.annotator] = spans
             else:
@@ -517,18 +782,40 @@ class StudioProject:
         return agreement_report(corrections, pairs)
 
     def status(self) -> dict[str, Any]:
-        """Counts for the command line: items by kind, annotators with done / assigned."""
+        """Counts for the command line: items by kind, annotators with done / assigned, submissions by state."""
         with self.connection() as conn:
             kinds = dict(conn.execute("SELECT kind, COUNT(*) FROM items GROUP BY kind").fetchall())
             unassigned = conn.execute("SELECT COUNT(*) FROM items WHERE id NOT IN "
                                       "(SELECT item_id FROM assignments)").fetchone()[0]
             people = {a.name: self.progress(conn, a.id) for a in self.annotators_of(conn)}
-        return {"items": kinds, "unassigned": unassigned, "annotators": people}
+        states = Counter(sub.state for sub in self.submissions())
+        return {"items": kinds, "unassigned": unassigned, "annotators": people,
+                "submissions": {state: states.get(state, 0) for state in STATES}}
 
     @staticmethod
     def annotators_of(conn: sqlite3.Connection) -> list[Annotator]:
         return [Annotator(r[0], r[1]) for r in conn.execute("SELECT id, name FROM annotators WHERE active = 1 "
                                                              "ORDER BY id")]
+
+
+def item_fingerprint(kind: str, images: Sequence[str], prompt: Any, answer: str, answer_b: str | None) -> str:
+    """What makes two items the same: kind, image contents (their hashed file names), prompt, answers."""
+    key = [kind, [Path(rel).stem for rel in images], prompt, answer, answer_b]
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _loads(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except (TypeError, ValueError):
+        return raw
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in the environment or the password database
+        return "unknown"
 
 
 def integrity_check(path: str | Path) -> str:

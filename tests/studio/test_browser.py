@@ -128,3 +128,26 @@ def test_offsets_are_code_points_like_python(tmp_path):
     (note,) = project.annotations()
     start = text.index("cat")
     assert note.payload == {"corrections": [{"start": start, "end": start + 3, "text": "dog"}]}
+
+
+def test_a_refused_submission_shows_its_message_and_can_be_fixed(studio):
+    """The server's 400 message reaches the annotator; nothing is stored; a fixed correction goes through."""
+    project, tokens = studio
+    with serving(project) as base, start_chromium() as driver:
+        sign_in(driver, base, tokens["alice"])
+        assert driver.current_url.endswith("/item/1")
+        drag_select(driver, driver.find_element(By.ID, "answer"), 2, 5)  # "red"
+        box = driver.switch_to.active_element
+        box.clear()
+        box.send_keys("\u200b")  # a zero-width space: shows nothing
+        box.send_keys(Keys.ENTER)
+        message = driver.find_element(By.ID, "message")
+        WebDriverWait(driver, 10).until(lambda d: message.text)
+        assert "has no visible character (U+200B)" in message.text and "corrections[0].text" in message.text
+        assert driver.current_url.endswith("/item/1") and project.annotations() == []
+        box = driver.find_element(By.CSS_SELECTOR, "input.correction")
+        box.clear()
+        box.send_keys("blue" + Keys.ENTER)
+        wait_for_url(driver, "/item/2")
+    (note,) = project.annotations()
+    assert note.payload == {"corrections": [{"start": 2, "end": 5, "text": "blue"}]}

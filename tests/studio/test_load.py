@@ -47,10 +47,18 @@ def test_prompt_set_answers_come_from_the_adapter(tiny_llava, prompt_set, tmp_pa
     direct = [*adapter.generate(images[:2], prompts[:2], max_new_tokens=6),
               *adapter.generate(images[2:], prompts[2:], max_new_tokens=6)]
     expected = [a.strip() for a in direct if a.strip()]
-    assert added == len(expected) == len(items) and [item.answer for item in items] == expected
+    assert added.added == len(expected) == len(items) and [item.answer for item in items] == expected
     assert all(item.kind == "correction" and len(item.images) == 1 for item in items)
     assert items[0].meta == {"row": 0, "source_meta": {"scene": 0}, "model": "tiny"}
     assert items[0].prompt == "What colour is shape 0?"
+    # a rerun asks the model nothing and adds nothing: these prompts are answered by "tiny" already
+    class Refuses:
+        def generate(self, *args, **kwargs):
+            raise AssertionError("a prompt already answered by this model was generated again")
+
+    again = load_prompt_set(project, open_dataset(prompt_set), Refuses(), GenerationConfig(batch_size=2),
+                            model_name="tiny", progress=False)
+    assert (again.added, again.skipped) == (0, 3) and len(project.items()) == 3
 
 
 def test_preference_dataset_as_corrections_pairs_or_both(preference_set, tmp_path):
@@ -59,7 +67,7 @@ def test_preference_dataset_as_corrections_pairs_or_both(preference_set, tmp_pat
     for mode, kinds in [("corrections", ["correction"] * 2), ("pairs", ["pair"] * 2),
                         ("both", ["correction", "pair"] * 2)]:
         project = StudioProject.create(tmp_path / mode)
-        assert load_preference_items(project, open_dataset(preference_set), mode=mode) == len(kinds)
+        assert load_preference_items(project, open_dataset(preference_set), mode=mode).added == len(kinds)
         items = project.items()
         assert [i.kind for i in items] == kinds
         first = items[0]

@@ -35,7 +35,18 @@ def test_apply_corrections_by_hand():
     ([{"start": 2, "end": 5, "text": "red"}], "corrections[0].text", "repeats the marked text 'red'"),
     ([{"start": "2", "end": 5, "text": "x"}], "corrections[0].start", "expected an integer"),
     ([{"start": 2, "end": 5, "text": 7}], "corrections[0].text", "expected a string"),
-    ([{"start": 0, "end": 31, "text": "  "}], "corrections", "would be empty"),
+    ([{"start": 0, "end": 31, "text": ""}], "corrections", "would be empty"),
+    ([{"start": 0, "end": 31, "text": "  "}], "corrections[0].text", "has no visible character (U+0020, U+0020)"),
+    # meaning, not only type: "ab" with "a" deleted and "b" replaced by "ab" is still "ab"
+    ([{"start": 0, "end": 2, "text": ""}, {"start": 2, "end": 3, "text": "a r"}], "corrections",
+     "leave the answer unchanged"),
+    ([{"start": 2, "end": 5, "text": "\u200b"}], "corrections[0].text", "has no visible character (U+200B)"),
+    ([{"start": 2, "end": 5, "text": "\u200b\ufeff\u00ad\u2060"}], "corrections[0].text", "no visible character"),
+    ([{"start": 2, "end": 5, "text": "\u3164\u2800"}], "corrections[0].text", "no visible character"),
+    ([{"start": 2, "end": 5, "text": "r\u200bed"}], "corrections[0].text", "differs only in invisible characters"),
+    ([{"start": 2, "end": 5, "text": "blue\x07"}], "corrections[0].text", "control character U+0007"),
+    ([{"start": 2, "end": 5, "text": "\ud800"}], "corrections[0].text", "lone surrogate U+D800"),
+    ([{"start": 2**63, "end": 2**64, "text": "x"}], "corrections[0]", "outside the answer"),
 ])
 def test_bad_corrections_name_the_field(corrections, field, message):
     with pytest.raises(SubmissionError) as info:
