@@ -348,8 +348,14 @@ def build_ai_feedback(
     *,
     image_root: str | Path | None = None,
     lenient: bool = False,
+    overwrite: bool = False,
+    inputs: Iterable[str | Path | None] = (),
 ) -> WriteReport:
-    """Run ``builder`` over a prompt source (path or records) and save the pairs atomically."""
+    """Run ``builder`` over a prompt source (path or records) and save the pairs atomically.
+
+    ``out`` must not be the prompt source or any of ``inputs`` (e.g. the model folders); a
+    folder that is not a dataset is replaced only with ``overwrite``."""
     errors = RowErrors(lenient=lenient)
+    inputs = [*inputs, image_root, *([prompts] if isinstance(prompts, str | Path) else [])]
     source = read_prompts(prompts, image_root=image_root, errors=errors) if isinstance(prompts, str | Path) else prompts
-    return write_dataset(builder.records(source, errors), out, errors=errors)
+    return write_dataset(builder.records(source, errors), out, errors=errors, overwrite=overwrite, inputs=inputs)

@@ -34,7 +34,8 @@ from mmalign.data_builders.schema import (
     validate_record,
 )
 from mmalign.data_builders.sources import default_image_root, iter_rows, require
-from mmalign.data_builders.storage import WriteReport, write_dataset
+from mmalign.data_builders.storage import DATASET, WriteReport, write_dataset
+from mmalign.io import check_output
 
 LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                "llava": "assistant"}
@@ -563,16 +564,21 @@ def import_dataset(
     out: str | Path,
     *,
     lenient: bool = False,
+    overwrite: bool = False,
     **options: Any,
 ) -> WriteReport:
     """Read ``path`` in public format ``fmt`` and write a canonical dataset to ``out``.
 
     ``options`` go to the reader (``image_root``, ``facts``, ``prefer``, ``split``,
     ``turns``, ``max_pixels``). Strict unless ``lenient``; nothing is written on error.
+    ``out`` is never one of the inputs; a folder that is not a dataset is replaced only
+    with ``overwrite`` (see :func:`~mmalign.data_builders.storage.write_dataset`).
     """
     if fmt not in IMPORTERS:
         raise ValueError(f"unknown format {fmt!r}; known: {', '.join(IMPORTERS)}")
     importer = IMPORTERS[fmt]
+    inputs = (path, options.get("image_root"), options.get("facts"))
+    check_output(out, replaces=DATASET, overwrite=overwrite, inputs=inputs)  # before reading anything
     errors = RowErrors(lenient=lenient)
     records = importer.reader(path, errors=errors, **options)
-    return write_dataset(records, out, kind=importer.kind, errors=errors)
+    return write_dataset(records, out, kind=importer.kind, errors=errors, overwrite=overwrite, inputs=inputs)

@@ -91,8 +91,11 @@ def cost_pairs(ds):
     return orient_dataset(ds, "safer")
 
 
-def save_oriented(data: Any, out: str | Path, by: Preference, *, lenient: bool = False) -> WriteReport:
-    """Stream a dual-preference dataset into a new folder ordered ``by`` one preference."""
+def save_oriented(data: Any, out: str | Path, by: Preference, *, lenient: bool = False, overwrite: bool = False,
+                  inputs: Iterable[str | Path | None] = ()) -> WriteReport:
+    """Stream a dual-preference dataset into a new folder ordered ``by`` one preference.
+
+    ``inputs``: the folder ``data`` was read from, which ``out`` must not be."""
     errors = RowErrors(lenient=lenient)
 
     def records() -> Iterable[dict[str, Any]]:
@@ -102,7 +105,7 @@ def save_oriented(data: Any, out: str | Path, by: Preference, *, lenient: bool =
             except RecordError as err:
                 errors(err)
 
-    return write_dataset(records(), out, errors=errors)
+    return write_dataset(records(), out, errors=errors, overwrite=overwrite, inputs=inputs)
 
 
 def cost_signs(record: Mapping[str, Any], *, graded: bool = False) -> tuple[int, int]:

@@ -4,13 +4,15 @@ A canonical dataset is a ``save_to_disk`` folder (so ``datasets.load_from_disk``
 read it directly) plus a small ``mmalign_dataset.json`` manifest (kind, schema version,
 row and skip counts, sources). Writing goes through :func:`mmalign.io.atomic_dir`: a crash
 or a bad row in strict mode leaves no folder, or the previous one, never half a dataset.
+An existing output folder is replaced only if it is a canonical dataset (or empty), unless
+``overwrite=True``; a file, or one of the writer's ``inputs``, is never replaced.
 Records are written in chunks so memory stays bounded by one chunk of images.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
+import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -30,9 +32,11 @@ from mmalign.data_builders.schema import (
     kind_of,
     log,
 )
-from mmalign.io import atomic_dir
+from mmalign.io import OutputKind, atomic_dir, scratch_dir
 
 MANIFEST = "mmalign_dataset.json"
+#: What dataset writers replace: a canonical dataset folder (recognised by its manifest).
+DATASET = OutputKind("canonical dataset", (MANIFEST,))
 CHUNK_ROWS = 1000
 
 
@@ -81,12 +85,16 @@ def write_dataset(
     kind: str = PREFERENCE,
     errors: RowErrors | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
 ) -> WriteReport:
     """Write records that are already in the stored form (see :func:`validate_record`).
 
     Builders and importers validate as they go and call this; user code should call
     :func:`save_preference_dataset`, which validates first. The prompt form (text or
-    conversational) is fixed by the first record.
+    conversational) is fixed by the first record. ``path`` may be missing, empty or a
+    canonical dataset (replaced); any other folder only with ``overwrite``; never a file
+    or one of ``inputs`` (:class:`mmalign.io.OutputError`, raised before any record is read).
     """
     from datasets import Dataset, concatenate_datasets, load_from_disk
 
@@ -95,8 +103,8 @@ def write_dataset(
     names = column_names(kind)
     sources: Counter[str] = Counter()
     conversational: bool | None = None
-    with atomic_dir(path) as tmp, tempfile.TemporaryDirectory(prefix=f".chunks-{path.name}-",
-                                                               dir=path.parent) as chunk_root:
+    with (atomic_dir(path, replaces=DATASET, overwrite=overwrite, inputs=inputs) as tmp,
+          scratch_dir(path, "chunks") as chunk_root):
         shards: list[Path] = []
         buffer: list[dict[str, Any]] = []
 
@@ -165,16 +173,20 @@ def save_preference_dataset(
     image_root: str | Path | None = None,
     max_pixels: int | None = PIL_LIMIT,
     kind: str = PREFERENCE,
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
 ) -> WriteReport:
     """Validate and atomically save records (a ``Dataset`` or an iterable of dicts).
 
     Strict by default: the first bad row raises :class:`RecordError` and nothing is
     written. ``lenient=True`` skips bad rows, counts and logs them (``report.skipped``).
     Image paths are resolved inside ``image_root``. ``kind="prompts"`` saves a prompt set.
+    ``overwrite`` / ``inputs``: as in :func:`write_dataset`.
     """
     errors = RowErrors(lenient=lenient)
     options = ImageOptions(root=Path(image_root) if image_root else None, max_pixels=max_pixels)
-    return write_dataset(_validated(data, kind, options, errors), path, kind=kind, errors=errors)
+    return write_dataset(_validated(data, kind, options, errors), path, kind=kind, errors=errors,
+                         overwrite=overwrite, inputs=inputs)
 
 
 def save_prompt_set(data: Any, path: str | Path, **kwargs: Any) -> WriteReport:

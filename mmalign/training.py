@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from mmalign.io import OutputKind
+
 logger = logging.getLogger(__name__)
 
 NONFINITE_LOG_KEY = "nonfinite/skipped_steps"
@@ -189,6 +191,9 @@ class _NonFiniteCallback(TrainerCallback):
 # ---------------------------------------------------------------------- checkpoints and resume
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILES = ("trainer_state.json", "ppo_state.json")
+#: What ``train_and_save`` replaces at ``output_dir/final``: an earlier final model (it
+#: always holds the run's resolved configuration).
+FINAL = OutputKind("final model of a training run", ("mmalign_config.yaml",))
 
 
 def _safetensors_problem(path: Path) -> str | None:
@@ -284,6 +289,12 @@ def resolve_resume(value: str | bool | None, output_dir: str | Path) -> str | No
     return str(value)
 
 
+def _input_paths(configs: tuple[Any, ...]) -> list[Any]:
+    """The paths a run reads (model, adapter, datasets, reward / cost / reference models)."""
+    return [value for config in configs for name, value in vars(config).items()
+            if (name == "model_name_or_path" or name.endswith("_path")) and isinstance(value, str | Path)]
+
+
 def train_and_save(trainer, *configs: Any) -> Path:
     """Train (resuming if asked) and write the final model atomically to ``output_dir/final``.
 
@@ -291,19 +302,25 @@ def train_and_save(trainer, *configs: Any) -> Path:
     checkpoint in ``output_dir``, skipping any left half-written by a crash).
 
     The resolved configuration goes next to the checkpoints before training starts and
-    into the final folder, so every result can be reproduced.
+    into the final folder, so every result can be reproduced. ``output_dir/final`` is
+    checked before training: it may be missing, empty or an earlier final model (replaced),
+    never one of the run's inputs or a folder holding anything else
+    (:class:`mmalign.io.OutputError`). Temporary folders of the final model left by a
+    killed run are removed when it is written.
     """
     from mmalign.config_io import write_resolved_config
-    from mmalign.io import atomic_dir
+    from mmalign.io import atomic_dir, check_output
 
     args = trainer.args
     out = Path(args.output_dir)
     main = trainer.is_world_process_zero()  # under DDP / FSDP / DeepSpeed one process writes files
+    inputs = _input_paths(configs)
     if main:
+        check_output(out / "final", replaces=FINAL, inputs=inputs)
         write_resolved_config(out / "mmalign_config.yaml", *configs)
     trainer.train(resume_from_checkpoint=resolve_resume(args.resume_from_checkpoint, out))
     # Every process takes part in save_model (sharded weights are gathered); only the main one writes.
-    with atomic_dir(out / "final") if main else nullcontext(None) as tmp:
+    with atomic_dir(out / "final", replaces=FINAL, inputs=inputs) if main else nullcontext(None) as tmp:
         trainer.save_model(str(tmp) if main else None)
         if main:
             # Trainer also pickles its arguments; the final folder keeps safetensors and YAML only.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from mmalign.io import atomic_dir
+from mmalign.io import ADAPTER, atomic_dir
 from mmalign.qlora import LoraSettings, lora_target_regex
 
 
@@ -107,9 +107,12 @@ class LoraMixin:
             for p, flag in flags:
                 p.requires_grad_(flag)
 
-    def save_adapter(self, path: str | Path) -> Path:
-        """Save LoRA weights in the standard PEFT format (safetensors), written atomically."""
-        with atomic_dir(path) as tmp:
+    def save_adapter(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Save LoRA weights in the standard PEFT format (safetensors), written atomically.
+
+        An existing ``path`` is replaced if it is an adapter folder (or empty); any other
+        folder only with ``overwrite``; a file never."""
+        with atomic_dir(path, replaces=ADAPTER, overwrite=overwrite) as tmp:
             self.model.save_pretrained(tmp, safe_serialization=True)
             (tmp / "mmalign_adapter.json").write_text(
                 json.dumps({"family": self.family, "card": self.card.name}, indent=2)

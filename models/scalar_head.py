@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmalign.io import atomic_dir
+from mmalign.io import OutputKind, atomic_dir
 from mmalign.models.adapter import VLMAdapter
 from mmalign.models.batch import (
     EncodedBatch,
@@ -26,6 +26,8 @@ from mmalign.models.batch import (
 
 HEAD_FILE = "scalar_head.safetensors"
 HEAD_CONFIG = "scalar_head.json"
+#: What ``save_pretrained`` replaces: a saved reward / cost model (recognised by its head config).
+SCALAR_MODEL = OutputKind("reward / cost model", (HEAD_CONFIG,))
 
 
 class ScalarHeadModel(torch.nn.Module):
@@ -72,9 +74,12 @@ class ScalarHeadModel(torch.nn.Module):
         last = hidden[rows, last_token_index(batch.attention_mask).to(hidden.device)]
         return self.head(last.to(self.head.weight.dtype)).squeeze(-1)
 
-    def save_pretrained(self, path: str | Path) -> Path:
-        """PEFT adapter (if any) + the head in safetensors + a small JSON config, atomically."""
-        with atomic_dir(path) as tmp:
+    def save_pretrained(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """PEFT adapter (if any) + the head in safetensors + a small JSON config, atomically.
+
+        An existing ``path`` is replaced if it is a saved reward / cost model (or empty);
+        any other folder only with ``overwrite``; a file never."""
+        with atomic_dir(path, replaces=SCALAR_MODEL, overwrite=overwrite) as tmp:
             self.write_files(tmp)
         return Path(path)
 

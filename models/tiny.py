@@ -14,6 +14,7 @@ import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
+from mmalign.io import MODEL, atomic_dir, check_output
 from mmalign.models.cards import get_card
 
 #: Words every tiny tokenizer knows. Anything else maps to ``<unk>``.
@@ -253,16 +254,19 @@ TINY_BUILDERS = {
 }
 
 
-def save_tiny(family: str, out_dir: str | Path, seed: int = 0) -> Path:
+def save_tiny(family: str, out_dir: str | Path, seed: int = 0, *, overwrite: bool = False) -> Path:
     """Build a tiny random model of ``family`` and save model + processor to ``out_dir``.
 
-    The folder loads with ``from_pretrained`` exactly like a hub checkpoint.
+    The folder loads with ``from_pretrained`` exactly like a hub checkpoint. It is written
+    atomically: an existing ``out_dir`` is replaced if it is a model (or empty), any other
+    folder only with ``overwrite``.
     """
     if family not in TINY_BUILDERS:
         raise KeyError(f"unknown family {family!r}; choose from {sorted(TINY_BUILDERS)}")
+    check_output(out_dir, replaces=MODEL, overwrite=overwrite)
     torch.manual_seed(seed)
     model, processor = TINY_BUILDERS[family]()
-    out = Path(out_dir)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    with atomic_dir(out_dir, replaces=MODEL, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    return Path(out_dir)

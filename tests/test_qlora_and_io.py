@@ -3,7 +3,7 @@ import re
 import pytest
 import torch
 
-from mmalign.io import atomic_dir
+from mmalign.io import OutputKind, atomic_dir
 from mmalign.qlora import QuantizationConfig, lora_target_regex, resolve_dtype
 
 
@@ -30,15 +30,16 @@ def test_quantization_config_to_bitsandbytes():
 
 def test_atomic_dir_replaces_only_on_success(tmp_path):
     target = tmp_path / "out"
-    with atomic_dir(target) as tmp:
+    kind = OutputKind("test output", ("a.txt",))
+    with atomic_dir(target, replaces=kind) as tmp:
         (tmp / "a.txt").write_text("first")
     assert (target / "a.txt").read_text() == "first"
     with pytest.raises(RuntimeError):
-        with atomic_dir(target) as tmp:
+        with atomic_dir(target, replaces=kind) as tmp:
             (tmp / "a.txt").write_text("half-written")
             raise RuntimeError("crash")
     assert (target / "a.txt").read_text() == "first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, replaces=kind) as tmp:
         (tmp / "b.txt").write_text("second")
     assert sorted(p.name for p in target.iterdir()) == ["b.txt"]

@@ -67,14 +67,14 @@ def reference_data(config: DemoConfig, pairs: Path, precision: str, out: Path):
 
     from mmalign.data_builders.storage import load_preference_dataset
     from mmalign.dpo.reference import precompute_reference_logps
-    from mmalign.io import atomic_dir
+    from mmalign.io import DATASETS_FOLDER, atomic_dir
 
     path = out / f"pairs-ref-{TAGS[precision]}"
     if not path.exists():
         base = demo_base(config, precision=precision)
         data = precompute_reference_logps(base, load_preference_dataset(pairs), max_length=config.max_length,
                                           batch_size=32, share_prefix=True)
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, replaces=DATASETS_FOLDER, inputs=[pairs]) as tmp:
             data.save_to_disk(str(tmp))
     return load_from_disk(str(path))
 

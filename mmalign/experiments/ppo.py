@@ -82,7 +82,7 @@ def _mark(path: Path, info: dict[str, Any] | None = None) -> None:
 def stage_policy_sft(setting: Setting, out: Path) -> Path:
     from datasets import concatenate_datasets
 
-    from mmalign.io import atomic_dir
+    from mmalign.io import MODEL, atomic_dir
     from mmalign.model_config import ModelConfig
     from mmalign.scene.sft import scene_safety_sft_dataset, scene_sft_dataset
     from mmalign.sft import SFTConfig, SFTTrainer
@@ -102,7 +102,7 @@ def stage_policy_sft(setting: Setting, out: Path) -> Path:
                      logging_steps=20, report_to="none", use_cpu=True, max_length=512, seed=0)
     trainer = SFTTrainer(adapter, args, train_dataset=data)
     trainer.train()
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, replaces=MODEL) as tmp:
         adapter.model.save_pretrained(tmp, safe_serialization=True)
         adapter.processor.save_pretrained(tmp)
         _mark(tmp, {"rows": len(data), "log": trainer.state.log_history[-3:]})
@@ -116,6 +116,7 @@ def stage_scoring_models(setting: Setting, base: Path, out: Path) -> dict[str, P
     from mmalign.experiments.reward_models import train_model
     from mmalign.io import atomic_dir
     from mmalign.models import load_adapter
+    from mmalign.models.scalar_head import SCALAR_MODEL
     from mmalign.scene.feedback import scene_feedback_records, scene_safety_records
 
     world = WorldConfig()
@@ -137,7 +138,7 @@ def stage_scoring_models(setting: Setting, base: Path, out: Path) -> dict[str, P
         if not _done(models[name]):
             print(f"-- ppo: training the {name.replace('-', ' ')}", flush=True)
             model = train_model(rm_setting, pairs[data], out / f"{name}-run", 0, **extra)
-            with atomic_dir(models[name]) as tmp:
+            with atomic_dir(models[name], replaces=SCALAR_MODEL, inputs=[base, pairs[data]]) as tmp:
                 model.save_pretrained(tmp)
                 _mark(tmp)
     return models

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmalign.io import atomic_dir
+from mmalign.io import MODEL, atomic_dir, check_output
 from mmalign.scene.ranges import PRETRAIN
 from mmalign.scene.text import world_vocabulary
 from mmalign.scene.world import WorldConfig
@@ -119,8 +119,12 @@ def pretrain_vision_tower(model, processor, world: WorldConfig, config: Pretrain
 
 
 def pretrain_scene_vlm(out_dir: str | Path, config: PretrainConfig | None = None,
-                       world: WorldConfig | None = None) -> Path:
-    """Build and pretrain a scene VLM; write it (weights, processor, recipe) to ``out_dir``."""
+                       world: WorldConfig | None = None, *, overwrite: bool = False) -> Path:
+    """Build and pretrain a scene VLM; write it (weights, processor, recipe) to ``out_dir``.
+
+    ``out_dir`` is checked first: an existing folder is replaced if it is a model (or
+    empty), any other only with ``overwrite``."""
+    check_output(out_dir, replaces=MODEL, overwrite=overwrite)
     import torch
     from transformers import set_seed
 
@@ -165,7 +169,7 @@ def pretrain_scene_vlm(out_dir: str | Path, config: PretrainConfig | None = None
         trainer = SFTTrainer(adapter, args, train_dataset=data)
         trainer.train()
         trained = adapter.model.to(getattr(torch, config.save_dtype))
-        with atomic_dir(out_dir) as final:
+        with atomic_dir(out_dir, replaces=MODEL, overwrite=overwrite) as final:
             trained.save_pretrained(final, safe_serialization=True)
             adapter.processor.save_pretrained(final)
             write_resolved_config(final / "pretrain_recipe.yaml", config, world, model_cfg)

@@ -27,7 +27,7 @@ import torch
 from transformers import Trainer, set_seed
 from transformers.trainer_utils import TrainOutput
 
-from mmalign.io import atomic_dir
+from mmalign.io import ADAPTER, OutputKind, atomic_dir
 from mmalign.losses.ppo import (
     combined_advantage,
     gae,
@@ -59,6 +59,9 @@ POLICY = "default"
 LAMBDA_FILE = "lagrange.json"
 STATE_FILE = "ppo_state.json"
 LOG_FILE = "ppo_log.json"  # per-iteration metrics, also in the final folder
+#: What a checkpoint save replaces: the same checkpoint of an earlier run (one a resumed run
+#: writes again), recognised by its state file or, if that was damaged, its policy adapter.
+CHECKPOINT = (OutputKind("PPO checkpoint", (STATE_FILE,)), ADAPTER)
 #: per-process sampling seed = seed + stride x rank + iteration: a prime far above any iteration
 #: count, so two processes never draw the same seed
 PROCESS_SEED_STRIDE = 1_000_003
@@ -435,7 +438,7 @@ class PPOTrainer(Trainer):
 
     def _save_ppo_checkpoint(self) -> None:
         """Adapters, heads, optimiser, scheduler, λ and its window, RNG, log: everything a resume needs."""
-        with atomic_dir(Path(self.args.output_dir) / f"checkpoint-{self.iteration}") as tmp:
+        with atomic_dir(Path(self.args.output_dir) / f"checkpoint-{self.iteration}", replaces=CHECKPOINT) as tmp:
             self._save(str(tmp))
             torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.lr_scheduler.state_dict(),
                         "lambda_optimizer": self.lambda_optimizer.state_dict(),

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mmalign.io import atomic_dir
+from mmalign.io import OutputKind, atomic_dir, check_output
 from mmalign.scene.render import render_png
 from mmalign.scene.safety import safety_prompts
 from mmalign.scene.text import NUMBER_WORDS, QA, TEMPLATES, captions, questions
@@ -42,6 +42,8 @@ from mmalign.scene.world import (
     generate_scenes,
 )
 
+#: What ``make_world`` replaces: a world folder (recognised by its manifest).
+WORLD = OutputKind("scene world", ("world.json",))
 POPE_VARIANTS = ("random", "popular", "adversarial")
 POPE_PER_IMAGE = 3  # yes questions per image (and as many no questions), as in POPE
 AMBER_HALLU_PER_IMAGE = 3  # likely-hallucinated absent objects listed per image
@@ -457,20 +459,25 @@ def make_world(
     size: int = 500,
     config: WorldConfig | None = None,
     split: str = "eval",
+    *,
+    overwrite: bool = False,
 ) -> Path:
     """Generate ``size`` scenes of ``split`` and write them atomically to ``out_dir``.
 
     ``seed`` overrides ``config.seed`` when given (the default config has seed 0). The
     folder is built next to ``out_dir`` and renamed into place only when complete, so a
-    crash leaves any previous world untouched and never a half-written one.
+    crash leaves any previous world untouched and never a half-written one. An existing
+    ``out_dir`` is replaced if it is a world (or empty); any other folder only with
+    ``overwrite``; a file never.
     """
     if size < 1:
         raise ValueError(f"make_world: size must be at least 1, got {size}")
+    check_output(out_dir, replaces=WORLD, overwrite=overwrite)
     config = config or WorldConfig()
     if seed is not None:
         config = replace(config, seed=seed)
     scenes = generate_scenes(config, size, split=split)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, replaces=WORLD, overwrite=overwrite) as tmp:
         write_world(tmp, scenes, config)
     return Path(out_dir)
 

@@ -13,7 +13,7 @@ import random
 from datasets import Dataset
 
 from mmalign.data_builders.sft import SFT_FEATURES
-from mmalign.io import atomic_dir
+from mmalign.io import DATASETS_FOLDER, atomic_dir, check_output
 from mmalign.scene.render import render
 from mmalign.scene.safety import safety_prompts
 from mmalign.scene.text import TEMPLATES, captions, questions
@@ -90,8 +90,12 @@ def scene_safety_sft_dataset(config: WorldConfig, n_scenes: int, *, split: str =
     return Dataset.from_dict({"messages": rows_messages, "images": rows_images}, features=SFT_FEATURES)
 
 
-def save_scene_sft_dataset(out_dir, config: WorldConfig, n_scenes: int, **kwargs) -> None:
-    """Write :func:`scene_sft_dataset` as a ``datasets`` folder, atomically."""
+def save_scene_sft_dataset(out_dir, config: WorldConfig, n_scenes: int, *, overwrite: bool = False,
+                           **kwargs) -> None:
+    """Write :func:`scene_sft_dataset` as a ``datasets`` folder, atomically. An existing
+    ``out_dir`` is replaced if it is a datasets folder (or empty), any other folder only
+    with ``overwrite``."""
+    check_output(out_dir, replaces=DATASETS_FOLDER, overwrite=overwrite)
     dataset = scene_sft_dataset(config, n_scenes, **kwargs)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, replaces=DATASETS_FOLDER, overwrite=overwrite) as tmp:
         dataset.save_to_disk(str(tmp))

@@ -128,7 +128,7 @@ def _record(project: StudioProject, item: Item, payload: dict[str, Any], prefer:
 
 
 def export_project(project: StudioProject, out: str | Path, *,
-                   prefer: Literal["helpful", "safer"] = "helpful") -> ExportReport:
+                   prefer: Literal["helpful", "safer"] = "helpful", overwrite: bool = False) -> ExportReport:
     """Write the validated dataset atomically (``save_preference_dataset``), then ``agreement.json`` in it."""
     from mmalign.data_builders.storage import save_preference_dataset
 
@@ -137,7 +137,7 @@ def export_project(project: StudioProject, out: str | Path, *,
         raise ValueError(f"{project.path}: no annotation to export yet "
                          f"({counts['unchanged']} answers were marked correct as they are"
                          + "".join(f"; skipped {s}" for s in skipped) + ")")
-    report = save_preference_dataset(records, out)
+    report = save_preference_dataset(records, out, overwrite=overwrite, inputs=[project.path])
     out = Path(out)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-agreement-", dir=out)
     with os.fdopen(fd, "w") as fh:
