@@ -10,6 +10,10 @@ names, with dashes) everywhere:
 
 Earlier spellings still parse but are hidden from ``--help``: ``--load-4bit`` (bench) and
 ``--compute-dtype`` (precompute-ref).
+
+Every command that writes an output folder adds :func:`add_output_flags` (``--overwrite``)
+and passes its input paths along, so an output never replaces anything but an earlier
+output of the same command (see :func:`mmalign.io.check_output`).
 """
 
 from __future__ import annotations
@@ -56,6 +60,17 @@ def add_model_flags(
     g.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the checkpoint")
     if adapter:
         g.add_argument("--adapter", default=None, help="a saved PEFT (LoRA) adapter folder to load on the model")
+
+
+def add_output_flags(parser: argparse.ArgumentParser) -> None:
+    """Add ``--overwrite`` to a command that writes the folder ``--out``.
+
+    Without it, OUT may be missing, an empty folder or an earlier output of the same kind
+    (replaced atomically); anything else is refused before any work. A file, or one of the
+    command's inputs, is refused even with it.
+    """
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUT even if it is not an output of this command (never a file, never an input)")
 
 
 def quantization(args: argparse.Namespace) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mmalign import __version__
+from mmalign.cli.common import add_output_flags
 from mmalign.demo import DemoConfig, run_demo
 from mmalign.utils import format_table
 
@@ -77,7 +78,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_tiny(args: argparse.Namespace) -> int:
     from mmalign.models.tiny import save_tiny
 
-    out = save_tiny(args.family, args.out, seed=args.seed)
+    out = save_tiny(args.family, args.out, seed=args.seed, overwrite=args.overwrite)
     print(f"wrote a tiny random {args.family} checkpoint to {out}")
     return 0
 
@@ -140,5 +141,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--family", required=True, type=tiny_family,
                    help="llava, llava_next, qwen2_vl or qwen2_5_vl")
     p.add_argument("--out", required=True, help="output folder")
+    add_output_flags(p)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_tiny)

@@ -13,19 +13,21 @@ from typing import Any
 
 import yaml
 
-from mmalign.cli.common import add_model_flags, load_model, print_written
+from mmalign.cli.common import add_model_flags, add_output_flags, load_model, print_written
 from mmalign.cli.world import BUILDERS as WORLD_BUILDERS
 from mmalign.data_builders.corrections import read_corrections
 from mmalign.data_builders.importers import IMPORTERS, import_dataset
 from mmalign.data_builders.safety import label_disagreements, save_oriented
 from mmalign.data_builders.schema import RowErrors
 from mmalign.data_builders.storage import (
+    DATASET,
     iter_records,
     open_dataset,
     read_manifest,
     validate_dataset,
     write_dataset,
 )
+from mmalign.io import check_output
 
 SCHEMA_HINT = "canonical schema: docs/data.md (images, prompt, chosen, rejected + optional columns)"
 
@@ -47,7 +49,8 @@ def cmd_import(args: argparse.Namespace) -> int:
             if name not in accepted:
                 raise ValueError(f"--{name} does not apply to format {args.format}")
             options[name] = value
-    report = import_dataset(args.format, args.path, args.out, lenient=args.lenient, **options)
+    report = import_dataset(args.format, args.path, args.out, lenient=args.lenient, overwrite=args.overwrite,
+                            **options)
     print_written(report, IMPORTERS[args.format].kind)
     return 0
 
@@ -56,7 +59,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_build_corrections(args: argparse.Namespace) -> int:
     errors = RowErrors(lenient=args.lenient)
     records = read_corrections(args.input, image_root=args.images, errors=errors, min_match=args.min_match)
-    print_written(write_dataset(records, args.out, errors=errors), "preference")
+    print_written(write_dataset(records, args.out, errors=errors, overwrite=args.overwrite,
+                                inputs=(args.input, args.images)), "preference")
     return 0
 
 
@@ -103,6 +107,8 @@ def cmd_build_ai_feedback(args: argparse.Namespace) -> int:
     if (endpoint_settings is None) == (args.judge is None):
         raise ValueError("give exactly one judge: --judge MODEL (local) or --judge-url URL "
                          "(or judge_endpoint in --config)")
+    inputs = (args.prompts, args.policy, args.judge, args.images, args.config)
+    check_output(args.out, replaces=DATASET, overwrite=args.overwrite, inputs=inputs)  # before loading models
     if endpoint_settings is not None:
         if "model" not in endpoint_settings:
             raise ValueError("an endpoint judge needs a model name (--judge-model or judge_endpoint.model)")
@@ -114,14 +120,16 @@ def cmd_build_ai_feedback(args: argparse.Namespace) -> int:
         judge = AdapterJudge(judge_adapter)
         splitter = AdapterSplitter(judge_adapter) if args.splitter == "judge" else SentenceSplitter()
     builder = AIFeedbackBuilder(load_model(args, args.policy), judge, splitter, config)
-    report = build_ai_feedback(args.prompts, args.out, builder, image_root=args.images, lenient=args.lenient)
+    report = build_ai_feedback(args.prompts, args.out, builder, image_root=args.images, lenient=args.lenient,
+                               overwrite=args.overwrite, inputs=inputs)
     print_written(report, "preference")
     print(f"  {builder.stats.summary()}")
     return 0
 
 
 def cmd_build_safety_pairs(args: argparse.Namespace) -> int:
-    report = save_oriented(open_dataset(args.input, args.split), args.out, args.by, lenient=args.lenient)
+    report = save_oriented(open_dataset(args.input, args.split), args.out, args.by, lenient=args.lenient,
+                           overwrite=args.overwrite, inputs=[args.input])
     print_written(report, f"preference (ordered by {args.by})")
     return 0
 
@@ -198,6 +206,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("format", choices=list(IMPORTERS), metavar="FORMAT", help="one of: " + ", ".join(IMPORTERS))
     p.add_argument("path", help="data file or folder (parquet / json / jsonl, or a datasets folder for trl)")
     p.add_argument("--out", required=True, help="output dataset folder")
+    add_output_flags(p)
     p.add_argument("--images", help="folder that relative image paths resolve in (default: the data's folder)")
     p.add_argument("--facts", help="llava-rlhf: caption map JSON (image file name → captions)")
     p.add_argument("--prefer", choices=["helpful", "safer"],
@@ -220,6 +229,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "RLHF-V corrected spans on both sides.")
     p.add_argument("input", help="file of corrections")
     p.add_argument("--out", required=True, help="output dataset folder")
+    add_output_flags(p)
     p.add_argument("--images", help="image folder (default: the input file's folder)")
     p.add_argument("--min-match", type=int, default=3, help="shortest matching block kept by the diff (default 3)")
     p.add_argument("--lenient", action="store_true", help="skip bad rows instead of failing")
@@ -234,6 +244,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="prompt set or dataset folder, LLaVA conversation JSON, or JSON(L)/parquet with image + question")
     p.add_argument("--policy", required=True, help="policy model: folder, card name or hub id")
     p.add_argument("--out", required=True, help="output dataset folder")
+    add_output_flags(p)
     p.add_argument("--judge", help="local judge model (folder, card name or hub id)")
     p.add_argument("--judge-url", help="OpenAI-compatible endpoint base URL, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--judge-model", help="model name to request from the endpoint")
@@ -261,6 +272,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="dual-preference dataset folder")
     p.add_argument("--by", required=True, choices=["helpful", "safer"])
     p.add_argument("--out", required=True, help="output dataset folder")
+    add_output_flags(p)
     p.add_argument("--split", help="split, if the folder holds several")
     p.add_argument("--lenient", action="store_true", help="skip rows without the needed label")
     p.set_defaults(func=cmd_build_safety_pairs)

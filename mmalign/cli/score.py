@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from mmalign.cli.common import add_model_flags, model_kwargs
-from mmalign.io import atomic_dir
+from mmalign.cli.common import add_model_flags, add_output_flags, model_kwargs
+from mmalign.io import DATASETS_FOLDER, atomic_dir, check_output
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -13,6 +13,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     from mmalign.reward import RewardScorer, load_reward_model
 
+    inputs = (args.model, args.base, args.data)
+    check_output(args.out, replaces=DATASETS_FOLDER, overwrite=args.overwrite, inputs=inputs)  # before loading
     model = load_reward_model(args.model, args.base, **model_kwargs(args))
     scorer = RewardScorer(model, batch_size=args.batch_size, max_length=args.max_length)
     dataset = load_from_disk(args.data)
@@ -21,7 +23,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         column = f"{args.prefix or model.kind}_{response}"
         dataset = scorer.score_dataset(dataset, response_column=response, column=column)
         columns.append(column)
-    with atomic_dir(args.out) as tmp:
+    with atomic_dir(args.out, replaces=DATASETS_FOLDER, overwrite=args.overwrite, inputs=inputs) as tmp:
         dataset.save_to_disk(str(tmp))
     for column in columns:
         values = dataset[column]
@@ -39,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", default=None, help="base checkpoint (default: the one recorded in the model)")
     p.add_argument("--data", required=True, help="datasets folder with prompt, images and response columns")
     p.add_argument("--out", required=True, help="output datasets folder (written atomically)")
+    add_output_flags(p)
     p.add_argument("--responses", nargs="+", default=["chosen", "rejected"],
                    help="response columns to score (default: chosen rejected)")
     p.add_argument("--prefix", default=None, help="score column prefix (default: the model kind, reward or cost)")

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from mmalign.benchmarks.runner import GenerationConfig
-from mmalign.cli.common import add_model_flags, load_model
+from mmalign.cli.common import add_model_flags, add_output_flags, load_model
 from mmalign.studio import (
     StudioProject,
     Submission,
@@ -105,7 +105,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
 
-    report = export_project(StudioProject(args.project), args.out, prefer=args.prefer)
+    report = export_project(StudioProject(args.project), args.out, prefer=args.prefer, overwrite=args.overwrite)
     print(f"wrote {report.rows} rows to {report.path} ({report.corrections} corrections, {report.pairs} pairs; "
           f"{report.unchanged} answers marked correct were left out)")
     if report.dropped:
@@ -253,6 +253,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = cmds.add_parser("export", help="write the canonical preference dataset and agreement.json")
     _project(p)
     p.add_argument("--out", required=True, help="output dataset folder (written atomically)")
+    add_output_flags(p)
     p.add_argument("--prefer", choices=["helpful", "safer"], default="helpful",
                    help="pair items: chosen is the more helpful (default) or the safer answer")
     p.set_defaults(func=cmd_export)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from mmalign.cli.common import add_model_flags, load_model
+from mmalign.cli.common import add_model_flags, add_output_flags, load_model
 from mmalign.export import merge_adapter
-from mmalign.io import atomic_dir
+from mmalign.io import DATASETS_FOLDER, atomic_dir, check_output
 
 TRAIN_HELP = """\
 Train with a recipe. Every option is a YAML key of the recipe and a --flag; flags
@@ -64,10 +64,12 @@ def cmd_precompute_ref(args: argparse.Namespace) -> int:
 
     from mmalign.dpo.reference import precompute_reference_logps
 
+    inputs = (args.model, args.adapter, args.data)
+    check_output(args.out, replaces=DATASETS_FOLDER, overwrite=args.overwrite, inputs=inputs)  # before loading
     adapter = load_model(args)
     dataset = precompute_reference_logps(adapter, load_from_disk(args.data), max_length=args.max_length,
                                          batch_size=args.batch_size)
-    with atomic_dir(args.out) as tmp:
+    with atomic_dir(args.out, replaces=DATASETS_FOLDER, overwrite=args.overwrite, inputs=inputs) as tmp:
         dataset.save_to_disk(str(tmp))
     print(f"wrote {len(dataset)} pairs with reference log-probs to {args.out}")
     return 0
@@ -77,7 +79,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not args.merge:
         raise ValueError("mmalign export: only --merge is supported (fold LoRA into the base weights)")
     out = merge_adapter(args.base, args.adapter, args.out, dtype=args.dtype,
-                        trust_remote_code=args.trust_remote_code)
+                        trust_remote_code=args.trust_remote_code, overwrite=args.overwrite)
     print(f"merged checkpoint written to {out}")
     return 0
 
@@ -111,6 +113,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="reference model: card name, hub id or folder")
     p.add_argument("--data", required=True, help="preference dataset folder")
     p.add_argument("--out", required=True, help="output dataset folder")
+    add_output_flags(p)
     p.add_argument("--max-length", type=int, default=2048, help="same max_length as training (default: 2048)")
     p.add_argument("--batch-size", type=int, default=8)
     # 4-bit compute dtype bfloat16 (not --dtype as elsewhere): this command's default before the flags
@@ -125,5 +128,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", required=True, help="base model: card name, hub id or folder")
     p.add_argument("--adapter", required=True, help="PEFT adapter folder")
     p.add_argument("--out", required=True, help="output folder")
+    add_output_flags(p)
     add_model_flags(p, what="the merged checkpoint", quantize=False, device_map=False, title=None)
     p.set_defaults(func=cmd_export)

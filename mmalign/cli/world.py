@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from mmalign.cli.common import add_model_flags, load_model, print_written
-from mmalign.data_builders.storage import save_preference_dataset, save_prompt_set
+from mmalign.cli.common import add_model_flags, add_output_flags, load_model, print_written
+from mmalign.data_builders.storage import DATASET, save_preference_dataset, save_prompt_set
 from mmalign.experiments.pretrain_scene_vlm import PretrainConfig, pretrain_scene_vlm
+from mmalign.io import check_output
 from mmalign.scene.exports import make_world
 from mmalign.scene.feedback import (
     scene_feedback_records,
@@ -22,7 +23,7 @@ from mmalign.scene.world import WorldConfig
 
 
 def cmd_make(args: argparse.Namespace) -> int:
-    out = make_world(args.out, seed=args.seed, size=args.size, split=args.split)
+    out = make_world(args.out, seed=args.seed, size=args.size, split=args.split, overwrite=args.overwrite)
     print(f"wrote {args.size} {args.split} scenes with POPE, COCO (CHAIR), AMBER and MMHal files to {out}")
     return 0
 
@@ -31,7 +32,7 @@ def cmd_sft_data(args: argparse.Namespace) -> int:
     from mmalign.scene.sft import save_scene_sft_dataset  # imports datasets (0.5 s): not for --help
 
     save_scene_sft_dataset(args.out, WorldConfig(seed=args.seed), args.size, split=args.split,
-                           turns=args.turns, seed=args.seed)
+                           turns=args.turns, seed=args.seed, overwrite=args.overwrite)
     print(f"wrote {args.size} instruction conversations ({args.split} split) to {args.out}")
     return 0
 
@@ -40,31 +41,35 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     config = PretrainConfig(seed=args.seed, n_scenes=args.n_scenes, epochs=args.epochs,
                             batch_size=args.batch_size, learning_rate=args.learning_rate,
                             vision_steps=args.vision_steps, train_vision=args.train_vision)
-    out = pretrain_scene_vlm(args.out, config)
+    out = pretrain_scene_vlm(args.out, config, overwrite=args.overwrite)
     print(f"pretrained scene VLM written to {out}")
     return 0
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
+    inputs = (args.model, args.adapter)
+    check_output(args.out, replaces=DATASET, overwrite=args.overwrite, inputs=inputs)  # before loading the model
     adapter = load_model(args)
     records, stats = scene_feedback_records(adapter, WorldConfig(seed=args.seed), args.scenes, seed=args.seed,
                                             include_correct_answers=not args.wrong_only,
                                             replace_absent=not args.remove_absent)
-    print_written(save_preference_dataset(records, args.out), "preference (scene-world corrections)")
+    print_written(save_preference_dataset(records, args.out, overwrite=args.overwrite, inputs=inputs),
+                  "preference (scene-world corrections)")
     print("  " + json.dumps(stats.__dict__))
     return 0
 
 
 def cmd_safety(args: argparse.Namespace) -> int:
     records = scene_safety_records(WorldConfig(seed=args.seed), args.scenes, hazardous_only=args.hazardous_only)
-    print_written(save_preference_dataset(records, args.out), "dual preference (scene-world safety)")
+    print_written(save_preference_dataset(records, args.out, overwrite=args.overwrite),
+                  "dual preference (scene-world safety)")
     return 0
 
 
 def cmd_prompts(args: argparse.Namespace) -> int:
     records = scene_prompt_records(WorldConfig(seed=args.seed), args.scenes, split=args.split, start=args.start,
                                    kinds=args.kinds, seed=args.seed)
-    print_written(save_prompt_set(records, args.out), "prompt set (scene world, for PPO)")
+    print_written(save_prompt_set(records, args.out, overwrite=args.overwrite), "prompt set (scene world, for PPO)")
     return 0
 
 
@@ -91,6 +96,7 @@ def add_feedback_flags(p: argparse.ArgumentParser) -> None:
                    "object the caption left out (the demo's choice: replacements teach a weakly grounded model "
                    "to name objects it cannot see)")
     p.add_argument("--out", required=True, help="output dataset folder")
+    add_output_flags(p)
     add_model_flags(p, adapter=True)
 
 
@@ -99,6 +105,7 @@ def add_safety_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hazardous-only", action="store_true", help="only scenes holding a hazardous object")
     p.add_argument("--out", required=True, help="output dataset folder")
+    add_output_flags(p)
 
 
 def add_prompts_flags(p: argparse.ArgumentParser) -> None:
@@ -109,6 +116,7 @@ def add_prompts_flags(p: argparse.ArgumentParser) -> None:
                    choices=["describe", "exist", "safety"], help="prompt kinds (default: all three)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output dataset folder")
+    add_output_flags(p)
 
 
 #: The dataset builders, by their ``mmalign world`` name: (help, description, add the flags, run).
@@ -127,6 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = cmds.add_parser("make", help="write scenes and benchmark files (POPE, COCO, AMBER, MMHal)")
     p.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    add_output_flags(p)
     p.add_argument("--seed", type=int, default=0, help="world seed (default: 0)")
     p.add_argument("--size", type=int, default=500, help="number of scenes (default: 500)")
     p.add_argument("--split", default="eval", help="world split: eval (co-occurrence 0.5) or train (0.9)")
@@ -134,6 +143,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = cmds.add_parser("sft-data", help="write instruction conversations as a datasets folder")
     p.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    add_output_flags(p)
     p.add_argument("--size", type=int, default=2000, help="number of scenes / rows (default: 2000)")
     p.add_argument("--split", default="train", help="world split (default: train)")
     p.add_argument("--turns", type=int, default=3, help="question/answer turns per row (default: 3)")
@@ -144,6 +154,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         description="Build a fresh LLaVA over the world's vocabulary and train all of it with "
                         "the SFT trainer on the training split. Defaults reproduce the shipped weights.")
     p.add_argument("--out", required=True, help="output folder")
+    add_output_flags(p)
     p.add_argument("--seed", type=int, default=0)
     d = PretrainConfig()
     p.add_argument("--n-scenes", type=int, default=d.n_scenes, help=f"training scenes (default: {d.n_scenes})")
