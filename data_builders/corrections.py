@@ -26,6 +26,7 @@ from typing import Any, Literal
 from mmalign.data_builders.images import ImageOptions
 from mmalign.data_builders.schema import RecordError, RowErrors, validate_record
 from mmalign.data_builders.sources import default_image_root, iter_rows, require
+from mmalign.data_builders.sources import record_id as row_id
 
 TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]")
 MIN_MATCH = 3
@@ -166,8 +167,9 @@ def read_corrections(
     errors = errors if errors is not None else RowErrors()
     options = ImageOptions(root=Path(image_root) if image_root else default_image_root(path))
     for row, raw in iter_rows(path, errors=errors):
-        record_id = str(raw["id"]) if raw.get("id") is not None else None
+        record_id = None
         try:
+            record_id = row_id(raw, "id")
             prompt_key = "question" if "question" in raw else "prompt"
             images = raw.get("images") if "images" in raw else ([raw["image"]] if raw.get("image") else [])
             meta = {k: v for k, v in raw.items() if k not in CORRECTION_FIELDS}

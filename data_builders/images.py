@@ -49,9 +49,12 @@ class ImageOptions:
 def resolve_inside(root: Path | None, relative: str | Path) -> Path:
     """``root / relative``, refusing anything that ends up outside ``root``."""
     if root is None:
-        raise ImageError(f"image path {str(relative)!r} given but no image folder is set")
-    base = Path(root).resolve()
-    target = (base / relative).resolve()
+        raise ImageError(f"image path {_shown(relative)} given but no image folder is set")
+    try:
+        base = Path(root).resolve()
+        target = (base / relative).resolve()
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long, a symlink loop
+        raise ImageError(f"image path {_shown(relative)} is not a usable path ({exc})") from None
     if not target.is_relative_to(base):
         raise ImageError(f"image path {str(relative)!r} escapes the image folder {base}")
     return target
@@ -79,16 +82,24 @@ def check_image_bytes(data: bytes, options: ImageOptions) -> Image.Image:
         raise ImageError(f"possible decompression bomb: {exc}") from None
     except UnidentifiedImageError:
         raise ImageError("not a readable image (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"corrupt or truncated image: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - PIL parses untrusted bytes; any failure means a bad image
+        raise ImageError(f"corrupt or truncated image: {' '.join(str(exc).split()) or type(exc).__name__}") from None
     return img
+
+
+def _shown(path: str | Path, limit: int = 80) -> str:
+    text = repr(str(path))
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
 def _read_path(path: str | Path, options: ImageOptions) -> bytes:
     target = resolve_inside(options.root, path)
-    if not target.is_file():
-        raise ImageError(f"image file {str(path)!r} not found under {options.root}")
-    return target.read_bytes()
+    try:
+        if not target.is_file():
+            raise ImageError(f"image file {_shown(path)} not found under {options.root}")
+        return target.read_bytes()
+    except OSError as exc:
+        raise ImageError(f"image file {_shown(path)} cannot be read ({exc.strerror or exc})") from None
 
 
 def encode_pil(img: Image.Image) -> bytes:
@@ -110,8 +121,12 @@ def raw_image_bytes(value: Any, options: ImageOptions) -> bytes:
         data = bytes(value)
     elif isinstance(value, dict):
         if value.get("bytes") is not None:
+            if not isinstance(value["bytes"], bytes | bytearray | memoryview):
+                raise ImageError(f"image dict 'bytes' must be bytes, got {type(value['bytes']).__name__}")
             data = bytes(value["bytes"])
         elif value.get("path"):
+            if not isinstance(value["path"], str | Path):
+                raise ImageError(f"image dict 'path' must be a string, got {type(value['path']).__name__}")
             data = _read_path(value["path"], options)
         else:
             raise ImageError("image dict has neither 'bytes' nor 'path'")

@@ -13,7 +13,7 @@ Formats (see docs/data.md and the design notes in DATASETS.md): ``rlhf-v``, ``rl
 
 from __future__ import annotations
 
-import json
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,13 +29,14 @@ from mmalign.data_builders.schema import (
     SIDES,
     RecordError,
     RowErrors,
+    RowRef,
     column_names,
     validate_prompt_record,
     validate_record,
 )
-from mmalign.data_builders.sources import default_image_root, iter_rows, require
-from mmalign.data_builders.storage import DATASET, WriteReport, write_dataset
-from mmalign.io import check_output
+from mmalign.data_builders.sources import default_image_root, iter_rows, record_id, require
+from mmalign.data_builders.storage import DATASET, WriteReport, open_dataset, write_dataset
+from mmalign.io import check_output, parse_json, read_json
 
 LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                "llava": "assistant"}
@@ -49,8 +50,17 @@ def strip_image_token(text: str) -> str:
 
 
 def _json_safe(value: Any) -> Any:
-    """Provenance values as JSON (bytes and other odd types become strings)."""
-    return json.loads(json.dumps(value, default=lambda v: v.hex() if isinstance(v, bytes) else str(v)))
+    """Provenance values as JSON: bytes and other odd types become strings, NaN and
+    infinities (which JSON cannot hold) ``None``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, str | int | float):
+        return value
+    return value.hex() if isinstance(value, bytes) else str(value)
 
 
 def _json_field(raw: Mapping[str, Any], key: str) -> Any:
@@ -59,9 +69,9 @@ def _json_field(raw: Mapping[str, Any], key: str) -> Any:
     if isinstance(value, dict):
         return value
     try:
-        return json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise RecordError(f"is not valid JSON ({exc.msg})", field=key) from None
+        return parse_json(value)
+    except ValueError as exc:
+        raise RecordError(f"is not valid JSON ({str(exc).removeprefix('invalid JSON: ')})", field=key) from None
 
 
 def _choice(raw: Mapping[str, Any], key: str, allowed: Sequence[int]) -> int:
@@ -122,6 +132,23 @@ def _options(path: str | Path, image_root: str | Path | None, max_pixels: int | 
     return ImageOptions(root=root, max_pixels=max_pixels)
 
 
+class _PromptForm:
+    """One prompt form per dataset (text or conversational, fixed by the first record): a row
+    of the other form is refused here, where its file and row are known."""
+
+    def __init__(self) -> None:
+        self.conversational: bool | None = None
+
+    def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
+        conversational = isinstance(record["prompt"], list)
+        if self.conversational is None:
+            self.conversational = conversational
+        elif conversational != self.conversational:
+            raise RecordError("mixes text and conversational prompts; earlier rows use "
+                              f"{'conversational' if self.conversational else 'text'} prompts", field="prompt")
+        return record
+
+
 def _validate_rows(
     rows: Iterable[tuple[int, dict[str, Any]]],
     errors: RowErrors,
@@ -130,12 +157,14 @@ def _validate_rows(
     id_key: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Convert and validate each (row number, raw row), routing bad rows to ``errors``."""
+    same_form = _PromptForm()
     for row, raw in rows:
-        record_id = str(raw[id_key]) if id_key and raw.get(id_key) is not None else None
+        rid = None
         try:
-            yield validate_record(convert(raw), row=row, record_id=record_id, images=options)
+            rid = record_id(raw, id_key) if id_key else None
+            yield same_form(validate_record(convert(raw), row=row, record_id=rid, images=options))
         except RecordError as err:
-            errors(err.located(row, record_id))
+            errors(err.located(row, rid))
 
 
 def _rows(
@@ -175,8 +204,8 @@ def read_rlhf_v(
         origin_split = raw.get("origin_split")
         if isinstance(origin_split, str):
             try:
-                origin_split = json.loads(origin_split)
-            except json.JSONDecodeError:
+                origin_split = parse_json(origin_split)
+            except ValueError:
                 pass  # kept as the plain string it is
         meta = {k: raw.get(k) for k in ("ds_name", "origin_dataset", "idx", "image_path") if raw.get(k) is not None}
         if origin_split is not None:
@@ -277,7 +306,7 @@ def _response_text(raw: Mapping[str, Any], key: str) -> str:
 
 def load_caption_map(path: str | Path) -> dict[str, list[str]]:
     """LLaVA-RLHF's image → captions JSON map (facts for the Fact-RLHF reward model)."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data = read_json(path)
     if not isinstance(data, dict) or not all(
         isinstance(v, list) and all(isinstance(s, str) for s in v) for v in data.values()
     ):
@@ -356,9 +385,11 @@ def read_llava_conversations(
         raise ValueError("turns must be 'first' or 'all'")
     errors = errors if errors is not None else RowErrors()
     options = _options(path, image_root, max_pixels)
+    same_form = _PromptForm()
     for row, raw in iter_rows(path, errors=errors):
-        record_id = str(raw["id"]) if raw.get("id") is not None else None
+        rid = None
         try:
+            rid = record_id(raw, "id")
             image = raw.get("image")
             images = [image] if image else []
             messages = llava_messages(require(raw, "conversations", list), len(images))
@@ -366,7 +397,7 @@ def read_llava_conversations(
                        and messages[i - 1]["role"] == "user"]
             if not answers:
                 raise RecordError("has no human turn followed by a gpt answer", field="conversations")
-            meta = {"id": raw["id"]} if record_id else None
+            meta = {"id": raw["id"]} if rid else None
             chosen_turns = answers[:1] if turns == "first" else answers
             for k, i in enumerate(chosen_turns):
                 reference = " ".join(p["text"] for p in messages[i]["content"] if p["type"] == "text")
@@ -375,9 +406,9 @@ def read_llava_conversations(
                     prompt = _simple_prompt(messages[:i]) or messages[:i]
                 record = {"images": images, "prompt": prompt, "reference": reference,
                           "source": "llava-conversations", "meta": {**(meta or {}), "turn": k}}
-                yield validate_prompt_record(record, row=row, record_id=record_id, images=options)
+                yield same_form(validate_prompt_record(record, row=row, record_id=rid, images=options))
         except RecordError as err:
-            errors(err.located(row, record_id))
+            errors(err.located(row, rid))
 
 
 # ---------------------------------------------------------------------------- safety
@@ -478,20 +509,28 @@ def read_pku_saferlhf(
 # ---------------------------------------------------------------------------- TRL
 def _trl_rows(path: Path, split: str | None, errors: RowErrors) -> Iterator[tuple[int, dict[str, Any]]]:
     if path.is_dir() and any((path / name).exists() for name in ("dataset_info.json", "dataset_dict.json")):
-        from datasets import DatasetDict, load_from_disk
-
-        loaded = load_from_disk(str(path))
-        if isinstance(loaded, DatasetDict):
-            if split is None:
-                raise ValueError(f"{path} holds splits {sorted(loaded)}; choose one with --split")
-            loaded = loaded[split]
+        loaded = open_dataset(path, split)
         row = 0
         for table in loaded.with_format("arrow").iter(batch_size=256):
             for raw in table.to_pylist():
-                yield row, raw
+                yield RowRef(row, str(path)), raw
                 row += 1
     else:
         yield from iter_rows(path, split=split, errors=errors)
+
+
+def _meta_object(value: Any) -> dict[str, Any]:
+    """A row's ``meta`` (a JSON object or its text) as a dict, to merge other columns into."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = parse_json(value)
+        except ValueError as exc:
+            raise RecordError(str(exc), field="meta") from None
+    if not isinstance(value, dict):
+        raise RecordError(f"expected a JSON object, got {type(value).__name__}", field="meta")
+    return value
 
 
 def read_trl(
@@ -512,6 +551,7 @@ def read_trl(
     errors = errors if errors is not None else RowErrors()
     options = _options(path, image_root, max_pixels)
     canonical = set(column_names(PREFERENCE))
+    same_form = _PromptForm()
     for row, raw in _trl_rows(path, split, errors):
         try:
             record = {k: v for k, v in raw.items() if k in canonical and k != "images"}
@@ -519,12 +559,12 @@ def read_trl(
             extra = {k: v for k, v in raw.items() if k not in canonical and k != "image" and v is not None}
             meta = record.get("meta")
             if extra:
-                meta = {**(json.loads(meta) if isinstance(meta, str) else meta or {}), **_json_safe(extra)}
+                meta = {**_meta_object(meta), **_json_safe(extra)}
             record["meta"] = meta
             record["source"] = raw.get("source") or "trl"
             for key in ("prompt", *SIDES):
                 require(raw, key, (str, list))
-            yield validate_record(record, row=row, images=options)
+            yield same_form(validate_record(record, row=row, images=options))
         except RecordError as err:
             errors(err.located(row))
 
@@ -558,6 +598,16 @@ IMPORTERS: dict[str, Importer] = {
 }
 
 
+def _some(records: Iterable[dict[str, Any]], path: str | Path, errors: RowErrors) -> Iterator[dict[str, Any]]:
+    """``records``, or a ``ValueError`` naming the input when it holds none."""
+    empty = True
+    for record in records:
+        empty = False
+        yield record
+    if empty:
+        raise ValueError(f"{path}: no records to import" + (f" ({errors.summary()})" if errors.count else ""))
+
+
 def import_dataset(
     fmt: str,
     path: str | Path,
@@ -580,5 +630,5 @@ def import_dataset(
     inputs = (path, options.get("image_root"), options.get("facts"))
     check_output(out, replaces=DATASET, overwrite=overwrite, inputs=inputs)  # before reading anything
     errors = RowErrors(lenient=lenient)
-    records = importer.reader(path, errors=errors, **options)
+    records = _some(importer.reader(path, errors=errors, **options), path, errors)
     return write_dataset(records, out, kind=importer.kind, errors=errors, overwrite=overwrite, inputs=inputs)

@@ -4,7 +4,10 @@ In a terminal, corrected spans are coloured (green in ``chosen``, red in ``rejec
 without colour they are bracketed ``[[like this]]``. ``diff=True`` also marks the
 word-level differences between the two responses ({+inserted+} / [-deleted-] without
 colour), which helps with pairs that carry no spans. The HTML preview embeds image
-thumbnails, so one file can be opened anywhere.
+thumbnails, so one file can be opened anywhere. Text from the data never reaches the
+terminal as is: control characters (escape sequences included) are shown as visible
+escapes such as ``\x1b`` (:func:`~mmalign.data_builders.schema.terminal_safe`), as the
+HTML preview escapes markup.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 from mmalign.data_builders.claims import image_data_url
 from mmalign.data_builders.corrections import word_diff
 from mmalign.data_builders.images import ImageError, ImageOptions, check_image_bytes, decode_image
-from mmalign.data_builders.schema import SIDES
+from mmalign.data_builders.schema import SIDES, terminal_safe
 from mmalign.data_builders.storage import open_dataset, read_manifest
 
 RESET = "\033[0m"
@@ -69,9 +72,13 @@ def _prompt_lines(prompt: Any) -> list[str]:
     if isinstance(prompt, str):
         return [f"prompt:   {prompt}"]
     lines = []
-    for msg in prompt:
-        text = " ".join("<image>" if p["type"] == "image" else (p.get("text") or "") for p in msg["content"])
-        lines.append(f"{msg['role'] + ':':<9} {text}")
+    for msg in prompt if isinstance(prompt, list) else [prompt]:
+        content = msg.get("content") if isinstance(msg, Mapping) else None
+        if not isinstance(content, list) or not all(isinstance(p, Mapping) for p in content):
+            lines.append(f"prompt:   {msg!r}")
+            continue
+        text = " ".join("<image>" if p.get("type") == "image" else str(p.get("text") or "") for p in content)
+        lines.append(f"{str(msg.get('role')) + ':':<9} {text}")
     return lines
 
 
@@ -95,35 +102,38 @@ def render_record(record: Mapping[str, Any], index: int, *, color: bool = False,
     def paint(text: str, style: str) -> str:
         return f"{STYLE[style]}{text}{RESET}" if color else text
 
-    lines = [paint(f"── row {index} · source {record.get('source') or '?'} ──", "head"),
-             f"images:   {_image_summary(record.get('images') or [])}", *_prompt_lines(record["prompt"])]
+    safe = terminal_safe
+    lines = [paint(f"── row {index} · source {safe(str(record.get('source') or '?'))} ──", "head"),
+             f"images:   {_image_summary(record.get('images') or [])}",
+             *(safe(line) for line in _prompt_lines(record.get("prompt")))]
     if record.get("reference"):
-        lines.append(f"reference: {record['reference']}")
+        lines.append(safe(f"reference: {record['reference']}"))
     changed = diff_spans(record) if diff and "chosen" in record else {}
     for side in SIDES:
         if side not in record:
             continue
         spans = record.get(f"{side}_spans") or []
-        text = record[side]
+        text = record[side] if isinstance(record[side], str) else str(record[side])
         if color:
             marks = [(lo, hi, STYLE[side]) for lo, hi in spans]
             marks += [(lo, hi, STYLE["diff"]) for lo, hi in changed.get(side, []) if not _covered(lo, hi, spans)]
-            text = _paint_spans(text, marks)
+            text = _paint_spans(text, marks)  # escapes the text character by character
         else:
-            text = mark_spans(text, spans, *MARKERS["span"])
+            marked = mark_spans(text, spans, *MARKERS["span"])
             if changed.get(side) and not spans:
                 kind = "insert" if side == "chosen" else "delete"
-                text = mark_spans(record[side], changed[side], *MARKERS[kind])
+                marked = mark_spans(text, changed[side], *MARKERS[kind])
+            text = safe(marked)  # the markers hold no control characters
         label = f"{side} ({len(spans)} span{'s' if len(spans) != 1 else ''})" if spans else side
         lines.append(f"{paint(label + ':', side)} {text}")
     if record.get("facts"):
-        lines.append("facts:    " + " | ".join(record["facts"]))
+        lines.append(safe("facts:    " + " | ".join(map(str, record["facts"]))))
     safety = _safety_line(record)
     if safety:
-        lines.append(safety)
+        lines.append(safe(safety))
     if record.get("meta"):
-        meta = record["meta"] if isinstance(record["meta"], str) else json.dumps(record["meta"])
-        lines.append(paint("meta:     " + (meta if len(meta) <= 200 else meta[:197] + "..."), "dim"))
+        meta = record["meta"] if isinstance(record["meta"], str) else json.dumps(record["meta"], default=str)
+        lines.append(paint(safe("meta:     " + (meta if len(meta) <= 200 else meta[:197] + "...")), "dim"))
     return "\n".join(lines)
 
 
@@ -143,7 +153,7 @@ def _paint_spans(text: str, marks: list[tuple[int, int, str]]) -> str:
             out.append(RESET if current else "")
             out.append(style or "")
             current = style
-        out.append(ch)
+        out.append(terminal_safe(ch))
     if current:
         out.append(RESET)
     return "".join(out)
@@ -151,7 +161,11 @@ def _paint_spans(text: str, marks: list[tuple[int, int, str]]) -> str:
 
 def load_rows(path: str | Path, start: int = 0, rows: int = 5, split: str | None = None) -> list[dict[str, Any]]:
     """Rows ``start … start+rows`` of a dataset folder, images left encoded."""
+    if start < 0 or rows < 0:
+        raise ValueError(f"rows to show start at 0 or later and number 0 or more (got start {start}, rows {rows})")
     ds = open_dataset(path, split)
+    if start >= len(ds) and rows:
+        raise ValueError(f"{path} has {len(ds)} rows; there is no row {start} (rows are numbered from 0)")
     stop = min(start + rows, len(ds))
     if start >= stop:
         return []
@@ -165,8 +179,8 @@ def inspect_dataset(
     manifest = read_manifest(path)
     head = []
     if manifest:
-        head.append(f"{path}: {manifest.get('kind')} dataset, {manifest.get('rows')} rows, "
-                    f"schema v{manifest.get('schema_version')}, sources {manifest.get('sources')}")
+        head.append(terminal_safe(f"{path}: {manifest.get('kind')} dataset, {manifest.get('rows')} rows, "
+                                  f"schema v{manifest.get('schema_version')}, sources {manifest.get('sources')}"))
     body = [render_record(r, start + i, color=color, diff=diff) for i, r in enumerate(load_rows(path, start, rows))]
     return "\n\n".join(head + body)
 

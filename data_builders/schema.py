@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import unicodedata
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -129,33 +130,63 @@ def features(kind: str = PREFERENCE, conversational: bool = False):
 
 
 # ---------------------------------------------------------------------------- errors
+class RowRef(int):
+    """A 0-based row number that also knows the file it was read from (a shard of a folder):
+    errors located with it name that file and the row within it."""
+
+    file: str | None
+
+    def __new__(cls, row: int, file: str | None = None) -> RowRef:
+        ref = super().__new__(cls, row)
+        ref.file = file
+        return ref
+
+
+def shorten(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages about arbitrary data."""
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class RecordError(ValueError):
-    """A bad record. ``str()`` names the row, the record id (if known) and the field."""
+    """A bad record. ``str()`` names the file (if known), the row, the record id (if known)
+    and the field: ``data/part-1.jsonl row 3 (id 17), field 'chosen': is empty``."""
 
     def __init__(self, message: str, *, field: str | None = None, row: int | None = None,
-                 record_id: str | None = None):
+                 record_id: str | None = None, file: str | None = None):
         super().__init__(message)
         self.message = message
         self.field = field
-        self.row = row
+        self.row = None if row is None else int(row)
         self.record_id = record_id
+        self.file = file if file is not None else getattr(row, "file", None)
 
-    def located(self, row: int | None, record_id: str | None = None) -> RecordError:
-        """The same error with the row (and id) filled in where missing."""
+    def located(self, row: int | None, record_id: str | None = None, file: str | None = None) -> RecordError:
+        """The same error with the row (and id, and file) filled in where missing; a
+        :class:`RowRef` brings its file."""
         return RecordError(
             self.message,
             field=self.field,
             row=self.row if self.row is not None else row,
             record_id=self.record_id if self.record_id is not None else record_id,
+            file=self.file or file or getattr(row, "file", None),
         )
 
     def __str__(self) -> str:
         where = []
         if self.row is not None:
-            where.append(f"row {self.row}" + (f" (id {self.record_id})" if self.record_id else ""))
+            shown = repr(str(self.record_id))[1:-1] if self.record_id else ""
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            where.append(f"row {self.row}" + (f" (id {shown})" if shown else ""))
         if self.field is not None:
             where.append(f"field {self.field!r}")
-        return (", ".join(where) + ": " if where else "") + self.message
+        located = ", ".join(where)
+        if self.file:
+            located = f"{self.file}{' ' if self.row is not None else ', '}{located}" if located else self.file
+        return (located + ": " if located else "") + self.message
 
 
 @dataclass
@@ -191,13 +222,71 @@ def _fail(fld: str, message: str) -> RecordError:
     return RecordError(message, field=fld)
 
 
+# ---------------------------------------------------------------------------- text
+#: Characters that are letters or symbols to Unicode but render as nothing (Hangul fillers,
+#: the blank Braille pattern): text made of them is as empty as whitespace.
+INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def is_visible(ch: str) -> bool:
+    """A character that shows: a letter, digit, punctuation or symbol (not a filler)."""
+    return unicodedata.category(ch)[0] in "LNPS" and ch not in INVISIBLE
+
+
+def has_visible_text(text: str) -> bool:
+    return any(is_visible(ch) for ch in text)
+
+
+def meaningful(text: str) -> str:
+    """``text`` as a reader sees it: format characters (zero-width spaces, byte-order marks,
+    direction marks...) and fillers dropped, runs of whitespace made one space."""
+    return " ".join("".join(ch for ch in text if unicodedata.category(ch) != "Cf" and ch not in INVISIBLE).split())
+
+
+def _code_points(text: str, limit: int = 5) -> str:
+    seen = list(dict.fromkeys(f"U+{ord(ch):04X}" for ch in text if not ch.isspace()))
+    return ", ".join(seen[:limit]) + (", ..." if len(seen) > limit else "")
+
+
+def _unicode(value: str, fld: str) -> str:
+    """``value`` unless it holds a lone surrogate, which no file can store (not valid Unicode)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise _fail(fld, f"holds an unpaired surrogate at character {err.start} (not valid Unicode)") from None
+    return value
+
+
+#: C0 and C1 control characters other than newline and tab, and the Unicode bidirectional
+#: overrides and isolates, which can rewrite what a terminal shows.
+_TERMINAL_UNSAFE = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x20), *range(0x7f, 0xa0)) if chr(c) not in "\n\t"}
+_TERMINAL_UNSAFE.update({c: f"\\u{c:04x}" for c in (*range(0x202a, 0x202f), *range(0x2066, 0x206a))})
+
+
+def terminal_safe(text: str) -> str:
+    r"""``text`` with control characters (C0 / C1 except newline and tab, so every escape
+    sequence, and bidirectional overrides) replaced by visible escapes such as ``\x1b``."""
+    return text.translate(_TERMINAL_UNSAFE)
+
+
 # ---------------------------------------------------------------------------- fields
 def _text(value: Any, fld: str, *, allow_empty: bool = False) -> str:
+    """A string that holds visible text (unless ``allow_empty``): whitespace, zero-width
+    spaces, byte-order marks and other format characters alone are empty."""
     if not isinstance(value, str):
         raise _fail(fld, f"expected a string, got {type(value).__name__}")
-    if not allow_empty and not value.strip():
-        raise _fail(fld, "is empty")
+    _unicode(value, fld)
+    if not allow_empty and not has_visible_text(value):
+        if not value.strip():
+            raise _fail(fld, "is empty")
+        raise _fail(fld, f"has no visible text (only invisible characters: {_code_points(value)})")
     return value
+
+
+def _no_placeholder(text: str, fld: str, what: str) -> str:
+    if IMAGE_PLACEHOLDER in text:
+        raise _fail(fld, f"contains the image placeholder {IMAGE_PLACEHOLDER}; {what}")
+    return text
 
 
 def normalise_messages(value: Any, fld: str = "prompt", *, last_role: str = "user") -> list[dict[str, Any]]:
@@ -216,8 +305,8 @@ def normalise_messages(value: Any, fld: str = "prompt", *, last_role: str = "use
         if not isinstance(msg, Mapping):
             raise _fail(where, f"expected a message dict, got {type(msg).__name__}")
         role = msg.get("role")
-        if role not in ROLES:
-            raise _fail(f"{where}.role", f"expected one of {', '.join(ROLES)}, got {role!r}")
+        if not isinstance(role, str) or role not in ROLES:
+            raise _fail(f"{where}.role", f"expected one of {', '.join(ROLES)}, got {shorten(role)}")
         content = msg.get("content")
         if isinstance(content, str):
             parts = [{"type": "text", "text": content}]
@@ -237,8 +326,8 @@ def normalise_messages(value: Any, fld: str = "prompt", *, last_role: str = "use
         out.append({"role": role, "content": parts})
     if out[-1]["role"] != last_role:
         raise _fail(fld, f"the last message must be the {last_role}'s turn")
-    if not any(p["type"] == "image" or (p["text"] or "").strip() for m in out for p in m["content"]):
-        raise _fail(fld, "has no text and no image")
+    if not any(p["type"] == "image" or has_visible_text(p["text"] or "") for m in out for p in m["content"]):
+        raise _fail(fld, "has no visible text and no image")
     return out
 
 
@@ -264,15 +353,19 @@ def _prompt(value: Any) -> str | list[dict[str, Any]]:
 
 
 def _response(value: Any, fld: str) -> str:
-    """A response as text; a conversational response must be one assistant message."""
+    """A response as visible text; a conversational response must be one assistant message.
+    A response holds no ``<image>`` placeholder (only the prompt places images)."""
     if isinstance(value, list):
         if len(value) != 1 or not isinstance(value[0], Mapping) or value[0].get("role") != "assistant":
             raise _fail(fld, "a conversational response must be exactly one assistant message")
         content = value[0].get("content")
         if isinstance(content, list):
-            content = "".join(p.get("text") or "" for p in content if isinstance(p, Mapping) and p.get("type") == "text")
+            parts = [p for p in content if isinstance(p, Mapping) and p.get("type") == "text"]
+            for j, part in enumerate(parts):
+                _text(part.get("text"), f"{fld}[0].content[{j}].text", allow_empty=True)
+            content = "".join(p.get("text") or "" for p in parts)
         value = content
-    return _text(value, fld)
+    return _no_placeholder(_text(value, fld), fld, "a response cannot hold an image")
 
 
 def _images(value: Any, options: ImageOptions) -> list[dict[str, Any]]:
@@ -319,19 +412,20 @@ def _facts(value: Any) -> list[str] | None:
         return None
     if not isinstance(value, list | tuple):
         raise _fail("facts", f"expected a list of strings, got {type(value).__name__}")
-    return [_text(f, f"facts[{i}]") for i, f in enumerate(value)]
+    return [_no_placeholder(_text(f, f"facts[{i}]"), f"facts[{i}]", "facts are text")
+            for i, f in enumerate(value)]
 
 
 def _side(value: Any, fld: str) -> str | None:
-    if value is None or value in SIDES:
+    if value is None or (isinstance(value, str) and value in SIDES):
         return value
-    raise _fail(fld, f"expected 'chosen' or 'rejected', got {value!r}")
+    raise _fail(fld, f"expected 'chosen' or 'rejected', got {shorten(value)}")
 
 
 def _flag(value: Any, fld: str) -> bool | None:
     if value is None or isinstance(value, bool):
         return value
-    raise _fail(fld, f"expected true/false, got {value!r}")
+    raise _fail(fld, f"expected true/false, got {shorten(value)}")
 
 
 def _rating(value: Any, fld: str, bounds: tuple[int, int]) -> int | None:
@@ -356,9 +450,12 @@ def _meta(value: Any) -> str | None:
     if not isinstance(value, Mapping):
         raise _fail("meta", "expected a JSON object")
     try:
-        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+        text = json.dumps(value, ensure_ascii=False, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise _fail("meta", f"not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise _fail("meta", "nests too deeply") from None
+    return _unicode(text, "meta")
 
 
 def _optional_text(value: Any, fld: str) -> str | None:
@@ -385,6 +482,10 @@ def _check_prompt_images(prompt: Any, images: list) -> None:
         n = count_image_parts(prompt)
         if n != len(images):
             raise _fail("prompt", f"has {n} image part(s) but the row has {len(images)} image(s)")
+        for i, msg in enumerate(prompt):
+            for j, part in enumerate(msg["content"]):
+                _no_placeholder(part["text"] or "", f"prompt[{i}].content[{j}].text",
+                                "give each image as a {'type': 'image'} part")
     elif IMAGE_PLACEHOLDER in prompt and prompt.count(IMAGE_PLACEHOLDER) != len(images):
         raise _fail("prompt", f"has {prompt.count(IMAGE_PLACEHOLDER)} {IMAGE_PLACEHOLDER} placeholder(s) but the "
                     f"row has {len(images)} image(s); give one placeholder per image, or none (images first)")
@@ -414,6 +515,9 @@ def validate_record(
             out[side] = _response(record[side], side)
         if out["chosen"] == out["rejected"]:
             raise _fail("rejected", "is identical to 'chosen'")
+        if meaningful(out["chosen"]) == meaningful(out["rejected"]):
+            raise _fail("rejected", "reads the same as 'chosen' (they differ only in whitespace or invisible "
+                                    "characters)")
         for side in SIDES:
             out[f"{side}_spans"] = _spans(record.get(f"{side}_spans"), out[side], f"{side}_spans")
         out["facts"] = _facts(record.get("facts"))

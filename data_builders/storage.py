@@ -32,7 +32,7 @@ from mmalign.data_builders.schema import (
     kind_of,
     log,
 )
-from mmalign.io import OutputKind, atomic_dir, scratch_dir
+from mmalign.io import OutputKind, atomic_dir, parse_json, read_text, scratch_dir
 
 MANIFEST = "mmalign_dataset.json"
 #: What dataset writers replace: a canonical dataset folder (recognised by its manifest).
@@ -194,25 +194,102 @@ def save_prompt_set(data: Any, path: str | Path, **kwargs: Any) -> WriteReport:
     return save_preference_dataset(data, path, kind=PROMPTS, **kwargs)
 
 
+def _json_object(file: Path, what: str) -> dict[str, Any]:
+    """A small JSON object file of a dataset folder; errors name the file and say what it is."""
+    try:
+        value = parse_json(read_text(file))
+    except OSError as exc:
+        raise ValueError(f"{file}: {what} cannot be read ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"{file}: not a readable {what} ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{file}: not a readable {what} (expected a JSON object, got {type(value).__name__})")
+    return value
+
+
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """The folder's manifest, or ``{}`` for a plain ``save_to_disk`` folder (e.g. from TRL)."""
+    """The folder's manifest, or ``{}`` for a plain ``save_to_disk`` folder (e.g. from TRL).
+    A manifest that does not parse is a ``ValueError`` naming it."""
     file = Path(path) / MANIFEST
-    return json.loads(file.read_text()) if file.exists() else {}
+    return _json_object(file, "mmalign dataset manifest") if file.exists() else {}
+
+
+def _unreadable(folder: Path, files: list[Path], exc: Exception) -> ValueError:
+    """The error for a folder ``load_from_disk`` could not read: the Arrow file at fault if one is."""
+    import pyarrow as pa
+
+    for file in files:
+        try:
+            with pa.memory_map(str(file)) as source:
+                pa.ipc.open_stream(source).read_all()
+        except (pa.ArrowException, OSError) as bad:
+            return ValueError(f"{file}: not a readable Arrow file, truncated or corrupt ({' '.join(str(bad).split())})")
+    return ValueError(f"{folder}: not a readable dataset folder ({type(exc).__name__}: {' '.join(str(exc).split())})")
+
+
+def _open_single(folder: Path, where: str):
+    """One ``Dataset.save_to_disk`` folder, memory-mapped (nothing is written), checked to
+    hold rows (as many as its manifest says, when it has one)."""
+    from datasets import Dataset
+
+    state_file = folder / "state.json"
+    if not state_file.is_file():
+        raise FileNotFoundError(f"{where} is not a dataset folder (no state.json or dataset_dict.json: "
+                                "expected a datasets save_to_disk folder)")
+    listed = _json_object(state_file, "datasets state file").get("_data_files")
+    if not isinstance(listed, list) or not all(isinstance(f, dict) and isinstance(f.get("filename"), str)
+                                               for f in listed):
+        raise ValueError(f"{state_file}: not a readable datasets state file (no list of data files)")
+    files = [folder / f["filename"] for f in listed]
+    for file in files:
+        if not file.resolve().is_relative_to(folder.resolve()) or not file.is_file():
+            raise FileNotFoundError(f"{file}: data file listed in {state_file.name} is missing")
+    if not files:
+        raise ValueError(f"{where}: the dataset has no rows")
+    if (folder / "dataset_info.json").exists():
+        _json_object(folder / "dataset_info.json", "datasets info file")
+    manifest = read_manifest(folder)
+    try:
+        ds = Dataset.load_from_disk(str(folder))
+    except Exception as exc:  # noqa: BLE001 - any failure here is the folder's; say which file
+        raise _unreadable(folder, files, exc) from None
+    if len(ds) == 0:
+        raise ValueError(f"{where}: the dataset has no rows")
+    expected = manifest.get("rows")
+    if isinstance(expected, int) and not isinstance(expected, bool) and expected != len(ds):
+        raise ValueError(f"{where}: holds {len(ds)} rows but its manifest {MANIFEST} says {expected} "
+                         "(a data file is truncated or was replaced)")
+    return ds
 
 
 def open_dataset(path: str | Path, split: str | None = None):
-    """``load_from_disk`` without validation; a ``DatasetDict`` needs ``split``."""
-    from datasets import DatasetDict, load_from_disk
+    """A dataset folder (``save_to_disk``), memory-mapped and without validation; a folder
+    of splits (``DatasetDict``) needs ``split``.
 
+    Nothing is ever written into ``path``. Every problem is one ``ValueError`` /
+    ``FileNotFoundError`` naming the folder or the file at fault: not a dataset folder, a
+    split that is not there (the message lists those that are), no rows, a metadata file
+    that does not parse, a missing or truncated Arrow file, fewer rows than the manifest says.
+    """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a dataset folder (expected a datasets save_to_disk folder)")
-    loaded = load_from_disk(str(path))
-    if isinstance(loaded, DatasetDict):
-        if split is None:
-            raise ValueError(f"{path} holds splits {sorted(loaded)}; choose one with split=")
-        return loaded[split]
-    return loaded
+    splits_file = path / "dataset_dict.json"
+    if not splits_file.is_file():
+        if split is not None:
+            raise ValueError(f"{path} holds one dataset, not splits; there is no split {split!r} to choose")
+        return _open_single(path, str(path))
+    names = _json_object(splits_file, "datasets split list").get("splits")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{splits_file}: not a readable datasets split list (no list of split names)")
+    if split is None:
+        raise ValueError(f"{path} holds splits {', '.join(names)}; choose one with --split (split= in Python)")
+    if split not in names:
+        raise ValueError(f"{path} has no split {split!r}; its splits are {', '.join(names)}")
+    folder = path / split
+    if not folder.resolve().is_relative_to(path.resolve()):
+        raise ValueError(f"{splits_file}: split name {split!r} leaves the folder")
+    return _open_single(folder, f"{path} (split {split})")
 
 
 def validate_dataset(
@@ -230,7 +307,13 @@ def validate_dataset(
     """
     from datasets import Dataset
 
-    ds = data if isinstance(data, Dataset) else open_dataset(data, split)
+    if not isinstance(data, Dataset):
+        try:
+            return validate_dataset(open_dataset(data, split), lenient=lenient, check_images=check_images,
+                                    max_pixels=max_pixels)
+        except RecordError as err:
+            raise err.located(None, file=str(data)) from None
+    ds = data
     kind = kind_of(ds.column_names)
     missing = [c for c in ("prompt", "chosen", "rejected") if c not in ds.column_names]
     if kind == PREFERENCE and missing:
@@ -267,7 +350,10 @@ def load_preference_dataset(
     Works for prompt sets too (the kind is read from the columns).
     """
     ds = open_dataset(path, split)
-    report = validate_dataset(ds, lenient=lenient, check_images=check_images)
+    try:
+        report = validate_dataset(ds, lenient=lenient, check_images=check_images)
+    except RecordError as err:
+        raise err.located(None, file=str(path)) from None
     if report.errors:
         log.warning("%s: dropped %d of %d rows that failed validation, first: %s",
                     path, len(report.errors), report.rows, report.errors[0])

@@ -10,6 +10,7 @@ next writer of the same output removes those left by a process that was killed.
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
@@ -261,26 +262,21 @@ def atomic_dir(
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
     """Records of a JSON list or a JSON Lines file (whatever the extension: POPE's official
-    ``.json`` files are JSON Lines). Every record must be an object."""
+    ``.json`` files are JSON Lines). Every record must be an object. Errors name the file
+    (and the line): bytes that are not UTF-8, invalid or too deeply nested JSON."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     stripped = text.lstrip()
     if stripped.startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: invalid JSON: {err}") from None
+        records = parse_json(text, path)
     else:
         records = []
         for line_no, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} line {line_no}: invalid JSON: {err}") from None
+            records.append(parse_json(line, f"{path} line {line_no}"))
     for i, record in enumerate(records):
         if not isinstance(record, dict):
             raise ValueError(f"{path} record {i}: expected a JSON object, got {type(record).__name__}")
@@ -288,13 +284,11 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
 
 
 def read_json(path: str | Path) -> Any:
+    """One JSON value from a file; errors name the file (see :func:`parse_json`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON: {err}") from None
+    return parse_json(read_text(path), path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -316,3 +310,71 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def jsonl_text(records: Sequence[Mapping[str, Any]]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+# ---------------------------------------------------------------------------- reading text and JSON
+#: JSON nested deeper than this is refused where it is read: no record needs it (a canonical
+#: record nests 5 levels), and code that walks values recursively would hit Python's limit.
+MAX_JSON_DEPTH = 100
+
+
+class NotUTF8Error(ValueError):
+    """Bytes that are not UTF-8 text; ``offset`` is the first bad byte's, ``line`` its line."""
+
+    def __init__(self, message: str, *, offset: int, byte: int, line: int):
+        super().__init__(message)
+        self.offset, self.byte, self.line = offset, byte, line
+
+
+def decode_text(data: bytes, where: str | os.PathLike[str]) -> str:
+    """``data`` as UTF-8 text (a leading byte-order mark dropped). Anything else is a
+    :class:`NotUTF8Error` naming ``where``, the first bad byte, its offset and its line."""
+    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[start:].decode("utf-8")
+    except UnicodeDecodeError as err:
+        offset = start + err.start
+        line = data.count(b"\n", 0, offset) + 1
+        raise NotUTF8Error(f"{where}: not UTF-8 text: byte 0x{data[offset]:02x} at offset {offset} (line {line})",
+                           offset=offset, byte=data[offset], line=line) from None
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A UTF-8 text file; errors name the file (and for bad bytes the offset and line)."""
+    return decode_text(Path(path).read_bytes(), path)
+
+
+def json_depth(value: Any) -> int:
+    """How deeply ``value`` nests lists and objects (a scalar: 0), without recursion."""
+    depth, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        depth = max(depth, level)
+        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list | tuple))
+    return depth
+
+
+def parse_json(text: str, where: str | os.PathLike[str] | None = None, *,
+               max_depth: int | None = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` whose every failure is a one-line ``ValueError`` (prefixed with ``where``):
+    invalid JSON, nesting deeper than ``max_depth`` (``None``: as deep as Python parses, for
+    callers that check each record), numbers Python refuses."""
+    prefix = f"{where}: " if where is not None else ""
+    too_deep = f"{prefix}JSON nested more than {max_depth or MAX_JSON_DEPTH} levels deep"
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{prefix}invalid JSON: {err}") from None
+    except RecursionError:
+        raise ValueError(too_deep) from None
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
+        raise ValueError(f"{prefix}unreadable JSON value: {err}") from None
+    if max_depth is not None and json_depth(value) > max_depth:
+        raise ValueError(too_deep)
+    return value

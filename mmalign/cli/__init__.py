@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Sequence
 
 from mmalign.cli import bench, core, data, experiments, plan, score, studio, train, world
+from mmalign.data_builders.schema import terminal_safe
 
 DESCRIPTION = """\
 mmalign aligns LLaVA-style vision-language models with human and AI feedback:
@@ -56,7 +57,8 @@ FAILED = 1
 
 
 def _one_line(message: object) -> str:
-    return " ".join(str(message).split())
+    """The message on one line, control characters from the data shown as visible escapes."""
+    return " ".join(terminal_safe(str(message)).split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from mmalign.cli.world import BUILDERS as WORLD_BUILDERS
 from mmalign.data_builders.corrections import read_corrections
 from mmalign.data_builders.importers import IMPORTERS, import_dataset
 from mmalign.data_builders.safety import label_disagreements, save_oriented
-from mmalign.data_builders.schema import RowErrors
+from mmalign.data_builders.schema import RecordError, RowErrors
 from mmalign.data_builders.storage import (
     DATASET,
     iter_records,
@@ -137,10 +137,13 @@ def cmd_build_safety_pairs(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- validate / inspect
 def cmd_validate(args: argparse.Namespace) -> int:
     ds = open_dataset(args.path, args.split)
-    report = validate_dataset(ds, lenient=True, check_images=not args.no_image_check)
+    try:
+        report = validate_dataset(ds, lenient=True, check_images=not args.no_image_check)
+    except RecordError as err:  # the dataset as a whole (a missing column), not one row
+        raise err.located(None, file=args.path) from None
     manifest = read_manifest(args.path)
     print(f"{args.path}: {report.kind} dataset, {report.rows} rows"
-          + (f", schema v{manifest['schema_version']}" if manifest else " (no mmalign manifest)"))
+          + (f", schema v{manifest.get('schema_version', '?')}" if manifest else " (no mmalign manifest)"))
     if report.kind == "preference" and "chosen_is_safe" in ds.column_names:
         disagreements = label_disagreements(iter_records(ds.select_columns(
             [c for c in ds.column_names if "_is_safe" in c or "_harmless_rate" in c])))

@@ -69,7 +69,7 @@ def test_json_file_where_a_dataset_folder_is_expected(capsys, data, tiny):
 def test_broken_jsonl_line_names_file_and_line(capsys, data):
     path = jsonl(data / "pairs.jsonl", [GOOD], extra_line="{not json")
     line = run(capsys, ["data", "import", "trl", path, "--out", data / "out"], data / "out")
-    assert "row 1: pairs.jsonl line 2 is not valid JSON" in line
+    assert "pairs.jsonl row 1: line 2 is not valid JSON" in line
 
 
 def test_missing_recipe(capsys, data):

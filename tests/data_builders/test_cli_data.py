@@ -60,7 +60,7 @@ def test_import_errors_exit_2_and_write_nothing(rlhf_v_file, tmp_path, capsys):
     path = rlhf_v_file([TEXT, "{broken"])
     assert run("import", "rlhf-v", path, "--out", tmp_path / "ds") == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: row 1 (id 101), field 'text': is not valid JSON")
+    assert err.startswith(f"error: {path} row 1 (id 101), field 'text': is not valid JSON")
     assert not (tmp_path / "ds").exists()
     assert run("import", "rlhf-v", path, "--out", tmp_path / "ds", "--lenient") == 0
     out = capsys.readouterr().out

@@ -71,7 +71,7 @@ def test_rlhf_v_bad_rows_name_row_id_and_field(png, tmp_path):
     path = _rlhf_v_file(tmp_path, png, [good, "{not json", json.dumps({"question": "Q?", "chosen": "x"}), good])
     with pytest.raises(RecordError) as info:
         list(read_rlhf_v(path))
-    assert str(info.value).startswith("row 1 (id 101), field 'text': is not valid JSON")
+    assert str(info.value).startswith(f"{path} row 1 (id 101), field 'text': is not valid JSON")
     errors = RowErrors(lenient=True)
     assert len(list(read_rlhf_v(path, errors=errors))) == 2
     assert [(e.row, e.field) for e in errors.skipped] == [(1, "text"), (2, "text")]
