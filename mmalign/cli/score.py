@@ -9,19 +9,29 @@ from mmalign.io import DATASETS_FOLDER, atomic_dir, check_output
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from datasets import load_from_disk
-
+    from mmalign.data_builders.schema import RecordError
+    from mmalign.data_builders.storage import open_dataset
     from mmalign.reward import RewardScorer, load_reward_model
+
+    for flag, value in (("--batch-size", args.batch_size), ("--max-length", args.max_length)):
+        if value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+    dataset = open_dataset(args.data)  # read-only: nothing is written into the input folder
+    for response in ("prompt", *args.responses):
+        if response not in dataset.column_names:
+            raise ValueError(f"{args.data}: no column {response!r} to score (columns: {', '.join(dataset.column_names)})")
 
     inputs = (args.model, args.base, args.data)
     check_output(args.out, replaces=DATASETS_FOLDER, overwrite=args.overwrite, inputs=inputs)  # before loading
     model = load_reward_model(args.model, args.base, **model_kwargs(args))
     scorer = RewardScorer(model, batch_size=args.batch_size, max_length=args.max_length)
-    dataset = load_from_disk(args.data)
     columns = []
     for response in args.responses:
         column = f"{args.prefix or model.kind}_{response}"
-        dataset = scorer.score_dataset(dataset, response_column=response, column=column)
+        try:
+            dataset = scorer.score_dataset(dataset, response_column=response, column=column)
+        except RecordError as err:
+            raise err.located(None, file=args.data) from None
         columns.append(column)
     with atomic_dir(args.out, replaces=DATASETS_FOLDER, overwrite=args.overwrite, inputs=inputs) as tmp:
         dataset.save_to_disk(str(tmp))
@@ -45,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--responses", nargs="+", default=["chosen", "rejected"],
                    help="response columns to score (default: chosen rejected)")
     p.add_argument("--prefix", default=None, help="score column prefix (default: the model kind, reward or cost)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="responses scored per forward pass (default: 8)")
     p.add_argument("--max-length", type=int, default=2048, help="longest scoring sequence (default: 2048)")
     add_model_flags(p, what="the base")
     p.set_defaults(func=cmd_score)

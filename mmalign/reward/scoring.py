@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
+from mmalign.data_builders.images import ImageError, decode_image
+from mmalign.data_builders.schema import RecordError, normalise_messages
+from mmalign.io import read_json
 from mmalign.models.scalar_head import HEAD_CONFIG, ScalarHeadModel
 from mmalign.reward.template import RewardTemplate, encode_for_scoring
 
@@ -19,7 +22,11 @@ def base_of(path: str | Path) -> str:
     config = Path(path) / "adapter_config.json"
     if not config.exists():
         raise ValueError(f"{path}: no adapter_config.json; pass the base model explicitly")
-    return json.loads(config.read_text())["base_model_name_or_path"]
+    base = read_json(config)
+    if not isinstance(base, dict) or not isinstance(base.get("base_model_name_or_path"), str) \
+            or not base["base_model_name_or_path"]:
+        raise ValueError(f"{config}: names no base model (base_model_name_or_path); pass the base model explicitly")
+    return base["base_model_name_or_path"]
 
 
 def load_reward_model(path: str | Path, base: str | Path | None = None, **adapter_kwargs: Any) -> ScalarHeadModel:
@@ -48,6 +55,10 @@ class RewardScorer:
 
     def __init__(self, model: ScalarHeadModel, *, batch_size: int = 8, max_length: int | None = 2048,
                  seed: int = 0, name: str | None = None):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"the batch size must be a whole number of at least 1, got {batch_size!r}")
+        if max_length is not None and max_length < 1:
+            raise ValueError(f"max_length must be at least 1 (or None), got {max_length!r}")
         self.model = model
         self.template = RewardTemplate(**(model.template or {}))
         self.batch_size = batch_size
@@ -81,19 +92,64 @@ class RewardScorer:
         return scores
 
     def score_dataset(self, dataset, response_column: str = "chosen", column: str | None = None):
-        """``dataset`` plus a column of scores (default ``<kind>_<response_column>``), via ``Dataset.map``."""
+        """``dataset`` plus a column of scores (default ``<kind>_<response_column>``).
+
+        Rows are read as stored and checked as the canonical reader checks them: images as a
+        ``datasets`` image column, ``{"bytes", "path"}`` dicts, encoded bytes or PIL images
+        (a path alone is refused: no image folder), a text or chat-message prompt, a text
+        response, facts as a list of strings; anything else is a
+        :class:`~mmalign.data_builders.schema.RecordError` naming the row and the column.
+        Nothing is written anywhere (no ``Dataset.map`` cache file beside a loaded
+        dataset's data): the scores join the dataset in memory.
+        """
         from datasets.fingerprint import generate_random_fingerprint
 
         column = column or f"{self.model.kind}_{response_column}"
         for needed in ("prompt", response_column):
             if needed not in dataset.column_names:
                 raise ValueError(f"dataset has no {needed!r} column (columns: {', '.join(dataset.column_names)})")
+        read = [c for c in ("images", "prompt", response_column, "facts") if c in dataset.column_names]
+        scores: list[float] = []
+        for table in dataset.select_columns(read).with_format("arrow").iter(batch_size=self.batch_size * 4):
+            first = len(scores)
+            rows = [_scoring_row(raw, first + i, response_column) for i, raw in enumerate(table.to_pylist())]
+            try:
+                scores += self(*(list(part) for part in zip(*rows, strict=True)))
+            except ValueError as exc:
+                raise ValueError(f"rows {first}-{first + len(rows) - 1}: cannot be scored ({exc})") from None
+        if column in dataset.column_names:
+            dataset = dataset.remove_columns([column])
+        if dataset._indices is not None:  # add_column would flatten into a cache file
+            dataset = dataset.flatten_indices(keep_in_memory=True)
+        return dataset.add_column(column, scores, new_fingerprint=generate_random_fingerprint())
 
-        def score(rows: dict[str, list]) -> dict[str, list[float]]:
-            n = len(rows["prompt"])
-            return {column: self(rows.get("images") or [None] * n, rows["prompt"], rows[response_column],
-                                 rows.get("facts"))}
 
-        # The model cannot be hashed for the datasets cache; the output gets a fresh fingerprint.
-        return dataset.map(score, batched=True, batch_size=self.batch_size * 4, desc=f"scoring {response_column}",
-                           new_fingerprint=generate_random_fingerprint())
+def _scoring_row(raw: dict[str, Any], row: int, response_column: str) -> tuple[list, Any, str, list[str] | None]:
+    """(images, prompt, response, facts) of one stored row, checked; errors name row and column."""
+    images = raw.get("images")
+    if images is None:
+        images = []
+    elif not isinstance(images, list):
+        images = [images]
+    decoded = []
+    for k, image in enumerate(images):
+        if isinstance(image, Image.Image):
+            decoded.append(image)
+            continue
+        try:
+            decoded.append(decode_image(image))
+        except ImageError as exc:
+            raise RecordError(str(exc), field=f"images[{k}]", row=row) from None
+    prompt = raw["prompt"]
+    if not isinstance(prompt, str):
+        try:
+            prompt = normalise_messages(prompt)
+        except RecordError as err:
+            raise err.located(row) from None
+    response = raw[response_column]
+    if not isinstance(response, str):
+        raise RecordError(f"expected a string, got {type(response).__name__}", field=response_column, row=row)
+    facts = raw.get("facts")
+    if facts is not None and (not isinstance(facts, list) or not all(isinstance(f, str) for f in facts)):
+        raise RecordError("expected a list of strings", field="facts", row=row)
+    return decoded, prompt, response, facts
