@@ -124,21 +124,48 @@ class LoraMixin:
 
         A second call adds another named adapter beside the first; adapters already there
         keep their trainable flags (the new one is trainable only with ``is_trainable``).
+        A local adapter is checked first and after loading: an unreadable or truncated file,
+        an adapter saved for another model family, layer shapes that differ from this base's,
+        or weights for modules this base lacks are a ``ValueError`` naming the adapter, this
+        base and, when the adapter's ``adapter_config.json`` tells, the base it was made for.
         """
         from peft import PeftModel
 
-        if Path(path).is_dir() and not (Path(path) / "adapter_model.safetensors").is_file():
-            raise FileNotFoundError(f"{path}: no adapter_model.safetensors (adapters are read from safetensors "
-                                    "only, never from pickle files)")
-        if isinstance(self.model, PeftModel):
-            with self._trainable_kept():
-                self.model.load_adapter(str(path), adapter_name=adapter_name, is_trainable=is_trainable)
-                self.model.set_adapter(adapter_name)
-            self._mark_trainable(adapter_name, is_trainable)
-        else:
-            self.model = PeftModel.from_pretrained(
-                self.model, str(path), adapter_name=adapter_name, is_trainable=is_trainable
-            )
+        folder = Path(path)
+        if not folder.exists() and (folder.is_absolute() or str(path).startswith((".", "~"))):
+            raise FileNotFoundError(f"adapter folder {path} does not exist")
+        keys, made_for = _adapter_files(folder, self.family, self._base_name()) if folder.is_dir() else (None, None)
+
+        def unfit(reason: str) -> ValueError:
+            made = f" (it was made for {made_for})" if made_for else ""
+            return ValueError(f"adapter {path} does not fit the base {self._base_name()}{made}: {reason}")
+
+        try:
+            if isinstance(self.model, PeftModel):
+                with self._trainable_kept():
+                    self.model.load_adapter(str(path), adapter_name=adapter_name, is_trainable=is_trainable)
+                    self.model.set_adapter(adapter_name)
+                self._mark_trainable(adapter_name, is_trainable)
+            else:
+                self.model = PeftModel.from_pretrained(
+                    self.model, str(path), adapter_name=adapter_name, is_trainable=is_trainable
+                )
+        except RuntimeError as exc:
+            if "size mismatch" not in str(exc):
+                raise
+            first = next((line.strip() for line in str(exc).split("size mismatch for ")[1:2]), str(exc))
+            raise unfit(f"layer shapes differ, e.g. {' '.join(first.split())}") from None
+        if keys is not None:
+            from peft import get_peft_model_state_dict
+
+            loaded = set(get_peft_model_state_dict(self.model, adapter_name=adapter_name))
+            stray = [k for k in keys if k not in loaded]
+            if stray:
+                raise unfit(f"{len(stray)} of its {len(keys)} weights have no module in this base, e.g. {stray[0]}")
+
+    def _base_name(self) -> str:
+        config = getattr(self.base_model, "config", None)
+        return str(getattr(config, "_name_or_path", "") or getattr(config, "model_type", "") or "model")
 
     @contextmanager
     def adapters_disabled(self):
@@ -150,6 +177,39 @@ class LoraMixin:
                 yield
         else:
             yield
+
+
+def _adapter_files(folder: Path, family: str, base: str) -> tuple[list[str], str | None]:
+    """The weight names of a saved adapter folder and the base it names, checked before peft
+    reads it: safetensors only, every file readable (a truncated file is named), and the
+    model family it was saved from (``mmalign_adapter.json``) is this base's."""
+    from safetensors import safe_open
+
+    from mmalign.io import read_json
+
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{folder}: no adapter_model.safetensors (adapters are read from safetensors "
+                                "only, never from pickle files)")
+    config = read_json(folder / "adapter_config.json")
+    if not isinstance(config, dict):
+        raise ValueError(f"{folder / 'adapter_config.json'}: not a PEFT adapter config (expected a JSON object)")
+    made_for = config.get("base_model_name_or_path") if isinstance(config.get("base_model_name_or_path"), str) else None
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            keys = list(f.keys())
+    except Exception as exc:  # noqa: BLE001 - safetensors' errors are not one type; all mean a bad file
+        raise ValueError(f"{weights}: not a readable safetensors file, truncated or corrupt "
+                         f"({' '.join(str(exc).split())})") from None
+    saved = folder / "mmalign_adapter.json"
+    if saved.is_file():
+        info = read_json(saved)
+        saved_family = info.get("family") if isinstance(info, dict) else None
+        if saved_family is not None and saved_family != family:
+            made = f" {made_for}" if made_for else ""
+            raise ValueError(f"adapter {folder} was made for the {saved_family} model{made}, not for the "
+                             f"{family} model {base}")
+    return keys, made_for
 
 
 def _is_linear(module: torch.nn.Module) -> bool:

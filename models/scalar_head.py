@@ -30,6 +30,25 @@ HEAD_CONFIG = "scalar_head.json"
 SCALAR_MODEL = OutputKind("reward / cost model", (HEAD_CONFIG,))
 
 
+def _load_head(head: torch.nn.Module, file: Path, adapter: VLMAdapter) -> None:
+    """The head's weights from ``file``; a truncated file or a head made for another base
+    (another hidden size) is a ``ValueError`` naming the file."""
+    try:
+        weights = load_file(file, device=str(adapter.device))
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - safetensors' errors are not one type; all mean a bad file
+        raise ValueError(f"{file}: not a readable safetensors file, truncated or corrupt "
+                         f"({' '.join(str(exc).split())})") from None
+    try:
+        head.load_state_dict(weights)
+    except RuntimeError as exc:
+        expected = {k: tuple(v.shape) for k, v in head.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in weights.items()}
+        raise ValueError(f"{file}: the head does not fit the base {adapter._base_name()} (it holds {found}, "
+                         f"this base needs {expected})") from exc
+
+
 class ScalarHeadModel(torch.nn.Module):
     """``adapter`` + a ``Linear(hidden, 1)`` head; ``forward(batch) -> (batch,)`` scores.
 
@@ -118,8 +137,13 @@ class ScalarHeadModel(torch.nn.Module):
         The LoRA adapter is loaded under ``adapter_name`` (default: the model's kind), so a
         reward and a cost model can share one base with the policy.
         """
+        from mmalign.io import read_json
+
         path = Path(path)
-        config = json.loads((path / HEAD_CONFIG).read_text())
+        config = read_json(path / HEAD_CONFIG)
+        if not isinstance(config, dict) or not all(isinstance(config.get(k), str) for k in ("family", "kind", "dtype")) \
+                or not isinstance(getattr(torch, config["dtype"], None), torch.dtype):
+            raise ValueError(f"{path / HEAD_CONFIG}: not a scalar head config (expected family, kind and a torch dtype)")
         if config["family"] != adapter.family:
             raise ValueError(f"{path}: head was trained on family {config['family']!r}, not {adapter.family!r}")
         name = adapter_name or config["kind"]
@@ -128,7 +152,7 @@ class ScalarHeadModel(torch.nn.Module):
         model = cls(adapter, kind=config["kind"], head_dtype=getattr(torch, config["dtype"]))
         if (path / "adapter_config.json").exists():
             model.adapter_name = name
-        model.head.load_state_dict(load_file(path / HEAD_FILE, device=str(adapter.device)))
+        _load_head(model.head, path / HEAD_FILE, adapter)
         model.head.requires_grad_(is_trainable)
         model.template = config.get("template")
         return model
