@@ -2,15 +2,63 @@
 
 Kept apart from any model family: adapters turn these settings into the concrete
 ``BitsAndBytesConfig`` / ``LoraConfig`` for their module layout.
+
+:func:`import_bitsandbytes` imports bitsandbytes without letting it reach the network:
+its CPU backend otherwise asks the model hub for an optional kernel
+(``kernels-community/quantization-bitsandbytes``) while being imported, on machines with
+AVX512-BF16, which makes an offline user wait. ``MMALIGN_HUB_KERNELS=1`` allows the fetch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
+
+#: Set to 1 to let bitsandbytes fetch its optional hub kernels (network access).
+HUB_KERNELS_ENV = "MMALIGN_HUB_KERNELS"
+
+
+@contextlib.contextmanager
+def _hub_kernels_refused() -> Iterator[None]:
+    """While inside, ``kernels.get_kernel`` (the hub kernel loader) refuses without a request."""
+    try:
+        import kernels
+    except ImportError:  # without the kernels package bitsandbytes cannot fetch anything
+        yield
+        return
+    original = kernels.get_kernel
+
+    def refuse(repo_id: str, *args: object, **kwargs: object) -> ModuleType:
+        raise RuntimeError(f"mmalign does not fetch hub kernels such as {repo_id} (set {HUB_KERNELS_ENV}=1 to "
+                           "allow); the built-in kernel is used")
+
+    kernels.get_kernel = refuse
+    try:
+        yield
+    finally:
+        kernels.get_kernel = original
+
+
+def import_bitsandbytes() -> ModuleType | None:
+    """bitsandbytes, imported (once) without any network access unless ``MMALIGN_HUB_KERNELS=1``;
+    ``None`` when it is not installed. Called before every model load, since peft imports
+    bitsandbytes as soon as it is imported itself."""
+    if "bitsandbytes" in sys.modules:
+        return sys.modules["bitsandbytes"]
+    allowed = os.environ.get(HUB_KERNELS_ENV, "").strip().lower() in ("1", "true", "yes")
+    with contextlib.nullcontext() if allowed else _hub_kernels_refused():
+        try:
+            import bitsandbytes
+        except ImportError:
+            return None
+    return bitsandbytes
 
 DTYPES = {
     "float32": torch.float32,

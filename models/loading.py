@@ -15,7 +15,12 @@ from typing import Any, Self
 import torch
 
 from mmalign.models.cards import ModelCard, get_card, list_cards
-from mmalign.qlora import QuantizationConfig, keep_training_layout, resolve_dtype
+from mmalign.qlora import (
+    QuantizationConfig,
+    import_bitsandbytes,
+    keep_training_layout,
+    resolve_dtype,
+)
 
 
 class LoadingMixin:
@@ -47,10 +52,12 @@ class LoadingMixin:
 
         With ``quantization`` the language model is loaded in 4 bits; the vision tower,
         projector and output head stay in ``dtype``. Vision tower and projector are frozen
-        (``train_projector=True`` unfreezes the projector).
+        (``train_projector=True`` unfreezes the projector). bitsandbytes (which peft and
+        4-bit loading import) never reaches the network (:func:`mmalign.qlora.import_bitsandbytes`).
         """
         from transformers import AutoProcessor
 
+        import_bitsandbytes()
         if isinstance(card, str):
             card = get_card(card)
         card = card or cls._card_for(str(name_or_path))

@@ -11,7 +11,10 @@ from mmalign.utils import format_table
 
 
 def cmd_version(args: argparse.Namespace) -> int:
-    import bitsandbytes
+    from mmalign.qlora import import_bitsandbytes
+
+    bitsandbytes = import_bitsandbytes()  # first, before peft imports it: no hub kernel lookup
+
     import datasets
     import peft
     import torch
