@@ -130,11 +130,13 @@ def cost_signs(record: Mapping[str, Any], *, graded: bool = False) -> tuple[int,
 
 
 def label_disagreements(records: Iterable[Mapping[str, Any]]) -> int:
-    """Responses whose rating sign disagrees with their safe flag (rating ≥ 0 ⇔ safe in BeaverTails-V)."""
+    """Responses whose rating sign disagrees with their safe flag (rating ≥ 0 ⇔ safe in BeaverTails-V).
+    Labels of other types (a dataset not yet validated) are not compared."""
     count = 0
     for record in records:
         for side in _OTHER:
             safe, rate = record.get(f"{side}_is_safe"), record.get(f"{side}_harmless_rate")
-            if safe is not None and rate is not None and (rate >= 0) != safe:
+            if isinstance(safe, bool) and isinstance(rate, int) and not isinstance(rate, bool) \
+                    and (rate >= 0) != safe:
                 count += 1
     return count
