@@ -16,9 +16,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, Features, Image, List, Value, load_from_disk
+from datasets import Dataset, Features, Image, List, Value
 
 from mmalign.data_builders.schema import IMAGE_PLACEHOLDER, RecordError, normalise_messages
+from mmalign.data_builders.storage import open_dataset
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
@@ -102,7 +103,7 @@ def load_sft_dataset(path: str | Path, image_folder: str | Path | None = None) -
     """Load SFT data from a datasets folder, a .jsonl file or a .json file (TRL or LLaVA)."""
     path = Path(path)
     if path.is_dir():
-        ds = load_from_disk(str(path))
+        ds = open_dataset(path)
         if "messages" not in ds.column_names:
             raise SFTDataError(f"{path}: dataset has no 'messages' column (columns: {ds.column_names})")
         for i, messages in enumerate(ds["messages"]):

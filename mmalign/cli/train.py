@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mmalign.cli.common import add_model_flags, add_output_flags, load_model
+from mmalign.data_builders.storage import open_dataset
 from mmalign.export import merge_adapter
 from mmalign.io import DATASETS_FOLDER, atomic_dir, check_output
 
@@ -60,15 +61,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_precompute_ref(args: argparse.Namespace) -> int:
-    from datasets import load_from_disk
-
     from mmalign.dpo.reference import precompute_reference_logps
 
     inputs = (args.model, args.adapter, args.data)
     check_output(args.out, replaces=DATASETS_FOLDER, overwrite=args.overwrite, inputs=inputs)  # before loading
+    pairs = open_dataset(args.data)  # a missing, empty or broken folder is refused before the model loads
     adapter = load_model(args)
-    dataset = precompute_reference_logps(adapter, load_from_disk(args.data), max_length=args.max_length,
-                                         batch_size=args.batch_size)
+    dataset = precompute_reference_logps(adapter, pairs, max_length=args.max_length, batch_size=args.batch_size)
     with atomic_dir(args.out, replaces=DATASETS_FOLDER, overwrite=args.overwrite, inputs=inputs) as tmp:
         dataset.save_to_disk(str(tmp))
     print(f"wrote {len(dataset)} pairs with reference log-probs to {args.out}")
