@@ -9,8 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from mmalign.config_io import OptionChecks
 from mmalign.models import ModelCard, card_for, load_adapter
-from mmalign.qlora import LoraSettings, QuantizationConfig
+from mmalign.qlora import DTYPES, LoraSettings, QuantizationConfig
+
+#: attention kernels transformers knows by name (a hub kernel, ``org/repo``, is accepted too)
+ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
 @dataclass
@@ -48,6 +52,49 @@ class ModelConfig:
     train_vision: bool = field(default=False, metadata={"help": "Also train the vision tower (full training only)."})
     attn_implementation: str = field(default="sdpa", metadata={"help": "Attention kernel: sdpa, eager, flash_attention_2."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the checkpoint."})
+
+    def __post_init__(self):
+        """Every option's type and range, and the combinations that cannot train, checked
+        before anything loads: one ``ConfigError`` (a ``ValueError``) listing each problem."""
+        c = OptionChecks(self)
+        c.text("model_name_or_path")
+        c.choice("dtype", DTYPES)
+        c.flag("load_in_4bit")
+        c.choice("bnb_4bit_quant_type", ("nf4", "fp4"), optional=True)
+        c.flag("bnb_4bit_use_double_quant", optional=True)
+        c.choice("bnb_4bit_compute_dtype", DTYPES, optional=True)
+        c.flag("use_peft")
+        c.number("lora_r", 1, integer=True, optional=True)
+        c.number("lora_alpha", 1, integer=True, optional=True)
+        c.number("lora_dropout", 0, 1, high_open=True, optional=True)
+        targets = self.lora_target_modules
+        c.rule(targets is None or (isinstance(targets, list | tuple) and len(targets) > 0
+                                   and all(isinstance(t, str) and t for t in targets)),
+               "lora_target_modules", "lora_target_modules must be a non-empty list of module names (or "
+               f"[all-linear]) or null, got {targets!r}")
+        c.text("adapter_path", optional=True)
+        c.flag("train_projector")
+        c.flag("train_vision")
+        c.flag("trust_remote_code")
+        attention = self.attn_implementation
+        c.rule(attention in ATTENTION or (isinstance(attention, str) and "/" in attention), "attn_implementation",
+               f"attn_implementation must be one of {', '.join(ATTENTION)} or a hub kernel (org/repo), "
+               f"got {attention!r}")
+        if not c.problems:
+            c.rule(not (self.load_in_4bit and not self.use_peft), "use_peft",
+                   "load_in_4bit needs use_peft: 4-bit weights cannot be trained directly (QLoRA trains LoRA)")
+            c.rule(not (self.train_vision and self.use_peft), "train_vision",
+                   "train_vision trains the vision tower in full: set use_peft false")
+            c.rule(not (self.adapter_path and not self.use_peft), "adapter_path",
+                   "adapter_path starts from a LoRA adapter: it needs use_peft true")
+        c.done()
+
+    def card(self) -> ModelCard:
+        """The checkpoint's model card: checks that the model exists and its family is
+        supported from its config alone, so a run can refuse it before loading anything."""
+        if not self.model_name_or_path:
+            raise ValueError("model_name_or_path is required")
+        return card_for(self.model_name_or_path, trust_remote_code=self.trust_remote_code)
 
     def quantization(self, card: ModelCard) -> QuantizationConfig | None:
         """4-bit settings: the fields set here, the rest from the card's recommendation."""

@@ -61,13 +61,30 @@ def _one_line(message: object) -> str:
     return " ".join(terminal_safe(str(message)).split())
 
 
+def _end_progress_bars() -> None:
+    """Close the progress bars an error cut short (a PPO run stopped by the non-finite guard),
+    so the ``error:`` line starts a line of its own instead of trailing a half-drawn bar."""
+    std = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(std, "tqdm", None), "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # a bar of a stream already gone: nothing to tidy
+            pass
+
+
+def _error(message: object) -> None:
+    _end_progress_bars()
+    print(f"error: {_one_line(message)}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command. Bad input ends in one ``error: ...`` line on stderr and exit code 2
     (:data:`BAD_INPUT`), not a traceback: the library's errors (``RecordError``,
     ``ImageError``... are ``ValueError``s, missing files are ``OSError``s) already name the
     file, row and field, and commands raise ``ValueError`` for flags that do not go together.
-    A ``RuntimeError`` (a failing judge endpoint...) ends in one ``error: ...`` line and exit
-    code 1 (:data:`FAILED`). ``MMALIGN_DEBUG=1`` re-raises both with the traceback."""
+    A ``RuntimeError`` (a failing judge endpoint, a training run stopped by the non-finite
+    guard, whose line names the checkpoint to resume from...) ends in one ``error: ...`` line
+    and exit code 1 (:data:`FAILED`). ``MMALIGN_DEBUG=1`` re-raises both with the traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet_known_noise()
@@ -80,12 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("MMALIGN_DEBUG"):
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {_one_line(message)}", file=sys.stderr)
+        _error(message)
         return BAD_INPUT
-    except RuntimeError as exc:
+    except RuntimeError as exc:  # NonFiniteTrainingError too: not the input's fault; it names the checkpoint
         if os.environ.get("MMALIGN_DEBUG"):
             raise
-        print(f"error: {_one_line(exc)} (MMALIGN_DEBUG=1 shows the traceback)", file=sys.stderr)
+        _error(f"{exc} (MMALIGN_DEBUG=1 shows the traceback)")
         return FAILED
 
 

@@ -6,11 +6,16 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from mmalign.training import GuardArguments
+from mmalign.config_io import OptionChecks
+from mmalign.losses.dpo import LOSS_TYPES
+from mmalign.training import GuardArguments, ResumeArguments, check_training_arguments
+
+#: the losses that take label noise ε (conservative DPO and robust DPO)
+SMOOTHED_LOSSES = ("sigmoid", "ddpo", "robust")
 
 
 @dataclass
-class DPOConfig(TrainingArguments, GuardArguments):
+class DPOConfig(TrainingArguments, GuardArguments, ResumeArguments):
     """``transformers.TrainingArguments`` plus preference-optimisation options.
 
     The defaults reproduce plain DPO (sigmoid loss, β = 0.1, summed log-probs). For
@@ -52,3 +57,34 @@ class DPOConfig(TrainingArguments, GuardArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep image and text columns."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: no, steps, epoch."})
+
+    def __post_init__(self):
+        """Every option's type and range, and the combinations that cannot train, checked
+        before anything loads: one ``ConfigError`` (a ``ValueError``) listing each problem."""
+        c = OptionChecks(self)
+        check_training_arguments(self, c)
+        c.text("dataset_path")
+        c.text("eval_dataset_path", optional=True)
+        c.number("beta", 0, low_open=True)  # β ≤ 0 removes or flips the preference; IPO divides by it
+        c.choice("loss_type", LOSS_TYPES)
+        c.number("label_smoothing", 0, 0.5, high_open=True)  # ε ≥ 0.5 prefers the rejected answer
+        c.number("gamma", 0, low_open=True)  # a token weight: ≤ 0 ignores or reverses corrected segments
+        c.flag("ddpo_normalize")
+        c.number("sft_weight", 0)
+        c.flag("dynamic_beta")
+        c.number("dynamic_beta_weight", 0)
+        c.number("dynamic_beta_k", 0, low_open=True)
+        c.text("reference_model_path", optional=True)
+        c.flag("precompute_ref_logps")
+        c.flag("cache_image_features")
+        c.text("image_feature_cache_dir", optional=True)
+        c.flag("share_prefix")
+        c.number("max_length", 1, integer=True, optional=True)
+        if not c.problems:
+            c.rule(not self.label_smoothing or self.loss_type in SMOOTHED_LOSSES, "label_smoothing",
+                   f"label_smoothing is used by the {', '.join(SMOOTHED_LOSSES)} losses, not by "
+                   f"loss_type {self.loss_type}: set it to 0 or change loss_type")
+            c.rule(not (self.image_feature_cache_dir and not self.cache_image_features), "image_feature_cache_dir",
+                   "image_feature_cache_dir needs cache_image_features: true")
+        c.done()
+        super().__post_init__()

@@ -29,7 +29,15 @@ from mmalign.losses.dpo import dpo_loss, dynamic_beta, sequence_logps, sft_term
 from mmalign.models.adapter import VLMAdapter
 from mmalign.models.batch import EncodedBatch
 from mmalign.models.feature_cache import ImageFeatureCache
-from mmalign.training import LossOnlyEvaluation, NonFiniteGuard, StepMetrics, train_and_save
+from mmalign.training import (
+    LossOnlyEvaluation,
+    NonFiniteGuard,
+    RecordsRunConfig,
+    StepMetrics,
+    require_paths,
+    run_resume_plan,
+    train_and_save,
+)
 
 
 def _pad_to(t: torch.Tensor, width: int, value: float | int | bool) -> torch.Tensor:
@@ -40,7 +48,7 @@ def _pad_to(t: torch.Tensor, width: int, value: float | int | bool) -> torch.Ten
 
 
 
-class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, Trainer):
+class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, RecordsRunConfig, Trainer):
     """Preference optimisation on an adapter; the reference is the base with LoRA off by default."""
 
     def __init__(
@@ -164,17 +172,45 @@ class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, Trainer):
         super().log(logs, start_time)
 
 
+def check_dpo_run(model_config, args: DPOConfig) -> None:
+    """What a DPO run needs beyond its options' ranges, checked before the model loads: a
+    reference for full fine-tuning, a family whose positions allow ``share_prefix``."""
+    from mmalign.models import ADAPTERS, card_for
+
+    if not model_config.use_peft and not args.reference_model_path and not args.precompute_ref_logps:
+        raise ValueError("full fine-tuning (use_peft false) needs a reference: set reference_model_path "
+                         "(or precompute_ref_logps, which takes the model before training)")
+    if args.share_prefix:
+        family = model_config.card().family
+        if ADAPTERS[family].inputs.text_keys:
+            raise ValueError(f"share_prefix is not available for {family} (3-D rotary positions): set it false")
+    if args.reference_model_path:
+        card_for(args.reference_model_path)  # exists and is supported (its config only)
+
+
+def check_dpo_data(args: DPOConfig, **datasets) -> None:
+    """Columns the options need, checked before the model loads (MM-DPO's reward margins)."""
+    for name, data in datasets.items():
+        if data is not None and args.dynamic_beta and "reward_margin" not in data.column_names:
+            raise ValueError(f"{getattr(args, name)}: dynamic_beta needs a 'reward_margin' column in the data")
+
+
 def run_dpo(model_config, args: DPOConfig) -> Path:
     """Load model, reference and preference data as configured, train, save.
 
     Checkpoints go to ``args.output_dir/checkpoint-*``; the final adapter and processor
-    are written atomically to ``args.output_dir/final`` with the resolved config.
+    are written atomically to ``args.output_dir/final`` with the resolved config. Every
+    check (options, resume, data) comes before the model loads and anything is written.
     """
     from mmalign.data_builders.storage import load_preference_dataset
     from mmalign.models import card_for, load_adapter
 
-    if not args.dataset_path:
-        raise ValueError("dataset_path is required")
+    require_paths(model_config, args, "dataset_path")
+    check_dpo_run(model_config, args)
+    resume = run_resume_plan(model_config, args)
+    train = load_preference_dataset(args.dataset_path)
+    evaluation = load_preference_dataset(args.eval_dataset_path) if args.eval_dataset_path else None
+    check_dpo_data(args, dataset_path=train, eval_dataset_path=evaluation)
     set_seed(args.seed)  # the fresh LoRA weights are random: same seed, same run
     adapter = model_config.load(gradient_checkpointing=bool(args.gradient_checkpointing))
     reference = None
@@ -182,7 +218,5 @@ def run_dpo(model_config, args: DPOConfig) -> Path:
         reference = load_adapter(args.reference_model_path, dtype=model_config.dtype,
                                  quantization=model_config.quantization(card_for(args.reference_model_path)))
         reference.model.eval()
-    train = load_preference_dataset(args.dataset_path)
-    evaluation = load_preference_dataset(args.eval_dataset_path) if args.eval_dataset_path else None
     trainer = DPOTrainer(adapter, args, train_dataset=train, eval_dataset=evaluation, reference=reference)
-    return train_and_save(trainer, model_config, args)
+    return train_and_save(trainer, model_config, args, resume=resume)

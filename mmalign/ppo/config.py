@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from mmalign.config_io import ConfigError, OptionChecks
 from mmalign.ppo.shaping import ShapingConfig
-from mmalign.training import GuardArguments
+from mmalign.training import GuardArguments, ResumeArguments, check_training_arguments
 
 
 @dataclass
-class PPOConfig(TrainingArguments, ShapingConfig, GuardArguments):
+class PPOConfig(TrainingArguments, ShapingConfig, GuardArguments, ResumeArguments):
     """``transformers.TrainingArguments`` plus RL options.
 
     Fact-RLHF's shaping weights are the fields of :class:`ShapingConfig`, applied with
@@ -66,12 +67,65 @@ class PPOConfig(TrainingArguments, ShapingConfig, GuardArguments):
     save_strategy: str = field(default="steps", metadata={"help": "Checkpoint every save_steps iterations, or no."})
     save_steps: float = field(default=10, metadata={"help": "Iterations between checkpoints."})
 
+    #: harmless on resume for the Trainer methods, but PPO generates per_device_eval_batch_size
+    #: rows at a time: another chunking draws other samples
+    resume_checked = ("per_device_eval_batch_size",)
+
     def __post_init__(self):
-        if self.max_steps <= 0:
-            raise ValueError("set max_steps: the number of PPO iterations (rollout batches)")
+        """Every option's type and range, and the combinations that cannot train, checked
+        before anything loads: one ``ConfigError`` (a ``ValueError``) listing each problem."""
+        c = OptionChecks(self)
+        check_training_arguments(self, c)
+        if c.problems.get("max_steps") or self.max_steps == -1:
+            c.problems["max_steps"] = (f"max_steps must be an integer >= 1 (the number of PPO iterations, "
+                                       f"rollout batches), got {self.max_steps!r}")
+        c.text("dataset_path")
+        c.text("reward_model_path")
+        c.text("cost_model_path", optional=True)
+        for name in ("lagrangian", "critic_from_reward", "whiten_advantages", "shaping"):
+            c.flag(name)
+        c.number("rollout_batch_size", 1, integer=True)
+        c.number("ppo_epochs", 1, integer=True)
+        c.number("max_new_tokens", 1, integer=True)
+        c.number("temperature", 0, low_open=True)
+        c.number("top_p", 0, 1, low_open=True)
+        c.number("kl_coef", 0)
+        c.number("clip_range", 0, 1, low_open=True, high_open=True)  # the ratio is clipped to [1 - ε, 1 + ε]
+        c.number("value_clip", 0, low_open=True, optional=True)
+        c.number("value_coef", 0)
+        c.number("gamma", 0, 1)
+        c.number("lam", 0, 1)
+        c.number("score_clip", 0, low_open=True, optional=True)
+        c.number("target_kl", 0, low_open=True, optional=True)
+        c.number("max_length", 1, integer=True, optional=True)
+        for name in ("choice_bonus", "no_bonus", "yes_penalty", "incomplete_penalty"):
+            c.number(name, 0)  # signed by the term itself; 0 disables it
+        c.number("length_coef")
+        c.number("length_multiplier")
+        c.number("cost_threshold")
+        c.number("lambda_init", 0, low_open=True)  # λ is learned as log λ
+        c.number("lambda_lr", 0)  # 0: a fixed multiplier
+        c.number("lambda_max", 0, low_open=True, optional=True)
+        c.number("lambda_update_delay", 0, integer=True)
+        c.number("episode_cost_window", 1, integer=True)
+        c.number("unsafe_cost")
+        c.choice("save_strategy", ("steps", "no"))
+        c.rule(self.gradient_accumulation_steps == 1, "gradient_accumulation_steps",
+               "gradient_accumulation_steps must be 1 for PPO: it steps once per minibatch of "
+               "per_device_train_batch_size (make rollout_batch_size larger instead)")
+        if not c.problems:
+            c.rule(self.rollout_batch_size % self.per_device_train_batch_size == 0, "rollout_batch_size",
+                   f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of "
+                   f"per_device_train_batch_size ({self.per_device_train_batch_size})")
+            c.rule(self.lambda_max is None or self.lambda_max >= self.lambda_init, "lambda_max",
+                   f"lambda_max ({self.lambda_max}) must be at least lambda_init ({self.lambda_init})")
+        c.done()
         super().__post_init__()
-        if self.rollout_batch_size % self.per_device_train_batch_size:
-            raise ValueError("rollout_batch_size must be a multiple of per_device_train_batch_size")
+        processes = self.world_size * self.per_device_train_batch_size
+        if self.rollout_batch_size % processes:
+            raise ConfigError({"rollout_batch_size": (
+                f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of processes "
+                f"({self.world_size}) x per_device_train_batch_size ({self.per_device_train_batch_size})")})
 
     @property
     def constrained(self) -> bool:

@@ -47,10 +47,12 @@ from mmalign.reward.scoring import RewardScorer
 from mmalign.training import (
     NONFINITE_LOG_KEY,
     NonFiniteTrainingError,
+    RecordsRunConfig,
     checkpoint_problem,
     drop_gradients,
     latest_valid_checkpoint,
     nonfinite_gradients,
+    use_new_learning_rate,
 )
 
 logger = logging.getLogger(__name__)
@@ -94,7 +96,7 @@ class Rollout:
     returns: dict[str, torch.Tensor]
 
 
-class PPOTrainer(Trainer):
+class PPOTrainer(RecordsRunConfig, Trainer):
     """PPO / PPO-Lagrangian on an adapter whose policy LoRA is ``default``."""
 
     def __init__(
@@ -416,7 +418,8 @@ class PPOTrainer(Trainer):
         raise NonFiniteTrainingError(
             f"PPO stopped in iteration {self.iteration + 1}: {self.nonfinite_consecutive} minibatch steps in a row had "
             f"a NaN/inf loss or gradient (max_nonfinite_steps={self.args.max_nonfinite_steps}); every one was "
-            f"skipped. {checkpoint} holds usable weights; resume with --resume_from_checkpoint {checkpoint}")
+            f"skipped. {checkpoint} holds usable weights; resume with --resume_from_checkpoint {checkpoint} "
+            "(and --resume_with_changes true after lowering the learning rate)")
 
     # ------------------------------------------------------------------ saving
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
@@ -435,6 +438,7 @@ class PPOTrainer(Trainer):
         (out / LOG_FILE).write_text(json.dumps(self.state.log_history, indent=1))
         if self.processing_class is not None:
             self.processing_class.save_pretrained(out)
+        self.write_run_config(out)  # a checkpoint's settings, compared when a run resumes from it
 
     def _save_ppo_checkpoint(self) -> None:
         """Adapters, heads, optimiser, scheduler, λ and its window, RNG, log: everything a resume needs."""
@@ -469,6 +473,11 @@ class PPOTrainer(Trainer):
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["scheduler"])
         self.lambda_optimizer.load_state_dict(state["lambda_optimizer"])
+        if "learning_rate" in self.resume_changes:  # resume_with_changes: the new rates, not the checkpoint's
+            use_new_learning_rate(self.optimizer, self.lr_scheduler, self.args.learning_rate)
+        if "lambda_lr" in self.resume_changes:
+            for group in self.lambda_optimizer.param_groups:
+                group["lr"] = self.args.lambda_lr
         with torch.no_grad():
             self.log_lambda.copy_(state["log_lambda"])
         torch.set_rng_state(state["torch_rng"])
@@ -522,15 +531,38 @@ def build_models(model_config, args: PPOConfig):
     return adapter, reward, cost, critics
 
 
-def run_ppo(model_config, args: PPOConfig) -> Path:
-    """Load everything as configured, run PPO (or PPO-Lagrangian), save the final policy."""
-    from mmalign.data_builders.storage import load_preference_dataset
-    from mmalign.training import train_and_save
+#: What a PPO checkpoint carries into a resumed run.
+PPO_KEEPS = ("the policy's and critics' weights, the optimizer state, the iteration count (the schedule "
+             "continues from there), λ with its optimizer and cost window, and the random state")
 
-    if not args.dataset_path or not args.reward_model_path:
-        raise ValueError("dataset_path and reward_model_path are required")
+
+def check_ppo_inputs(model_config, args: PPOConfig) -> None:
+    """The inputs a PPO run needs, checked before the policy loads: model, prompts and the
+    reward (and cost) model folders."""
+    from mmalign.models.scalar_head import HEAD_CONFIG
+    from mmalign.training import require_paths
+
+    require_paths(model_config, args, "dataset_path", "reward_model_path")
+    if not model_config.use_peft:
+        raise ValueError("PPO trains LoRA adapters on a shared base: set use_peft true")
+    for name in ("reward_model_path", "cost_model_path"):
+        path = getattr(args, name)
+        if path and not (Path(path) / HEAD_CONFIG).is_file():
+            raise FileNotFoundError(f"{name} {path}: not a trained reward / cost model folder (no {HEAD_CONFIG})")
+
+
+def run_ppo(model_config, args: PPOConfig) -> Path:
+    """Load everything as configured, run PPO (or PPO-Lagrangian), save the final policy.
+
+    Every check (options, inputs, resume, prompts) comes before the models load and
+    anything is written."""
+    from mmalign.data_builders.storage import load_preference_dataset
+    from mmalign.training import run_resume_plan, train_and_save
+
+    check_ppo_inputs(model_config, args)
+    resume = run_resume_plan(model_config, args, checked=args.resume_checked, keeps=PPO_KEEPS)
+    prompts = load_preference_dataset(args.dataset_path)  # a prompt set: images, prompt, facts, reference
     set_seed(args.seed)  # the fresh LoRA weights are random: same seed, same run (on every process)
     adapter, reward, cost, critics = build_models(model_config, args)
-    prompts = load_preference_dataset(args.dataset_path)  # a prompt set: images, prompt, facts, reference
     trainer = PPOTrainer(adapter, args, prompts, reward, cost, critics)
-    return train_and_save(trainer, model_config, args)
+    return train_and_save(trainer, model_config, args, resume=resume)

@@ -6,14 +6,16 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from mmalign.training import GuardArguments
+from mmalign.config_io import OptionChecks
+from mmalign.training import GuardArguments, ResumeArguments, check_training_arguments
 
 KINDS = ("reward", "cost")
 COST_SIGNS = ("label", "graded", "none")
+FACTS_POSITIONS = ("evaluation", "prompt")
 
 
 @dataclass
-class RewardConfig(TrainingArguments, GuardArguments):
+class RewardConfig(TrainingArguments, GuardArguments, ResumeArguments):
     """``transformers.TrainingArguments`` plus scalar preference-model options.
 
     ``kind: reward`` trains a Bradley–Terry reward model on the helpfulness preference
@@ -47,8 +49,24 @@ class RewardConfig(TrainingArguments, GuardArguments):
     save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: no, steps, epoch."})
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if self.cost_signs not in COST_SIGNS:
-            raise ValueError(f"cost_signs must be one of {', '.join(COST_SIGNS)}, got {self.cost_signs!r}")
+        """Every option's type and range, and the combinations that cannot train, checked
+        before anything loads: one ``ConfigError`` (a ``ValueError``) listing each problem."""
+        c = OptionChecks(self)
+        check_training_arguments(self, c)
+        c.text("dataset_path")
+        c.text("eval_dataset_path", optional=True)
+        c.choice("kind", KINDS)
+        c.flag("use_facts")
+        c.choice("facts_position", FACTS_POSITIONS)
+        c.text("template_file", optional=True)
+        c.number("facts_seed", integer=True)
+        c.number("center_weight", 0)
+        c.number("l2_weight", 0)
+        c.choice("cost_signs", COST_SIGNS)
+        c.number("max_length", 1, integer=True, optional=True)
+        if not c.problems:
+            c.rule(not (self.center_weight and self.kind == "cost"), "center_weight",
+                   "center_weight regularises reward models only (the cost loss has a sign term instead): "
+                   "set it to 0 for kind cost")
+        c.done()
         super().__post_init__()

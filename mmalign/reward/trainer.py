@@ -21,7 +21,15 @@ from mmalign.models.scalar_head import ScalarHeadModel
 from mmalign.reward.collator import ScalarPairCollator
 from mmalign.reward.config import RewardConfig
 from mmalign.reward.template import RewardTemplate
-from mmalign.training import LossOnlyEvaluation, NonFiniteGuard, StepMetrics, train_and_save
+from mmalign.training import (
+    LossOnlyEvaluation,
+    NonFiniteGuard,
+    RecordsRunConfig,
+    StepMetrics,
+    require_paths,
+    run_resume_plan,
+    train_and_save,
+)
 
 
 def load_template(args: RewardConfig) -> RewardTemplate:
@@ -30,8 +38,13 @@ def load_template(args: RewardConfig) -> RewardTemplate:
 
     values: dict[str, Any] = {}
     if args.template_file:
-        values = yaml.safe_load(Path(args.template_file).read_text()) or {}
-        unknown = sorted(set(values) - set(asdict(RewardTemplate())))
+        try:
+            values = yaml.safe_load(Path(args.template_file).read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{args.template_file}: not valid YAML ({getattr(err, 'problem', err)})") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{args.template_file}: a template file is a mapping of template fields to values")
+        unknown = sorted(str(k) for k in set(values) - set(asdict(RewardTemplate())))
         if unknown:
             raise ValueError(f"{args.template_file}: unknown template field(s) {', '.join(unknown)}")
     values["use_facts"] = args.use_facts
@@ -39,7 +52,7 @@ def load_template(args: RewardConfig) -> RewardTemplate:
     return RewardTemplate(**values)
 
 
-class RewardTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, Trainer):
+class RewardTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, RecordsRunConfig, Trainer):
     """Train a scalar head (+ LoRA) on preference pairs; ``args.kind`` picks reward or cost."""
 
     def __init__(self, model: ScalarHeadModel, args: RewardConfig, train_dataset=None, eval_dataset=None,
@@ -95,18 +108,20 @@ def run_reward_model(model_config, args: RewardConfig) -> Path:
     """Load the base with LoRA as configured, add a fresh head, train on the pairs, save.
 
     The final folder (``output_dir/final``) holds the adapter, the head, the scoring
-    template and the resolved config.
+    template and the resolved config. Every check (options, template, resume, data) comes
+    before the model loads and anything is written.
     """
     from mmalign.data_builders.storage import load_preference_dataset
 
-    if not args.dataset_path:
-        raise ValueError("dataset_path is required")
+    require_paths(model_config, args, "dataset_path")
     if not model_config.use_peft:
         raise ValueError("reward and cost models train a LoRA adapter beside their head: set use_peft true")
+    template = load_template(args)
+    resume = run_resume_plan(model_config, args)
+    train = load_preference_dataset(args.dataset_path)
+    evaluation = load_preference_dataset(args.eval_dataset_path) if args.eval_dataset_path else None
     set_seed(args.seed)  # the fresh LoRA weights and head are random: same seed, same run
     adapter = model_config.load(gradient_checkpointing=bool(args.gradient_checkpointing))
     model = ScalarHeadModel(adapter, kind=args.kind)
-    train = load_preference_dataset(args.dataset_path)
-    evaluation = load_preference_dataset(args.eval_dataset_path) if args.eval_dataset_path else None
-    trainer = RewardTrainer(model, args, train_dataset=train, eval_dataset=evaluation)
-    return train_and_save(trainer, model_config, args)
+    trainer = RewardTrainer(model, args, train_dataset=train, eval_dataset=evaluation, template=template)
+    return train_and_save(trainer, model_config, args, resume=resume)

@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from mmalign.training import GuardArguments
+from mmalign.config_io import OptionChecks
+from mmalign.training import GuardArguments, ResumeArguments, check_training_arguments
 
 
 @dataclass
-class SFTConfig(TrainingArguments, GuardArguments):
+class SFTConfig(TrainingArguments, GuardArguments, ResumeArguments):
     """``transformers.TrainingArguments`` plus the data options SFT needs.
 
     Defaults differ from ``TrainingArguments`` where VLM training needs it: the dataset
@@ -29,3 +30,14 @@ class SFTConfig(TrainingArguments, GuardArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep image and message columns."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: no, steps, epoch."})
+
+    def __post_init__(self):
+        """Every option's type and range, checked before anything loads (one ``ConfigError``)."""
+        c = OptionChecks(self)
+        check_training_arguments(self, c)
+        c.text("dataset_path")
+        c.text("image_folder", optional=True)
+        c.text("eval_dataset_path", optional=True)
+        c.number("max_length", 1, integer=True, optional=True)
+        c.done()
+        super().__post_init__()

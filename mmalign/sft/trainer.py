@@ -12,7 +12,14 @@ from mmalign.models.adapter import VLMAdapter
 from mmalign.models.batch import EncodedBatch
 from mmalign.sft.collator import SFTCollator
 from mmalign.sft.config import SFTConfig
-from mmalign.training import LossOnlyEvaluation, NonFiniteGuard, train_and_save
+from mmalign.training import (
+    LossOnlyEvaluation,
+    NonFiniteGuard,
+    RecordsRunConfig,
+    require_paths,
+    run_resume_plan,
+    train_and_save,
+)
 
 
 def sft_loss(logps: torch.Tensor, mask: torch.Tensor, num_items: int | torch.Tensor | None = None) -> torch.Tensor:
@@ -26,7 +33,7 @@ def sft_loss(logps: torch.Tensor, mask: torch.Tensor, num_items: int | torch.Ten
     return total / (num_items if num_items is not None else mask.sum().clamp(min=1))
 
 
-class SFTTrainer(LossOnlyEvaluation, NonFiniteGuard, Trainer):
+class SFTTrainer(LossOnlyEvaluation, NonFiniteGuard, RecordsRunConfig, Trainer):
     """Trains ``adapter.model`` (LoRA adapters, or the weights themselves) on conversations.
 
     The loss only projects hidden states of positions that predict assistant tokens to
@@ -56,14 +63,15 @@ def run_sft(model_config, args: SFTConfig) -> Path:
     Checkpoints go to ``args.output_dir/checkpoint-*`` (resume with
     ``resume_from_checkpoint``); the final adapter (or full model) and processor are
     written atomically to ``args.output_dir/final`` with the resolved config beside them.
+    Every check (options, resume, data) comes before the model loads and anything is written.
     """
     from mmalign.data_builders.sft import load_sft_dataset
 
-    if not args.dataset_path:
-        raise ValueError("dataset_path is required")
-    set_seed(args.seed)  # the fresh LoRA weights are random: same seed, same run
-    adapter = model_config.load(gradient_checkpointing=bool(args.gradient_checkpointing))
+    require_paths(model_config, args, "dataset_path")
+    resume = run_resume_plan(model_config, args)
     train = load_sft_dataset(args.dataset_path, args.image_folder)
     evaluation = load_sft_dataset(args.eval_dataset_path, args.image_folder) if args.eval_dataset_path else None
+    set_seed(args.seed)  # the fresh LoRA weights are random: same seed, same run
+    adapter = model_config.load(gradient_checkpointing=bool(args.gradient_checkpointing))
     trainer = SFTTrainer(adapter, args, train_dataset=train, eval_dataset=evaluation)
-    return train_and_save(trainer, model_config, args)
+    return train_and_save(trainer, model_config, args, resume=resume)

@@ -153,11 +153,12 @@ def test_cli_recipe_with_flag_overrides(tiny_dirs, llava_json, tmp_path, capsys)
     assert "final model in" in capsys.readouterr().out
 
 
-def test_recipe_rejects_unknown_keys(tmp_path):
+def test_recipe_rejects_unknown_keys(tmp_path, capsys):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("learning_rat: 0.1\n")
-    with pytest.raises(SystemExit):
-        main(["train", "sft", "--config", str(recipe)])
+    assert main(["train", "sft", "--config", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: {recipe}: unknown option(s) learning_rat (did you mean learning_rate?)"
 
 
 def test_sft_data_errors_name_row_and_field(tmp_path):
