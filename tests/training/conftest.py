@@ -23,3 +23,30 @@ def pairs_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("pairs") / "pairs"
     save_preference_dataset(records, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def sft_json(tmp_path_factory):
+    """Eight one-turn LLaVA-format conversations with their images: (json file, image folder)."""
+    import json
+
+    root = tmp_path_factory.mktemp("sft")
+    (root / "img").mkdir()
+    records = []
+    for i, (color, prompt, chosen, _) in enumerate(PAIRS * 2):
+        Image.new("RGB", (32 + 16 * (i // 4), 32 + 16 * (i // 4)), color).save(root / "img" / f"{i}.png")
+        records.append({"id": str(i), "image": f"{i}.png", "conversations": [
+            {"from": "human", "value": f"<image>\n{prompt}"}, {"from": "gpt", "value": chosen}]})
+    (root / "data.json").write_text(json.dumps(records))
+    return root / "data.json", root / "img"
+
+
+@pytest.fixture(scope="session")
+def prompts_dir(tmp_path_factory):
+    """Four PPO prompts (images + prompt) saved as a prompt set."""
+    from mmalign.data_builders.storage import save_prompt_set
+
+    path = tmp_path_factory.mktemp("prompts") / "prompts"
+    save_prompt_set([{"images": [Image.new("RGB", (32, 32), color)], "prompt": prompt}
+                     for color, prompt, _, _ in PAIRS], path)
+    return path

@@ -134,3 +134,77 @@ def test_ppo_skips_nonfinite_steps_and_stops_with_a_checkpoint(tiny_dirs, tmp_pa
     assert checkpoint_problem(checkpoint) is None
     policy = load_file(checkpoint / "adapter_model.safetensors")
     assert policy and all(torch.isfinite(v).all() for v in policy.values())
+
+
+# ---------------------------------------------------------------------------- the CLI: one line, exit 1
+def one_error_line(capsys):
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in captured.err + captured.out, captured.err
+    return lines[0]
+
+
+def test_cli_nonfinite_stop_is_one_error_line_with_the_checkpoint_to_resume(tiny_dirs, pairs_dir, tmp_path, capsys,
+                                                                            monkeypatch, caplog):
+    """Not bad input: exit code 1 (docs/robustness.md), one line naming the checkpoint and how to
+    resume with a lower learning rate; following it trains to the end."""
+    from mmalign.cli import main
+
+    original = DPOTrainer.compute_loss
+
+    def nan_after_first_step(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = original(self, model, inputs, return_outputs, num_items_in_batch)
+        return loss * float("nan") if model.training and self.state.global_step >= 1 else loss
+
+    monkeypatch.setattr(DPOTrainer, "compute_loss", nan_after_first_step)
+    out = tmp_path / "run"
+    argv = ["train", "dpo", "--model_name_or_path", str(tiny_dirs["llava"]), "--lora_r", "4", "--dataset_path",
+            str(pairs_dir), "--output_dir", str(out), "--max_steps", "4", "--per_device_train_batch_size", "2",
+            "--max_length", "256", "--report_to", "none", "--use_cpu", "true", "--learning_rate", "1e-2",
+            "--max_nonfinite_steps", "2", "--save_strategy", "no"]
+    assert main(argv) == 1
+    checkpoint = out / "checkpoint-3"
+    assert one_error_line(capsys) == (
+        "error: training stopped at step 3: 2 optimizer steps in a row had a NaN/inf loss or gradient "
+        f"(max_nonfinite_steps=2); every one was skipped, so {checkpoint} holds the last good weights. Check the "
+        f"data and lower the learning rate, then resume with --resume_from_checkpoint {checkpoint} "
+        "--resume_with_changes true (MMALIGN_DEBUG=1 shows the traceback)")
+    assert checkpoint_problem(checkpoint) is None and not (out / "final").exists()
+    monkeypatch.setattr(DPOTrainer, "compute_loss", original)
+    with caplog.at_level("WARNING", logger="mmalign.training"):
+        assert main([*argv, "--learning_rate", "1e-3", "--resume_from_checkpoint", str(checkpoint),
+                     "--resume_with_changes", "true"]) == 0
+    assert "changed from the next step on: learning_rate 0.01 → 0.001" in caplog.text
+    assert (out / "final" / "adapter_model.safetensors").exists()
+
+
+def test_cli_ppo_nonfinite_stop_is_one_error_line(tiny_dirs, tmp_path, capsys, monkeypatch, save_scorers):
+    import dataclasses
+
+    import yaml
+    from datasets import Dataset
+    from PIL import Image
+
+    import mmalign.ppo.trainer as ppo_trainer
+    from mmalign.cli import main
+    from mmalign.data_builders.storage import save_prompt_set
+
+    original = ppo_trainer.ppo_policy_loss
+    monkeypatch.setattr(ppo_trainer, "ppo_policy_loss",
+                        lambda *a, **k: dataclasses.replace(out := original(*a, **k), loss=out.loss * float("nan")))
+    save_prompt_set(Dataset.from_dict({"images": [[Image.new("RGB", (32, 32), c)] for c in ("red", "blue")],
+                                       "prompt": ["is there a cat?", "what color is it?"]}).to_list(),
+                    tmp_path / "prompts")
+    out = tmp_path / "run"
+    assert main(["train", "ppo", "--model_name_or_path", str(tiny_dirs["llava"]), "--lora_r", "4",
+                 "--lora_alpha", "8", "--dataset_path", str(tmp_path / "prompts"), "--reward_model_path",
+                 str(save_scorers(0.0) / "reward"), "--output_dir", str(out), "--max_steps", "2",
+                 "--rollout_batch_size", "2", "--per_device_train_batch_size", "1", "--max_new_tokens", "4",
+                 "--max_length", "256", "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no"]) == 1
+    checkpoint = out / "checkpoint-0"
+    line = one_error_line(capsys)
+    assert line.startswith("error: PPO stopped in iteration 1: 3 minibatch steps in a row had a NaN/inf loss")
+    assert f"resume with --resume_from_checkpoint {checkpoint} (and --resume_with_changes true" in line
+    assert checkpoint_problem(checkpoint) is None
+    recorded = yaml.safe_load((checkpoint / "mmalign_config.yaml").read_text())
+    assert recorded["max_nonfinite_steps"] == 3 and recorded["rollout_batch_size"] == 2
