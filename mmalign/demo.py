@@ -70,13 +70,16 @@ def evaluate_scene_model(adapter, world_dir: Path, out: Path, name: str, *, prog
 def build_feedback_pairs(adapter, config: DemoConfig, pairs_dir: Path, stats_file: Path) -> None:
     """Correction pairs from ``adapter``'s answers on the feedback scenes, with their statistics."""
     from mmalign.data_builders.storage import save_preference_dataset
+    from mmalign.io import atomic_write_text
     from mmalign.scene.feedback import scene_feedback_records
     from mmalign.scene.world import WorldConfig
 
     records, stats = scene_feedback_records(adapter, WorldConfig(seed=config.seed), config.feedback_scenes,
                                             seed=config.seed, replace_absent=config.replace_absent)
+    # the statistics first: the pairs folder marks the stage done, so a run killed in between
+    # builds both again instead of finding pairs without their statistics
+    atomic_write_text(stats_file, json.dumps(asdict(stats), indent=2))
     save_preference_dataset(records, pairs_dir)
-    stats_file.write_text(json.dumps(asdict(stats), indent=2))
 
 
 #: base precisions of the demo's policy: 4-bit NF4 (QLoRA, float32 compute on CPU) or unquantised

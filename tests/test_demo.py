@@ -51,3 +51,71 @@ def test_demo_policy_loads_each_precision_with_a_trainable_lora():
         assert trainable and all("lora_" in n for n in trainable)
     with pytest.raises(ValueError, match="unknown precision 'int8'"):
         demo_policy(config, precision="int8")
+
+
+def test_pairs_are_marked_done_only_with_their_statistics(tmp_path, monkeypatch):
+    """A demo killed while building its pairs must not leave the pairs (the stage's marker)
+    without the statistics the report reads: the statistics are written first."""
+    from PIL import Image
+
+    import mmalign.demo as demo
+    import mmalign.scene.feedback as feedback
+    from mmalign.data_builders.corrections import correction_record
+
+    record = correction_record("a red cup and a cat.", "a red cup.", prompt="describe the image.",
+                               images=[Image.new("RGB", (32, 32), "red")])
+    monkeypatch.setattr(feedback, "scene_feedback_records",
+                        lambda *a, **k: ([record], feedback.FeedbackStats(scenes=1)))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies while writing the statistics
+
+    monkeypatch.setattr(demo, "asdict", killed)  # the statistics are being turned into JSON
+    pairs, stats = tmp_path / "pairs", tmp_path / "pairs-stats.json"
+    with pytest.raises(KeyboardInterrupt):
+        demo.build_feedback_pairs(None, DemoConfig(feedback_scenes=1), pairs, stats)
+    assert not (pairs / "mmalign_dataset.json").exists()  # so a resumed demo builds the pairs again
+    monkeypatch.undo()
+    monkeypatch.setattr(feedback, "scene_feedback_records",
+                        lambda *a, **k: ([record], feedback.FeedbackStats(scenes=1)))
+    demo.build_feedback_pairs(None, DemoConfig(feedback_scenes=1), pairs, stats)
+    assert (pairs / "mmalign_dataset.json").exists() and json.loads(stats.read_text())["scenes"] == 1
+
+
+@pytest.mark.slow
+def test_demo_killed_between_stages_resumes_from_the_next_stage(tmp_path, capsys):
+    """``mmalign demo`` killed with SIGKILL once its pairs are written (between stages 3 and 4)
+    resumes with the evaluation and the training, never rebuilding the finished stages."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mmalign.cli import main
+
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--eval-scenes", "4", "--feedback-scenes", "4", "--epochs", "1"]
+    with (tmp_path / "killed.log").open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "mmalign", *argv], stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        deadline = time.monotonic() + 300
+        while not (out / "pairs" / "mmalign_dataset.json").exists() and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    log = (tmp_path / "killed.log").read_text()
+    assert proc.returncode == -signal.SIGKILL, log[-2000:]
+    assert "[3/5]" in log and not (out / "adapter").exists()
+    pairs_time = (out / "pairs" / "mmalign_dataset.json").stat().st_mtime_ns
+    world_time = (out / "world" / "world.json").stat().st_mtime_ns
+
+    assert main(argv) == 0
+    stages = [line[:5] for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert stages == ["[2/5]", "[4/5]", "[5/5]"]
+    assert (out / "pairs" / "mmalign_dataset.json").stat().st_mtime_ns == pairs_time
+    assert (out / "world" / "world.json").stat().st_mtime_ns == world_time
+    results = json.loads((out / "results.json").read_text())
+    assert results["pairs"] == json.loads((out / "pairs-stats.json").read_text()) and results["pairs"]["scenes"] == 4
+    assert (out / "adapter" / "adapter_model.safetensors").exists() and (out / "report.md").exists()
