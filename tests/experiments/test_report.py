@@ -119,3 +119,40 @@ def test_dpo_experiment_measures_each_arm_once_with_the_base_of_its_precision(tm
     again = run_dpo_experiment(tmp_path, seeds=[0], methods=["ddpo-qlora"], config=config)  # resumes
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "measured").iterdir()} == stamps
     assert again["summary"] == results["summary"]
+
+
+@pytest.mark.slow
+def test_experiment_killed_between_two_runs_resumes_with_the_next(tmp_path):
+    """``mmalign experiments`` killed with SIGKILL once its first (seed, arm) result is saved
+    resumes with the second, never measuring the first again nor rebuilding its data."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mmalign.cli import main
+
+    out = tmp_path / "exp"
+    argv = ["experiments", "reward-models", "--quick", "--seeds", "0", "1", "--models", "rm", "--out", str(out)]
+    measured = out / "reward-models" / "measured"
+    with (tmp_path / "killed.log").open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "mmalign", *argv], stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        deadline = time.monotonic() + 300
+        while not (measured / "seed0-rm.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    log = (tmp_path / "killed.log").read_text()
+    assert proc.returncode == -signal.SIGKILL, log[-2000:]
+    assert sorted(p.name for p in measured.iterdir()) == ["seed0-rm.json"]
+    first = (measured / "seed0-rm.json").stat().st_mtime_ns
+    data = {p.name: p.stat().st_mtime_ns for p in (out / "reward-models" / "data").iterdir()}
+
+    assert main(argv) == 0
+    assert sorted(p.name for p in measured.iterdir()) == ["seed0-rm.json", "seed1-rm.json"]
+    assert (measured / "seed0-rm.json").stat().st_mtime_ns == first
+    assert {name: (out / "reward-models" / "data" / name).stat().st_mtime_ns for name in data} == data
+    results = json.loads((out / "reward-models" / "results.json").read_text())
+    assert [run["seed"] for run in results["runs"]] == [0, 1] and (out / "report.md").exists()
