@@ -223,9 +223,13 @@ def _fail(fld: str, message: str) -> RecordError:
 
 
 # ---------------------------------------------------------------------------- text
-#: Characters that are letters or symbols to Unicode but render as nothing (Hangul fillers,
-#: the blank Braille pattern): text made of them is as empty as whitespace.
-INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+#: Characters that are letters, symbols or marks to Unicode but render as nothing (Hangul
+#: fillers, the blank Braille pattern, the combining grapheme joiner): text made of them is as
+#: empty as whitespace.
+INVISIBLE = frozenset("\u034f\u115f\u1160\u2800\u3164\uffa0")
+#: Categories that show nothing on their own: controls, format characters (zero-width space,
+#: joiners, soft hyphen, byte-order mark...), surrogates, unassigned code points, separators.
+INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Cn", "Zs", "Zl", "Zp"})
 
 
 def is_visible(ch: str) -> bool:
@@ -238,9 +242,12 @@ def has_visible_text(text: str) -> bool:
 
 
 def meaningful(text: str) -> str:
-    """``text`` as a reader sees it: format characters (zero-width spaces, byte-order marks,
-    direction marks...) and fillers dropped, runs of whitespace made one space."""
-    return " ".join("".join(ch for ch in text if unicodedata.category(ch) != "Cf" and ch not in INVISIBLE).split())
+    """``text`` as a reader sees it: NFC, characters that show nothing (format characters,
+    controls, fillers...) dropped, runs of whitespace made one space. Two texts with the same
+    ``meaningful`` form read the same."""
+    kept = "".join(ch for ch in unicodedata.normalize("NFC", text)
+                   if ch.isspace() or (ch not in INVISIBLE and unicodedata.category(ch) not in INVISIBLE_CATEGORIES))
+    return " ".join(kept.split())
 
 
 def _code_points(text: str, limit: int = 5) -> str:

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mmalign.data_builders.schema import HARMLESS_RANGE, HELPFUL_RANGE
+from mmalign.data_builders.schema import HARMLESS_RANGE, HELPFUL_RANGE, has_visible_text, meaningful
 
 DB_NAME = "studio.sqlite"
 IMAGES = "images"
@@ -165,28 +165,6 @@ def _integer(value: Any, fld: str) -> int:
     return value
 
 
-# Characters that show nothing on their own: controls, format characters (zero-width space,
-# joiners, soft hyphen, BOM...), separators, surrogates and unassigned code points, plus the
-# few blank characters whose category says otherwise (Hangul fillers, Braille blank, CGJ).
-INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Cn", "Zs", "Zl", "Zp"})
-BLANK_CHARACTERS = frozenset("\u034f\u115f\u1160\u2800\u3164\uffa0")
-
-
-def _invisible(ch: str) -> bool:
-    return ch in BLANK_CHARACTERS or unicodedata.category(ch) in INVISIBLE_CATEGORIES
-
-
-def has_visible(text: str) -> bool:
-    """Whether ``text`` holds a character that shows on its own (not a combining mark alone)."""
-    return any(not _invisible(ch) and unicodedata.category(ch) not in ("Mn", "Me") for ch in text)
-
-
-def reading(text: str) -> str:
-    """``text`` as a reader sees it: NFC, invisible characters dropped, spacing collapsed."""
-    kept = "".join(ch for ch in unicodedata.normalize("NFC", text) if ch.isspace() or not _invisible(ch))
-    return " ".join(kept.split())
-
-
 def _check_text(text: str, fld: str) -> None:
     for ch in text:
         category = unicodedata.category(ch)
@@ -226,11 +204,11 @@ def check_corrections(answer: str, payload: Any) -> dict[str, Any]:
             raise SubmissionError(f"span [{start}, {end}) is empty or outside the answer "
                                   f"({len(answer)} characters)", field=fld)
         marked = answer[start:end]
-        if text == marked or reading(text) == reading(marked):
+        if text == marked or meaningful(text) == meaningful(marked):
             raise SubmissionError(f"the correction of [{start}, {end}) repeats the marked text {marked!r}"
                                   + ("" if text == marked else " (it differs only in invisible characters or "
                                      "spacing)"), field=f"{fld}.text")
-        if text and not has_visible(text):
+        if text and not has_visible_text(text):
             raise SubmissionError(f"the correction of [{start}, {end}) has no visible character "
                                   f"({', '.join(f'U+{ord(ch):04X}' for ch in text[:5])}"
                                   f"{'...' if len(text) > 5 else ''}); leave it empty to delete the marked text",
@@ -242,9 +220,9 @@ def check_corrections(answer: str, payload: Any) -> dict[str, Any]:
             raise SubmissionError(f"span [{cur['start']}, {cur['end']}) overlaps span "
                                   f"[{prev['start']}, {prev['end']})", field="corrections")
     corrected = apply_corrections(answer, out)[0]
-    if not has_visible(corrected):
+    if not has_visible_text(corrected):
         raise SubmissionError("the corrected answer would be empty", field="corrections")
-    if out and reading(corrected) == reading(answer):
+    if out and meaningful(corrected) == meaningful(answer):
         raise SubmissionError("the corrections leave the answer unchanged (the corrected answer reads the same "
                               "as the original); submit without marks if nothing is wrong", field="corrections")
     return {"corrections": out}
