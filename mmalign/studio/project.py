@@ -469,16 +469,16 @@ class StudioProject:
             if kind == "pair" and (not isinstance(answer_b, str) or not answer_b.strip()):
                 raise ValueError(f"item {i}: field 'answer_b' is empty (a pair item needs two answers)")
             images = [self.store_image(data) for data in image_bytes(item.get("images"))]
-            rows.append((kind, json.dumps(images), json.dumps(item["prompt"]), answer,
-                         answer_b if kind == "pair" else None, item.get("source"),
-                         json.dumps(dict(item.get("meta") or {})), now()))
+            answer_b = answer_b if kind == "pair" else None
+            key = item_fingerprint(kind, images, item["prompt"], answer, answer_b)
+            rows.append((key, (kind, json.dumps(images), json.dumps(item["prompt"]), answer, answer_b,
+                               item.get("source"), json.dumps(dict(item.get("meta") or {})), now())))
         with self.connection() as conn, self.transaction(conn):
             seen = {item_fingerprint(r["kind"], json.loads(r["images"]), json.loads(r["prompt"]), r["answer"],
                                      r["answer_b"])
                     for r in conn.execute("SELECT kind, images, prompt, answer, answer_b FROM items")}
             new = []
-            for row in rows:
-                key = item_fingerprint(row[0], json.loads(row[1]), json.loads(row[2]), row[3], row[4])
+            for key, row in rows:
                 if key not in seen:
                     seen.add(key)
                     new.append(row)
