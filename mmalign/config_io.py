@@ -321,8 +321,7 @@ def read_recipe(name_or_path: str | Path, dataclass_types: Sequence[type]) -> di
     if not isinstance(values, dict):
         raise ValueError(f"{name_or_path}: a recipe is a mapping of option names to values, "
                          f"not a {type(values).__name__}")
-    if err := _unknown(values, dataclass_types, str(name_or_path)):
-        raise err
+    _check_known(values, dataclass_types, str(name_or_path))
     return _Coercion(dataclass_types)(values, str(name_or_path))
 
 
