@@ -256,9 +256,11 @@ class _NonFiniteCallback(TrainerCallback):
 # ---------------------------------------------------------------------- checkpoints and resume
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILES = ("trainer_state.json", "ppo_state.json")
+#: Every checkpoint (and the final folder) holds the resolved configuration of the run that wrote it.
+RUN_CONFIG_FILE = "mmalign_config.yaml"
 #: What ``train_and_save`` replaces at ``output_dir/final``: an earlier final model (it
 #: always holds the run's resolved configuration).
-FINAL = OutputKind("final model of a training run", ("mmalign_config.yaml",))
+FINAL = OutputKind("final model of a training run", (RUN_CONFIG_FILE,))
 
 
 def _safetensors_problem(path: Path) -> str | None:
@@ -344,8 +346,6 @@ def resolve_resume(value: str | bool | None, output_dir: str | Path) -> str | No
 
 
 # ---------------------------------------------------------------------- resuming with the same settings
-#: Every checkpoint (and the final folder) holds the resolved configuration of the run that wrote it.
-RUN_CONFIG_FILE = "mmalign_config.yaml"
 
 #: Options that may differ between a checkpoint and the run resuming from it: they change
 #: what is logged, saved, evaluated or how fast, not what is trained.
@@ -596,7 +596,7 @@ def train_and_save(trainer, *configs: Any, resume: ResumePlan | None = None) -> 
     inputs = _input_paths(configs)
     if main:
         check_output(out / "final", replaces=FINAL, inputs=inputs)
-        write_resolved_config(out / "mmalign_config.yaml", *configs)
+        write_resolved_config(out / RUN_CONFIG_FILE, *configs)
     trainer.train(resume_from_checkpoint=resume.checkpoint)
     # Every process takes part in save_model (sharded weights are gathered); only the main one writes.
     with atomic_dir(out / "final", replaces=FINAL, inputs=inputs) if main else nullcontext(None) as tmp:
@@ -604,6 +604,6 @@ def train_and_save(trainer, *configs: Any, resume: ResumePlan | None = None) -> 
         if main:
             # Trainer also pickles its arguments; the final folder keeps safetensors and YAML only.
             (tmp / "training_args.bin").unlink(missing_ok=True)
-            write_resolved_config(tmp / "mmalign_config.yaml", *configs)
+            write_resolved_config(tmp / RUN_CONFIG_FILE, *configs)
     trainer.accelerator.wait_for_everyone()
     return out / "final"
