@@ -50,7 +50,7 @@ from mmalign.benchmarks.runner import (
     require,
     resolve_image,
 )
-from mmalign.benchmarks.text import singularize, tokenize
+from mmalign.grounding.text import singularize, tokenize
 from mmalign.io import read_json
 
 GENERATIVE = "generative"

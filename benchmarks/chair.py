@@ -1,6 +1,6 @@
 """CHAIR: object hallucination in image captions (Rohrbach et al., 2018).
 
-A caption's object mentions come from :class:`~mmalign.benchmarks.objects.ObjectVocabulary`
+A caption's object mentions come from :class:`~mmalign.grounding.objects.ObjectVocabulary`
 (mmalign's own COCO table with the CHAIR two-word and special rules, or a vocabulary of the
 instance categories for other datasets). An image's ground truth is the union of its
 instance-annotation categories and the objects found in all its reference captions (run
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mmalign.benchmarks.metrics import ratio
-from mmalign.benchmarks.objects import (
+from mmalign.grounding.objects import (
     COCO_SYNONYMS,
     Mention,
     ObjectExtractor,
@@ -45,7 +45,7 @@ from mmalign.benchmarks.runner import (
     require,
     resolve_image,
 )
-from mmalign.benchmarks.text import tokenize
+from mmalign.grounding.text import tokenize
 from mmalign.io import read_json
 
 #: The instruction used for CHAIR captions in recent hallucination papers.

@@ -30,7 +30,7 @@ from typing import Any
 
 from mmalign.benchmarks.chair import GroundTruth, load_ground_truth
 from mmalign.benchmarks.metrics import ratio
-from mmalign.benchmarks.objects import (
+from mmalign.grounding.objects import (
     ObjectExtractor,
     ObjectVocabulary,
     extractor_label,

@@ -2,8 +2,8 @@
 
 import pytest
 
-from mmalign.benchmarks.objects import COCO_SYNONYMS, ObjectVocabulary
-from mmalign.benchmarks.text import singularize, tokenize
+from mmalign.grounding.objects import COCO_SYNONYMS, ObjectVocabulary
+from mmalign.grounding.text import singularize, tokenize
 
 COCO = ObjectVocabulary.coco()
 

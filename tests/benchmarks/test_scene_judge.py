@@ -7,7 +7,7 @@ import pytest
 
 from mmalign.benchmarks import MMHalConfig, SceneJudge, run_mmhal
 from mmalign.benchmarks.mmhal import extract_rating
-from mmalign.benchmarks.objects import ObjectVocabulary
+from mmalign.grounding.objects import ObjectVocabulary
 from mmalign.benchmarks.scene_judge import grade, read_answer
 from mmalign.cli import main
 from mmalign.scene.exports import make_world

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from mmalign.benchmarks.text import normalize_phrase, singularize, tokenize
+from mmalign.grounding.text import normalize_phrase, singularize, tokenize
 
 #: category -> words naming it (the category name itself is always included).
 COCO_SYNONYMS: dict[str, tuple[str, ...]] = {
