@@ -75,6 +75,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("chosen_helpful_rate", "int 0…3", False, "Graded helpfulness of `chosen`."),
     Column("rejected_helpful_rate", "int 0…3", False, "Graded helpfulness of `rejected`."),
     Column("reference", "string", False, "A reference answer, when the source has one.", (PROMPTS,)),
+    Column("objects", "list of strings", False,
+           "Object categories annotated as present in the image (for the object-grounding rewards of RL).",
+           (PROMPTS,)),
     Column("source", "string", False,
            "Where the record came from (`rlhf-v`, `beavertails-v`, `ai-feedback`, ...).", (PREFERENCE, PROMPTS)),
     Column("meta", "JSON object (string)", False,
@@ -123,6 +126,7 @@ def features(kind: str = PREFERENCE, conversational: bool = False):
         "chosen_helpful_rate": Value("int8"),
         "rejected_helpful_rate": Value("int8"),
         "reference": text,
+        "objects": List(text),
         "source": text,
         "meta": text,
     }
@@ -423,6 +427,14 @@ def _facts(value: Any) -> list[str] | None:
             for i, f in enumerate(value)]
 
 
+def _objects(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple):
+        raise _fail("objects", f"expected a list of object names, got {type(value).__name__}")
+    return [_text(o, f"objects[{i}]") for i, o in enumerate(value)]
+
+
 def _side(value: Any, fld: str) -> str | None:
     if value is None or (isinstance(value, str) and value in SIDES):
         return value
@@ -559,6 +571,7 @@ def validate_prompt_record(
         _check_prompt_images(out["prompt"], out["images"])
         out["facts"] = _facts(record.get("facts"))
         out["reference"] = _optional_text(record.get("reference"), "reference")
+        out["objects"] = _objects(record.get("objects"))
         out["source"] = _optional_text(record.get("source"), "source")
         out["meta"] = _meta(record.get("meta"))
     except RecordError as err:

@@ -343,7 +343,8 @@ def scene_safety_records(config: WorldConfig, n_scenes: int, *, split: str = "tr
 
 def scene_prompt_records(config: WorldConfig, n_scenes: int, *, split: str = "train", start: int = 1,
                          kinds: Sequence[str] = ("describe", "exist", "safety"), seed: int = 0) -> list[dict[str, Any]]:
-    """A prompt set for RL (PPO): per scene, the kinds asked for, each with the scene's facts.
+    """A prompt set for RL (PPO, GRPO): per scene, the kinds asked for, each with the scene's
+    facts and its annotated objects (the verifier of object-grounding rewards).
 
     ``describe``: "Describe the image." (hallucination shows in the caption); ``exist``:
     balanced yes/no existence questions with the answer as ``reference`` (Fact-RLHF's
@@ -355,7 +356,7 @@ def scene_prompt_records(config: WorldConfig, n_scenes: int, *, split: str = "tr
     records: list[dict[str, Any]] = []
     for index in range(start, start + n_scenes):
         scene = scene_at(config, index, split)
-        common = {"images": [render(scene)], "facts": scene_facts(scene)}
+        common = {"images": [render(scene)], "facts": scene_facts(scene), "objects": scene.categories}
         asked: list[tuple[str, str, str | None, dict[str, Any]]] = []
         if "describe" in kinds:
             asked.append((DESCRIBE_PROMPT, "describe", None, {}))
