@@ -158,10 +158,11 @@ def test_corrupt_image_in_a_saved_dataset_is_caught_on_load(record, png, tmp_pat
 
 
 def test_prompt_sets_save_and_load(png, tmp_path):
-    save_prompt_set([{"images": [png()], "prompt": "Describe.", "reference": "Red.", "facts": ["A red cup."]}],
-                    tmp_path / "p")
+    save_prompt_set([{"images": [png()], "prompt": "Describe.", "reference": "Red.", "facts": ["A red cup."],
+                      "objects": ["cup"]}], tmp_path / "p")
     assert read_manifest(tmp_path / "p")["kind"] == "prompts"
     ds = load_preference_dataset(tmp_path / "p")
-    assert ds.column_names == ["images", "prompt", "facts", "reference", "source", "meta"]
+    assert ds.column_names == ["images", "prompt", "facts", "reference", "objects", "source", "meta"]
+    assert ds[0]["objects"] == ["cup"]
     assert ds[0]["facts"] == ["A red cup."] and ds[0]["reference"] == "Red."
     assert (tmp_path / "p" / MANIFEST).exists()
