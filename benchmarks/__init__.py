@@ -12,7 +12,6 @@ from mmalign.benchmarks.amber import AmberBenchmark, AmberConfig, run_amber
 from mmalign.benchmarks.chair import ChairBenchmark, ChairConfig, load_ground_truth, run_chair
 from mmalign.benchmarks.judges import GenerativeJudge, HTTPJudge, HTTPJudgeConfig
 from mmalign.benchmarks.mmhal import MMHalBenchmark, MMHalConfig, run_mmhal
-from mmalign.grounding.objects import ObjectVocabulary
 from mmalign.benchmarks.objhal import ObjHalBenchmark, ObjHalConfig, run_objhal
 from mmalign.benchmarks.pope import PopeBenchmark, PopeConfig, load_pope, run_pope
 from mmalign.benchmarks.report import BenchmarkResult, compare_reports, load_report, write_report
@@ -24,6 +23,7 @@ from mmalign.benchmarks.safety import (
     run_safety,
 )
 from mmalign.benchmarks.scene_judge import SceneJudge
+from mmalign.grounding.objects import ObjectVocabulary
 
 #: Every benchmark by its name: the class and its config dataclass. ``mmalign bench NAME``
 #: is generated from this table: one flag per config field with ``metadata["help"]``.

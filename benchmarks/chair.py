@@ -27,14 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from mmalign.benchmarks.metrics import ratio
-from mmalign.grounding.objects import (
-    COCO_SYNONYMS,
-    Mention,
-    ObjectExtractor,
-    ObjectVocabulary,
-    extractor_label,
-    find_mentions,
-)
 from mmalign.benchmarks.report import BenchmarkResult
 from mmalign.benchmarks.runner import (
     Benchmark,
@@ -44,6 +36,14 @@ from mmalign.benchmarks.runner import (
     join_by_key,
     require,
     resolve_image,
+)
+from mmalign.grounding.objects import (
+    Mention,
+    ObjectExtractor,
+    ObjectVocabulary,
+    extractor_label,
+    find_mentions,
+    resolve_vocabulary,
 )
 from mmalign.grounding.text import tokenize
 from mmalign.io import read_json
@@ -60,24 +60,6 @@ class GroundTruth:
     file_names: dict[str, str] = field(default_factory=dict)
     objects: dict[str, set[str]] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
-
-
-def resolve_vocabulary(choice: str | ObjectVocabulary, category_names: Sequence[str]) -> ObjectVocabulary:
-    """"coco" (mmalign's COCO table), "instances" (the instance category names only),
-    "auto" (COCO if every instance category is a COCO category), or a vocabulary."""
-    if isinstance(choice, ObjectVocabulary):
-        return choice
-    if choice == "coco":
-        return ObjectVocabulary.coco()
-    if choice == "instances":
-        if not category_names:
-            raise ValueError("vocabulary 'instances' needs an instances file with categories")
-        return ObjectVocabulary.from_categories(category_names)
-    if choice == "auto":
-        if all(name in COCO_SYNONYMS for name in category_names):
-            return ObjectVocabulary.coco()
-        return ObjectVocabulary.from_categories(category_names)
-    raise ValueError(f"unknown vocabulary {choice!r}; expected coco, instances or auto")
 
 
 def load_ground_truth(

@@ -30,12 +30,6 @@ from typing import Any
 
 from mmalign.benchmarks.chair import GroundTruth, load_ground_truth
 from mmalign.benchmarks.metrics import ratio
-from mmalign.grounding.objects import (
-    ObjectExtractor,
-    ObjectVocabulary,
-    extractor_label,
-    find_mentions,
-)
 from mmalign.benchmarks.report import BenchmarkResult
 from mmalign.benchmarks.runner import (
     Benchmark,
@@ -45,6 +39,12 @@ from mmalign.benchmarks.runner import (
     join_by_key,
     require,
     resolve_image,
+)
+from mmalign.grounding.objects import (
+    ObjectExtractor,
+    ObjectVocabulary,
+    extractor_label,
+    find_mentions,
 )
 from mmalign.io import read_records
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmalign.grounding.objects import ObjectVocabulary
 from mmalign.benchmarks.runner import require
+from mmalign.grounding.objects import ObjectVocabulary
 from mmalign.scene.text import NUMBER_WORDS, QA, WHERE_PHRASES, questions
 from mmalign.scene.world import BACKGROUNDS, COLORS, SIZES, Scene, WorldConfig
 

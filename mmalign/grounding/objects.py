@@ -282,6 +282,24 @@ class ObjectVocabulary:
         }
 
 
+def resolve_vocabulary(choice: str | ObjectVocabulary, category_names: Sequence[str]) -> ObjectVocabulary:
+    """"coco" (mmalign's COCO table), "instances" (the instance category names only),
+    "auto" (COCO if every instance category is a COCO category), or a vocabulary."""
+    if isinstance(choice, ObjectVocabulary):
+        return choice
+    if choice == "coco":
+        return ObjectVocabulary.coco()
+    if choice == "instances":
+        if not category_names:
+            raise ValueError("vocabulary 'instances' needs an instances file with categories")
+        return ObjectVocabulary.from_categories(category_names)
+    if choice == "auto":
+        if all(name in COCO_SYNONYMS for name in category_names):
+            return ObjectVocabulary.coco()
+        return ObjectVocabulary.from_categories(category_names)
+    raise ValueError(f"unknown vocabulary {choice!r}; expected coco, instances or auto")
+
+
 #: An object extractor (e.g. an LLM): response text -> the object words or phrases it names.
 ObjectExtractor = Callable[[str], Sequence[str]]
 

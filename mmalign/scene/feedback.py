@@ -22,7 +22,13 @@ from mmalign.data_builders.corrections import correction_record, tokenize
 from mmalign.scene.ranges import FEEDBACK
 from mmalign.scene.render import render
 from mmalign.scene.safety import safety_prompts
-from mmalign.scene.text import TEMPLATES, absent_partners, category_sentence, relation_sentence, scene_facts
+from mmalign.scene.text import (
+    TEMPLATES,
+    absent_partners,
+    category_sentence,
+    relation_sentence,
+    scene_facts,
+)
 from mmalign.scene.world import CATEGORY_SPECS, COLORS, Scene, WorldConfig, scene_at
 
 CLAUSE_BREAKS = {",", "and", "."}

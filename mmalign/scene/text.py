@@ -305,19 +305,21 @@ def _existence_qas(scene: Scene, negatives: list[str]) -> list[QA]:
     return yes + no
 
 
+def count_sentence(category: str, n: int) -> str:
+    """ "There is one cup in the image." / "There are two cups in the image." """
+    if n == 1:
+        return sentence("count_one", category=category)
+    return sentence("count_many", number=NUMBER_WORDS[n], plural=CATEGORY_SPECS[category].plural)
+
+
 def _count_qas(scene: Scene) -> list[QA]:
     qas = []
     for c, n in scene.counts.items():
-        plural = CATEGORY_SPECS[c].plural
-        full = (
-            sentence("count_one", category=c)
-            if n == 1
-            else sentence("count_many", number=NUMBER_WORDS[n], plural=plural)
-        )
+        full = count_sentence(c, n)
         qas.append(
             QA(
                 "count",
-                sentence("count_q", plural=plural),
+                sentence("count_q", plural=CATEGORY_SPECS[c].plural),
                 NUMBER_WORDS[n].capitalize(),
                 full,
                 (c,),
@@ -414,13 +416,8 @@ def fact_statements(scene: Scene, config: WorldConfig, rng: random.Random) -> li
     out: list[tuple[str, bool]] = []
     absent = [c for c in config.categories if c not in scene.counts]
     for category, n in scene.counts.items():
-        plural = CATEGORY_SPECS[category].plural
-
-        def count(k: int) -> str:
-            return (sentence("count_one", category=category) if k == 1
-                    else sentence("count_many", number=NUMBER_WORDS[k], plural=plural))
-
-        out += [(count(n), True), (count(rng.choice([k for k in (1, 2, 3) if k != n])), False)]
+        wrong = rng.choice([k for k in (1, 2, 3) if k != n])
+        out += [(count_sentence(category, n), True), (count_sentence(category, wrong), False)]
         out.append((sentence("absent_a", category=category), False))
         colours = {o.color for o in scene.instances(category)}
         if len(colours) == 1:
@@ -435,7 +432,7 @@ def fact_statements(scene: Scene, config: WorldConfig, rng: random.Random) -> li
                     (sentence("where_a", category=category, where=WHERE_PHRASES[wrong_cell]), False)]
     if absent:
         missing = (absent_partners(scene, config) or [rng.choice(absent)])[0]
-        out += [(sentence("count_one", category=missing), False), (sentence("absent_a", category=missing), True)]
+        out += [(count_sentence(missing, 1), False), (sentence("absent_a", category=missing), True)]
     return out
 
 

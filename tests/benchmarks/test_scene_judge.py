@@ -7,9 +7,9 @@ import pytest
 
 from mmalign.benchmarks import MMHalConfig, SceneJudge, run_mmhal
 from mmalign.benchmarks.mmhal import extract_rating
-from mmalign.grounding.objects import ObjectVocabulary
 from mmalign.benchmarks.scene_judge import grade, read_answer
 from mmalign.cli import main
+from mmalign.grounding.objects import ObjectVocabulary
 from mmalign.scene.exports import make_world
 from mmalign.scene.text import QA
 from mmalign.scene.world import Scene, SceneObject, WorldConfig

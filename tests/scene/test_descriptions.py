@@ -15,7 +15,14 @@ from mmalign.scene.text import (
     fact_statements,
     scene_facts,
 )
-from mmalign.scene.world import CATEGORY_SPECS, GRID, Scene, SceneObject, WorldConfig, generate_scenes
+from mmalign.scene.world import (
+    CATEGORY_SPECS,
+    GRID,
+    Scene,
+    SceneObject,
+    WorldConfig,
+    generate_scenes,
+)
 
 CONFIG = WorldConfig()
 
