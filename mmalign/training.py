@@ -255,7 +255,7 @@ class _NonFiniteCallback(TrainerCallback):
 
 # ---------------------------------------------------------------------- checkpoints and resume
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-STATE_FILES = ("trainer_state.json", "ppo_state.json")
+STATE_FILES = ("trainer_state.json", "ppo_state.json", "grpo_state.json")
 #: Every checkpoint (and the final folder) holds the resolved configuration of the run that wrote it.
 RUN_CONFIG_FILE = "mmalign_config.yaml"
 #: What ``train_and_save`` replaces at ``output_dir/final``: an earlier final model (it

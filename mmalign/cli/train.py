@@ -21,11 +21,15 @@ methods:
   ppo    PPO with a reward model (--reward_model_path), Fact-RLHF shaping with --shaping;
          a --cost_model_path is only scored and logged (unsafe rate), not constrained
   safe-ppo  Safe RLHF-V PPO-Lagrangian: also --cost_model_path and --cost_threshold (the budget)
+  grpo   on-policy group RL (GRPO, Dr. GRPO, DAPO, GSPO, RLOO, REINFORCE++) with reward functions:
+         --reward_funcs object_f1 answer_match ... (verifiable visual rewards, reward_model, your own)
+  safe-grpo  GRPO with a cost constrained by λ: also --cost_funcs cost_model --cost_model_path
 """
 
 
 def _method_specs():
     from mmalign.dpo import DPOConfig, run_dpo
+    from mmalign.grpo import GRPOConfig, run_grpo
     from mmalign.model_config import ModelConfig
     from mmalign.ppo import PPOConfig, run_ppo
     from mmalign.reward import RewardConfig, run_reward_model
@@ -38,6 +42,8 @@ def _method_specs():
         "cost": ((ModelConfig, RewardConfig), run_reward_model),
         "ppo": ((ModelConfig, PPOConfig), run_ppo),
         "safe-ppo": ((ModelConfig, PPOConfig), run_ppo),
+        "grpo": ((ModelConfig, GRPOConfig), run_grpo),
+        "safe-grpo": ((ModelConfig, GRPOConfig), run_grpo),
     }
 
 
@@ -52,6 +58,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     configs = parse_recipe(types, options, prog=f"mmalign train {args.method}")
     if args.method == "safe-ppo" and not configs[1].cost_model_path:
         raise ValueError("mmalign train safe-ppo: set cost_model_path (a trained cost model)")
+    if args.method == "safe-grpo" and not configs[1].cost_funcs:
+        raise ValueError("mmalign train safe-grpo: set cost_funcs (e.g. cost_model with cost_model_path)")
+    if args.method == "grpo" and configs[1].cost_funcs:
+        raise ValueError("mmalign train grpo: cost_funcs constrain the policy; use mmalign train safe-grpo")
     out = run(*configs)
     if configs[1].process_index == 0:  # one line, also under torchrun / accelerate launch
         if args.method in ("ppo", "safe-ppo"):  # curves for people; the trainer only writes the log
@@ -92,9 +102,9 @@ def cmd_accelerate_config(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model with a recipe (sft, dpo, rm, cost, ppo, safe-ppo)", description=TRAIN_HELP,
+    p = sub.add_parser("train", help="train a model with a recipe (sft, dpo, rm, cost, ppo, safe-ppo, grpo, safe-grpo)", description=TRAIN_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("method", choices=["sft", "dpo", "rm", "cost", "ppo", "safe-ppo"], help="training method")
+    p.add_argument("method", choices=["sft", "dpo", "rm", "cost", "ppo", "safe-ppo", "grpo", "safe-grpo"], help="training method")
     p.add_argument("options", nargs=argparse.REMAINDER, help="--config FILE and --option value pairs")
     p.set_defaults(func=cmd_train)
 

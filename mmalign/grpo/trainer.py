@@ -1,0 +1,526 @@
+"""On-policy group RL for VLMs: GRPO, Dr. GRPO, DAPO, GSPO, RLOO, REINFORCE++ and Safe GRPO.
+
+No critic: per prompt the policy samples G completions and each completion's advantage is
+its reward against the group's (``mmalign.losses.grpo.group_advantages``). One iteration:
+sample ``prompts_per_step`` × G completions (``per_device_eval_batch_size`` at a time),
+score them with the weighted reward functions (plus DAPO's overlong penalty), optionally
+drop groups whose rewards are all equal and refill them from further prompts (DAPO's
+dynamic sampling), then ``num_iterations`` passes of the clipped surrogate over minibatches.
+The reference for the optional KL term is the base with the adapters switched off, as in
+PPO, so nothing is copied. With a cost, λ takes one step on the mean cost first and the
+policy follows (A_r − λ·A_c) / (1 + λ) (Safe RLHF-V's PPO-Lagrangian on group advantages).
+
+Image features are computed once per sampled chunk and reused by every forward of the
+update (the vision tower never runs in the update).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, set_seed
+from transformers.trainer_utils import TrainOutput
+
+from mmalign.grpo.config import GRPOConfig
+from mmalign.grpo.rewards import RewardFunction, build_reward, reward_name
+from mmalign.io import ADAPTER, OutputKind, atomic_dir
+from mmalign.losses.grpo import (
+    aggregate_loss,
+    clipped_surrogate,
+    dynamic_sampling_mask,
+    group_advantages,
+    overlong_penalty,
+    safe_advantages,
+)
+from mmalign.losses.ppo import lagrange_loss
+from mmalign.models.adapter import VLMAdapter, concat_features
+from mmalign.models.batch import EncodedBatch, concat_batches, pad_cat
+from mmalign.training import (
+    NONFINITE_LOG_KEY,
+    NonFiniteTrainingError,
+    RecordsRunConfig,
+    checkpoint_problem,
+    drop_gradients,
+    latest_valid_checkpoint,
+    nonfinite_gradients,
+    use_new_learning_rate,
+)
+
+logger = logging.getLogger(__name__)
+
+POLICY = "default"
+STATE_FILE = "grpo_state.json"
+LOG_FILE = "grpo_log.json"
+LAMBDA_FILE = "lagrange.json"
+CHECKPOINT = (OutputKind("GRPO checkpoint", (STATE_FILE,)), ADAPTER)
+
+
+@dataclass
+class GroupRollout:
+    """Completions of whole groups and what the update needs about them."""
+
+    batch: EncodedBatch
+    features: dict[str, Any] | None
+    mask: torch.Tensor
+    old_logps: torch.Tensor | None  # None: the policy has not moved since sampling (ratio from detached logps)
+    ref_logps: torch.Tensor | None
+    advantages: torch.Tensor  # (N,)
+
+
+@dataclass
+class _Sampled:
+    """One sampled batch of groups before advantages."""
+
+    rows: list[dict[str, Any]]  # G rows per prompt, consecutive
+    batch: EncodedBatch
+    features: dict[str, Any] | None
+    mask: torch.Tensor
+    old_logps: torch.Tensor | None
+    ref_logps: torch.Tensor | None
+    entropy: torch.Tensor
+    texts: list[str]
+    lengths: torch.Tensor
+    ended: torch.Tensor
+    rewards: torch.Tensor  # (N,) weighted total
+    per_function: dict[str, torch.Tensor]  # (N,) each, NaN where a function does not apply
+    costs: torch.Tensor | None
+
+
+def weighted_rewards(values: list[list[float | None]], weights: list[float]) -> torch.Tensor:
+    """Σ_f w_f · r_f per completion, skipping functions that returned ``None`` for it (TRL's nansum)."""
+    table = torch.tensor([[math.nan if v is None else float(v) for v in column] for column in values],
+                         dtype=torch.float32)
+    return torch.nansum(table * torch.tensor(weights, dtype=torch.float32)[:, None], dim=0)
+
+
+class GRPOTrainer(RecordsRunConfig, Trainer):
+    """Group RL on an adapter whose policy LoRA is ``default``.
+
+    ``reward_funcs`` are callables (TRL's reward signature) or built-in names; by default
+    they come from ``args.reward_funcs``. ``cost_funcs`` (Safe GRPO) likewise.
+    ``scorers`` maps ``reward_model`` / ``cost_model`` to loaded ``RewardScorer`` objects for
+    the built-in names of the same name.
+    """
+
+    def __init__(self, adapter: VLMAdapter, args: GRPOConfig, train_dataset,
+                 reward_funcs: list[RewardFunction | str] | None = None, reward_weights: list[float] | None = None,
+                 cost_funcs: list[RewardFunction | str] | None = None, scorers: dict[str, Any] | None = None,
+                 **kwargs: Any):
+        if args.world_size > 1:
+            raise ValueError("GRPOTrainer runs on one process (one GPU or the CPU); launch it without torchrun")
+        self.adapter = adapter
+
+        def build(items):
+            return [build_reward(f, scorers=scorers, length_target_words=args.length_target_words,
+                                 object_vocabulary=args.object_vocabulary) if isinstance(f, str) else f
+                    for f in items]
+
+        self.reward_funcs = build(reward_funcs if reward_funcs is not None else args.reward_funcs)
+        weights = reward_weights if reward_weights is not None else args.reward_weights
+        self.reward_weights = list(weights) if weights is not None else [1.0] * len(self.reward_funcs)
+        if len(self.reward_weights) != len(self.reward_funcs):
+            raise ValueError(f"{len(self.reward_weights)} reward weights for {len(self.reward_funcs)} reward functions")
+        self.cost_funcs = build(cost_funcs if cost_funcs is not None else args.cost_funcs)
+        for function in (*self.reward_funcs, *self.cost_funcs):
+            if hasattr(function, "prepare"):
+                function.prepare(train_dataset)
+        self.log_lambda = torch.nn.Parameter(torch.tensor(math.log(args.lambda_init)))
+        self.lambda_optimizer = torch.optim.SGD([self.log_lambda], lr=args.lambda_lr)
+        self.cost_window: deque[float] = deque(maxlen=max(args.prompts_per_step * args.num_generations * 4, 1))
+        self.iteration = 0
+        self.batches_drawn = 0
+        self.nonfinite_skipped = self.nonfinite_consecutive = 0
+        self.nonfinite_stop = False
+        kwargs.setdefault("processing_class", adapter.processor)
+        super().__init__(model=adapter.model, args=args, train_dataset=train_dataset,
+                         data_collator=lambda rows: rows, **kwargs)
+
+    # ------------------------------------------------------------------ data
+    def _prompt_batch(self, k: int) -> list[dict[str, Any]]:
+        """Prompt batch number ``k`` in a seeded order (the same on a resumed run)."""
+        n, size = len(self.train_dataset), self.args.prompts_per_step
+        per_epoch = max(n // size, 1)
+        epoch, index = divmod(k, per_epoch)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.args.seed + epoch)).tolist()
+        picked = order[index * size : (index + 1) * size]
+        if len(picked) < size:  # fewer prompts than a batch: wrap around
+            picked = (order * (size // max(n, 1) + 1))[:size]
+        return [self.train_dataset[i] for i in picked]
+
+    # ------------------------------------------------------------------ rollout
+    def _needs_old_logps(self) -> bool:
+        """The policy moves during the update when it takes several passes or minibatches; the
+        ratio then needs the sampling policy's log-probs, computed before the first step."""
+        args = self.args
+        return args.num_iterations > 1 or args.prompts_per_step * args.num_generations > args.per_device_train_batch_size
+
+    def _score(self, functions: list[RewardFunction], rows: list[dict[str, Any]], texts: list[str],
+               lengths: torch.Tensor, ended: torch.Tensor) -> list[list[float | None]]:
+        prompts = [r["prompt"] for r in rows]
+        columns = {key: [r.get(key) for r in rows] for key in rows[0] if key != "prompt"}
+        columns.update(completion_lengths=lengths.tolist(), ended=ended.tolist())
+        values = []
+        for function in functions:
+            out = list(function(prompts, texts, **columns))
+            if len(out) != len(texts):
+                raise ValueError(f"reward {reward_name(function)} returned {len(out)} values for {len(texts)} completions")
+            values.append(out)
+        return values
+
+    @torch.no_grad()
+    def _sample(self, prompt_rows: list[dict[str, Any]]) -> _Sampled:
+        args: GRPOConfig = self.args
+        adapter = self.adapter
+        rows = [row for row in prompt_rows for _ in range(args.num_generations)]
+        chunks: list[dict[str, Any]] = []
+        for lo in range(0, len(rows), args.per_device_eval_batch_size):
+            part = rows[lo : lo + args.per_device_eval_batch_size]
+            adapter.use_adapter(POLICY)
+            adapter.model.eval()
+            samples = adapter.sample([r.get("images") or [] for r in part], [r["prompt"] for r in part],
+                                     max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+            batch = samples.batch.to(adapter.device)
+            features = adapter.image_features(batch)
+            logps, mask, entropy = adapter.response_logprobs(batch, features, with_entropy=True)
+            ref = None
+            if args.beta:
+                with adapter.adapters_disabled():
+                    ref, _ = adapter.response_logprobs(batch, features)
+            chunks.append({"samples": samples, "batch": batch, "features": features, "logps": logps,
+                           "mask": mask, "entropy": entropy, "ref": ref})
+        adapter.use_adapter(POLICY)
+        texts = [t for c in chunks for t in c["samples"].texts]
+        lengths = torch.cat([c["samples"].lengths for c in chunks])
+        ended = torch.cat([c["samples"].ended for c in chunks])
+        values = self._score(self.reward_funcs, rows, texts, lengths, ended)
+        rewards = weighted_rewards(values, self.reward_weights)
+        if args.overlong_buffer:
+            rewards = rewards + overlong_penalty(lengths, args.max_new_tokens, args.overlong_buffer,
+                                                 args.overlong_penalty)
+        costs = None
+        if self.cost_funcs:
+            costs = weighted_rewards(self._score(self.cost_funcs, rows, texts, lengths, ended),
+                                     [1.0] * len(self.cost_funcs))
+        return _Sampled(
+            rows=rows,
+            batch=concat_batches([c["batch"] for c in chunks], adapter.tokenizer.pad_token_id),
+            features=concat_features([c["features"] for c in chunks]),
+            mask=pad_cat([c["mask"] for c in chunks], False),
+            old_logps=pad_cat([c["logps"] for c in chunks], 0.0) if self._needs_old_logps() else None,
+            ref_logps=pad_cat([c["ref"] for c in chunks], 0.0) if args.beta else None,
+            entropy=pad_cat([c["entropy"] for c in chunks], 0.0),
+            texts=texts, lengths=lengths, ended=ended, rewards=rewards,
+            per_function={reward_name(f): torch.tensor([math.nan if v is None else float(v) for v in column])
+                          for f, column in zip(self.reward_funcs, values)},
+            costs=costs,
+        )
+
+    def _keep_groups(self, sampled: _Sampled, groups: list[int]) -> _Sampled:
+        """The sampled completions of the given groups only."""
+        g = self.args.num_generations
+        rows = [i * g + j for i in groups for j in range(g)]
+        batch, features = self.adapter.select(sampled.batch, rows, sampled.features)
+
+        def pick(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x[rows]
+
+        return _Sampled(
+            rows=[sampled.rows[i] for i in rows], batch=batch, features=features, mask=sampled.mask[rows],
+            old_logps=pick(sampled.old_logps), ref_logps=pick(sampled.ref_logps), entropy=sampled.entropy[rows],
+            texts=[sampled.texts[i] for i in rows], lengths=sampled.lengths[rows], ended=sampled.ended[rows],
+            rewards=sampled.rewards[rows], per_function={k: v[rows] for k, v in sampled.per_function.items()},
+            costs=pick(sampled.costs),
+        )
+
+    def make_rollout(self) -> tuple[GroupRollout, dict[str, float]]:
+        """Sample (refilling dropped groups with dynamic sampling), score, and compute advantages."""
+        args: GRPOConfig = self.args
+        g = args.num_generations
+        sampled = self._sample(self._prompt_batch(self.batches_drawn))
+        self.batches_drawn += 1
+        drawn_groups = args.prompts_per_step
+        if args.dynamic_sampling:
+            parts, kept_groups = [], 0
+            for attempt in range(args.max_refill_batches + 1):
+                if attempt:
+                    sampled = self._sample(self._prompt_batch(self.batches_drawn))
+                    self.batches_drawn += 1
+                    drawn_groups += args.prompts_per_step
+                keep = dynamic_sampling_mask(sampled.rewards, g).nonzero().flatten().tolist()
+                keep = keep[: args.prompts_per_step - kept_groups]
+                if keep:
+                    parts.append(self._keep_groups(sampled, keep))
+                    kept_groups += len(keep)
+                if kept_groups == args.prompts_per_step:
+                    break
+            if not parts:  # every group tied: train on the last batch (its advantages are all 0)
+                parts = [sampled]
+            sampled = parts[0] if len(parts) == 1 else _merge(parts, self.adapter.tokenizer.pad_token_id)
+        advantage = group_advantages(sampled.rewards, g, args.advantage_estimator)
+        advantages = advantage.advantages
+        log: dict[str, float] = {
+            "reward": float(sampled.rewards.mean()),
+            "reward_std": float(advantage.group_std.mean()),
+            "zero_std_fraction": float(advantage.zero_std_fraction),
+            "completion_length": float(sampled.lengths.float().mean()),
+            "ended_rate": float(sampled.ended.float().mean()),
+            "entropy": float((sampled.entropy * sampled.mask).sum() / sampled.mask.sum().clamp(min=1)),
+            "groups_kept": float(sampled.rewards.numel() // g),
+            "groups_drawn": float(drawn_groups),
+        }
+        for name, values in sampled.per_function.items():
+            if not torch.isnan(values).all():
+                log[f"rewards/{name}"] = float(values.nanmean())
+        if sampled.costs is not None:
+            lam = self._update_lambda(sampled.costs)
+            cost_advantages = group_advantages(sampled.costs, g, args.advantage_estimator).advantages
+            advantages = safe_advantages(advantages, cost_advantages, lam)
+            log.update({"cost": float(sampled.costs.mean()), "lambda": lam})
+        rollout = GroupRollout(sampled.batch, sampled.features, sampled.mask, sampled.old_logps, sampled.ref_logps,
+                               advantages.to(sampled.mask.device))
+        return rollout, log
+
+    def _update_lambda(self, costs: torch.Tensor) -> float:
+        """One step of λ on the sliding mean cost (Safe RLHF's Lagrange update)."""
+        self.cost_window.extend(costs.tolist())
+        mean_cost = sum(self.cost_window) / len(self.cost_window)
+        self.lambda_optimizer.zero_grad()
+        with torch.enable_grad():
+            lagrange_loss(self.log_lambda, mean_cost, self.args.cost_threshold).backward()
+        self.lambda_optimizer.step()
+        return self.log_lambda.exp().item()
+
+    # ------------------------------------------------------------------ update
+    def grpo_update(self, rollout: GroupRollout) -> dict[str, float]:
+        args: GRPOConfig = self.args
+        adapter = self.adapter
+        n = rollout.batch.input_ids.shape[0]
+        sums: dict[str, float] = {}
+        steps = good = 0
+        for _ in range(args.num_iterations):
+            order = torch.randperm(n).tolist()
+            for lo in range(0, n, args.per_device_train_batch_size):
+                rows = order[lo : lo + args.per_device_train_batch_size]
+                batch, features = adapter.select(rollout.batch, rows, rollout.features)
+                mask = rollout.mask[rows]
+                adapter.use_adapter(POLICY)
+                adapter.model.train()
+                logps, _ = adapter.response_logprobs(batch, features)
+                width = logps.shape[1]
+                mask = mask[:, :width]
+                old = rollout.old_logps[rows, :width] if rollout.old_logps is not None else logps.detach()
+                ref = rollout.ref_logps[rows, :width] if rollout.ref_logps is not None else None
+                out = clipped_surrogate(logps, old, rollout.advantages[rows], mask, epsilon_low=args.epsilon,
+                                        epsilon_high=args.epsilon_high, importance_level=args.importance_level,
+                                        ref_logps=ref, beta=args.beta)
+                loss = aggregate_loss(out.per_token_loss, mask, args.loss_aggregation,
+                                      max_completion_length=args.max_new_tokens)
+                self.accelerator.backward(loss)
+                stats = {"loss": loss.item(), "clip_ratio/low": out.clip_low_fraction.item(),
+                         "clip_ratio/high": out.clip_high_fraction.item(),
+                         "clip_ratio/region": out.clip_region_fraction.item()}
+                if out.kl is not None:
+                    stats["kl"] = float((out.kl * mask).sum() / mask.sum().clamp(min=1))
+                if args.max_grad_norm:
+                    self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                skipped = self._skip_if_nonfinite(stats)
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                self.optimizer.zero_grad()
+                steps += 1
+                if skipped:
+                    if self.nonfinite_stop:
+                        break
+                    continue
+                good += 1
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+            if self.nonfinite_stop:
+                break
+        out_log = {k: v / good for k, v in sums.items()} if good else {}
+        out_log["optimizer_steps"] = steps
+        out_log[NONFINITE_LOG_KEY] = self.nonfinite_skipped
+        return out_log
+
+    def _skip_if_nonfinite(self, stats: dict[str, float]) -> bool:
+        """Drop a step whose loss or gradients are not finite; stop after ``max_nonfinite_steps`` in a row."""
+        if not (any(not math.isfinite(v) for v in stats.values()) or bool(nonfinite_gradients(self.model))):
+            self.nonfinite_consecutive = 0
+            return False
+        drop_gradients(self.model)
+        self.nonfinite_skipped += 1
+        self.nonfinite_consecutive += 1
+        logger.warning("GRPO iteration %d: non-finite loss or gradient, step skipped (%d in a row)",
+                       self.iteration + 1, self.nonfinite_consecutive)
+        limit = self.args.max_nonfinite_steps
+        self.nonfinite_stop = bool(limit) and self.nonfinite_consecutive >= limit
+        return True
+
+    # ------------------------------------------------------------------ loop
+    def train(self, resume_from_checkpoint: str | bool | None = None, **_: Any) -> TrainOutput:
+        """Run ``max_steps`` iterations, checkpointing every ``save_steps``; resumable."""
+        from tqdm.auto import tqdm
+
+        args: GRPOConfig = self.args
+        completions = args.prompts_per_step * args.num_generations
+        per_rollout = args.num_iterations * math.ceil(completions / args.per_device_train_batch_size)
+        self.create_optimizer_and_scheduler(num_training_steps=args.max_steps * per_rollout)
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = latest_valid_checkpoint(args.output_dir)
+        if resume_from_checkpoint:
+            self._load_grpo_checkpoint(Path(resume_from_checkpoint))
+        bar = tqdm(total=args.max_steps, initial=self.iteration, desc="GRPO iterations")
+        last: dict[str, float] = {}
+        while self.iteration < args.max_steps:
+            rollout, log = self.make_rollout()
+            log.update(self.grpo_update(rollout))
+            if self.nonfinite_stop:
+                self._stop_nonfinite()
+            self.iteration += 1
+            self.state.global_step = self.iteration
+            self.state.epoch = self.batches_drawn * args.prompts_per_step / len(self.train_dataset)
+            if self.iteration % max(int(args.logging_steps), 1) == 0 or self.iteration == args.max_steps:
+                self.log(dict(log))
+            last = log
+            bar.update(1)
+            bar.set_postfix({k: round(log[k], 3) for k in ("reward", "completion_length", "kl", "lambda") if k in log})
+            if args.save_strategy != "no" and self.iteration % max(int(args.save_steps), 1) == 0:
+                self._save_grpo_checkpoint()
+        bar.close()
+        return TrainOutput(self.iteration, last.get("loss", 0.0), {k: float(v) for k, v in last.items()})
+
+    def _stop_nonfinite(self) -> None:
+        checkpoint = Path(self.args.output_dir) / f"checkpoint-{self.iteration}"
+        if checkpoint_problem(checkpoint) is not None:
+            self._save_grpo_checkpoint()
+        raise NonFiniteTrainingError(
+            f"GRPO stopped in iteration {self.iteration + 1}: {self.nonfinite_consecutive} steps in a row had a "
+            f"NaN/inf loss or gradient (max_nonfinite_steps={self.args.max_nonfinite_steps}); every one was skipped. "
+            f"{checkpoint} holds usable weights; resume with --resume_from_checkpoint {checkpoint} "
+            "(and --resume_with_changes true after lowering the learning rate)")
+
+    # ------------------------------------------------------------------ saving
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """The final model: the policy adapter in the standard PEFT layout, the log beside it."""
+        out = Path(output_dir or self.args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.adapter.model.save_pretrained(out, selected_adapters=[POLICY], safe_serialization=True)
+        if self.cost_funcs:
+            (out / LAMBDA_FILE).write_text(json.dumps({"lambda": self.log_lambda.exp().item()}))
+        (out / LOG_FILE).write_text(json.dumps(self.state.log_history, indent=1))
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(out)
+        self.write_run_config(out)
+
+    def _save_grpo_checkpoint(self) -> None:
+        """Adapter, optimiser, scheduler, λ, RNG, prompt position and log: everything a resume needs."""
+        with atomic_dir(Path(self.args.output_dir) / f"checkpoint-{self.iteration}", replaces=CHECKPOINT) as tmp:
+            self._save(str(tmp))
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.lr_scheduler.state_dict(),
+                        "lambda_optimizer": self.lambda_optimizer.state_dict(),
+                        "log_lambda": self.log_lambda.detach().clone(), "torch_rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                       tmp / "training_state.pt")
+            (tmp / STATE_FILE).write_text(json.dumps({
+                "iteration": self.iteration, "batches_drawn": self.batches_drawn,
+                "cost_window": list(self.cost_window), "log_history": self.state.log_history}))
+
+    def _load_grpo_checkpoint(self, path: Path) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        weights = load_file(path / "adapter_model.safetensors", device=str(self.adapter.device))
+        set_peft_model_state_dict(self.adapter.model, weights, adapter_name=POLICY)
+        state = torch.load(path / "training_state.pt", weights_only=True)  # our own file: tensors and containers
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["scheduler"])
+        self.lambda_optimizer.load_state_dict(state["lambda_optimizer"])
+        if "learning_rate" in self.resume_changes:
+            use_new_learning_rate(self.optimizer, self.lr_scheduler, self.args.learning_rate)
+        with torch.no_grad():
+            self.log_lambda.copy_(state["log_lambda"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        meta = json.loads((path / STATE_FILE).read_text())
+        self.iteration, self.batches_drawn = meta["iteration"], meta["batches_drawn"]
+        self.cost_window.extend(meta["cost_window"])
+        self.state.log_history = meta["log_history"]
+        self.state.global_step = self.iteration
+
+
+def _merge(parts: list[_Sampled], pad_id: int) -> _Sampled:
+    """Kept groups of several sampled batches as one."""
+
+    def cat(xs: list[torch.Tensor | None], pad) -> torch.Tensor | None:
+        return None if xs[0] is None else pad_cat(xs, pad)
+
+    return _Sampled(
+        rows=[r for p in parts for r in p.rows],
+        batch=concat_batches([p.batch for p in parts], pad_id),
+        features=concat_features([p.features for p in parts]),
+        mask=pad_cat([p.mask for p in parts], False),
+        old_logps=cat([p.old_logps for p in parts], 0.0), ref_logps=cat([p.ref_logps for p in parts], 0.0),
+        entropy=pad_cat([p.entropy for p in parts], 0.0),
+        texts=[t for p in parts for t in p.texts], lengths=torch.cat([p.lengths for p in parts]),
+        ended=torch.cat([p.ended for p in parts]), rewards=torch.cat([p.rewards for p in parts]),
+        per_function={k: torch.cat([p.per_function[k] for p in parts]) for k in parts[0].per_function},
+        costs=None if parts[0].costs is None else torch.cat([p.costs for p in parts]),
+    )
+
+
+#: What a GRPO checkpoint carries into a resumed run.
+GRPO_KEEPS = ("the policy's weights, the optimizer state, the iteration count and prompt position, λ with its "
+              "optimizer and cost window, and the random state")
+
+
+def load_scorers(adapter: VLMAdapter, args: GRPOConfig) -> dict[str, Any]:
+    """Reward / cost models named by the reward and cost functions, on the policy's base."""
+    from mmalign.models.scalar_head import ScalarHeadModel
+    from mmalign.reward.scoring import RewardScorer
+
+    scorers: dict[str, Any] = {}
+    for name, path in (("reward_model", args.reward_model_path), ("cost_model", args.cost_model_path)):
+        if name in (*args.reward_funcs, *args.cost_funcs):
+            model = ScalarHeadModel.from_pretrained(path, adapter, adapter_name=name.split("_")[0])
+            model.eval()
+            model.backbone = adapter.model
+            scorers[name] = RewardScorer(model, batch_size=args.per_device_eval_batch_size, max_length=args.max_length,
+                                         name=name.split("_")[0])
+    adapter.use_adapter(POLICY)
+    return scorers
+
+
+def check_grpo_inputs(model_config, args: GRPOConfig) -> None:
+    """The inputs a GRPO run needs, checked before the policy loads."""
+    from mmalign.models.scalar_head import HEAD_CONFIG
+    from mmalign.training import require_paths
+
+    require_paths(model_config, args, "dataset_path")
+    if not model_config.use_peft:
+        raise ValueError("GRPO trains a LoRA adapter on the base (the reference is the base): set use_peft true")
+    for name in ("reward_model_path", "cost_model_path"):
+        path = getattr(args, name)
+        if path and not (Path(path) / HEAD_CONFIG).is_file():
+            raise FileNotFoundError(f"{name} {path}: not a trained reward / cost model folder (no {HEAD_CONFIG})")
+
+
+def run_grpo(model_config, args: GRPOConfig) -> Path:
+    """Load everything as configured, run GRPO (or Safe GRPO), save the final policy."""
+    from mmalign.data_builders.storage import load_preference_dataset
+    from mmalign.training import run_resume_plan, train_and_save
+
+    check_grpo_inputs(model_config, args)
+    resume = run_resume_plan(model_config, args, checked=args.resume_checked, keeps=GRPO_KEEPS)
+    prompts = load_preference_dataset(args.dataset_path)
+    set_seed(args.seed)
+    adapter = model_config.load(gradient_checkpointing=bool(args.gradient_checkpointing))
+    trainer = GRPOTrainer(adapter, args, prompts, scorers=load_scorers(adapter, args))
+    return train_and_save(trainer, model_config, args, resume=resume)
