@@ -1,12 +1,13 @@
-"""The main job on the embedded default: cut the scene VLM's object hallucination with Dense DPO.
+"""The main job on the embedded default: cut the scene VLM's object hallucination.
 
 Stages, each resumable from its output folder:
 1. write held-out scenes with POPE and COCO-style (CHAIR) files;
 2. evaluate the shipped scene VLM (POPE random / popular / adversarial, CHAIR);
-3. build a Dense-DPO dataset from the model's own answers on other scenes, corrected
-   against the scene ground truth (the world is the annotator);
-4. train a 4-bit QLoRA adapter with Dense DPO;
-5. evaluate again and write a before/after report (markdown, JSON, PNG).
+3. ``ddpo``: build a Dense-DPO dataset from the model's own answers on other scenes,
+   corrected against the scene ground truth (the world is the annotator); ``grpo``: a
+   prompt set of those scenes with their annotated objects (the world is the verifier);
+4. train a 4-bit QLoRA adapter with Dense DPO, or on-policy with GRPO;
+5. evaluate again and write a before/after report (markdown, JSON, PNG, example answers).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class DemoConfig:
     NLL to the Dense-DPO loss, which keeps the captions fluent at this learning rate.
     """
 
+    method: str = "ddpo"  # or "grpo" (on-policy, object-grounding reward)
     eval_scenes: int = 200
     feedback_scenes: int = 600
     seed: int = 0
@@ -41,6 +43,15 @@ class DemoConfig:
     epochs: float = 2.0
     batch_size: int = 16
     max_length: int = 512
+    grpo_steps: int = 40  # GRPO iterations (8 prompts x 4 answers each)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown demo method {self.method!r}; choose from {', '.join(METHODS)}")
+
+
+#: what the demo can train, and how the report names the aligned model
+METHODS = {"ddpo": "Dense DPO", "grpo": "GRPO"}
 
 
 def _say(progress: Callable[[str], None] | None, text: str) -> None:
@@ -62,7 +73,7 @@ def evaluate_scene_model(adapter, world_dir: Path, out: Path, name: str, *, prog
         ChairConfig(instances=world_dir / "coco" / "instances.json", captions=world_dir / "coco" / "captions.json",
                     image_dir=world_dir / "images", prompt="Describe the image."),
         adapter=adapter, out=out / "chair", model_name=name, progress=progress,
-        generation=GenerationConfig(max_new_tokens=64, batch_size=64),
+        generation=GenerationConfig(max_new_tokens=128, batch_size=64),
     )
     return {**pope.headline, **chair.headline}
 
@@ -114,6 +125,34 @@ def demo_policy(config: DemoConfig, *, precision: str = "nf4"):
                        dtype="float32" if four_bit else precision, **lora).load()
 
 
+def build_grpo_prompts(config: DemoConfig, prompts_dir: Path, stats_file: Path) -> None:
+    """Description prompts on the feedback scenes, each with the scene's annotated objects."""
+    from mmalign.data_builders.storage import save_prompt_set
+    from mmalign.io import atomic_write_text
+    from mmalign.scene.feedback import scene_prompt_records
+    from mmalign.scene.ranges import FEEDBACK
+    from mmalign.scene.world import WorldConfig
+
+    records = scene_prompt_records(WorldConfig(seed=config.seed), config.feedback_scenes, kinds=["describe"],
+                                   seed=config.seed, **FEEDBACK.take(config.feedback_scenes))
+    atomic_write_text(stats_file, json.dumps({"records": len(records), "scenes": config.feedback_scenes}, indent=2))
+    save_prompt_set(records, prompts_dir)
+
+
+def demo_grpo_args(config: DemoConfig, output_dir: str | Path, dataset_path: str | Path):
+    """The shipped ``grpo-scene-vlm`` recipe with the DemoConfig's knobs, descriptions only."""
+    from mmalign.config_io import load_recipe
+    from mmalign.grpo import GRPOConfig
+    from mmalign.model_config import ModelConfig
+
+    _, args = load_recipe("grpo-scene-vlm", (ModelConfig, GRPOConfig), {
+        "output_dir": str(output_dir), "dataset_path": str(dataset_path), "max_steps": config.grpo_steps,
+        "reward_funcs": ["object_f1"], "reward_weights": [1.0], "learning_rate": config.learning_rate,
+        "seed": config.seed, "save_strategy": "no", "logging_steps": 5,
+    })
+    return args
+
+
 def demo_training_args(config: DemoConfig, output_dir: str | Path, dataset_path: str | Path, *,
                        loss_type: str = "ddpo", seed: int | None = None):
     """The demo's preference optimisation: the shipped ``ddpo-scene-vlm`` recipe with the
@@ -149,21 +188,31 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None,
     base = demo_base(config)
     before = evaluate_scene_model(base, world_dir, out / "eval-before", "base")
 
-    pairs_dir = out / "pairs"
+    name = METHODS[config.method]
+    pairs_dir = out / ("pairs" if config.method == "ddpo" else "prompts")
     stats_file = out / "pairs-stats.json"
     if not (pairs_dir / "mmalign_dataset.json").exists():
-        _say(progress, f"[3/5] building Dense-DPO pairs from the model's answers on {config.feedback_scenes} scenes")
-        build_feedback_pairs(base, config, pairs_dir, stats_file)
+        if config.method == "ddpo":
+            _say(progress, f"[3/5] building Dense-DPO pairs from the model's answers on {config.feedback_scenes} scenes")
+            build_feedback_pairs(base, config, pairs_dir, stats_file)
+        else:
+            _say(progress, f"[3/5] writing {config.feedback_scenes} description prompts with their annotated objects")
+            build_grpo_prompts(config, pairs_dir, stats_file)
     pair_stats = json.loads(stats_file.read_text())
 
     adapter_dir = out / "adapter"
     if not (adapter_dir / "adapter_config.json").exists():
-        _say(progress, "[4/5] training a 4-bit QLoRA adapter with Dense DPO")
+        _say(progress, f"[4/5] training a 4-bit QLoRA adapter with {name}")
         from mmalign.data_builders.storage import load_preference_dataset
 
         policy = demo_policy(config)
-        trainer = DPOTrainer(policy, demo_training_args(config, out / "train", pairs_dir),
-                             train_dataset=load_preference_dataset(pairs_dir))
+        data = load_preference_dataset(pairs_dir)
+        if config.method == "ddpo":
+            trainer = DPOTrainer(policy, demo_training_args(config, out / "train", pairs_dir), train_dataset=data)
+        else:
+            from mmalign.grpo import GRPOTrainer
+
+            trainer = GRPOTrainer(policy, demo_grpo_args(config, out / "train", pairs_dir), data)
         trainer.train()
         policy.save_adapter(adapter_dir)
         (out / "train-log.json").write_text(json.dumps(trainer.state.log_history, indent=2))
@@ -171,40 +220,86 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None,
     _say(progress, "[5/5] evaluating the aligned model")
     aligned = demo_base(config)
     aligned.load_adapter(adapter_dir)
-    after = evaluate_scene_model(aligned, world_dir, out / "eval-after", "ddpo")
+    after = evaluate_scene_model(aligned, world_dir, out / "eval-after", config.method)
     return write_demo_report(out, before, after, pair_stats, config)
+
+
+#: Which way each reported metric should move (the report says it for every row).
+BETTER = {"CHAIR_s": "lower", "CHAIR_i": "lower", "Recall": "higher", "Length (words)": "higher (more detail)",
+          "Yes-ratio (mean)": "closer to 50"}
+
+
+def better(metric: str) -> str:
+    return BETTER.get(metric, "higher")
+
+
+def mark_hallucinations(caption: str, hallucinated: list[str]) -> str:
+    """The caption with every word naming a hallucinated object struck through in bold."""
+    import re
+
+    from mmalign.grounding import ObjectVocabulary
+
+    vocabulary = ObjectVocabulary.from_categories(hallucinated)
+
+    def mark(match: re.Match) -> str:
+        word = match.group(0)
+        return f"**~~{word}~~**" if hallucinated and vocabulary.category_of(word) else word
+
+    return re.sub(r"[A-Za-z]+", mark, caption)
+
+
+def example_answers(out: Path, count: int = 3) -> list[dict[str, Any]]:
+    """Descriptions of the same images before and after, where the base hallucinated most."""
+    from mmalign.io import read_records
+
+    before, after = (list(read_records(out / name / "chair" / "details.jsonl")) for name in ("eval-before", "eval-after"))
+    after_by_id = {row["image_id"]: row for row in after}
+    worst = sorted((row for row in before if row["hallucinated"] and row["image_id"] in after_by_id),
+                   key=lambda row: (-len(row["hallucinated"]), str(row["image_id"])))
+    return [{"image_id": row["image_id"], "objects": row["ground_truth"], "before": row,
+             "after": after_by_id[row["image_id"]]} for row in worst[:count]]
 
 
 def write_demo_report(out: Path, before: dict[str, float], after: dict[str, float],
                       pair_stats: dict[str, Any], config: DemoConfig) -> Path:
     from mmalign.utils import format_table
 
-    rows = [[k, f"{before[k]:.3f}", f"{after[k]:.3f}", f"{after[k] - before[k]:+.3f}"]
+    rows = [[k, better(k), f"{before[k]:.3f}", f"{after[k]:.3f}", f"{after[k] - before[k]:+.3f}"]
             for k in before if k in after and isinstance(before[k], (int, float))]
-    table = format_table(["metric", "base", "after DDPO", "change"], rows)
+    name = METHODS[config.method]
+    table = format_table(["metric", "better", "base", f"after {name}", "change"], rows)
     (out / "results.json").write_text(json.dumps(
         {"before": before, "after": after, "pairs": pair_stats, "config": asdict(config)}, indent=2))
     lines = [
-        "# Dense DPO on the scene VLM",
+        f"# {name} on the scene VLM",
         "",
         f"Held-out scenes: {config.eval_scenes}; feedback scenes: {config.feedback_scenes}; "
-        f"pairs: {pair_stats.get('records')}; seed {config.seed}.",
+        f"{'pairs' if config.method == 'ddpo' else 'prompts'}: {pair_stats.get('records')}; seed {config.seed}.",
         "",
         "```",
         table,
         "```",
         "",
     ]
-    chart = _chart(out, before, after)
+    chart = _chart(out, before, after, name)
     if chart:
-        lines.append(f"![before and after]({chart.name})")
+        lines += [f"![before and after]({chart.name})", ""]
+    examples = example_answers(out)
+    if examples:
+        lines += ["## Examples", "",
+                  "The same held-out images described before and after; objects that are not in the image "
+                  "are **~~struck through~~**.", ""]
+        for ex in examples:
+            lines += [f"Image {ex['image_id']} (objects: {', '.join(ex['objects'])})", "",
+                      f"- base: {mark_hallucinations(ex['before']['caption'], ex['before']['hallucinated'])}",
+                      f"- after: {mark_hallucinations(ex['after']['caption'], ex['after']['hallucinated'])}", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     print(table)
     return report
 
 
-def _chart(out: Path, before: dict[str, float], after: dict[str, float]) -> Path | None:
+def _chart(out: Path, before: dict[str, float], after: dict[str, float], name: str) -> Path | None:
     try:
         import matplotlib
 
@@ -216,7 +311,7 @@ def _chart(out: Path, before: dict[str, float], after: dict[str, float]) -> Path
     fig, ax = plt.subplots(figsize=(max(6, len(keys)), 3.5))
     xs = range(len(keys))
     ax.bar([x - 0.2 for x in xs], [before[k] for k in keys], width=0.4, label="base")
-    ax.bar([x + 0.2 for x in xs], [after[k] for k in keys], width=0.4, label="after Dense DPO")
+    ax.bar([x + 0.2 for x in xs], [after[k] for k in keys], width=0.4, label=f"after {name}")
     ax.set_xticks(list(xs), keys, rotation=30, ha="right")
     ax.legend()
     fig.tight_layout()

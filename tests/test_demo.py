@@ -23,6 +23,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     assert f"{results['before']['CHAIR_s']:.3f}" in table and f"{results['after']['CHAIR_s']:.3f}" in table
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
     assert (tmp_path / "before_after.png").stat().st_size > 0
+    assert "lower" in table and "higher" in table  # every metric says which way is better
     # a second run resumes: no stage is redone and the numbers are read back unchanged
     adapter_time = (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
     messages.clear()
@@ -119,3 +120,33 @@ def test_demo_killed_between_stages_resumes_from_the_next_stage(tmp_path, capsys
     results = json.loads((out / "results.json").read_text())
     assert results["pairs"] == json.loads((out / "pairs-stats.json").read_text()) and results["pairs"]["scenes"] == 4
     assert (out / "adapter" / "adapter_model.safetensors").exists() and (out / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_demo_with_grpo_trains_on_policy_and_reports_examples(tmp_path):
+    config = DemoConfig(method="grpo", eval_scenes=4, feedback_scenes=4, grpo_steps=1)
+    messages: list[str] = []
+    report = run_demo(tmp_path, config, progress=messages.append)
+    assert "description prompts" in messages[2] and "GRPO" in messages[3]
+    log = json.loads((tmp_path / "train-log.json").read_text())
+    assert "rewards/object_f1" in log[0]
+    assert report.read_text().startswith("# GRPO on the scene VLM")
+    with pytest.raises(ValueError, match="unknown demo method"):
+        DemoConfig(method="ppo")
+
+
+def test_report_marks_hallucinated_words_and_picks_the_worst_examples(tmp_path):
+    from mmalign.demo import example_answers, mark_hallucinations
+
+    assert mark_hallucinations("A red table and two tables, a cup.", ["table"]) == (
+        "A red **~~table~~** and two **~~tables~~**, a cup.")
+    assert mark_hallucinations("A cup.", []) == "A cup."
+    for name, rows in (("eval-before", [(1, ["table"]), (2, ["table", "star"]), (3, [])]),
+                       ("eval-after", [(1, []), (2, ["star"]), (3, [])])):
+        folder = tmp_path / name / "chair"
+        folder.mkdir(parents=True)
+        folder.joinpath("details.jsonl").write_text("\n".join(json.dumps(
+            {"image_id": i, "caption": f"caption {i}", "hallucinated": h, "ground_truth": ["cup"]}) for i, h in rows))
+    examples = example_answers(tmp_path, count=3)
+    assert [e["image_id"] for e in examples] == [2, 1]  # most hallucinated first; clean captions are no example
+    assert examples[0]["after"]["hallucinated"] == ["star"]
