@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,18 +38,13 @@ from mmalign.losses.grpo import (
     overlong_penalty,
     safe_advantages,
 )
-from mmalign.losses.ppo import lagrange_loss
 from mmalign.models.adapter import VLMAdapter, concat_features
 from mmalign.models.batch import EncodedBatch, concat_batches, pad_cat
+from mmalign.online_rl import OnlineRLMixin, check_scorer_paths
 from mmalign.training import (
     NONFINITE_LOG_KEY,
-    NonFiniteTrainingError,
     RecordsRunConfig,
-    checkpoint_problem,
-    drop_gradients,
     latest_valid_checkpoint,
-    nonfinite_gradients,
-    use_new_learning_rate,
 )
 
 logger = logging.getLogger(__name__)
@@ -100,7 +94,7 @@ def weighted_rewards(values: list[list[float | None]], weights: list[float]) -> 
     return torch.nansum(table * torch.tensor(weights, dtype=torch.float32)[:, None], dim=0)
 
 
-class GRPOTrainer(RecordsRunConfig, Trainer):
+class GRPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
     """Group RL on an adapter whose policy LoRA is ``default``.
 
     ``reward_funcs`` are callables (TRL's reward signature) or built-in names; by default
@@ -108,6 +102,8 @@ class GRPOTrainer(RecordsRunConfig, Trainer):
     ``scorers`` maps ``reward_model`` / ``cost_model`` to loaded ``RewardScorer`` objects for
     the built-in names of the same name.
     """
+
+    method_name = "GRPO"
 
     def __init__(self, adapter: VLMAdapter, args: GRPOConfig, train_dataset,
                  reward_funcs: list[RewardFunction | str] | None = None, reward_weights: list[float] | None = None,
@@ -131,13 +127,8 @@ class GRPOTrainer(RecordsRunConfig, Trainer):
         for function in (*self.reward_funcs, *self.cost_funcs):
             if hasattr(function, "prepare"):
                 function.prepare(train_dataset)
-        self.log_lambda = torch.nn.Parameter(torch.tensor(math.log(args.lambda_init)))
-        self.lambda_optimizer = torch.optim.SGD([self.log_lambda], lr=args.lambda_lr)
-        self.cost_window: deque[float] = deque(maxlen=max(args.prompts_per_step * args.num_generations * 4, 1))
-        self.iteration = 0
+        self.init_loop_state(args)
         self.batches_drawn = 0
-        self.nonfinite_skipped = self.nonfinite_consecutive = 0
-        self.nonfinite_stop = False
         kwargs.setdefault("processing_class", adapter.processor)
         super().__init__(model=adapter.model, args=args, train_dataset=train_dataset,
                          data_collator=lambda rows: rows, **kwargs)
@@ -279,23 +270,13 @@ class GRPOTrainer(RecordsRunConfig, Trainer):
             if not torch.isnan(values).all():
                 log[f"rewards/{name}"] = float(values.nanmean())
         if sampled.costs is not None:
-            lam = self._update_lambda(sampled.costs)
+            lam = self.update_lambda(sampled.costs)
             cost_advantages = group_advantages(sampled.costs, g, args.advantage_estimator).advantages
             advantages = safe_advantages(advantages, cost_advantages, lam)
             log.update({"cost": float(sampled.costs.mean()), "lambda": lam})
         rollout = GroupRollout(sampled.batch, sampled.features, sampled.mask, sampled.old_logps, sampled.ref_logps,
                                advantages.to(sampled.mask.device))
         return rollout, log
-
-    def _update_lambda(self, costs: torch.Tensor) -> float:
-        """One step of λ on the sliding mean cost (Safe RLHF's Lagrange update)."""
-        self.cost_window.extend(costs.tolist())
-        mean_cost = sum(self.cost_window) / len(self.cost_window)
-        self.lambda_optimizer.zero_grad()
-        with torch.enable_grad():
-            lagrange_loss(self.log_lambda, mean_cost, self.args.cost_threshold).backward()
-        self.lambda_optimizer.step()
-        return self.log_lambda.exp().item()
 
     # ------------------------------------------------------------------ update
     def grpo_update(self, rollout: GroupRollout) -> dict[str, float]:
@@ -330,7 +311,7 @@ class GRPOTrainer(RecordsRunConfig, Trainer):
                     stats["kl"] = float((out.kl * mask).sum() / mask.sum().clamp(min=1))
                 if args.max_grad_norm:
                     self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
-                skipped = self._skip_if_nonfinite(stats)
+                skipped = self.skip_if_nonfinite(stats)
                 self.optimizer.step()
                 self.lr_scheduler.step()
                 self.optimizer.zero_grad()
@@ -348,20 +329,6 @@ class GRPOTrainer(RecordsRunConfig, Trainer):
         out_log["optimizer_steps"] = steps
         out_log[NONFINITE_LOG_KEY] = self.nonfinite_skipped
         return out_log
-
-    def _skip_if_nonfinite(self, stats: dict[str, float]) -> bool:
-        """Drop a step whose loss or gradients are not finite; stop after ``max_nonfinite_steps`` in a row."""
-        if not (any(not math.isfinite(v) for v in stats.values()) or bool(nonfinite_gradients(self.model))):
-            self.nonfinite_consecutive = 0
-            return False
-        drop_gradients(self.model)
-        self.nonfinite_skipped += 1
-        self.nonfinite_consecutive += 1
-        logger.warning("GRPO iteration %d: non-finite loss or gradient, step skipped (%d in a row)",
-                       self.iteration + 1, self.nonfinite_consecutive)
-        limit = self.args.max_nonfinite_steps
-        self.nonfinite_stop = bool(limit) and self.nonfinite_consecutive >= limit
-        return True
 
     # ------------------------------------------------------------------ loop
     def train(self, resume_from_checkpoint: str | bool | None = None, **_: Any) -> TrainOutput:
@@ -382,7 +349,7 @@ class GRPOTrainer(RecordsRunConfig, Trainer):
             rollout, log = self.make_rollout()
             log.update(self.grpo_update(rollout))
             if self.nonfinite_stop:
-                self._stop_nonfinite()
+                self.stop_nonfinite()
             self.iteration += 1
             self.state.global_step = self.iteration
             self.state.epoch = self.batches_drawn * args.prompts_per_step / len(self.train_dataset)
@@ -392,19 +359,9 @@ class GRPOTrainer(RecordsRunConfig, Trainer):
             bar.update(1)
             bar.set_postfix({k: round(log[k], 3) for k in ("reward", "completion_length", "kl", "lambda") if k in log})
             if args.save_strategy != "no" and self.iteration % max(int(args.save_steps), 1) == 0:
-                self._save_grpo_checkpoint()
+                self.save_loop_checkpoint()
         bar.close()
         return TrainOutput(self.iteration, last.get("loss", 0.0), {k: float(v) for k, v in last.items()})
-
-    def _stop_nonfinite(self) -> None:
-        checkpoint = Path(self.args.output_dir) / f"checkpoint-{self.iteration}"
-        if checkpoint_problem(checkpoint) is not None:
-            self._save_grpo_checkpoint()
-        raise NonFiniteTrainingError(
-            f"GRPO stopped in iteration {self.iteration + 1}: {self.nonfinite_consecutive} steps in a row had a "
-            f"NaN/inf loss or gradient (max_nonfinite_steps={self.args.max_nonfinite_steps}); every one was skipped. "
-            f"{checkpoint} holds usable weights; resume with --resume_from_checkpoint {checkpoint} "
-            "(and --resume_with_changes true after lowering the learning rate)")
 
     # ------------------------------------------------------------------ saving
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
@@ -419,15 +376,11 @@ class GRPOTrainer(RecordsRunConfig, Trainer):
             self.processing_class.save_pretrained(out)
         self.write_run_config(out)
 
-    def _save_grpo_checkpoint(self) -> None:
+    def save_loop_checkpoint(self) -> None:
         """Adapter, optimiser, scheduler, λ, RNG, prompt position and log: everything a resume needs."""
         with atomic_dir(Path(self.args.output_dir) / f"checkpoint-{self.iteration}", replaces=CHECKPOINT) as tmp:
             self._save(str(tmp))
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.lr_scheduler.state_dict(),
-                        "lambda_optimizer": self.lambda_optimizer.state_dict(),
-                        "log_lambda": self.log_lambda.detach().clone(), "torch_rng": torch.get_rng_state(),
-                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-                       tmp / "training_state.pt")
+            self.save_loop_state(tmp)
             (tmp / STATE_FILE).write_text(json.dumps({
                 "iteration": self.iteration, "batches_drawn": self.batches_drawn,
                 "cost_window": list(self.cost_window), "log_history": self.state.log_history}))
@@ -438,17 +391,7 @@ class GRPOTrainer(RecordsRunConfig, Trainer):
 
         weights = load_file(path / "adapter_model.safetensors", device=str(self.adapter.device))
         set_peft_model_state_dict(self.adapter.model, weights, adapter_name=POLICY)
-        state = torch.load(path / "training_state.pt", weights_only=True)  # our own file: tensors and containers
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.lr_scheduler.load_state_dict(state["scheduler"])
-        self.lambda_optimizer.load_state_dict(state["lambda_optimizer"])
-        if "learning_rate" in self.resume_changes:
-            use_new_learning_rate(self.optimizer, self.lr_scheduler, self.args.learning_rate)
-        with torch.no_grad():
-            self.log_lambda.copy_(state["log_lambda"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"]:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.load_loop_state(path)
         meta = json.loads((path / STATE_FILE).read_text())
         self.iteration, self.batches_drawn = meta["iteration"], meta["batches_drawn"]
         self.cost_window.extend(meta["cost_window"])
@@ -500,16 +443,12 @@ def load_scorers(adapter: VLMAdapter, args: GRPOConfig) -> dict[str, Any]:
 
 def check_grpo_inputs(model_config, args: GRPOConfig) -> None:
     """The inputs a GRPO run needs, checked before the policy loads."""
-    from mmalign.models.scalar_head import HEAD_CONFIG
     from mmalign.training import require_paths
 
     require_paths(model_config, args, "dataset_path")
     if not model_config.use_peft:
         raise ValueError("GRPO trains a LoRA adapter on the base (the reference is the base): set use_peft true")
-    for name in ("reward_model_path", "cost_model_path"):
-        path = getattr(args, name)
-        if path and not (Path(path) / HEAD_CONFIG).is_file():
-            raise FileNotFoundError(f"{name} {path}: not a trained reward / cost model folder (no {HEAD_CONFIG})")
+    check_scorer_paths(args, "reward_model_path", "cost_model_path")
 
 
 def run_grpo(model_config, args: GRPOConfig) -> Path:

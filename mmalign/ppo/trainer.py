@@ -16,9 +16,7 @@ episode cost) and the policy follows the combined advantage (A_r − λA_c)/(1 +
 from __future__ import annotations
 
 import json
-import logging
 import math
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,6 @@ from mmalign.io import ADAPTER, OutputKind, atomic_dir
 from mmalign.losses.ppo import (
     combined_advantage,
     gae,
-    lagrange_loss,
     masked_mean,
     masked_whiten,
     ppo_policy_loss,
@@ -41,21 +38,15 @@ from mmalign.losses.ppo import (
 from mmalign.models.adapter import VLMAdapter, concat_features
 from mmalign.models.batch import EncodedBatch, concat_batches, pad_cat
 from mmalign.models.scalar_head import ScalarHeadModel
+from mmalign.online_rl import OnlineRLMixin, check_scorer_paths
 from mmalign.ppo.config import PPOConfig
 from mmalign.ppo.shaping import shaping_terms
 from mmalign.reward.scoring import RewardScorer
 from mmalign.training import (
     NONFINITE_LOG_KEY,
-    NonFiniteTrainingError,
     RecordsRunConfig,
-    checkpoint_problem,
-    drop_gradients,
     latest_valid_checkpoint,
-    nonfinite_gradients,
-    use_new_learning_rate,
 )
-
-logger = logging.getLogger(__name__)
 
 POLICY = "default"
 LAMBDA_FILE = "lagrange.json"
@@ -96,8 +87,10 @@ class Rollout:
     returns: dict[str, torch.Tensor]
 
 
-class PPOTrainer(RecordsRunConfig, Trainer):
+class PPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
     """PPO / PPO-Lagrangian on an adapter whose policy LoRA is ``default``."""
+
+    method_name = "PPO"
 
     def __init__(
         self,
@@ -125,12 +118,7 @@ class PPOTrainer(RecordsRunConfig, Trainer):
                                           max_length=args.max_length, name="reward")
         self.cost_scorer = (RewardScorer(cost_model, batch_size=args.per_device_eval_batch_size,
                                          max_length=args.max_length, name="cost") if cost_model else None)
-        self.log_lambda = torch.nn.Parameter(torch.tensor(math.log(args.lambda_init)))
-        self.lambda_optimizer = torch.optim.SGD([self.log_lambda], lr=args.lambda_lr)
-        self.cost_window: deque[float] = deque(maxlen=args.episode_cost_window)
-        self.iteration = 0
-        self.nonfinite_skipped = self.nonfinite_consecutive = 0
-        self.nonfinite_stop = False
+        self.init_loop_state(args)
         kwargs.setdefault("processing_class", adapter.processor)
         super().__init__(model=PPOModules(adapter, critics), args=args, train_dataset=train_dataset,
                          data_collator=lambda rows: rows, **kwargs)
@@ -217,7 +205,7 @@ class PPOTrainer(RecordsRunConfig, Trainer):
         for name, per_token in streams.items():
             values[name] = pad_cat([c["values"][name] for c in chunks], 0.0)
             advantages[name], returns[name] = gae(per_token, values[name], mask, args.gamma, args.lam)
-        lam = self._update_lambda(stats["cost"]) if args.constrained else 0.0
+        lam = self.update_lambda(stats["cost"]) if args.constrained else 0.0
         advantage = advantages["reward"]
         if args.constrained:
             advantage = combined_advantage(advantages["reward"], advantages["cost"], lam)
@@ -240,20 +228,15 @@ class PPOTrainer(RecordsRunConfig, Trainer):
         return Rollout(batch, features, mask, logps, advantage, values, returns), log
 
     # ------------------------------------------------------------------ several processes
-    def _sum_over_processes(self, values: torch.Tensor) -> torch.Tensor:
-        if self.accelerator.num_processes == 1:
-            return values
-        return self.accelerator.reduce(values.to(self.accelerator.device), reduction="sum")
-
     def _whiten(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``masked_whiten`` over the rollout of all processes (mean and variance of every token)."""
         if self.accelerator.num_processes == 1:
             return masked_whiten(x, mask)
         real = mask.bool()
         count = mask.sum().to(x.dtype)
-        total, n = self._sum_over_processes(torch.stack([torch.where(real, x, 0).sum(), count])).tolist()
+        total, n = self.sum_over_processes(torch.stack([torch.where(real, x, 0).sum(), count])).tolist()
         mean = total / max(n, 1.0)
-        squares = self._sum_over_processes(torch.where(real, x - mean, 0).pow(2).sum().reshape(1))
+        squares = self.sum_over_processes(torch.where(real, x - mean, 0).pow(2).sum().reshape(1))
         var = squares.item() / max(n, 1.0)
         return (x - mean) * (var + 1e-8) ** -0.5 * mask.to(x.dtype)
 
@@ -262,7 +245,7 @@ class PPOTrainer(RecordsRunConfig, Trainer):
         if self.accelerator.num_processes == 1:
             return
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        flat = self._sum_over_processes(torch.cat([g.reshape(-1) for g in grads])) / self.accelerator.num_processes
+        flat = self.sum_over_processes(torch.cat([g.reshape(-1) for g in grads])) / self.accelerator.num_processes
         offset = 0
         for g in grads:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
@@ -272,24 +255,8 @@ class PPOTrainer(RecordsRunConfig, Trainer):
         """Per-process statistics averaged over processes (equal rollout shares, so equal weights)."""
         if self.accelerator.num_processes == 1:
             return log
-        values = self._sum_over_processes(torch.tensor(list(log.values()), dtype=torch.float64))
+        values = self.sum_over_processes(torch.tensor(list(log.values()), dtype=torch.float64))
         return {k: v / self.accelerator.num_processes for k, v in zip(log, values.tolist())}
-
-    def _update_lambda(self, costs: torch.Tensor) -> float:
-        """One step of λ on the sliding mean episode cost (averaged across processes)."""
-        args: PPOConfig = self.args
-        gathered = self.accelerator.gather(costs.to(self.accelerator.device)).cpu().tolist()
-        self.cost_window.extend(gathered)
-        if self.iteration >= args.lambda_update_delay:
-            mean_cost = sum(self.cost_window) / len(self.cost_window)
-            self.lambda_optimizer.zero_grad()
-            with torch.enable_grad():  # the rollout runs without gradients; λ has its own
-                lagrange_loss(self.log_lambda, mean_cost, args.cost_threshold).backward()
-            self.lambda_optimizer.step()
-            if args.lambda_max is not None:
-                with torch.no_grad():
-                    self.log_lambda.clamp_(max=math.log(args.lambda_max))
-        return self.log_lambda.exp().item()
 
     # ------------------------------------------------------------------ update
     def ppo_update(self, rollout: Rollout) -> dict[str, float]:
@@ -323,7 +290,7 @@ class PPOTrainer(RecordsRunConfig, Trainer):
                 self._average_gradients()
                 if args.max_grad_norm:
                     self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
-                skipped = self._skip_if_nonfinite(stats)  # drops the gradients: the step changes nothing
+                skipped = self.skip_if_nonfinite(stats)  # drops the gradients: the step changes nothing
                 self.optimizer.step()
                 self.lr_scheduler.step()
                 self.optimizer.zero_grad()
@@ -336,7 +303,7 @@ class PPOTrainer(RecordsRunConfig, Trainer):
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 if (args.target_kl is not None  # decided on the kl of all processes, so all stop together
-                        and self._sum_over_processes(policy.approx_kl.detach().reshape(1)).item()
+                        and self.sum_over_processes(policy.approx_kl.detach().reshape(1)).item()
                         > EARLY_STOP_KL_FACTOR * args.target_kl * self.accelerator.num_processes):
                     stop = True
                     break
@@ -348,25 +315,6 @@ class PPOTrainer(RecordsRunConfig, Trainer):
         out["early_stopped"] = float(stop)
         out[NONFINITE_LOG_KEY] = self.nonfinite_skipped
         return out
-
-    def _skip_if_nonfinite(self, stats: dict[str, float]) -> bool:
-        """Drop a minibatch step whose losses or (averaged) gradients are not finite; True if skipped.
-
-        After ``max_nonfinite_steps`` in a row ``nonfinite_stop`` is set; the loop then saves a
-        checkpoint and raises (see :class:`~mmalign.training.NonFiniteGuard` for the trainers).
-        """
-        bad = any(not math.isfinite(v) for v in stats.values()) or bool(nonfinite_gradients(self.model))
-        if self._sum_over_processes(torch.tensor([float(bad)])).item() == 0:
-            self.nonfinite_consecutive = 0
-            return False
-        drop_gradients(self.model)
-        self.nonfinite_skipped += 1
-        self.nonfinite_consecutive += 1
-        logger.warning("PPO iteration %d: non-finite loss or gradient, minibatch step skipped (%d in a row, %d in total)",
-                       self.iteration + 1, self.nonfinite_consecutive, self.nonfinite_skipped)
-        limit = self.args.max_nonfinite_steps
-        self.nonfinite_stop = bool(limit) and self.nonfinite_consecutive >= limit
-        return True
 
     # ------------------------------------------------------------------ loop
     def train(self, resume_from_checkpoint: str | bool | None = None, **_: Any) -> TrainOutput:
@@ -392,7 +340,7 @@ class PPOTrainer(RecordsRunConfig, Trainer):
             rollout, log = self.make_rollout(next(batches))
             log.update(self.ppo_update(rollout))
             if self.nonfinite_stop:
-                self._stop_nonfinite()
+                self.stop_nonfinite()
             log = self._mean_log(log)
             self.iteration += 1
             self.state.global_step = self.iteration
@@ -404,22 +352,10 @@ class PPOTrainer(RecordsRunConfig, Trainer):
             bar.set_postfix({k: round(log[k], 3) for k in ("reward", "kl", "cost", "lambda") if k in log})
             if args.save_strategy != "no" and self.iteration % max(int(args.save_steps), 1) == 0:
                 if self.is_world_process_zero():  # the processes hold the same weights and λ
-                    self._save_ppo_checkpoint()
+                    self.save_loop_checkpoint()
                 self.accelerator.wait_for_everyone()
         bar.close()
         return TrainOutput(self.iteration, last.get("loss/policy", 0.0), {k: float(v) for k, v in last.items()})
-
-    def _stop_nonfinite(self) -> None:
-        """Keep a usable checkpoint (the weights of the last good step), then raise."""
-        checkpoint = Path(self.args.output_dir) / f"checkpoint-{self.iteration}"
-        if self.is_world_process_zero() and checkpoint_problem(checkpoint) is not None:
-            self._save_ppo_checkpoint()  # an existing checkpoint of this iteration is kept as it is
-        self.accelerator.wait_for_everyone()
-        raise NonFiniteTrainingError(
-            f"PPO stopped in iteration {self.iteration + 1}: {self.nonfinite_consecutive} minibatch steps in a row had "
-            f"a NaN/inf loss or gradient (max_nonfinite_steps={self.args.max_nonfinite_steps}); every one was "
-            f"skipped. {checkpoint} holds usable weights; resume with --resume_from_checkpoint {checkpoint} "
-            "(and --resume_with_changes true after lowering the learning rate)")
 
     # ------------------------------------------------------------------ saving
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
@@ -440,15 +376,11 @@ class PPOTrainer(RecordsRunConfig, Trainer):
             self.processing_class.save_pretrained(out)
         self.write_run_config(out)  # a checkpoint's settings, compared when a run resumes from it
 
-    def _save_ppo_checkpoint(self) -> None:
+    def save_loop_checkpoint(self) -> None:
         """Adapters, heads, optimiser, scheduler, λ and its window, RNG, log: everything a resume needs."""
         with atomic_dir(Path(self.args.output_dir) / f"checkpoint-{self.iteration}", replaces=CHECKPOINT) as tmp:
             self._save(str(tmp))
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.lr_scheduler.state_dict(),
-                        "lambda_optimizer": self.lambda_optimizer.state_dict(),
-                        "log_lambda": self.log_lambda.detach().clone(), "torch_rng": torch.get_rng_state(),
-                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-                       tmp / "training_state.pt")
+            self.save_loop_state(tmp)
             (tmp / STATE_FILE).write_text(json.dumps({
                 "iteration": self.iteration, "cost_window": list(self.cost_window),
                 "log_history": self.state.log_history}))
@@ -468,21 +400,7 @@ class PPOTrainer(RecordsRunConfig, Trainer):
             set_peft_model_state_dict(self.adapter.model, load_file(lora, device=device),
                                       adapter_name=critic.adapter_name)
             critic.head.load_state_dict(load_file(folder / "value_head.safetensors", device=device))
-        # our own checkpoint, written by this trainer: tensors and plain containers only
-        state = torch.load(path / "training_state.pt", weights_only=True)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.lr_scheduler.load_state_dict(state["scheduler"])
-        self.lambda_optimizer.load_state_dict(state["lambda_optimizer"])
-        if "learning_rate" in self.resume_changes:  # resume_with_changes: the new rates, not the checkpoint's
-            use_new_learning_rate(self.optimizer, self.lr_scheduler, self.args.learning_rate)
-        if "lambda_lr" in self.resume_changes:
-            for group in self.lambda_optimizer.param_groups:
-                group["lr"] = self.args.lambda_lr
-        with torch.no_grad():
-            self.log_lambda.copy_(state["log_lambda"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"]:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.load_loop_state(path)
         meta = json.loads((path / STATE_FILE).read_text())
         self.iteration = meta["iteration"]
         self.cost_window.extend(meta["cost_window"])
@@ -539,16 +457,12 @@ PPO_KEEPS = ("the policy's and critics' weights, the optimizer state, the iterat
 def check_ppo_inputs(model_config, args: PPOConfig) -> None:
     """The inputs a PPO run needs, checked before the policy loads: model, prompts and the
     reward (and cost) model folders."""
-    from mmalign.models.scalar_head import HEAD_CONFIG
     from mmalign.training import require_paths
 
     require_paths(model_config, args, "dataset_path", "reward_model_path")
     if not model_config.use_peft:
         raise ValueError("PPO trains LoRA adapters on a shared base: set use_peft true")
-    for name in ("reward_model_path", "cost_model_path"):
-        path = getattr(args, name)
-        if path and not (Path(path) / HEAD_CONFIG).is_file():
-            raise FileNotFoundError(f"{name} {path}: not a trained reward / cost model folder (no {HEAD_CONFIG})")
+    check_scorer_paths(args, "reward_model_path", "cost_model_path")
 
 
 def run_ppo(model_config, args: PPOConfig) -> Path:

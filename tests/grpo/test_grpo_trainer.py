@@ -123,13 +123,13 @@ def test_a_resumed_run_ends_with_the_uninterrupted_runs_adapter(tiny_dirs, tmp_p
     straight = make(tiny_dirs, tmp_path / "a", max_steps=2, save_strategy="steps", save_steps=1)
     straight.train()
     killed = make(tiny_dirs, tmp_path / "b", max_steps=2, save_strategy="steps", save_steps=1)
-    save = killed._save_grpo_checkpoint
+    save = killed.save_loop_checkpoint
 
     def save_then_die():
         save()
         raise KeyboardInterrupt  # killed right after the first checkpoint
 
-    killed._save_grpo_checkpoint = save_then_die
+    killed.save_loop_checkpoint = save_then_die
     with pytest.raises(KeyboardInterrupt):
         killed.train()
     again = make(tiny_dirs, tmp_path / "b", max_steps=2, save_strategy="steps", save_steps=1)

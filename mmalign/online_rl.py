@@ -1,0 +1,139 @@
+"""What the online RL trainers (PPO, GRPO) share around their own loops.
+
+Both run their loop inside a ``transformers.Trainer`` (sampling cannot be a dataloader):
+this mixin holds the safety multiplier λ (Safe RLHF's Lagrange update on the sliding mean
+cost), the guard that skips a step whose loss or gradients are not finite, sums across
+processes, and the loop state a checkpoint carries (optimiser, scheduler, λ, random state).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmalign.losses.ppo import lagrange_loss
+from mmalign.training import (
+    NonFiniteTrainingError,
+    checkpoint_problem,
+    drop_gradients,
+    nonfinite_gradients,
+    use_new_learning_rate,
+)
+
+logger = logging.getLogger(__name__)
+
+LOOP_STATE_FILE = "training_state.pt"
+
+
+class OnlineRLMixin:
+    """Mixin for a ``Trainer`` subclass with its own RL loop.
+
+    The trainer sets ``method_name``, calls :meth:`init_loop_state` in ``__init__`` and
+    implements ``save_loop_checkpoint()`` (used when a run stops on non-finite steps).
+    ``args`` needs ``lambda_init``, ``lambda_lr``, ``lambda_update_delay``, ``lambda_max``,
+    ``episode_cost_window``, ``cost_threshold`` and ``max_nonfinite_steps``.
+    """
+
+    method_name = "RL"
+
+    def init_loop_state(self, args: Any) -> None:
+        self.log_lambda = torch.nn.Parameter(torch.tensor(math.log(args.lambda_init)))
+        self.lambda_optimizer = torch.optim.SGD([self.log_lambda], lr=args.lambda_lr)
+        self.cost_window: deque[float] = deque(maxlen=args.episode_cost_window)
+        self.iteration = 0
+        self.nonfinite_skipped = self.nonfinite_consecutive = 0
+        self.nonfinite_stop = False
+
+    def sum_over_processes(self, values: torch.Tensor) -> torch.Tensor:
+        if self.accelerator.num_processes == 1:
+            return values
+        return self.accelerator.reduce(values.to(self.accelerator.device), reduction="sum")
+
+    def update_lambda(self, costs: torch.Tensor) -> float:
+        """One step of λ on the sliding mean cost of the last answers (gathered across
+        processes), after ``lambda_update_delay`` iterations, capped at ``lambda_max``."""
+        args = self.args
+        gathered = self.accelerator.gather(costs.to(self.accelerator.device)).cpu().tolist()
+        self.cost_window.extend(gathered)
+        if self.iteration >= args.lambda_update_delay:
+            mean_cost = sum(self.cost_window) / len(self.cost_window)
+            self.lambda_optimizer.zero_grad()
+            with torch.enable_grad():  # the rollout runs without gradients; λ has its own
+                lagrange_loss(self.log_lambda, mean_cost, args.cost_threshold).backward()
+            self.lambda_optimizer.step()
+            if args.lambda_max is not None:
+                with torch.no_grad():
+                    self.log_lambda.clamp_(max=math.log(args.lambda_max))
+        return self.log_lambda.exp().item()
+
+    def skip_if_nonfinite(self, stats: dict[str, float]) -> bool:
+        """Drop a step whose losses or (averaged) gradients are not finite; True if skipped.
+
+        After ``max_nonfinite_steps`` in a row ``nonfinite_stop`` is set; the loop then saves
+        a checkpoint and raises (:meth:`stop_nonfinite`).
+        """
+        bad = any(not math.isfinite(v) for v in stats.values()) or bool(nonfinite_gradients(self.model))
+        if self.sum_over_processes(torch.tensor([float(bad)])).item() == 0:
+            self.nonfinite_consecutive = 0
+            return False
+        drop_gradients(self.model)
+        self.nonfinite_skipped += 1
+        self.nonfinite_consecutive += 1
+        logger.warning("%s iteration %d: non-finite loss or gradient, step skipped (%d in a row, %d in total)",
+                       self.method_name, self.iteration + 1, self.nonfinite_consecutive, self.nonfinite_skipped)
+        limit = self.args.max_nonfinite_steps
+        self.nonfinite_stop = bool(limit) and self.nonfinite_consecutive >= limit
+        return True
+
+    def stop_nonfinite(self) -> None:
+        """Keep a usable checkpoint (the weights of the last good step), then raise."""
+        checkpoint = Path(self.args.output_dir) / f"checkpoint-{self.iteration}"
+        if self.is_world_process_zero() and checkpoint_problem(checkpoint) is not None:
+            self.save_loop_checkpoint()  # an existing checkpoint of this iteration is kept as it is
+        self.accelerator.wait_for_everyone()
+        raise NonFiniteTrainingError(
+            f"{self.method_name} stopped in iteration {self.iteration + 1}: {self.nonfinite_consecutive} steps in "
+            f"a row had a NaN/inf loss or gradient (max_nonfinite_steps={self.args.max_nonfinite_steps}); every "
+            f"one was skipped. {checkpoint} holds usable weights; resume with --resume_from_checkpoint {checkpoint} "
+            "(and --resume_with_changes true after lowering the learning rate)")
+
+    def save_loop_state(self, folder: Path) -> None:
+        """Optimiser, scheduler, λ and its optimiser, random state: the tensors a resume needs."""
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.lr_scheduler.state_dict(),
+                    "lambda_optimizer": self.lambda_optimizer.state_dict(),
+                    "log_lambda": self.log_lambda.detach().clone(), "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                   folder / LOOP_STATE_FILE)
+
+    def load_loop_state(self, folder: Path) -> None:
+        """The inverse of :meth:`save_loop_state`; a ``resume_with_changes`` learning rate
+        (or λ learning rate) replaces the checkpoint's."""
+        state = torch.load(folder / LOOP_STATE_FILE, weights_only=True)  # our own file: tensors and containers
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["scheduler"])
+        self.lambda_optimizer.load_state_dict(state["lambda_optimizer"])
+        if "learning_rate" in self.resume_changes:
+            use_new_learning_rate(self.optimizer, self.lr_scheduler, self.args.learning_rate)
+        if "lambda_lr" in self.resume_changes:
+            for group in self.lambda_optimizer.param_groups:
+                group["lr"] = self.args.lambda_lr
+        with torch.no_grad():
+            self.log_lambda.copy_(state["log_lambda"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+def check_scorer_paths(args: Any, *names: str) -> None:
+    """Each named reward / cost model folder, when set, must hold a trained scalar head."""
+    from mmalign.models.scalar_head import HEAD_CONFIG
+
+    for name in names:
+        path = getattr(args, name)
+        if path and not (Path(path) / HEAD_CONFIG).is_file():
+            raise FileNotFoundError(f"{name} {path}: not a trained reward / cost model folder (no {HEAD_CONFIG})")
