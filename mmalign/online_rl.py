@@ -90,6 +90,20 @@ class OnlineRLMixin:
         self.nonfinite_stop = bool(limit) and self.nonfinite_consecutive >= limit
         return True
 
+    def take_step(self, stats: dict[str, float], sums: dict[str, float]) -> bool:
+        """Clip, check, step the optimiser and scheduler; add ``stats`` to ``sums`` and return
+        True if the step counted (False: skipped as non-finite, its gradients dropped)."""
+        if self.args.max_grad_norm:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+        skipped = self.skip_if_nonfinite(stats)  # drops the gradients: the step changes nothing
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad()
+        if not skipped:
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+        return not skipped
+
     def stop_nonfinite(self) -> None:
         """Keep a usable checkpoint (the weights of the last good step), then raise."""
         checkpoint = Path(self.args.output_dir) / f"checkpoint-{self.iteration}"

@@ -309,20 +309,12 @@ class GRPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
                          "clip_ratio/region": out.clip_region_fraction.item()}
                 if out.kl is not None:
                     stats["kl"] = float((out.kl * mask).sum() / mask.sum().clamp(min=1))
-                if args.max_grad_norm:
-                    self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
-                skipped = self.skip_if_nonfinite(stats)
-                self.optimizer.step()
-                self.lr_scheduler.step()
-                self.optimizer.zero_grad()
                 steps += 1
-                if skipped:
+                if not self.take_step(stats, sums):
                     if self.nonfinite_stop:
                         break
                     continue
                 good += 1
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
             if self.nonfinite_stop:
                 break
         out_log = {k: v / good for k, v in sums.items()} if good else {}

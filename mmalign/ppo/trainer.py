@@ -288,20 +288,12 @@ class PPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
                     self.accelerator.backward(args.value_coef * loss)
                     stats[f"loss/value_{name}"] = loss.item()
                 self._average_gradients()
-                if args.max_grad_norm:
-                    self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
-                skipped = self.skip_if_nonfinite(stats)  # drops the gradients: the step changes nothing
-                self.optimizer.step()
-                self.lr_scheduler.step()
-                self.optimizer.zero_grad()
                 steps += 1
-                if skipped:
+                if not self.take_step(stats, sums):
                     if self.nonfinite_stop:
                         break
                     continue
                 good += 1
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
                 if (args.target_kl is not None  # decided on the kl of all processes, so all stop together
                         and self.sum_over_processes(policy.approx_kl.detach().reshape(1)).item()
                         > EARLY_STOP_KL_FACTOR * args.target_kl * self.accelerator.num_processes):
