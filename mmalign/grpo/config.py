@@ -52,6 +52,9 @@ class GRPOConfig(TrainingArguments, GuardArguments, ResumeArguments):
     epsilon: float = field(default=0.2, metadata={"help": "Lower clip ε_low of the ratio."})
     epsilon_high: float | None = field(default=None, metadata={"help": "Upper clip ε_high (DAPO clip-higher: 0.28)."})
     beta: float = field(default=0.0, metadata={"help": "Weight of the k3 KL to the reference (adapters off)."})
+    share_prefix: bool | None = field(
+        default=None, metadata={"help": "Score a group's answers in one row that holds the prompt once (None: where "
+                                        "the family allows it, i.e. 1-D positions: LLaVA, LLaVA-NeXT)."})
     dynamic_sampling: bool = field(
         default=False, metadata={"help": "DAPO: drop groups whose rewards are all equal and refill from more prompts."})
     max_refill_batches: int = field(
@@ -89,6 +92,7 @@ class GRPOConfig(TrainingArguments, GuardArguments, ResumeArguments):
         c.text("reward_model_path", optional=True)
         c.text("cost_model_path", optional=True)
         c.flag("dynamic_sampling")
+        c.flag("share_prefix", optional=True)
         c.number("num_generations", 2, integer=True)
         c.number("prompts_per_step", 1, integer=True)
         c.number("num_iterations", 1, integer=True)
@@ -130,6 +134,10 @@ class GRPOConfig(TrainingArguments, GuardArguments, ResumeArguments):
                    f"overlong_buffer ({self.overlong_buffer}) cannot exceed max_new_tokens ({self.max_new_tokens})")
         c.done()
         super().__post_init__()
+        if self.share_prefix and self.per_device_train_batch_size % self.num_generations:
+            raise ConfigError({"per_device_train_batch_size": (
+                f"with share_prefix a minibatch holds whole groups: per_device_train_batch_size "
+                f"({self.per_device_train_batch_size}) must be a multiple of num_generations ({self.num_generations})")})
         completions = self.prompts_per_step * self.num_generations
         if completions % (self.world_size * self.per_device_train_batch_size):
             raise ConfigError({"prompts_per_step": (

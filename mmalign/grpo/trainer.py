@@ -40,6 +40,7 @@ from mmalign.losses.grpo import (
 )
 from mmalign.models.adapter import VLMAdapter, concat_features
 from mmalign.models.batch import EncodedBatch, concat_batches, pad_cat
+from mmalign.models.prefix import group_logprobs
 from mmalign.online_rl import OnlineRLMixin, check_scorer_paths
 from mmalign.training import (
     NONFINITE_LOG_KEY,
@@ -129,9 +130,19 @@ class GRPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
                 function.prepare(train_dataset)
         self.init_loop_state(args)
         self.batches_drawn = 0
+        self.share_prefix = self._resolve_share_prefix(adapter, args)
         kwargs.setdefault("processing_class", adapter.processor)
         super().__init__(model=adapter.model, args=args, train_dataset=train_dataset,
                          data_collator=lambda rows: rows, **kwargs)
+
+    @staticmethod
+    def _resolve_share_prefix(adapter: VLMAdapter, args: GRPOConfig) -> bool:
+        """On where it works (1-D positions) and minibatches hold whole groups; refused if asked elsewhere."""
+        supported = not adapter.inputs.text_keys
+        whole_groups = args.per_device_train_batch_size % args.num_generations == 0
+        if args.share_prefix and not supported:
+            raise ValueError(f"share_prefix is not available for {adapter.family} (3-D rotary positions): set it false")
+        return supported and whole_groups if args.share_prefix is None else bool(args.share_prefix)
 
     # ------------------------------------------------------------------ data
     def _prompt_batch(self, k: int) -> list[dict[str, Any]]:
@@ -283,17 +294,23 @@ class GRPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
         args: GRPOConfig = self.args
         adapter = self.adapter
         n = rollout.batch.input_ids.shape[0]
+        # with a shared prefix a minibatch holds whole groups (their rows stay consecutive)
+        unit = args.num_generations if self.share_prefix else 1
         sums: dict[str, float] = {}
         steps = good = 0
         for _ in range(args.num_iterations):
-            order = torch.randperm(n).tolist()
-            for lo in range(0, n, args.per_device_train_batch_size):
-                rows = order[lo : lo + args.per_device_train_batch_size]
+            order = torch.randperm(n // unit).tolist()
+            per_step = args.per_device_train_batch_size // unit
+            for lo in range(0, len(order), per_step):
+                rows = [u * unit + j for u in order[lo : lo + per_step] for j in range(unit)]
                 batch, features = adapter.select(rollout.batch, rows, rollout.features)
                 mask = rollout.mask[rows]
                 adapter.use_adapter(POLICY)
                 adapter.model.train()
-                logps, _ = adapter.response_logprobs(batch, features)
+                if self.share_prefix:
+                    logps, _ = group_logprobs(adapter.model, adapter, batch, unit, features)
+                else:
+                    logps, _ = adapter.response_logprobs(batch, features)
                 width = logps.shape[1]
                 mask = mask[:, :width]
                 old = rollout.old_logps[rows, :width] if rollout.old_logps is not None else logps.detach()

@@ -158,3 +158,28 @@ def test_cli_trains_grpo_from_a_recipe(tiny_dirs, tmp_path, capsys):
     assert (tmp_path / "run" / "checkpoint-2" / "grpo_state.json").is_file()
     assert main(["train", "safe-grpo", "--config", "grpo-scene-vlm", "--dataset_path", str(tmp_path / "prompts")]) == 2
     assert "set cost_funcs" in capsys.readouterr().err
+
+
+def test_shared_prefix_update_equals_the_plain_update(tiny_dirs, tmp_path):
+    # one minibatch per pass, two passes: the second pass has ratios != 1 against the kept log-probs
+    plain = make(tiny_dirs, tmp_path / "a", share_prefix=False, num_iterations=2)
+    shared = make(tiny_dirs, tmp_path / "b", share_prefix=True, num_iterations=2)
+    assert shared.share_prefix and not plain.share_prefix
+    for trainer in (plain, shared):
+        trainer.create_optimizer_and_scheduler(num_training_steps=2)
+    rollout, _ = plain.make_rollout()
+    a = plain.grpo_update(rollout)
+    b = shared.grpo_update(rollout)
+    assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    wa, wb = lora_weights(plain), lora_weights(shared)
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def test_share_prefix_is_refused_for_3d_rotary_positions(tiny_dirs, tmp_path):
+    from mmalign.grpo import GRPOConfig
+
+    args = GRPOConfig(output_dir=str(tmp_path), reward_funcs=["format"], share_prefix=True, use_cpu=True, max_steps=1,
+                      per_device_train_batch_size=4, num_generations=4, prompts_per_step=1, report_to="none")
+    adapter = ModelConfig(model_name_or_path=str(tiny_dirs["qwen2_vl"]), use_peft=True, lora_r=4).load()
+    with pytest.raises(ValueError, match="share_prefix is not available for qwen2_vl"):
+        GRPOTrainer(adapter, args, prompts(), reward_funcs=[by_position])
