@@ -84,7 +84,7 @@ class OnlineRLMixin:
         drop_gradients(self.model)
         self.nonfinite_skipped += 1
         self.nonfinite_consecutive += 1
-        logger.warning("%s iteration %d: non-finite loss or gradient, step skipped (%d in a row, %d in total)",
+        logger.warning("%s iteration %d: non-finite loss or gradient, minibatch step skipped (%d in a row, %d in total)",
                        self.method_name, self.iteration + 1, self.nonfinite_consecutive, self.nonfinite_skipped)
         limit = self.args.max_nonfinite_steps
         self.nonfinite_stop = bool(limit) and self.nonfinite_consecutive >= limit
@@ -111,7 +111,7 @@ class OnlineRLMixin:
             self.save_loop_checkpoint()  # an existing checkpoint of this iteration is kept as it is
         self.accelerator.wait_for_everyone()
         raise NonFiniteTrainingError(
-            f"{self.method_name} stopped in iteration {self.iteration + 1}: {self.nonfinite_consecutive} steps in "
+            f"{self.method_name} stopped in iteration {self.iteration + 1}: {self.nonfinite_consecutive} minibatch steps in "
             f"a row had a NaN/inf loss or gradient (max_nonfinite_steps={self.args.max_nonfinite_steps}); every "
             f"one was skipped. {checkpoint} holds usable weights; resume with --resume_from_checkpoint {checkpoint} "
             "(and --resume_with_changes true after lowering the learning rate)")

@@ -10,7 +10,7 @@ from mmalign.config_io import parse_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "mmalign" / "recipes").glob("*.yaml"))
 PREFIXES = {"sft-": "sft", "ddpo-": "dpo", "dpo-": "dpo", "rm-": "rm", "fact-rm-": "rm", "cost-": "cost",
-            "ppo-": "ppo", "safe-ppo-": "safe-ppo"}
+            "ppo-": "ppo", "safe-ppo-": "safe-ppo", "grpo-": "grpo"}
 
 
 def method_of(path: Path) -> str:
@@ -31,6 +31,8 @@ def test_shipped_recipe_parses(recipe):
     assert model.model_name_or_path and args.output_dir == "elsewhere"
     if recipe.stem.startswith("cost-"):
         assert args.kind == "cost"
+    if recipe.stem.startswith("grpo-"):
+        assert args.reward_funcs[0] == "object_f1" and len(args.reward_weights) == len(args.reward_funcs)
 
 
 def test_unknown_key_is_an_error_naming_it(tmp_path, capsys):
