@@ -37,7 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from mmalign.experiments.perf.dpo_speed import Shape as DPOShape
-from mmalign.experiments.perf.dpo_speed import _lora_settings, _rss_mb, _trl_lora_config, build_checkpoint
+from mmalign.experiments.perf.dpo_speed import (
+    _lora_settings,
+    _rss_mb,
+    _trl_lora_config,
+    build_checkpoint,
+)
 from mmalign.utils import format_table
 
 SEED = 42
