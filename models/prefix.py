@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from mmalign.models.adapter import VLMAdapter
-from mmalign.models.batch import EncodedBatch, gather_logprobs
+from mmalign.models.batch import EncodedBatch, entropy_from_logits, gather_logprobs
 
 
 def split_prefix(batch: EncodedBatch, row: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,8 +74,11 @@ def branch_logprobs(
     groups: Sequence[tuple[torch.Tensor, Sequence[torch.Tensor]]],
     image_inputs: dict[str, Any],
     features: dict[str, Any] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs ``(rows, K, R)`` and their mask from one shared-prefix forward.
+    *,
+    with_entropy: bool = False,
+):
+    """Per-token log-probs ``(rows, K, R)`` and their mask from one shared-prefix forward
+    (and, ``with_entropy``, the policy's entropy at each position, detached).
 
     ``groups`` holds, per row, the prefix tokens (with the image placeholders) and the
     branches' response tokens; ``image_inputs`` / ``features`` are those of one image set
@@ -93,8 +96,13 @@ def branch_logprobs(
         kwargs.update(image_inputs)
     n, k, r = predict.shape
     logits = model(**kwargs, logits_to_keep=predict.reshape(n, k * r), use_cache=False).logits
-    logps = gather_logprobs(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)).view(n, k, r)
-    return logps * valid, valid
+    flat = logits.reshape(-1, logits.shape[-1])
+    logps = gather_logprobs(flat, targets.reshape(-1)).view(n, k, r)
+    if not with_entropy:
+        return logps * valid, valid
+    with torch.no_grad():
+        entropy = entropy_from_logits(flat).view(n, k, r) * valid
+    return logps * valid, valid, entropy
 
 
 def group_logprobs(
@@ -103,12 +111,14 @@ def group_logprobs(
     batch: EncodedBatch,
     group_size: int,
     features: dict[str, Any] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    *,
+    with_entropy: bool = False,
+):
     """``response_logprobs`` of a batch whose rows come in groups of ``group_size`` sharing
     one prompt (rows g·G … g·G + G − 1), computed with one shared-prefix row per group.
 
-    Returns ``(N, R)`` log-probs and mask in the batch's row order, equal to
-    ``adapter.response_logprobs(batch, features)`` (tested)."""
+    Returns ``(N, R)`` log-probs and mask in the batch's row order (and the entropy,
+    ``with_entropy``), equal to ``adapter.response_logprobs(batch, features)`` (tested)."""
     n = batch.input_ids.shape[0]
     if n % group_size:
         raise ValueError(f"{n} rows do not split into groups of {group_size}")
@@ -124,6 +134,6 @@ def group_logprobs(
             branches.append(response)
         groups.append((prefix.cpu(), [b.cpu() for b in branches]))
     heads, head_features = adapter.select(batch, firsts, features)
-    logps, valid = branch_logprobs(model, adapter, groups, heads.image_inputs, head_features)
+    out = branch_logprobs(model, adapter, groups, heads.image_inputs, head_features, with_entropy=with_entropy)
     width = int(batch.response_lengths.max()) if n else 0
-    return logps.reshape(n, -1)[:, :width], valid.reshape(n, -1)[:, :width]
+    return tuple(t.reshape(n, -1)[:, :width] for t in out)

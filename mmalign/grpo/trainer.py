@@ -79,7 +79,6 @@ class _Sampled:
     mask: torch.Tensor
     old_logps: torch.Tensor | None
     ref_logps: torch.Tensor | None
-    entropy: torch.Tensor
     texts: list[str]
     lengths: torch.Tensor
     ended: torch.Tensor
@@ -163,6 +162,15 @@ class GRPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
         args = self.args
         return args.num_iterations > 1 or args.prompts_per_step * args.num_generations > args.per_device_train_batch_size
 
+    def _logprobs(self, batch: EncodedBatch, features, *, with_entropy: bool = False):
+        """Response log-probs of a batch of whole groups: one shared-prefix row per group where possible."""
+        if self.share_prefix:
+            out = group_logprobs(self.adapter.model, self.adapter, batch, self.args.num_generations, features,
+                                 with_entropy=with_entropy)
+        else:
+            out = self.adapter.response_logprobs(batch, features, with_entropy=with_entropy)
+        return out if with_entropy else out[0]
+
     def _score(self, functions: list[RewardFunction], rows: list[dict[str, Any]], texts: list[str],
                lengths: torch.Tensor, ended: torch.Tensor) -> list[list[float | None]]:
         prompts = [r["prompt"] for r in rows]
@@ -182,21 +190,26 @@ class GRPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
         adapter = self.adapter
         rows = [row for row in prompt_rows for _ in range(args.num_generations)]
         chunks: list[dict[str, Any]] = []
-        for lo in range(0, len(rows), args.per_device_eval_batch_size):
-            part = rows[lo : lo + args.per_device_eval_batch_size]
+        step = args.per_device_eval_batch_size
+        if self.share_prefix:  # chunks of whole groups, so a chunk's rows can share their prefix
+            step = max(args.num_generations, step - step % args.num_generations)
+        for lo in range(0, len(rows), step):
+            part = rows[lo : lo + step]
             adapter.use_adapter(POLICY)
             adapter.model.eval()
             samples = adapter.sample([r.get("images") or [] for r in part], [r["prompt"] for r in part],
                                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
             batch = samples.batch.to(adapter.device)
             features = adapter.image_features(batch)
-            logps, mask, entropy = adapter.response_logprobs(batch, features, with_entropy=True)
+            # log-probs of the sampling policy only where the update needs them (the ratio
+            # after the policy moved, the KL to the reference); the entropy comes from the update
+            logps = self._logprobs(batch, features) if self._needs_old_logps() else None
             ref = None
             if args.beta:
                 with adapter.adapters_disabled():
-                    ref, _ = adapter.response_logprobs(batch, features)
+                    ref = self._logprobs(batch, features)
             chunks.append({"samples": samples, "batch": batch, "features": features, "logps": logps,
-                           "mask": mask, "entropy": entropy, "ref": ref})
+                           "mask": response_positions(batch), "ref": ref})
         adapter.use_adapter(POLICY)
         texts = [t for c in chunks for t in c["samples"].texts]
         lengths = torch.cat([c["samples"].lengths for c in chunks])
@@ -217,7 +230,6 @@ class GRPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
             mask=pad_cat([c["mask"] for c in chunks], False),
             old_logps=pad_cat([c["logps"] for c in chunks], 0.0) if self._needs_old_logps() else None,
             ref_logps=pad_cat([c["ref"] for c in chunks], 0.0) if args.beta else None,
-            entropy=pad_cat([c["entropy"] for c in chunks], 0.0),
             texts=texts, lengths=lengths, ended=ended, rewards=rewards,
             per_function={reward_name(f): torch.tensor([math.nan if v is None else float(v) for v in column])
                           for f, column in zip(self.reward_funcs, values)},
@@ -235,7 +247,7 @@ class GRPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
 
         return _Sampled(
             rows=[sampled.rows[i] for i in rows], batch=batch, features=features, mask=sampled.mask[rows],
-            old_logps=pick(sampled.old_logps), ref_logps=pick(sampled.ref_logps), entropy=sampled.entropy[rows],
+            old_logps=pick(sampled.old_logps), ref_logps=pick(sampled.ref_logps),
             texts=[sampled.texts[i] for i in rows], lengths=sampled.lengths[rows], ended=sampled.ended[rows],
             rewards=sampled.rewards[rows], per_function={k: v[rows] for k, v in sampled.per_function.items()},
             costs=pick(sampled.costs),
@@ -273,7 +285,6 @@ class GRPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
             "zero_std_fraction": float(advantage.zero_std_fraction),
             "completion_length": float(sampled.lengths.float().mean()),
             "ended_rate": float(sampled.ended.float().mean()),
-            "entropy": float((sampled.entropy * sampled.mask).sum() / sampled.mask.sum().clamp(min=1)),
             "groups_kept": float(sampled.rewards.numel() // g),
             "groups_drawn": float(drawn_groups),
         }
@@ -307,10 +318,7 @@ class GRPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
                 mask = rollout.mask[rows]
                 adapter.use_adapter(POLICY)
                 adapter.model.train()
-                if self.share_prefix:
-                    logps, _ = group_logprobs(adapter.model, adapter, batch, unit, features)
-                else:
-                    logps, _ = adapter.response_logprobs(batch, features)
+                logps, _, entropy = self._logprobs(batch, features, with_entropy=True)
                 width = logps.shape[1]
                 mask = mask[:, :width]
                 old = rollout.old_logps[rows, :width] if rollout.old_logps is not None else logps.detach()
@@ -324,6 +332,7 @@ class GRPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
                 stats = {"loss": loss.item(), "clip_ratio/low": out.clip_low_fraction.item(),
                          "clip_ratio/high": out.clip_high_fraction.item(),
                          "clip_ratio/region": out.clip_region_fraction.item()}
+                stats["entropy"] = float((entropy * mask).sum() / mask.sum().clamp(min=1))
                 if out.kl is not None:
                     stats["kl"] = float((out.kl * mask).sum() / mask.sum().clamp(min=1))
                 steps += 1
@@ -408,6 +417,13 @@ class GRPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
         self.state.global_step = self.iteration
 
 
+def response_positions(batch: EncodedBatch) -> torch.Tensor:
+    """``(N, R)`` mask of each row's response tokens, right-padded (the layout of response log-probs)."""
+    lengths = batch.response_lengths
+    width = int(lengths.max()) if len(lengths) else 0
+    return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
+
+
 def _merge(parts: list[_Sampled], pad_id: int) -> _Sampled:
     """Kept groups of several sampled batches as one."""
 
@@ -420,7 +436,6 @@ def _merge(parts: list[_Sampled], pad_id: int) -> _Sampled:
         features=concat_features([p.features for p in parts]),
         mask=pad_cat([p.mask for p in parts], False),
         old_logps=cat([p.old_logps for p in parts], 0.0), ref_logps=cat([p.ref_logps for p in parts], 0.0),
-        entropy=pad_cat([p.entropy for p in parts], 0.0),
         texts=[t for p in parts for t in p.texts], lengths=torch.cat([p.lengths for p in parts]),
         ended=torch.cat([p.ended for p in parts]), rewards=torch.cat([p.rewards for p in parts]),
         per_function={k: torch.cat([p.per_function[k] for p in parts]) for k in parts[0].per_function},
