@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,30 @@ from mmalign.training import (
 logger = logging.getLogger(__name__)
 
 LOOP_STATE_FILE = "training_state.pt"
+
+
+@dataclass
+class LagrangeArguments:
+    """The cost constraint's options (Safe RLHF's Lagrange multiplier), mixed into the PPO and
+    GRPO configs; :meth:`check_lagrange` validates them."""
+
+    cost_threshold: float = field(default=0.0, metadata={"help": "Budget d of the constraint E[cost] ≤ d."})
+    lambda_init: float = field(default=1.0, metadata={"help": "Initial multiplier λ."})
+    lambda_lr: float = field(default=0.1, metadata={"help": "SGD learning rate of log λ (0: a fixed λ)."})
+    lambda_max: float | None = field(default=None, metadata={"help": "Upper bound of λ."})
+    lambda_update_delay: int = field(default=0, metadata={"help": "Iterations before λ starts to move."})
+    episode_cost_window: int = field(default=128, metadata={"help": "Answers in the sliding mean cost J_C."})
+
+    def check_lagrange(self, c: Any) -> None:
+        c.number("cost_threshold")
+        c.number("lambda_init", 0, low_open=True)  # λ is learned as log λ
+        c.number("lambda_lr", 0)
+        c.number("lambda_max", 0, low_open=True, optional=True)
+        c.number("lambda_update_delay", 0, integer=True)
+        c.number("episode_cost_window", 1, integer=True)
+        if not c.problems:
+            c.rule(self.lambda_max is None or self.lambda_max >= self.lambda_init, "lambda_max",
+                   f"lambda_max ({self.lambda_max}) must be at least lambda_init ({self.lambda_init})")
 
 
 class OnlineRLMixin:
@@ -103,6 +128,22 @@ class OnlineRLMixin:
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
         return not skipped
+
+    def end_iteration(self, log: dict[str, float], bar: Any, epoch: float, shown: tuple[str, ...]) -> None:
+        """Count the finished iteration, log it every ``logging_steps``, show ``shown`` on the
+        progress bar and checkpoint every ``save_steps``."""
+        args = self.args
+        self.iteration += 1
+        self.state.global_step = self.iteration
+        self.state.epoch = epoch
+        if self.iteration % max(int(args.logging_steps), 1) == 0 or self.iteration == args.max_steps:
+            self.log(dict(log))
+        bar.update(1)
+        bar.set_postfix({k: round(log[k], 3) for k in shown if k in log})
+        if args.save_strategy != "no" and self.iteration % max(int(args.save_steps), 1) == 0:
+            if self.is_world_process_zero():  # the processes hold the same weights and λ
+                self.save_loop_checkpoint()
+            self.accelerator.wait_for_everyone()
 
     def stop_nonfinite(self) -> None:
         """Keep a usable checkpoint (the weights of the last good step), then raise."""

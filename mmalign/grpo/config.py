@@ -9,11 +9,12 @@ from transformers import TrainingArguments
 
 from mmalign.config_io import ConfigError, OptionChecks
 from mmalign.losses.grpo import ADVANTAGE_ESTIMATORS, IMPORTANCE_LEVELS, LOSS_AGGREGATIONS
+from mmalign.online_rl import LagrangeArguments
 from mmalign.training import GuardArguments, ResumeArguments, check_training_arguments
 
 
 @dataclass
-class GRPOConfig(TrainingArguments, GuardArguments, ResumeArguments):
+class GRPOConfig(TrainingArguments, LagrangeArguments, GuardArguments, ResumeArguments):
     """``transformers.TrainingArguments`` plus the group-RL options.
 
     ``max_steps`` counts iterations: each samples ``num_generations`` completions for each of
@@ -66,12 +67,6 @@ class GRPOConfig(TrainingArguments, GuardArguments, ResumeArguments):
     object_vocabulary: str = field(
         default="auto", metadata={"help": "Object words of the grounding rewards: coco, instances (the prompt set's "
                                           "objects), auto (coco if every object is a COCO category)."})
-    cost_threshold: float = field(default=0.0, metadata={"help": "Budget d of E[cost] ≤ d (Safe GRPO)."})
-    lambda_init: float = field(default=1.0, metadata={"help": "Initial multiplier λ."})
-    lambda_lr: float = field(default=0.1, metadata={"help": "SGD learning rate of log λ."})
-    lambda_max: float | None = field(default=None, metadata={"help": "Upper bound of λ."})
-    lambda_update_delay: int = field(default=0, metadata={"help": "Iterations before λ starts to move."})
-    episode_cost_window: int = field(default=128, metadata={"help": "Answers in the sliding mean cost."})
     max_length: int | None = field(default=2048, metadata={"help": "Longest scoring sequence of reward/cost models."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep image and text columns."})
     logging_steps: float = field(default=1, metadata={"help": "Log every N iterations."})
@@ -110,12 +105,7 @@ class GRPOConfig(TrainingArguments, GuardArguments, ResumeArguments):
         c.number("overlong_penalty", 0)
         c.number("length_target_words", 1, integer=True)
         c.choice("object_vocabulary", ("auto", "coco", "instances"))
-        c.number("cost_threshold")
-        c.number("lambda_init", 0, low_open=True)
-        c.number("lambda_lr", 0)
-        c.number("lambda_max", 0, low_open=True, optional=True)
-        c.number("lambda_update_delay", 0, integer=True)
-        c.number("episode_cost_window", 1, integer=True)
+        self.check_lagrange(c)
         c.number("max_length", 1, integer=True, optional=True)
         c.choice("save_strategy", ("steps", "no"))
         c.rule(self.gradient_accumulation_steps == 1, "gradient_accumulation_steps",

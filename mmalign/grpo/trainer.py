@@ -368,16 +368,9 @@ class GRPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
             log.update(self.grpo_update(rollout))
             if self.nonfinite_stop:
                 self.stop_nonfinite()
-            self.iteration += 1
-            self.state.global_step = self.iteration
-            self.state.epoch = self.batches_drawn * args.prompts_per_step / len(self.train_dataset)
-            if self.iteration % max(int(args.logging_steps), 1) == 0 or self.iteration == args.max_steps:
-                self.log(dict(log))
             last = log
-            bar.update(1)
-            bar.set_postfix({k: round(log[k], 3) for k in ("reward", "completion_length", "kl", "lambda") if k in log})
-            if args.save_strategy != "no" and self.iteration % max(int(args.save_steps), 1) == 0:
-                self.save_loop_checkpoint()
+            self.end_iteration(log, bar, self.batches_drawn * args.prompts_per_step / len(self.train_dataset),
+                               ("reward", "completion_length", "kl", "lambda"))
         bar.close()
         return TrainOutput(self.iteration, last.get("loss", 0.0), {k: float(v) for k, v in last.items()})
 

@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from mmalign.config_io import ConfigError, OptionChecks
+from mmalign.online_rl import LagrangeArguments
 from mmalign.ppo.shaping import ShapingConfig
 from mmalign.training import GuardArguments, ResumeArguments, check_training_arguments
 
 
 @dataclass
-class PPOConfig(TrainingArguments, ShapingConfig, GuardArguments, ResumeArguments):
+class PPOConfig(TrainingArguments, LagrangeArguments, ShapingConfig, GuardArguments, ResumeArguments):
     """``transformers.TrainingArguments`` plus RL options.
 
     Fact-RLHF's shaping weights are the fields of :class:`ShapingConfig`, applied with
@@ -55,12 +56,6 @@ class PPOConfig(TrainingArguments, ShapingConfig, GuardArguments, ResumeArgument
     max_length: int | None = field(default=2048, metadata={"help": "Longest scoring sequence of the reward model."})
     shaping: bool = field(default=False, metadata={"help": "Add Fact-RLHF's shaping terms to the reward."})
     # Safe RLHF-V: PPO-Lagrangian
-    cost_threshold: float = field(default=0.0, metadata={"help": "Budget d of the constraint E[cost] ≤ d."})
-    lambda_init: float = field(default=1.0, metadata={"help": "Initial multiplier λ."})
-    lambda_lr: float = field(default=0.1, metadata={"help": "SGD learning rate of log λ."})
-    lambda_max: float | None = field(default=None, metadata={"help": "Upper bound of λ."})
-    lambda_update_delay: int = field(default=0, metadata={"help": "Iterations before λ starts to move."})
-    episode_cost_window: int = field(default=128, metadata={"help": "Responses in the sliding mean cost J_C."})
     unsafe_cost: float = field(default=0.0, metadata={"help": "A response with cost above this is unsafe."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep image and text columns."})
     logging_steps: float = field(default=1, metadata={"help": "Log every N iterations."})
@@ -102,12 +97,7 @@ class PPOConfig(TrainingArguments, ShapingConfig, GuardArguments, ResumeArgument
             c.number(name, 0)  # signed by the term itself; 0 disables it
         c.number("length_coef")
         c.number("length_multiplier")
-        c.number("cost_threshold")
-        c.number("lambda_init", 0, low_open=True)  # λ is learned as log λ
-        c.number("lambda_lr", 0)  # 0: a fixed multiplier
-        c.number("lambda_max", 0, low_open=True, optional=True)
-        c.number("lambda_update_delay", 0, integer=True)
-        c.number("episode_cost_window", 1, integer=True)
+        self.check_lagrange(c)
         c.number("unsafe_cost")
         c.choice("save_strategy", ("steps", "no"))
         c.rule(self.gradient_accumulation_steps == 1, "gradient_accumulation_steps",
@@ -117,8 +107,6 @@ class PPOConfig(TrainingArguments, ShapingConfig, GuardArguments, ResumeArgument
             c.rule(self.rollout_batch_size % self.per_device_train_batch_size == 0, "rollout_batch_size",
                    f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of "
                    f"per_device_train_batch_size ({self.per_device_train_batch_size})")
-            c.rule(self.lambda_max is None or self.lambda_max >= self.lambda_init, "lambda_max",
-                   f"lambda_max ({self.lambda_max}) must be at least lambda_init ({self.lambda_init})")
         c.done()
         super().__post_init__()
         processes = self.world_size * self.per_device_train_batch_size

@@ -334,18 +334,9 @@ class PPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
             if self.nonfinite_stop:
                 self.stop_nonfinite()
             log = self._mean_log(log)
-            self.iteration += 1
-            self.state.global_step = self.iteration
-            self.state.epoch = self.iteration * args.rollout_batch_size / len(self.train_dataset)
-            if self.iteration % max(int(args.logging_steps), 1) == 0 or self.iteration == args.max_steps:
-                self.log(dict(log))
             last = log
-            bar.update(1)
-            bar.set_postfix({k: round(log[k], 3) for k in ("reward", "kl", "cost", "lambda") if k in log})
-            if args.save_strategy != "no" and self.iteration % max(int(args.save_steps), 1) == 0:
-                if self.is_world_process_zero():  # the processes hold the same weights and λ
-                    self.save_loop_checkpoint()
-                self.accelerator.wait_for_everyone()
+            self.end_iteration(log, bar, (self.iteration + 1) * args.rollout_batch_size / len(self.train_dataset),
+                               ("reward", "kl", "cost", "lambda"))
         bar.close()
         return TrainOutput(self.iteration, last.get("loss/policy", 0.0), {k: float(v) for k, v in last.items()})
 

@@ -314,12 +314,13 @@ def run_configuration(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- driver
-def _run_subprocess(spec: dict[str, Any]) -> dict[str, Any]:
+def _run_subprocess(spec: dict[str, Any], module: str = __spec__.name if __spec__ else __name__) -> dict[str, Any]:
+    """Run one configuration in a fresh ``python -m module --worker SPEC`` and read its result line."""
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                TQDM_DISABLE="1", TRANSFORMERS_VERBOSITY="error")
     if spec["threads"]:
         env["OMP_NUM_THREADS"] = str(spec["threads"])
-    proc = subprocess.run([sys.executable, "-m", __spec__.name, "--worker", json.dumps(spec)],
+    proc = subprocess.run([sys.executable, "-m", module, "--worker", json.dumps(spec)],
                           capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:

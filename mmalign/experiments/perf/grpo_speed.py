@@ -25,11 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -40,6 +37,7 @@ from mmalign.experiments.perf.dpo_speed import Shape as DPOShape
 from mmalign.experiments.perf.dpo_speed import (
     _lora_settings,
     _rss_mb,
+    _run_subprocess,
     _trl_lora_config,
     build_checkpoint,
 )
@@ -185,19 +183,6 @@ def run_configuration(spec: dict[str, Any]) -> dict[str, Any]:
             "completion_length": statistics.mean(lengths) if lengths else float("nan")}
 
 
-def _run_subprocess(spec: dict[str, Any]) -> dict[str, Any]:
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TQDM_DISABLE="1", TRANSFORMERS_VERBOSITY="error")
-    if spec["threads"]:
-        env["OMP_NUM_THREADS"] = str(spec["threads"])
-    proc = subprocess.run([sys.executable, "-m", __spec__.name, "--worker", json.dumps(spec)],
-                          capture_output=True, text=True, env=env)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        raise RuntimeError(f"configuration {spec['name']} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
-
-
 def speed_table(rows: list[dict[str, Any]]) -> str:
     base = next(r for r in rows if r["name"] == "trl")
     return format_table(
@@ -233,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 spec = {"name": name, **CONFIGURATIONS[name], "checkpoint": str(checkpoint), "shape": asdict(shape),
                         "steps": args.steps, "warmup": args.warmup, "threads": args.threads}
-                runs[name].append(_run_subprocess(spec))
+                runs[name].append(_run_subprocess(spec, __spec__.name))
                 print(f"{name}: {runs[name][-1]['s_per_step']:.2f} s/step", flush=True)
     rows = [min(r, key=lambda x: abs(x["s_per_step"] - statistics.median(y["s_per_step"] for y in r)))
             for r in runs.values()]
