@@ -73,13 +73,11 @@ class GroupRollout:
 class _Sampled:
     """One sampled batch of groups before advantages."""
 
-    rows: list[dict[str, Any]]  # G rows per prompt, consecutive
     batch: EncodedBatch
     features: dict[str, Any] | None
     mask: torch.Tensor
     old_logps: torch.Tensor | None
     ref_logps: torch.Tensor | None
-    texts: list[str]
     lengths: torch.Tensor
     ended: torch.Tensor
     rewards: torch.Tensor  # (N,) weighted total
@@ -224,13 +222,12 @@ class GRPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
             costs = weighted_rewards(self._score(self.cost_funcs, rows, texts, lengths, ended),
                                      [1.0] * len(self.cost_funcs))
         return _Sampled(
-            rows=rows,
             batch=concat_batches([c["batch"] for c in chunks], adapter.tokenizer.pad_token_id),
             features=concat_features([c["features"] for c in chunks]),
             mask=pad_cat([c["mask"] for c in chunks], False),
             old_logps=pad_cat([c["logps"] for c in chunks], 0.0) if self._needs_old_logps() else None,
             ref_logps=pad_cat([c["ref"] for c in chunks], 0.0) if args.beta else None,
-            texts=texts, lengths=lengths, ended=ended, rewards=rewards,
+            lengths=lengths, ended=ended, rewards=rewards,
             per_function={reward_name(f): torch.tensor([math.nan if v is None else float(v) for v in column])
                           for f, column in zip(self.reward_funcs, values)},
             costs=costs,
@@ -246,9 +243,9 @@ class GRPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
             return None if x is None else x[rows]
 
         return _Sampled(
-            rows=[sampled.rows[i] for i in rows], batch=batch, features=features, mask=sampled.mask[rows],
+            batch=batch, features=features, mask=sampled.mask[rows],
             old_logps=pick(sampled.old_logps), ref_logps=pick(sampled.ref_logps),
-            texts=[sampled.texts[i] for i in rows], lengths=sampled.lengths[rows], ended=sampled.ended[rows],
+            lengths=sampled.lengths[rows], ended=sampled.ended[rows],
             rewards=sampled.rewards[rows], per_function={k: v[rows] for k, v in sampled.per_function.items()},
             costs=pick(sampled.costs),
         )
@@ -424,12 +421,11 @@ def _merge(parts: list[_Sampled], pad_id: int) -> _Sampled:
         return None if xs[0] is None else pad_cat(xs, pad)
 
     return _Sampled(
-        rows=[r for p in parts for r in p.rows],
         batch=concat_batches([p.batch for p in parts], pad_id),
         features=concat_features([p.features for p in parts]),
         mask=pad_cat([p.mask for p in parts], False),
         old_logps=cat([p.old_logps for p in parts], 0.0), ref_logps=cat([p.ref_logps for p in parts], 0.0),
-        texts=[t for p in parts for t in p.texts], lengths=torch.cat([p.lengths for p in parts]),
+        lengths=torch.cat([p.lengths for p in parts]),
         ended=torch.cat([p.ended for p in parts]), rewards=torch.cat([p.rewards for p in parts]),
         per_function={k: torch.cat([p.per_function[k] for p in parts]) for k in parts[0].per_function},
         costs=None if parts[0].costs is None else torch.cat([p.costs for p in parts]),
