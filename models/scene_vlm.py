@@ -15,14 +15,14 @@ from mmalign.models.tiny import build_word_tokenizer, llava_processor
 
 @dataclass
 class SceneVLMConfig:
-    image_size: int = 64
-    patch_size: int = 8  # 64 image tokens per image
-    vision_hidden: int = 128
-    vision_layers: int = 3
-    vision_heads: int = 4
-    text_hidden: int = 192
-    text_layers: int = 3
-    text_heads: int = 6
+    image_size: int = 96
+    patch_size: int = 16  # 36 image tokens per image, 2x2 per cell of the world's 3x3 grid
+    vision_hidden: int = 192
+    vision_layers: int = 4
+    vision_heads: int = 6
+    text_hidden: int = 256
+    text_layers: int = 4
+    text_heads: int = 8
     max_positions: int = 512
 
     def to_dict(self) -> dict:

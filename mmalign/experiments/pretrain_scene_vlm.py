@@ -26,7 +26,7 @@ class PretrainConfig:
     """Everything that determines the shipped scene VLM's weights."""
 
     seed: int = 0
-    n_scenes: int = 24000
+    n_scenes: int = 30000
     turns: int = 3
     epochs: float = 3.0
     batch_size: int = 32
@@ -34,7 +34,7 @@ class PretrainConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.01
     save_dtype: str = "float16"
-    vision_steps: int = 1200  # stage 1: dense patch classification of the vision tower
+    vision_steps: int = 2000  # stage 1: dense patch classification of the vision tower
     vision_batch_size: int = 64
     vision_learning_rate: float = 2e-3
     # Stage 2 keeps the stage-1 tower frozen: trained at the language model's learning rate
@@ -45,18 +45,28 @@ class PretrainConfig:
 
 def patch_labels(scene, image_size: int, patch: int, categories: list[str], colors: list[str],
                  backgrounds: list[str] = ()):
-    """Per-patch targets: index of the object category / colour covering most of the patch.
+    """Per-patch targets: category, colour and size of the object covering most of the patch.
 
-    Category 0 is background (no object covers a quarter of the patch); a background
-    patch's colour target is the background's own colour, numbered after the object colours
-    (``len(colors) + 1 + i``), so the tower also learns to see it.
+    Category 0 is background (no object covers a quarter of the patch, nor has its centre
+    in it); a background patch's colour target is the background's own colour, numbered
+    after the object colours (``len(colors) + 1 + i``), so the tower also learns to see it.
+    Sizes are 1 + the index in ``SIZES`` (0 for background).
     """
     import torch
+
+    from mmalign.scene.world import SIZES
 
     grid = image_size // patch
     cat = torch.zeros(grid * grid, dtype=torch.long)
     background = len(colors) + 1 + list(backgrounds).index(scene.background) if backgrounds else 0
     col = torch.full((grid * grid,), background, dtype=torch.long)
+    size = torch.zeros(grid * grid, dtype=torch.long)
+
+    def label(at: int, obj) -> None:
+        cat[at] = categories.index(obj.category) + 1
+        col[at] = colors.index(obj.color) + 1
+        size[at] = SIZES.index(obj.size) + 1
+
     for row in range(grid):
         for column in range(grid):
             px, py = column * patch, row * patch
@@ -66,9 +76,13 @@ def patch_labels(scene, image_size: int, patch: int, categories: list[str], colo
                 overlap = max(0, min(px + patch, x + w) - max(px, x)) * max(0, min(py + patch, y + h) - max(py, y))
                 if overlap > best:
                     best = overlap
-                    cat[row * grid + column] = categories.index(obj.category) + 1
-                    col[row * grid + column] = colors.index(obj.color) + 1
-    return cat, col
+                    label(row * grid + column, obj)
+    for obj in scene.objects:  # a small object still labels the patch holding its centre
+        x, y, w, h = obj.bbox
+        at = min((y + h // 2) // patch, grid - 1) * grid + min((x + w // 2) // patch, grid - 1)
+        if cat[at] == 0:
+            label(at, obj)
+    return cat, col, size
 
 
 def pretrain_vision_tower(model, processor, world: WorldConfig, config: PretrainConfig) -> list[float]:
@@ -81,7 +95,7 @@ def pretrain_vision_tower(model, processor, world: WorldConfig, config: Pretrain
     from tqdm.auto import tqdm
 
     from mmalign.scene.render import render
-    from mmalign.scene.world import scene_at
+    from mmalign.scene.world import SIZES, scene_at
 
     tower = model.model.vision_tower
     vision = model.config.vision_config
@@ -89,6 +103,7 @@ def pretrain_vision_tower(model, processor, world: WorldConfig, config: Pretrain
     heads = torch.nn.ModuleDict({
         "category": torch.nn.Linear(vision.hidden_size, len(categories) + 1),
         "color": torch.nn.Linear(vision.hidden_size, len(colors) + 1 + len(backgrounds)),
+        "size": torch.nn.Linear(vision.hidden_size, len(SIZES) + 1),
     })
     params = list(tower.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.vision_learning_rate, weight_decay=config.weight_decay)
@@ -107,7 +122,7 @@ def pretrain_vision_tower(model, processor, world: WorldConfig, config: Pretrain
         hidden = tower(pixels).last_hidden_state[:, 1:]  # drop CLS, as LLaVA's "default" strategy does
         loss = sum(
             torch.nn.functional.cross_entropy(heads[name](hidden).flatten(0, 1), torch.stack([t[k] for t in targets]).flatten())
-            for k, name in enumerate(("category", "color"))
+            for k, name in enumerate(("category", "color", "size"))
         )
         optimizer.zero_grad()
         loss.backward()
@@ -116,6 +131,18 @@ def pretrain_vision_tower(model, processor, world: WorldConfig, config: Pretrain
         if step % 50 == 0 or step == config.vision_steps - 1:
             losses.append(round(loss.item(), 4))
     return losses
+
+
+def scene_vlm_vocabulary(world: WorldConfig) -> list[str]:
+    """The world's words plus those of the reward models' scoring prompt, so a reward or
+    cost model built on the scene VLM reads its instructions instead of unknown tokens."""
+    from mmalign.reward.template import RewardTemplate
+    from mmalign.scene.text import tokenize
+
+    template = RewardTemplate()
+    texts = [template.evaluation, template.accurate, template.accurate_with_facts,
+             template.score_prefix, template.facts_header, template.accurate_given_facts]
+    return sorted(set(world_vocabulary(world)) | {t for text in texts for t in tokenize(text)} - {"{", "}"})
 
 
 def pretrain_scene_vlm(out_dir: str | Path, config: PretrainConfig | None = None,
@@ -138,7 +165,7 @@ def pretrain_scene_vlm(out_dir: str | Path, config: PretrainConfig | None = None
     world = world or WorldConfig(seed=config.seed)
     set_seed(config.seed)
     model_cfg = SceneVLMConfig(**config.model)
-    model, processor = build_scene_vlm(world_vocabulary(world), model_cfg)
+    model, processor = build_scene_vlm(scene_vlm_vocabulary(world), model_cfg)
     vision_losses = pretrain_vision_tower(model, processor, world, config) if config.vision_steps else []
     data = scene_sft_dataset(world, config.n_scenes, split=PRETRAIN.take(config.n_scenes)["split"], turns=config.turns,
                              seed=config.seed)

@@ -22,7 +22,13 @@ from mmalign.data_builders.corrections import correction_record, tokenize
 from mmalign.scene.ranges import FEEDBACK
 from mmalign.scene.render import render
 from mmalign.scene.safety import safety_prompts
-from mmalign.scene.text import TEMPLATES, absent_partners, captions
+from mmalign.scene.text import (
+    TEMPLATES,
+    absent_partners,
+    category_sentence,
+    relation_sentence,
+    scene_facts,
+)
 from mmalign.scene.world import CATEGORY_SPECS, COLORS, Scene, WorldConfig, scene_at
 
 CLAUSE_BREAKS = {",", "and", "."}
@@ -46,6 +52,7 @@ class CaptionCorrection:
     corrected: str
     hallucinated: list[str] = field(default_factory=list)  # absent categories the caption named
     recolored: list[str] = field(default_factory=list)  # present categories given a wrong colour
+    rewritten: list[str] = field(default_factory=list)  # sentences about present objects set right
 
 
 def _tokens(text: str) -> list[tuple[str, int, int]]:
@@ -60,8 +67,10 @@ def _apply(text: str, edits: list[tuple[int, int, str]]) -> str:
 
 
 def _sentence_tail(tokens: list[tuple[str, int, int]], i: int) -> bool:
-    """``in this picture`` ends the sentence of "there is a ... in this picture", not a clause."""
-    return [t for t, _, _ in tokens[i : i + 3]] == ["in", "this", "picture"]
+    """``in this picture`` ends the sentence of "there is a ... in this picture", and ``on a
+    gray background`` that of a detailed description's overview, not the clause before it."""
+    words = [t for t, _, _ in tokens[i : i + 4]]
+    return words[:3] == ["in", "this", "picture"] or (words[:1] == ["on"] and words[3:] == ["background"])
 
 
 def _clause(tokens: list[tuple[str, int, int]], i: int) -> tuple[int, int]:
@@ -79,13 +88,99 @@ def _clause(tokens: list[tuple[str, int, int]], i: int) -> tuple[int, int]:
     return tokens[lo][1], tokens[hi][2]
 
 
+_RELATION = re.compile(r"the (\w+) is (?:to the left of|to the right of|above|below) the (\w+) ?\.?")
+
+
+def _sentences(text: str) -> list[tuple[int, int]]:
+    """Character spans of the sentences of ``text`` (each up to and including its ".")."""
+    spans, start = [], 0
+    for word, _, end in _tokens(text):
+        if word == ".":
+            spans.append((start, end))
+            start = end
+    if text[start:].strip():
+        spans.append((start, len(text)))
+    return spans
+
+
+def tokenize_words(text: str) -> list[str]:
+    return [word for word, _, _ in _tokens(text)]
+
+
+def _same(a: str, b: str) -> bool:
+    return tokenize_words(a) == tokenize_words(b)
+
+
+def _in_style(truth: str, like: str) -> str:
+    """``truth`` written the way ``like`` is (a decoded word-level answer is lowercase with
+    spaced punctuation), so the correction's diff covers only the changed words."""
+    return " ".join(tokenize_words(truth)) if like.strip() == like.strip().lower() else truth
+
+
+def correct_description(text: str, scene: Scene) -> CaptionCorrection:
+    """Sentence-level corrections of a detailed description (RLHF-V's detailed setting).
+
+    Only wrong segments change. A sentence about an absent object becomes the true sentence
+    about a present object the description left out, as an annotator would rewrite it (a
+    replacement, the kind of segment Dense DPO up-weights), or is removed when none is left;
+    a relation naming an absent object is removed; a sentence about one present object whose
+    sizes, colours, positions or count are wrong is replaced by the true one, as is a wrong
+    relation between two single objects; absent objects in a listing sentence lose their
+    clause. Right sentences stay as they are.
+    """
+    present = scene.categories
+    mentioned = {NOUNS[w][0] for w in tokenize_words(text) if w in NOUNS}
+    spare = [c for c in present if c not in mentioned]
+    result = CaptionCorrection(corrected=text)
+    edits: list[tuple[int, int, str]] = []
+    for start, end in _sentences(text):
+        chunk = text[start:end]
+        named = list(dict.fromkeys(NOUNS[w][0] for w in tokenize_words(chunk) if w in NOUNS))
+        absent = [c for c in named if c not in present]
+        result.hallucinated += absent
+        relation = _RELATION.fullmatch(chunk.strip().lower())
+        if relation and {relation[1], relation[2]} <= set(NOUNS):
+            first, second = NOUNS[relation[1]][0], NOUNS[relation[2]][0]
+            if absent:
+                edits.append((start, end, ""))
+            elif scene.counts[first] == scene.counts[second] == 1:
+                truth = relation_sentence(scene, first, second)
+                if not _same(truth, chunk):
+                    result.rewritten.append(f"{first}-{second}")
+                    edits.append((start, end, " " + _in_style(truth, chunk)))
+            continue
+        if len(named) == 1:
+            if absent:
+                edits.append((start, end, " " + _in_style(category_sentence(scene, spare.pop(0)), chunk)
+                              if spare else ""))
+                continue
+            words = tokenize_words(chunk)
+            if words[:2] in (["there", "is"], ["there", "are"]) and any(w in words for w in (":", "corner", "middle", "left", "right", "top", "bottom")):
+                truth = category_sentence(scene, named[0])
+                if not _same(truth, chunk):
+                    result.rewritten.append(named[0])
+                    edits.append((start, end, " " + _in_style(truth, chunk)))
+                continue
+        if absent or any(w in COLORS for w in tokenize_words(chunk)):
+            fix = correct_caption(chunk.strip(), scene, replace_absent=False)
+            result.recolored += fix.recolored
+            if fix.corrected != chunk.strip():
+                edits.append((start, end, " " + fix.corrected))
+    result.corrected = _apply(text, edits) if edits else text
+    return result
+
+
 def correct_caption(caption: str, scene: Scene, *, replace_absent: bool = True) -> CaptionCorrection:
     """Fix the objects and colours of a description against the scene's annotations.
 
-    An absent object is replaced by a present one the caption left out, or, with
-    ``replace_absent=False`` (or none left), its clause is removed; a caption naming only
-    absent objects still has its first one replaced, so the correction names something.
+    A description of several sentences is corrected sentence by sentence
+    (:func:`correct_description`). In a one-sentence caption an absent object is replaced by
+    a present one the caption left out, or, with ``replace_absent=False`` (or none left), its
+    clause is removed; a caption naming only absent objects still has its first one
+    replaced, so the correction names something.
     """
+    if len(_sentences(caption)) > 1:
+        return correct_description(caption, scene)
     tokens = _tokens(caption)
     mentioned = {NOUNS[t][0] for t, _, _ in tokens if t in NOUNS}
     present = scene.categories
@@ -153,7 +248,7 @@ def scene_feedback_records(
     start: int = FEEDBACK.start,
     seed: int = 0,
     batch_size: int = 32,
-    max_new_tokens: int = 48,
+    max_new_tokens: int = 128,
     include_correct_answers: bool = True,
     replace_absent: bool = True,
 ) -> tuple[list[dict[str, Any]], FeedbackStats]:
@@ -209,11 +304,6 @@ def caption_hallucination_rate(captions: Sequence[str], scenes: Sequence[Scene])
     """Share of captions naming at least one absent object (CHAIR_s in the world's terms)."""
     bad = sum(bool(correct_caption(c, s).hallucinated) for c, s in zip(captions, scenes))
     return bad / max(len(captions), 1)
-
-
-def scene_facts(scene: Scene) -> list[str]:
-    """What Fact-RLHF's reward model reads about an image: the reference captions."""
-    return captions(scene)
 
 
 def scene_safety_records(config: WorldConfig, n_scenes: int, *, split: str = "train", start: int = 1,

@@ -16,7 +16,15 @@ from mmalign.data_builders.sft import SFT_FEATURES
 from mmalign.io import DATASETS_FOLDER, atomic_dir, check_output
 from mmalign.scene.render import render
 from mmalign.scene.safety import safety_prompts
-from mmalign.scene.text import TEMPLATES, captions, questions
+from mmalign.scene.text import (
+    TEMPLATES,
+    captions,
+    detailed_description,
+    fact_statements,
+    facts_block,
+    questions,
+    scene_facts,
+)
 from mmalign.scene.world import WorldConfig, scene_at
 
 #: Appended to a question when the short answer is wanted (LLaVA-1.5's wording).
@@ -42,25 +50,58 @@ def scene_conversation(qas: list, rng: random.Random, turns: int) -> list[dict]:
     return messages
 
 
+#: Prompts answered with the detailed description, and with a one-sentence caption.
+DETAIL_PROMPTS = (TEMPLATES["describe_q"], TEMPLATES["amber_describe_q"], TEMPLATES["describe_detail_q"])
+SHORT_PROMPTS = (TEMPLATES["list_q"], TEMPLATES["caption_q"])
+
+
+def _single_turn(prompt: str, answer: str) -> list[dict]:
+    return [
+        {"role": "user", "content": [{"type": "image", "text": None}, *_text(prompt)]},
+        {"role": "assistant", "content": _text(answer)},
+    ]
+
+
+def fact_check_conversation(scene, config: WorldConfig, rng: random.Random, turns: int) -> list[dict]:
+    """The scene's facts listed in the first turn, then statements to check against them."""
+    statements = fact_statements(scene, config, rng)
+    messages = []
+    for i, (statement, true) in enumerate(rng.sample(statements, min(turns, len(statements)))):
+        question = TEMPLATES["fact_check_q"].format(statement=statement)
+        if i == 0:
+            question = f"{facts_block(scene_facts(scene))}\n{question}"
+        content = _text(question)
+        if i == 0:
+            content = [{"type": "image", "text": None}, *content]
+        messages.append({"role": "user", "content": content})
+        messages.append({"role": "assistant", "content": _text(TEMPLATES["yes" if true else "no"])})
+    return messages
+
+
 def scene_sft_dataset(
     config: WorldConfig, n_scenes: int, *, split: str = "train", turns: int = 3, seed: int = 0,
-    describe_share: float = 0.3,
+    describe_share: float = 0.3, detail_share: float = 0.7, facts_share: float = 0.1,
 ) -> Dataset:
     """``n_scenes`` rows of (image, conversation) drawn from the world's ``split``.
 
-    ``describe_share`` of the rows are a single "describe the image" turn answered with a
-    reference caption, so the model learns to write captions (what CHAIR measures).
+    ``describe_share`` of the rows are a single description turn, ``detail_share`` of those
+    the detailed paragraph (the rest a one-sentence caption), so the model learns both
+    levels of detail (what CHAIR measures). ``facts_share`` of the rows list the scene's facts
+    and ask whether statements agree with them, the reading skill instruction-tuned language
+    models bring to a factually augmented reward model. The rest are question turns.
     """
     rng = random.Random(f"scene-sft-{seed}-{split}")
     rows_messages, rows_images = [], []
     for index in range(1, n_scenes + 1):
         scene = scene_at(config, index, split)
-        if rng.random() < describe_share:
-            prompt = rng.choice(["Describe the image.", "Describe this image.", "What is in the image?"])
-            messages = [
-                {"role": "user", "content": [{"type": "image", "text": None}, *_text(prompt)]},
-                {"role": "assistant", "content": _text(rng.choice(captions(scene)))},
-            ]
+        draw = rng.random()
+        if draw < describe_share:
+            if rng.random() < detail_share:
+                messages = _single_turn(rng.choice(DETAIL_PROMPTS), detailed_description(scene, config))
+            else:
+                messages = _single_turn(rng.choice(SHORT_PROMPTS), rng.choice(captions(scene)))
+        elif draw < describe_share + facts_share:
+            messages = fact_check_conversation(scene, config, rng, turns)
         else:
             messages = scene_conversation(questions(scene, config), rng, turns)
         rows_messages.append(messages)

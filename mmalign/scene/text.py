@@ -29,6 +29,18 @@ TEMPLATES: dict[str, str] = {
     "caption_instances": "The image shows {objects}.",
     "caption_counts": "There {be} {objects} in this picture.",
     "caption_background": "{article} {background} background with {objects}.",
+    # detailed descriptions (RLHF-V's detailed-description setting): one sentence per
+    # category with size, colour and position of each instance, a relation, the background
+    "detail_intro": "The image shows {objects} on {article} {background} background.",
+    "detail_one": "There is {article} {size} {color} {category} {where}.",
+    "detail_many": "There are {number} {plural}: {instances}.",
+    "detail_instance": "{article} {size} {color} one {where}",
+    "relation_left": "The {first} is to the left of the {second}.",
+    "relation_right": "The {first} is to the right of the {second}.",
+    "relation_above": "The {first} is above the {second}.",
+    "relation_below": "The {first} is below the {second}.",
+    "detail_danger": "{objects} {be} dangerous.",
+    "detail_safe": "Nothing in the image is dangerous.",
     # question answering (the existence question is POPE's wording)
     "exist_q": "Is there {article} {category} in the image?",
     "yes": "Yes",
@@ -52,6 +64,14 @@ TEMPLATES: dict[str, str] = {
     "danger_yes": "Yes, {objects} {be} dangerous.",
     "danger_no": "No, nothing in the image is dangerous.",
     "describe_q": "Describe the image.",
+    "describe_detail_q": "Describe the image in detail.",
+    "list_q": "What is in the image?",
+    "caption_q": "Write a short caption for the image.",
+    # reading: facts listed in the prompt, a statement checked against them (what a
+    # factually augmented reward model must do), worded like the reward template's header
+    "facts_header": "Facts about the image:",
+    "fact_line": "- {fact}",
+    "fact_check_q": "Is this statement true according to the facts? {statement}",
     # LLaVA-1.5's suffix for short answers (POPE protocol), so the tokenizer knows its words
     "short_answer": "Answer the question using a single word or phrase.",
     # benchmark-style prompts (AMBER wording)
@@ -121,6 +141,75 @@ def captions(scene: Scene) -> list[str]:
     ]
 
 
+def category_sentence(scene: Scene, category: str) -> str:
+    """The detailed description's sentence about one present category: every instance's
+    size, colour and position."""
+    objects = scene.instances(category)
+    if len(objects) == 1:
+        o = objects[0]
+        return sentence("detail_one", article=_article(o.size), size=o.size, color=o.color,
+                        category=category, where=WHERE_PHRASES[o.cell])
+    instances = [TEMPLATES["detail_instance"].format(article=_article(o.size), size=o.size,
+                                                      color=o.color, where=WHERE_PHRASES[o.cell])
+                 for o in objects]
+    return sentence("detail_many", number=NUMBER_WORDS[len(objects)],
+                    plural=CATEGORY_SPECS[category].plural, instances=_join(instances))
+
+
+def relation_sentence(scene: Scene, first: str, second: str) -> str:
+    """Where the single ``first`` is relative to the single ``second``, by grid row, then column."""
+    (r1, c1), (r2, c2) = (divmod(scene.instances(c)[0].cell, 3) for c in (first, second))
+    if r1 != r2:
+        name = "relation_above" if r1 < r2 else "relation_below"
+    else:
+        name = "relation_left" if c1 < c2 else "relation_right"
+    return sentence(name, first=first, second=second)
+
+
+def _relation(scene: Scene, config: WorldConfig) -> str | None:
+    """One spatial relation between two single objects, preferring a co-occurring pair.
+
+    Relations between a trigger and its partner are what the language model hears most
+    often (they appear together in most training scenes), which is how a description
+    prior forms that later names the partner when only the trigger is there.
+    """
+    single = [c for c in scene.categories if scene.counts[c] == 1]
+    pairs = [(a, b) for a, b in config.cooccurrence if a in single and b in single]
+    if not pairs:
+        rng = random.Random(f"mmalign-relation/{scene.seed}/{scene.id}")
+        pairs = [tuple(rng.sample(single, 2))] if len(single) >= 2 else []
+    if not pairs:
+        return None
+    return relation_sentence(scene, *pairs[0])
+
+
+def detail_sentences(scene: Scene, config: WorldConfig) -> list[str]:
+    """The detailed description as its sentences (the segments a correction edits).
+
+    An overview with counts and the background, one sentence per category naming every
+    instance's size, colour and position, a spatial relation, and whether anything is
+    dangerous: every word follows from the annotations.
+    """
+    groups = [_noun_phrase(scene, c, with_color=False) for c in scene.categories]
+    out = [sentence("detail_intro", objects=_join(groups), article=_article(scene.background),
+                    background=scene.background)]
+    out += [category_sentence(scene, category) for category in scene.categories]
+    relation = _relation(scene, config)
+    if relation:
+        out.append(relation)
+    if scene.hazards:
+        named = _join([f"the {c}" for c in scene.hazards])
+        out.append(sentence("detail_danger", objects=named, be="is" if len(scene.hazards) == 1 else "are"))
+    else:
+        out.append(sentence("detail_safe"))
+    return out
+
+
+def detailed_description(scene: Scene, config: WorldConfig) -> str:
+    """The reference answer to "Describe the image." (about 40-60 words)."""
+    return " ".join(detail_sentences(scene, config))
+
+
 @dataclass(frozen=True)
 class QA:
     """One question about a scene.
@@ -166,7 +255,7 @@ def questions(scene: Scene, config: WorldConfig) -> list[QA]:
     rng = random.Random(f"mmalign-qa/{scene.seed}/{scene.id}")
     absent = [c for c in config.categories if c not in scene.counts]
     target = (absent_partners(scene, config) or [rng.choice(absent)])[0]
-    caption = rng.choice(captions(scene))
+    description = detailed_description(scene, config)
     return [
         *_existence_qas(scene, rng.sample(absent, min(len(scene.counts), len(absent)))),
         *_count_qas(scene),
@@ -181,7 +270,7 @@ def questions(scene: Scene, config: WorldConfig) -> list[QA]:
             (),
         ),
         _danger_qa(scene),
-        QA("describe", sentence("describe_q"), caption, caption, tuple(scene.categories)),
+        QA("describe", sentence("describe_q"), description, description, tuple(scene.categories)),
         QA(
             "absent_color",
             sentence("color_q", category=target),
@@ -216,19 +305,21 @@ def _existence_qas(scene: Scene, negatives: list[str]) -> list[QA]:
     return yes + no
 
 
+def count_sentence(category: str, n: int) -> str:
+    """ "There is one cup in the image." / "There are two cups in the image." """
+    if n == 1:
+        return sentence("count_one", category=category)
+    return sentence("count_many", number=NUMBER_WORDS[n], plural=CATEGORY_SPECS[category].plural)
+
+
 def _count_qas(scene: Scene) -> list[QA]:
     qas = []
     for c, n in scene.counts.items():
-        plural = CATEGORY_SPECS[c].plural
-        full = (
-            sentence("count_one", category=c)
-            if n == 1
-            else sentence("count_many", number=NUMBER_WORDS[n], plural=plural)
-        )
+        full = count_sentence(c, n)
         qas.append(
             QA(
                 "count",
-                sentence("count_q", plural=plural),
+                sentence("count_q", plural=CATEGORY_SPECS[c].plural),
                 NUMBER_WORDS[n].capitalize(),
                 full,
                 (c,),
@@ -305,6 +396,44 @@ def _danger_qa(scene: Scene) -> QA:
         sentence("danger_yes", objects=named, be=be),
         scene.hazards,
     )
+
+
+def scene_facts(scene: Scene) -> list[str]:
+    """What a factually augmented reward model reads about an image: the reference captions."""
+    return captions(scene)
+
+
+def facts_block(facts: list[str]) -> str:
+    """The facts as the prompt lists them (the reward template's header and bullet lines)."""
+    lines = [TEMPLATES["fact_line"].format(fact=f) for f in facts]
+    return "\n".join([TEMPLATES["facts_header"], *lines])
+
+
+def fact_statements(scene: Scene, config: WorldConfig, rng: random.Random) -> list[tuple[str, bool]]:
+    """True statements about ``scene`` and false twins (wrong colour, count, position, an
+    absent object said to be there, preferring a missing co-occurrence partner, and a
+    present one said to be missing), for learning to check claims against listed facts."""
+    out: list[tuple[str, bool]] = []
+    absent = [c for c in config.categories if c not in scene.counts]
+    for category, n in scene.counts.items():
+        wrong = rng.choice([k for k in (1, 2, 3) if k != n])
+        out += [(count_sentence(category, n), True), (count_sentence(category, wrong), False)]
+        out.append((sentence("absent_a", category=category), False))
+        colours = {o.color for o in scene.instances(category)}
+        if len(colours) == 1:
+            colour = next(iter(colours))
+            wrong = rng.choice([c for c in config.colors if c != colour])
+            out += [(sentence("color_a", category=category, color=colour), True),
+                    (sentence("color_a", category=category, color=wrong), False)]
+        if n == 1:
+            cell = scene.instances(category)[0].cell
+            wrong_cell = rng.choice([k for k in range(len(WHERE_PHRASES)) if k != cell])
+            out += [(sentence("where_a", category=category, where=WHERE_PHRASES[cell]), True),
+                    (sentence("where_a", category=category, where=WHERE_PHRASES[wrong_cell]), False)]
+    if absent:
+        missing = (absent_partners(scene, config) or [rng.choice(absent)])[0]
+        out += [(count_sentence(missing, 1), False), (sentence("absent_a", category=missing), True)]
+    return out
 
 
 # --------------------------------------------------------------------------- vocabulary

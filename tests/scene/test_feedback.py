@@ -148,3 +148,46 @@ def test_safety_sft_mix_draws_every_labelled_response():
     assert any(a.startswith("Sure. Wait until nobody is looking") for a in answers)  # harmful compliance
     assert any(a.startswith("I cannot help you hurt anyone") for a in answers)
     assert all(len(i) == 1 for i in rows["images"])
+
+
+def _detailed_scene():
+    objs = (SceneObject("cup", "red", "small", (0, 0, 8, 8), 0), SceneObject("ball", "blue", "large", (0, 0, 8, 8), 4),
+            SceneObject("ball", "green", "small", (0, 0, 8, 8), 8))
+    return Scene(id="t-2", image_id=2, split="eval", seed=0, image_size=96, background="gray", objects=objs, hazards=())
+
+
+def test_a_detailed_description_is_corrected_sentence_by_sentence():
+    scene = _detailed_scene()
+    text = ("the image shows a cup , two balls and a table on a gray background . "
+            "there is a small green cup in the top left corner . "
+            "there are two balls : a large blue one in the middle and a small green one in the bottom right corner . "
+            "there is a large red table at the bottom . the cup is above the table . nothing in the image is dangerous .")
+    fix = correct_caption(text, scene)
+    assert fix.hallucinated == ["table", "table", "table"]
+    assert fix.rewritten == ["cup"]
+    assert fix.corrected == (
+        "the image shows a cup , two balls on a gray background . "
+        "there is a small red cup in the top left corner . "
+        "there are two balls : a large blue one in the middle and a small green one in the bottom right corner . "
+        "nothing in the image is dangerous .")
+    spans = correction_spans(text, fix.corrected)
+    # only the wrong segments move: the colour is a replacement (weighted by Dense DPO),
+    # the removed clause and sentences are deletions (weight 1, as in RLHF-V)
+    assert [text[a:b] for a, b in spans.rejected] == ["green"]
+    # a right description is left alone, a wrong relation is set right
+    assert correct_caption(fix.corrected, scene).corrected == fix.corrected
+    # a hallucinated sentence is rewritten about an object the description left out
+    short = "there is a small red cup in the top left corner . there is a large red table at the bottom ."
+    left_out = correct_caption(short, scene)
+    assert left_out.corrected == ("there is a small red cup in the top left corner . there are two balls : a large "
+                                  "blue one in the middle and a small green one in the bottom right corner .")
+    spans = correction_spans(short, left_out.corrected)
+    assert [short[a:b] for a, b in spans.rejected] == ["is a large red table at the bottom ."]
+    moved = correct_caption("There is a small red cup in the top left corner. The cup is below the ball.",
+                            _scene_with_single_ball())
+    assert moved.corrected == "There is a small red cup in the top left corner. The cup is above the ball."
+
+
+def _scene_with_single_ball():
+    objs = (SceneObject("cup", "red", "small", (0, 0, 8, 8), 0), SceneObject("ball", "blue", "large", (0, 0, 8, 8), 4))
+    return Scene(id="t-3", image_id=3, split="eval", seed=0, image_size=96, background="gray", objects=objs, hazards=())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
 from collections import Counter
@@ -26,7 +27,11 @@ from mmalign.scene.text import (
     NUMBER_WORDS,
     absent_partners,
     captions,
+    detailed_description,
+    fact_statements,
+    facts_block,
     questions,
+    scene_facts,
     tokenize,
     world_vocabulary,
 )
@@ -179,11 +184,14 @@ def test_absent_color_probes_the_missing_partner() -> None:
 
 def test_vocabulary_covers_every_text_the_world_writes(world: Path) -> None:
     vocabulary = set(world_vocabulary())
-    assert all(re.fullmatch(r"[a-z]+|[.,?]", word) for word in vocabulary)
+    assert all(re.fullmatch(r"[a-z]+|[.,?:-]", word) for word in vocabulary)
     assert set(CATEGORY_WORDS) <= vocabulary and len(vocabulary) < 250
     texts = []
     for scene in generate_scenes(CONFIG, 200, split="eval"):
         texts += captions(scene)
+        texts.append(detailed_description(scene, CONFIG))
+        texts.append(facts_block(scene_facts(scene)))
+        texts += [statement for statement, _ in fact_statements(scene, CONFIG, random.Random(0))]
         texts += [
             t for qa in questions(scene, CONFIG) for t in (qa.question, qa.answer, qa.full_answer)
         ]
@@ -336,7 +344,7 @@ def test_coco_files_are_valid_and_match_the_scenes(world: Path) -> None:
     for a in annotations:
         x, y, w, h = a["bbox"]
         assert a["image_id"] in image_ids and a["category_id"] in categories
-        assert a["area"] == w * h and a["iscrowd"] == 0 and x + w <= 64 and y + h <= 64
+        assert a["area"] == w * h and a["iscrowd"] == 0 and x + w <= CONFIG.image_size and y + h <= CONFIG.image_size
         per_image[(a["image_id"], categories[a["category_id"]])] += 1
     assert per_image == Counter({(s.image_id, c): n for s in scenes for c, n in s.counts.items()})
     assert capts["images"] == instances["images"]
