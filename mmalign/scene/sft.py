@@ -20,6 +20,7 @@ from mmalign.scene.text import (
     TEMPLATES,
     captions,
     detailed_description,
+    existence_qas,
     fact_statements,
     facts_block,
     questions,
@@ -78,9 +79,32 @@ def fact_check_conversation(scene, config: WorldConfig, rng: random.Random, turn
     return messages
 
 
+def existence_drill(scene, config: WorldConfig, rng: random.Random, turns: int) -> list[dict]:
+    """Existence questions only, half about present objects and half about absent ones, in
+    random order, mostly with POPE's short answer: the question-to-image matching that
+    descriptions alone do not teach (a model can describe well and still answer yes/no at
+    chance, as the first 96 px build did)."""
+    absent = [c for c in config.categories if c not in scene.counts]
+    qas = existence_qas(scene, rng.sample(absent, min(len(absent), turns)))
+    yes, no = [q for q in qas if q.objects], [q for q in qas if q.absent]
+    asked = rng.sample(yes, min(len(yes), (turns + 1) // 2))
+    asked += rng.sample(no, min(len(no), turns - len(asked)))
+    rng.shuffle(asked)
+    messages = []
+    for i, qa in enumerate(asked):
+        short = rng.random() < 0.8
+        content = _text(f"{qa.question} {SHORT_ANSWER}" if short else qa.question)
+        if i == 0:
+            content = [{"type": "image", "text": None}, *content]
+        messages.append({"role": "user", "content": content})
+        messages.append({"role": "assistant", "content": _text(qa.answer if short else qa.full_answer)})
+    return messages
+
+
 def scene_sft_dataset(
     config: WorldConfig, n_scenes: int, *, split: str = "train", turns: int = 3, seed: int = 0,
-    describe_share: float = 0.3, detail_share: float = 0.7, facts_share: float = 0.1,
+    describe_share: float = 0.3, detail_share: float = 0.7, facts_share: float = 0.1, existence_share: float = 0.0,
+    start: int = 1,
 ) -> Dataset:
     """``n_scenes`` rows of (image, conversation) drawn from the world's ``split``.
 
@@ -88,11 +112,13 @@ def scene_sft_dataset(
     the detailed paragraph (the rest a one-sentence caption), so the model learns both
     levels of detail (what CHAIR measures). ``facts_share`` of the rows list the scene's facts
     and ask whether statements agree with them, the reading skill instruction-tuned language
-    models bring to a factually augmented reward model. The rest are question turns.
+    models bring to a factually augmented reward model. ``existence_share`` of the rows are
+    existence drills (:func:`existence_drill`). The rest are question turns of every kind.
+    Scenes ``start`` .. ``start + n_scenes - 1`` of ``split`` are used.
     """
     rng = random.Random(f"scene-sft-{seed}-{split}")
     rows_messages, rows_images = [], []
-    for index in range(1, n_scenes + 1):
+    for index in range(start, start + n_scenes):
         scene = scene_at(config, index, split)
         draw = rng.random()
         if draw < describe_share:
@@ -102,6 +128,8 @@ def scene_sft_dataset(
                 messages = _single_turn(rng.choice(SHORT_PROMPTS), rng.choice(captions(scene)))
         elif draw < describe_share + facts_share:
             messages = fact_check_conversation(scene, config, rng, turns)
+        elif draw < describe_share + facts_share + existence_share:
+            messages = existence_drill(scene, config, rng, 2 * turns)
         else:
             messages = scene_conversation(questions(scene, config), rng, turns)
         rows_messages.append(messages)

@@ -257,7 +257,7 @@ def questions(scene: Scene, config: WorldConfig) -> list[QA]:
     target = (absent_partners(scene, config) or [rng.choice(absent)])[0]
     description = detailed_description(scene, config)
     return [
-        *_existence_qas(scene, rng.sample(absent, min(len(scene.counts), len(absent)))),
+        *existence_qas(scene, rng.sample(absent, min(len(scene.counts), len(absent)))),
         *_count_qas(scene),
         *_color_qas(scene),
         *_where_qas(scene),
@@ -282,7 +282,7 @@ def questions(scene: Scene, config: WorldConfig) -> list[QA]:
     ]
 
 
-def _existence_qas(scene: Scene, negatives: list[str]) -> list[QA]:
+def existence_qas(scene: Scene, negatives: list[str]) -> list[QA]:
     """POPE-worded yes questions for every present category, no questions for ``negatives``."""
 
     def question(c: str) -> str:
