@@ -37,6 +37,7 @@ class PretrainConfig:
     vision_steps: int = 2000  # stage 1: dense patch classification of the vision tower
     vision_batch_size: int = 64
     vision_learning_rate: float = 2e-3
+    vision_object_weight: float = 10.0  # stage-1 loss weight of a patch an object covers (background: 1)
     # Stage 2 keeps the stage-1 tower frozen: trained at the language model's learning rate
     # it forgets what it saw (a linear probe of object presence on its features fell to chance).
     train_vision: bool = False
@@ -120,8 +121,14 @@ def pretrain_vision_tower(model, processor, world: WorldConfig, config: Pretrain
         targets = [patch_labels(s, vision.image_size, vision.patch_size, categories, colors, backgrounds)
                    for s in scenes]
         hidden = tower(pixels).last_hidden_state[:, 1:]  # drop CLS, as LLaVA's "default" strategy does
+        # object patches weigh vision_object_weight times a background patch: averaged over all
+        # patches the loss is mostly background, and an unweighted tower recognised only about
+        # half of the object patches (52 % after 800 steps; 94 % with weight 10)
+        weight = torch.where(torch.stack([t[0] for t in targets]) > 0, config.vision_object_weight, 1.0).flatten()
         loss = sum(
-            torch.nn.functional.cross_entropy(heads[name](hidden).flatten(0, 1), torch.stack([t[k] for t in targets]).flatten())
+            (torch.nn.functional.cross_entropy(heads[name](hidden).flatten(0, 1),
+                                               torch.stack([t[k] for t in targets]).flatten(), reduction="none")
+             * weight).sum() / weight.sum()
             for k, name in enumerate(("category", "color", "size"))
         )
         optimizer.zero_grad()
