@@ -38,6 +38,12 @@ class PretrainConfig:
     vision_batch_size: int = 64
     vision_learning_rate: float = 2e-3
     vision_object_weight: float = 10.0  # stage-1 loss weight of a patch an object covers (background: 1)
+    # Stage 1 also trains the projector, classifying each projected patch against the language
+    # model's own (frozen, random) embeddings of the category, colour and size words: an image
+    # token then looks like the words that name it, so "is there a cup?" becomes a match of
+    # the question's word against the image tokens, which the language model learns quickly.
+    vision_word_aligned: bool = True
+    vision_word_temperature: float = 0.05
     # Stage 2 keeps the stage-1 tower frozen: trained at the language model's learning rate
     # it forgets what it saw (a linear probe of object presence on its features fell to chance).
     train_vision: bool = False
@@ -51,7 +57,8 @@ def patch_labels(scene, image_size: int, patch: int, categories: list[str], colo
     Category 0 is background (no object covers a quarter of the patch, nor has its centre
     in it); a background patch's colour target is the background's own colour, numbered
     after the object colours (``len(colors) + 1 + i``), so the tower also learns to see it.
-    Sizes are 1 + the index in ``SIZES`` (0 for background).
+    Sizes are 1 + the index in ``SIZES`` (0 for background). An object hidden behind
+    another labels nothing: the tower is taught what shows.
     """
     import torch
 
@@ -68,17 +75,18 @@ def patch_labels(scene, image_size: int, patch: int, categories: list[str], colo
         col[at] = colors.index(obj.color) + 1
         size[at] = SIZES.index(obj.size) + 1
 
+    visible = [obj for obj in scene.objects if not obj.behind]  # a hidden object labels nothing
     for row in range(grid):
         for column in range(grid):
             px, py = column * patch, row * patch
             best = patch * patch / 4
-            for obj in scene.objects:
+            for obj in visible:
                 x, y, w, h = obj.bbox
                 overlap = max(0, min(px + patch, x + w) - max(px, x)) * max(0, min(py + patch, y + h) - max(py, y))
                 if overlap > best:
                     best = overlap
                     label(row * grid + column, obj)
-    for obj in scene.objects:  # a small object still labels the patch holding its centre
+    for obj in visible:  # a small object still labels the patch holding its centre
         x, y, w, h = obj.bbox
         at = min((y + h // 2) // patch, grid - 1) * grid + min((x + w // 2) // patch, grid - 1)
         if cat[at] == 0:
@@ -101,12 +109,21 @@ def pretrain_vision_tower(model, processor, world: WorldConfig, config: Pretrain
     tower = model.model.vision_tower
     vision = model.config.vision_config
     categories, colors, backgrounds = list(world.categories), list(world.colors), list(world.backgrounds)
-    heads = torch.nn.ModuleDict({
-        "category": torch.nn.Linear(vision.hidden_size, len(categories) + 1),
-        "color": torch.nn.Linear(vision.hidden_size, len(colors) + 1 + len(backgrounds)),
-        "size": torch.nn.Linear(vision.hidden_size, len(SIZES) + 1),
-    })
-    params = list(tower.parameters()) + list(heads.parameters())
+    if config.vision_word_aligned:
+        heads = _word_heads(model, processor.tokenizer, {
+            "category": ["background", *categories],
+            "color": ["nothing", *colors, *backgrounds],
+            "size": ["nothing", *SIZES],
+        }, config.vision_word_temperature)
+        params = [*tower.parameters(), *model.model.multi_modal_projector.parameters()]
+    else:
+        linear = torch.nn.ModuleDict({
+            "category": torch.nn.Linear(vision.hidden_size, len(categories) + 1),
+            "color": torch.nn.Linear(vision.hidden_size, len(colors) + 1 + len(backgrounds)),
+            "size": torch.nn.Linear(vision.hidden_size, len(SIZES) + 1),
+        })
+        heads = dict(linear.items())
+        params = [*tower.parameters(), *linear.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.vision_learning_rate, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.vision_learning_rate, total_steps=config.vision_steps,
                                                    pct_start=0.05)
@@ -138,6 +155,23 @@ def pretrain_vision_tower(model, processor, world: WorldConfig, config: Pretrain
         if step % 50 == 0 or step == config.vision_steps - 1:
             losses.append(round(loss.item(), 4))
     return losses
+
+
+def _word_heads(model, tokenizer, words: dict[str, list[str]], temperature: float) -> dict:
+    """Stage-1 classifiers of projected patches whose class vectors are the language model's
+    (frozen) embeddings of the class words: logits = cosine similarity / temperature."""
+    import torch
+
+    normalize = torch.nn.functional.normalize
+    projector = model.model.multi_modal_projector
+    embeddings = model.get_input_embeddings().weight
+
+    def head(ids: list[int]):
+        def logits(hidden):
+            return normalize(projector(hidden), dim=-1) @ normalize(embeddings[ids].detach(), dim=-1).T / temperature
+        return logits
+
+    return {name: head([tokenizer.convert_tokens_to_ids(w) for w in ws]) for name, ws in words.items()}
 
 
 def scene_vlm_vocabulary(world: WorldConfig) -> list[str]:

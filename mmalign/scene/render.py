@@ -222,7 +222,7 @@ def render(scene: Scene) -> Image.Image:
         x, y, d = rng.randrange(n), rng.randrange(n), rng.randint(-12, 12)
         speck = tuple(max(0, min(255, v + d)) for v in base)
         draw.rectangle((x * s, y * s, x * s + s - 1, y * s + s - 1), fill=speck)
-    for obj in scene.objects:
+    for obj in sorted(scene.objects, key=lambda o: not o.behind):  # hidden objects first, under the rest
         _DRAWERS[obj.category](_Pen(image, obj.bbox, s), COLORS[obj.color])
     return image.reduce(s)
 

@@ -87,8 +87,8 @@ def existence_drill(scene, config: WorldConfig, rng: random.Random, turns: int) 
     absent = [c for c in config.categories if c not in scene.counts]
     qas = existence_qas(scene, rng.sample(absent, min(len(absent), turns)))
     yes, no = [q for q in qas if q.objects], [q for q in qas if q.absent]
-    asked = rng.sample(yes, min(len(yes), (turns + 1) // 2))
-    asked += rng.sample(no, min(len(no), turns - len(asked)))
+    n = min(len(yes), len(no), max(1, turns // 2))  # as many yes as no: no answer is a safe bet
+    asked = rng.sample(yes, n) + rng.sample(no, n)
     rng.shuffle(asked)
     messages = []
     for i, qa in enumerate(asked):

@@ -39,6 +39,8 @@ TEMPLATES: dict[str, str] = {
     "relation_right": "The {first} is to the right of the {second}.",
     "relation_above": "The {first} is above the {second}.",
     "relation_below": "The {first} is below the {second}.",
+    "relation_behind": "The {first} is behind the {second}.",
+    "relation_front": "The {first} is in front of the {second}.",
     "detail_danger": "{objects} {be} dangerous.",
     "detail_safe": "Nothing in the image is dangerous.",
     # question answering (the existence question is POPE's wording)
@@ -157,9 +159,13 @@ def category_sentence(scene: Scene, category: str) -> str:
 
 
 def relation_sentence(scene: Scene, first: str, second: str) -> str:
-    """Where the single ``first`` is relative to the single ``second``, by grid row, then column."""
-    (r1, c1), (r2, c2) = (divmod(scene.instances(c)[0].cell, 3) for c in (first, second))
-    if r1 != r2:
+    """Where the single ``first`` is relative to the single ``second``: behind / in front when
+    they share a cell, else by grid row, then column."""
+    a, b = (scene.instances(c)[0] for c in (first, second))
+    (r1, c1), (r2, c2) = divmod(a.cell, 3), divmod(b.cell, 3)
+    if a.cell == b.cell:
+        name = "relation_behind" if a.behind else "relation_front"
+    elif r1 != r2:
         name = "relation_above" if r1 < r2 else "relation_below"
     else:
         name = "relation_left" if c1 < c2 else "relation_right"

@@ -18,7 +18,7 @@ model's tokenizer).
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 Color = tuple[int, int, int]
@@ -133,6 +133,12 @@ class WorldConfig:
     # size): the partner is then the harder object to see, as a dining table behind the
     # cups often is in COCO, so a model leans on the trigger to "see" it.
     partner_small_p: float = 0.8
+    # A single partner brought in by its trigger sits behind it with this probability: drawn
+    # small inside the trigger's box, under it, so little or nothing of it shows, yet it is
+    # annotated (COCO's captions name the dining table under the plates). A model then learns
+    # that the trigger implies its partner, and names the partner where it is absent: the
+    # co-occurrence hallucination POPE's adversarial split and CHAIR measure.
+    partner_hidden_p: float = 0.0
 
     def __post_init__(self) -> None:
         def check(ok: bool, message: str) -> None:
@@ -160,6 +166,7 @@ class WorldConfig:
             f"cooccurrence_p must map split names to probabilities: {self.cooccurrence_p}",
         )
         check(0.0 <= self.partner_small_p <= 1.0, "partner_small_p must be a probability")
+        check(0.0 <= self.partner_hidden_p <= 1.0, "partner_hidden_p must be a probability")
         check(
             len(self.count_weights) == MAX_COUNT and min(self.count_weights) >= 0,
             f"count_weights needs {MAX_COUNT} non-negative weights",
@@ -202,6 +209,7 @@ class SceneObject:
     size: str
     bbox: tuple[int, int, int, int]
     cell: int  # grid cell, row-major 0..8
+    behind: bool = False  # hidden behind the other object of its cell (drawn first, inside its box)
 
     @property
     def position(self) -> str:
@@ -267,7 +275,7 @@ class Scene:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scene:
         objects = tuple(
-            SceneObject(o["category"], o["color"], o["size"], tuple(o["bbox"]), o["cell"])
+            SceneObject(o["category"], o["color"], o["size"], tuple(o["bbox"]), o["cell"], o.get("behind", False))
             for o in data["objects"]
         )
         return cls(
@@ -321,7 +329,8 @@ def scene_at(config: WorldConfig, image_id: int, split: str = "train") -> Scene:
             size = "small"
         bbox = _place(cell, size, CATEGORY_SPECS[category].aspect, config.image_size, rng)
         objects.append(SceneObject(category, color, size, bbox, cell))
-    objects.sort(key=lambda obj: obj.cell)
+    objects = _hide_partners(config, objects, brought, f"{config.seed}/{split}/{image_id}")
+    objects.sort(key=lambda obj: (obj.cell, not obj.behind))
     return Scene(
         id=f"{split}-{image_id:06d}",
         image_id=image_id,
@@ -332,6 +341,26 @@ def scene_at(config: WorldConfig, image_id: int, split: str = "train") -> Scene:
         objects=tuple(objects),
         hazards=tuple(c for c in config.hazards if c in counts),
     )
+
+
+def _hide_partners(config: WorldConfig, objects: list[SceneObject], brought: set[str], key: str) -> list[SceneObject]:
+    """Put each single brought partner behind its trigger with ``partner_hidden_p``: small,
+    centred in the trigger's box, in the trigger's cell (its own cell is freed). A separate
+    random stream, so scenes without hidden partners are the same as before the option."""
+    if not config.partner_hidden_p:
+        return objects
+    rng = random.Random(f"mmalign-hidden/{key}")
+    for trigger, partner in config.cooccurrence:
+        mine = [o for o in objects if o.category == partner]
+        front = next((o for o in objects if o.category == trigger), None)
+        if partner not in brought or len(mine) != 1 or front is None or rng.random() >= config.partner_hidden_p:
+            continue
+        x, y, w, h = front.bbox
+        side_w, side_h = max(3, w // 2), max(3, h // 2)
+        hidden = replace(mine[0], size="small", cell=front.cell, behind=True,
+                         bbox=(x + (w - side_w) // 2, y + (h - side_h) // 2, side_w, side_h))
+        objects = [hidden if o is mine[0] else o for o in objects]
+    return objects
 
 
 def generate_scenes(

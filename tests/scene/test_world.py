@@ -124,7 +124,8 @@ def test_annotations_are_consistent() -> None:
         assert 1 <= len(scene.objects) <= CONFIG.max_objects
         assert scene.counts == Counter(obj.category for obj in scene.objects)
         assert all(1 <= n <= 3 for n in scene.counts.values())
-        assert len({obj.cell for obj in scene.objects}) == len(scene.objects)
+        visible = [obj for obj in scene.objects if not obj.behind]
+        assert len({obj.cell for obj in visible}) == len(visible)
         assert scene.hazards == tuple(c for c in CONFIG.hazards if c in scene.counts)
         for obj in scene.objects:
             x, y, w, h = obj.bbox
@@ -509,3 +510,36 @@ def test_objhal_questions_score_through_the_benchmark_unchanged(world: Path, tmp
                           captions=world / "coco" / "captions.json", image_dir=world / "images")
     result = run_objhal(config, answers=answers, out=tmp_path / "objhal", progress=False)
     assert result.metrics["response_hall"] == pytest.approx(100 / len(rows))
+
+
+def test_hidden_partners_sit_behind_their_trigger() -> None:
+    from mmalign.scene.render import render
+    from mmalign.scene.text import relation_sentence
+
+    hiding = replace(CONFIG, partner_hidden_p=1.0)
+    pairs = dict(CONFIG.cooccurrence)
+    seen = 0
+    for index in range(1, 400):
+        plain, scene = scene_at(CONFIG, index), scene_at(hiding, index)
+        assert not any(obj.behind for obj in plain.objects)
+        assert scene.counts == plain.counts and scene.background == plain.background
+        for obj in (o for o in scene.objects if o.behind):
+            seen += 1
+            trigger = next(t for t, p in pairs.items() if p == obj.category)
+            front = scene.instances(trigger)[0]
+            assert obj.cell == front.cell and scene.counts[obj.category] == 1 and obj.size == "small"
+            x, y, w, h = obj.bbox
+            fx, fy, fw, fh = front.bbox
+            assert fx <= x and fy <= y and x + w <= fx + fw and y + h <= fy + fh
+            assert relation_sentence(scene, obj.category, trigger) == f"The {obj.category} is behind the {trigger}."
+            assert relation_sentence(scene, trigger, obj.category) == f"The {trigger} is in front of the {obj.category}."
+            # drawn first: outside the trigger's box the image is the scene without the partner
+            without = replace(scene, objects=tuple(o for o in scene.objects if o is not obj))
+            a, b = render(scene), render(without)
+            for px in range(scene.image_size):
+                for py in range(scene.image_size):
+                    if not (fx <= px < fx + fw and fy <= py < fy + fh):
+                        assert a.getpixel((px, py)) == b.getpixel((px, py))
+        if seen >= 5:
+            break
+    assert seen >= 5
