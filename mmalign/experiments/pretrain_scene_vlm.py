@@ -1,11 +1,13 @@
 """The scene world as a whole: write benchmark files, and pretrain the tiny scene VLM.
 
 ``pretrain_scene_vlm`` is the script that made the shipped weights. Like LLaVA, which
-starts from a pretrained CLIP, it first teaches the vision tower to see: every image
-patch is classified by the object and colour covering it (dense labels from the scene
-annotations, a few minutes on a CPU). Then the whole LLaVA (vision tower, projector,
-language model) is trained with the same SFT trainer users run, on instruction data from
-the world's training split, where co-occurring objects appear together 90% of the time.
+starts from a pretrained CLIP and aligns its features with the language model's word
+embeddings, it first teaches the vision tower and the projector to see: every image patch
+is classified by the object, colour and size covering it (dense labels from the scene
+annotations), against the language model's own embeddings of those words, a few minutes
+on a CPU. Then the projector and language model are trained, tower frozen, with the same
+SFT trainer users run, on instruction data from the world's training split, where
+co-occurring objects appear together 90% of the time.
 """
 
 from __future__ import annotations
@@ -26,15 +28,15 @@ class PretrainConfig:
     """Everything that determines the shipped scene VLM's weights."""
 
     seed: int = 0
-    n_scenes: int = 30000
+    n_scenes: int = 40000
     turns: int = 3
-    epochs: float = 3.0
+    epochs: float = 2.0
     batch_size: int = 32
     learning_rate: float = 1e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
     save_dtype: str = "float16"
-    vision_steps: int = 2000  # stage 1: dense patch classification of the vision tower
+    vision_steps: int = 1000  # stage 1: dense patch classification of the vision tower
     vision_batch_size: int = 64
     vision_learning_rate: float = 2e-3
     vision_object_weight: float = 10.0  # stage-1 loss weight of a patch an object covers (background: 1)
@@ -44,6 +46,12 @@ class PretrainConfig:
     # the question's word against the image tokens, which the language model learns quickly.
     vision_word_aligned: bool = True
     vision_word_temperature: float = 0.05
+    # Stage 2's instruction mix (``scene_sft_dataset``): shares of description rows, of
+    # existence drills (the question-to-image lookup a description does not teach: learned
+    # slowly, so half the rows), of fact checking, the rest mixed questions.
+    describe_share: float = 0.3
+    existence_share: float = 0.5
+    facts_share: float = 0.05
     # Stage 2 keeps the stage-1 tower frozen: trained at the language model's learning rate
     # it forgets what it saw (a linear probe of object presence on its features fell to chance).
     train_vision: bool = False
@@ -95,10 +103,12 @@ def patch_labels(scene, image_size: int, patch: int, categories: list[str], colo
 
 
 def pretrain_vision_tower(model, processor, world: WorldConfig, config: PretrainConfig) -> list[float]:
-    """Stage 1: dense patch classification (object category and colour) of the vision tower.
+    """Stage 1: dense patch classification (object category, colour, size) of the vision tower.
 
-    Returns the loss every 50 steps. The heads are discarded afterwards; what stays is a
-    vision tower whose patch features say which object, of which colour, is where.
+    With ``vision_word_aligned`` the classifier is the projector followed by cosine
+    similarity with the language model's (frozen) embeddings of the class words, so image
+    tokens enter the language model looking like the words that name them; otherwise
+    linear heads on the tower, discarded afterwards. Returns the loss every 50 steps.
     """
     import torch
     from tqdm.auto import tqdm
@@ -209,7 +219,8 @@ def pretrain_scene_vlm(out_dir: str | Path, config: PretrainConfig | None = None
     model, processor = build_scene_vlm(scene_vlm_vocabulary(world), model_cfg)
     vision_losses = pretrain_vision_tower(model, processor, world, config) if config.vision_steps else []
     data = scene_sft_dataset(world, config.n_scenes, split=PRETRAIN.take(config.n_scenes)["split"], turns=config.turns,
-                             seed=config.seed)
+                             describe_share=config.describe_share, existence_share=config.existence_share,
+                             facts_share=config.facts_share, seed=config.seed)
     with tempfile.TemporaryDirectory() as tmp:
         init = Path(tmp) / "init"
         model.save_pretrained(init)

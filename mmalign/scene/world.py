@@ -138,7 +138,7 @@ class WorldConfig:
     # annotated (COCO's captions name the dining table under the plates). A model then learns
     # that the trigger implies its partner, and names the partner where it is absent: the
     # co-occurrence hallucination POPE's adversarial split and CHAIR measure.
-    partner_hidden_p: float = 0.0
+    partner_hidden_p: float = 0.3
 
     def __post_init__(self) -> None:
         def check(ok: bool, message: str) -> None:
