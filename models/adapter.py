@@ -64,6 +64,24 @@ def concat_features(features: Sequence[dict[str, Any] | None]) -> dict[str, Any]
         pooler_output=[x for f in features for x in f["image"].pooler_output])}
 
 
+def leading_special_ids(tokenizer) -> list[int]:
+    """What the tokenizer puts in front of every text: BOS for Llama / Mistral, nothing for Qwen.
+
+    Read from what it adds to the empty text, so no probe word can come back as ``<unk>``
+    and be taken for a BOS (a word-level tokenizer that does not know the probe and adds
+    no BOS would otherwise get ``<unk>`` in front of every sequence). An EOS, UNK or PAD a
+    tokenizer appends is not a prefix.
+    """
+    not_prefix = {tokenizer.eos_token_id, tokenizer.unk_token_id, tokenizer.pad_token_id} - {tokenizer.bos_token_id}
+    special = set(tokenizer.all_special_ids)
+    lead = []
+    for token in tokenizer("", add_special_tokens=True)["input_ids"]:
+        if token in not_prefix or token not in special:
+            break
+        lead.append(token)
+    return lead[:1]
+
+
 class VLMAdapter(LoadingMixin, LoraMixin):
     """Base class of all model-family adapters. Use :func:`mmalign.models.load_adapter`."""
 
@@ -85,11 +103,7 @@ class VLMAdapter(LoadingMixin, LoraMixin):
         if processor.chat_template is None:
             processor.chat_template = card.chat_template
         self.end_of_turn_ids = self._token_ids(card.end_of_turn)
-        # What the tokenizer puts in front of a text (BOS for Llama / Mistral, nothing for Qwen).
-        self.bos_ids = [
-            t for t in self.tokenizer("x", add_special_tokens=True)["input_ids"]
-            if t in self.tokenizer.all_special_ids
-        ][:1]
+        self.bos_ids = leading_special_ids(self.tokenizer)
 
     # ------------------------------------------------------------------ inputs
     def _token_ids(self, text: str) -> list[int]:
