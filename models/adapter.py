@@ -382,20 +382,42 @@ class VLMAdapter(LoadingMixin, LoraMixin):
         temperature: float = 1.0,
         top_p: float = 1.0,
         top_k: int = 0,
+        num_samples: int = 1,
+        prefill_once: bool = False,
     ) -> Samples:
-        """Sample one response per prompt and return it as a training batch (for RL).
+        """Sample ``num_samples`` responses per prompt and return them as a training batch (for RL).
 
-        Generation runs left-padded; the result is re-packed right-padded, each row
-        [prompt, response up to and including the stop token], with ``response_mask`` on
-        exactly the sampled tokens, so log-probs computed later score what was sampled.
-        ``top_k=0`` and ``top_p=1`` sample from the full distribution (as PPO assumes).
+        Rows ``i * num_samples .. (i + 1) * num_samples - 1`` answer prompt ``i``. Generation
+        runs left-padded; the result is re-packed right-padded, each row [prompt, response up
+        to and including the stop token], with ``response_mask`` on exactly the sampled
+        tokens, so log-probs computed later score what was sampled. ``top_k=0`` and
+        ``top_p=1`` sample from the full distribution (as PPO assumes).
+
+        With ``prefill_once`` each prompt's images go through the vision tower once and its
+        image + prompt tokens through the language model once; the samples continue from
+        copies of that key/value cache (the group rollouts of GRPO), and the image features
+        come back in ``Samples.image_features``. Same tokens as the plain path for the same
+        seed (tested). Families with 1-D positions only (LLaVA, LLaVA-NeXT).
         """
-        batch = self.encode(images, prompts, padding_side="left").to(self.device)
+        if prefill_once and self.inputs.text_keys:
+            raise ValueError(f"prefill_once is not available for {self.family} (3-D rotary positions)")
+        images = list(images) if images is not None else [None] * len(prompts)
+        if prefill_once:
+            once = self.encode(images, prompts, padding_side="left").to(self.device)
+            features = self.image_features(once, grad=False)
+            cache = self._prefill(once, features, num_samples)
+            batch, features = self.select(once, [i for i in range(len(prompts)) for _ in range(num_samples)],
+                                          features)
+            inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "cache": cache}
+        else:
+            batch = self.encode([x for x in images for _ in range(num_samples)],
+                                [p for p in prompts for _ in range(num_samples)], padding_side="left").to(self.device)
+            features, inputs = None, self.forward_kwargs(batch)
         stop = self.stop_ids
         # a sampled image placeholder would make the sequence unreadable for the model
         placeholders = [getattr(self.base_model.config, k, None) for k in ("image_token_id", "video_token_id")]
         out = self.model.generate(
-            **self.forward_kwargs(batch), max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+            **inputs, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
             top_p=top_p, top_k=top_k, eos_token_id=stop, pad_token_id=self.tokenizer.pad_token_id,
             suppress_tokens=[t for t in placeholders if t is not None] or None,
         )
@@ -421,7 +443,19 @@ class VLMAdapter(LoadingMixin, LoraMixin):
             images_per_row=batch.images_per_row,
         )
         texts = [self.tokenizer.decode(new[i, : lengths[i]], skip_special_tokens=True) for i in range(len(ids))]
-        return Samples(packed, texts, ended, lengths)
+        return Samples(packed, texts, ended, lengths, features)
+
+    def _prefill(self, batch: EncodedBatch, features: dict[str, Any] | None, copies: int):
+        """The key/value cache of every left-padded prompt but its last token, each row repeated
+        ``copies`` times: generate continues from it with the positions it computes itself
+        (attention-mask cumsum), so the prefill uses the same ones."""
+        mask = batch.attention_mask
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        kwargs = self.forward_kwargs(batch, features)
+        kwargs.update(input_ids=batch.input_ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1])
+        cache = self.model(**kwargs, use_cache=True, logits_to_keep=1).cache
+        cache.batch_repeat_interleave(copies)
+        return cache
 
     def hidden_states(self, batch: EncodedBatch, image_features: dict[str, Any] | None = None) -> torch.Tensor:
         """Final (normed) hidden states of the language model, ``(batch, seq, hidden)``."""
