@@ -13,7 +13,7 @@ Stages, each resumable from its output folder:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -125,30 +125,35 @@ def demo_policy(config: DemoConfig, *, precision: str = "nf4"):
                        dtype="float32" if four_bit else precision, **lora).load()
 
 
-def build_grpo_prompts(config: DemoConfig, prompts_dir: Path, stats_file: Path) -> None:
-    """Description prompts on the feedback scenes, each with the scene's annotated objects."""
+def build_grpo_prompts(config: DemoConfig, prompts_dir: Path, stats_file: Path,
+                       kinds: Sequence[str] = ("describe",)) -> None:
+    """Prompts of ``kinds`` (descriptions by default) on the feedback scenes, each with the
+    scene's annotated objects and reference answer."""
     from mmalign.data_builders.storage import save_prompt_set
     from mmalign.io import atomic_write_text
     from mmalign.scene.feedback import scene_prompt_records
     from mmalign.scene.ranges import FEEDBACK
     from mmalign.scene.world import WorldConfig
 
-    records = scene_prompt_records(WorldConfig(seed=config.seed), config.feedback_scenes, kinds=["describe"],
+    records = scene_prompt_records(WorldConfig(seed=config.seed), config.feedback_scenes, kinds=list(kinds),
                                    seed=config.seed, **FEEDBACK.take(config.feedback_scenes))
     atomic_write_text(stats_file, json.dumps({"records": len(records), "scenes": config.feedback_scenes}, indent=2))
     save_prompt_set(records, prompts_dir)
 
 
-def demo_grpo_args(config: DemoConfig, output_dir: str | Path, dataset_path: str | Path):
-    """The shipped ``grpo-scene-vlm`` recipe with the DemoConfig's knobs, descriptions only."""
+def demo_grpo_args(config: DemoConfig, output_dir: str | Path, dataset_path: str | Path, *,
+                   rewards: dict[str, float] | None = None, seed: int | None = None):
+    """The shipped ``grpo-scene-vlm`` recipe with the DemoConfig's knobs; the reward is the
+    object F1 of descriptions unless ``rewards`` (function name -> weight) says otherwise."""
+    rewards = rewards or {"object_f1": 1.0}
     from mmalign.config_io import load_recipe
     from mmalign.grpo import GRPOConfig
     from mmalign.model_config import ModelConfig
 
     _, args = load_recipe("grpo-scene-vlm", (ModelConfig, GRPOConfig), {
         "output_dir": str(output_dir), "dataset_path": str(dataset_path), "max_steps": config.grpo_steps,
-        "reward_funcs": ["object_f1"], "reward_weights": [1.0], "learning_rate": config.learning_rate,
-        "seed": config.seed, "save_strategy": "no", "logging_steps": 5,
+        "reward_funcs": list(rewards), "reward_weights": list(rewards.values()), "learning_rate": config.learning_rate,
+        "seed": config.seed if seed is None else seed, "save_strategy": "no", "logging_steps": 5,
     })
     return args
 

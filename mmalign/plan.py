@@ -32,13 +32,15 @@ NF4_DOUBLE_QUANT_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 LORA_BYTES = 4  # peft keeps adapter weights in fp32 on a 16-bit or 4-bit base
-METHODS = ("sft", "dpo", "ddpo", "rm", "cost", "ppo", "safe-ppo")
+METHODS = ("sft", "dpo", "ddpo", "rm", "cost", "ppo", "safe-ppo", "grpo", "safe-grpo")
 MODES = ("qlora", "lora", "full")
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 #: LoRA adapters on the one base and how many of them train, per method (docs/ppo.md):
-#: PPO = policy, reward model, critic; Safe PPO adds the cost model and a cost critic.
+#: PPO = policy, reward model, critic; Safe PPO adds the cost model and a cost critic. GRPO
+#: trains the policy alone; its reward / cost models in the loop (``scorers``) are added.
 ADAPTERS = {"ppo": (3, 2), "safe-ppo": (5, 3)}
+ROLLOUT_METHODS = ("ppo", "safe-ppo", "grpo", "safe-grpo")
 
 
 @dataclass(frozen=True)
@@ -207,7 +209,7 @@ class PlanSettings:
     method: str = "dpo"
     mode: str = "qlora"  # qlora (4-bit base + LoRA), lora (16-bit base + LoRA), full
     dtype: str = "bfloat16"  # compute dtype / dtype of unquantized weights
-    batch_size: int = 1  # per device: pairs for dpo / rm / cost, rows for sft / ppo
+    batch_size: int = 1  # per device: pairs for dpo / rm / cost, rows for sft / ppo, completions for grpo
     seq_len: int = 512  # text tokens of a sequence (prompt + response), image tokens excluded
     response_len: int | None = None  # response tokens (logits are built there only); default seq_len // 2
     image_tokens: int | None = None  # per image; default: the model's
@@ -218,8 +220,11 @@ class PlanSettings:
     gradient_checkpointing: bool = False
     attention: str = "sdpa"  # sdpa: fused kernels keep no probabilities; eager: probabilities kept
     precomputed_ref: bool = False  # DPO with stored reference log-probs
-    generation_batch: int = 4  # PPO: rows generated and scored at a time (per_device_eval_batch_size)
-    rollout_batch: int = 16  # PPO: prompts per iteration (their image features are kept)
+    generation_batch: int = 4  # PPO / GRPO: rows generated and scored at a time (per_device_eval_batch_size)
+    rollout_batch: int = 16  # PPO / GRPO: prompts per iteration (their image features are kept)
+    num_generations: int = 8  # GRPO: completions per prompt (G)
+    shared_prefix: bool = True  # GRPO: one row per group in the update (LLaVA families)
+    scorers: int | None = None  # GRPO: reward / cost models in the loop (None: 0 for grpo, 1 for safe-grpo)
     double_quant: bool = True
     overhead_gib: float = 1.0  # CUDA context, kernels' workspace (not measurable on a CPU)
 
@@ -232,7 +237,7 @@ class PlanSettings:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPE_BYTES)}")
         if self.attention not in ("sdpa", "eager"):
             raise ValueError(f"unknown attention {self.attention!r}; choose sdpa or eager")
-        for name in ("batch_size", "seq_len", "lora_r", "generation_batch", "rollout_batch"):
+        for name in ("batch_size", "seq_len", "lora_r", "generation_batch", "rollout_batch", "num_generations"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.response_len is not None and not 0 < self.response_len <= self.seq_len:
@@ -242,10 +247,18 @@ class PlanSettings:
     def responses(self) -> int:
         return self.response_len if self.response_len is not None else max(1, self.seq_len // 2)
 
+    @property
+    def adapters(self) -> tuple[int, int]:
+        """LoRA adapters on the base, and how many of them train."""
+        if self.method in ("grpo", "safe-grpo"):
+            scorers = self.scorers if self.scorers is not None else int(self.method == "safe-grpo")
+            return 1 + scorers, 1
+        return ADAPTERS.get(self.method, (1, 1))
+
 
 @dataclass(frozen=True)
 class Part:
-    """One line of the estimate. ``phase``: static (whole run), train, or generate (PPO)."""
+    """One line of the estimate. ``phase``: static (whole run), train, or generate (PPO / GRPO)."""
 
     name: str
     bytes: float
@@ -290,7 +303,7 @@ class MemoryPlan:
         s = self.settings
         unit, scale = ("GiB", GiB) if self.peak_bytes >= GiB / 4 else ("MiB", 1024**2)
         rows = []
-        titles = {"static": "whole run", "train": "training step", "generate": "generation (PPO rollout)"}
+        titles = {"static": "whole run", "train": "training step", "generate": "generation (rollout)"}
         for phase in ("static", "train", "generate"):
             parts = [p for p in self.parts if p.phase == phase]
             if not parts:
@@ -411,7 +424,7 @@ def estimate_memory(arch: Architecture, settings: PlanSettings, *, model: str = 
                           f"{(arch.vision_params + arch.projector_params) / 1e6:.0f} M parameters, "
                           f"{'fp32' if vision_bytes == 4 else s.dtype}, frozen"))
     # -- trainable state
-    adapters, trained = ADAPTERS.get(s.method, (1, 1))
+    adapters, trained = s.adapters
     if s.mode == "full":
         trainable = arch.language_params
         parts.append(Part("gradients", trainable * a, "static", f"{trainable / 1e9:.2f} B parameters, {s.dtype}"))
@@ -419,8 +432,9 @@ def estimate_memory(arch: Architecture, settings: PlanSettings, *, model: str = 
         if s.method in ("dpo", "ddpo") and not s.precomputed_ref:
             parts.append(Part("reference model copy", arch.language_params * a, "static",
                               "frozen copy of the language model (use precomputed log-probs to drop it)"))
-        if s.method in ADAPTERS:
-            raise ValueError("PPO plans assume LoRA roles on one base; use --qlora or --lora")
+        if s.method in ROLLOUT_METHODS:
+            raise ValueError("PPO and GRPO plans assume LoRA roles on one base (the reference is the base "
+                             "with adapters off); use --qlora or --lora")
     else:
         lora = arch.lora_params(s.lora_r, s.lora_targets)
         parts.append(Part(f"LoRA adapters x{adapters} (fp32)", adapters * lora * LORA_BYTES, "static",
@@ -435,7 +449,14 @@ def estimate_memory(arch: Architecture, settings: PlanSettings, *, model: str = 
     elif s.method in ("rm", "cost"):  # a scalar head reads the last token: no vocabulary logits
         parts += _training_parts(arch, s, 2 * s.batch_size, with_logits=False)
     else:
-        parts += _training_parts(arch, s, s.batch_size, with_logits=True)
+        groups = -(-s.batch_size // s.num_generations)
+        if s.method in ("grpo", "safe-grpo") and s.shared_prefix and groups < s.batch_size:
+            # one row per group: the prompt once, then its G completions (docs/grpo.md)
+            g = s.num_generations
+            shared = replace(s, seq_len=s.seq_len - s.responses + g * s.responses, response_len=g * s.responses)
+            parts += _training_parts(arch, shared, groups, with_logits=True)
+        else:
+            parts += _training_parts(arch, s, s.batch_size, with_logits=True)
         kv_len = s.seq_len + s.images_per_row * _image_tokens(arch, s)
         kv = s.generation_batch * kv_len * arch.num_layers * 2 * arch.kv_dim * a
         parts.append(Part("KV cache", kv, "generate",
@@ -443,11 +464,11 @@ def estimate_memory(arch: Architecture, settings: PlanSettings, *, model: str = 
         no_grad = replace(s, lora_dropout=0.0)
         rows_tokens = s.generation_batch * kv_len
         parts.append(Part("scoring forward (no grad)", layer_activation_bytes(arch, no_grad, rows_tokens, kv_len),
-                          "generate", "one layer's temporaries of the reward / value forwards"))
+                          "generate", "one layer's temporaries of the reward / value / reference forwards"))
         cached = s.rollout_batch * s.images_per_row * _image_tokens(arch, s) * arch.hidden_size * a
         if cached:
             parts.append(Part("rollout image features", cached, "static",
-                              f"{s.rollout_batch} prompts' images, kept for the PPO epochs"))
+                              f"{s.rollout_batch} prompts' images, kept for the update epochs"))
     parts.append(Part("CUDA context and workspace", s.overhead_gib * GiB, "static", "fixed allowance"))
     return MemoryPlan(model=model, settings=s, parts=parts, gpu_gib=gpu_gib, headroom=headroom)
 

@@ -64,6 +64,24 @@ def concat_features(features: Sequence[dict[str, Any] | None]) -> dict[str, Any]
         pooler_output=[x for f in features for x in f["image"].pooler_output])}
 
 
+def leading_special_ids(tokenizer) -> list[int]:
+    """What the tokenizer puts in front of every text: BOS for Llama / Mistral, nothing for Qwen.
+
+    Read from what it adds to the empty text, so no probe word can come back as ``<unk>``
+    and be taken for a BOS (a word-level tokenizer that does not know the probe and adds
+    no BOS would otherwise get ``<unk>`` in front of every sequence). An EOS, UNK or PAD a
+    tokenizer appends is not a prefix.
+    """
+    not_prefix = {tokenizer.eos_token_id, tokenizer.unk_token_id, tokenizer.pad_token_id} - {tokenizer.bos_token_id}
+    special = set(tokenizer.all_special_ids)
+    lead = []
+    for token in tokenizer("", add_special_tokens=True)["input_ids"]:
+        if token in not_prefix or token not in special:
+            break
+        lead.append(token)
+    return lead[:1]
+
+
 class VLMAdapter(LoadingMixin, LoraMixin):
     """Base class of all model-family adapters. Use :func:`mmalign.models.load_adapter`."""
 
@@ -85,11 +103,7 @@ class VLMAdapter(LoadingMixin, LoraMixin):
         if processor.chat_template is None:
             processor.chat_template = card.chat_template
         self.end_of_turn_ids = self._token_ids(card.end_of_turn)
-        # What the tokenizer puts in front of a text (BOS for Llama / Mistral, nothing for Qwen).
-        self.bos_ids = [
-            t for t in self.tokenizer("x", add_special_tokens=True)["input_ids"]
-            if t in self.tokenizer.all_special_ids
-        ][:1]
+        self.bos_ids = leading_special_ids(self.tokenizer)
 
     # ------------------------------------------------------------------ inputs
     def _token_ids(self, text: str) -> list[int]:
@@ -368,20 +382,42 @@ class VLMAdapter(LoadingMixin, LoraMixin):
         temperature: float = 1.0,
         top_p: float = 1.0,
         top_k: int = 0,
+        num_samples: int = 1,
+        prefill_once: bool = False,
     ) -> Samples:
-        """Sample one response per prompt and return it as a training batch (for RL).
+        """Sample ``num_samples`` responses per prompt and return them as a training batch (for RL).
 
-        Generation runs left-padded; the result is re-packed right-padded, each row
-        [prompt, response up to and including the stop token], with ``response_mask`` on
-        exactly the sampled tokens, so log-probs computed later score what was sampled.
-        ``top_k=0`` and ``top_p=1`` sample from the full distribution (as PPO assumes).
+        Rows ``i * num_samples .. (i + 1) * num_samples - 1`` answer prompt ``i``. Generation
+        runs left-padded; the result is re-packed right-padded, each row [prompt, response up
+        to and including the stop token], with ``response_mask`` on exactly the sampled
+        tokens, so log-probs computed later score what was sampled. ``top_k=0`` and
+        ``top_p=1`` sample from the full distribution (as PPO assumes).
+
+        With ``prefill_once`` each prompt's images go through the vision tower once and its
+        image + prompt tokens through the language model once; the samples continue from
+        copies of that key/value cache (the group rollouts of GRPO), and the image features
+        come back in ``Samples.image_features``. Same tokens as the plain path for the same
+        seed (tested). Families with 1-D positions only (LLaVA, LLaVA-NeXT).
         """
-        batch = self.encode(images, prompts, padding_side="left").to(self.device)
+        if prefill_once and self.inputs.text_keys:
+            raise ValueError(f"prefill_once is not available for {self.family} (3-D rotary positions)")
+        images = list(images) if images is not None else [None] * len(prompts)
+        if prefill_once:
+            once = self.encode(images, prompts, padding_side="left").to(self.device)
+            features = self.image_features(once, grad=False)
+            cache = self._prefill(once, features, num_samples)
+            batch, features = self.select(once, [i for i in range(len(prompts)) for _ in range(num_samples)],
+                                          features)
+            inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "cache": cache}
+        else:
+            batch = self.encode([x for x in images for _ in range(num_samples)],
+                                [p for p in prompts for _ in range(num_samples)], padding_side="left").to(self.device)
+            features, inputs = None, self.forward_kwargs(batch)
         stop = self.stop_ids
         # a sampled image placeholder would make the sequence unreadable for the model
         placeholders = [getattr(self.base_model.config, k, None) for k in ("image_token_id", "video_token_id")]
         out = self.model.generate(
-            **self.forward_kwargs(batch), max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+            **inputs, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
             top_p=top_p, top_k=top_k, eos_token_id=stop, pad_token_id=self.tokenizer.pad_token_id,
             suppress_tokens=[t for t in placeholders if t is not None] or None,
         )
@@ -407,7 +443,19 @@ class VLMAdapter(LoadingMixin, LoraMixin):
             images_per_row=batch.images_per_row,
         )
         texts = [self.tokenizer.decode(new[i, : lengths[i]], skip_special_tokens=True) for i in range(len(ids))]
-        return Samples(packed, texts, ended, lengths)
+        return Samples(packed, texts, ended, lengths, features)
+
+    def _prefill(self, batch: EncodedBatch, features: dict[str, Any] | None, copies: int):
+        """The key/value cache of every left-padded prompt but its last token, each row repeated
+        ``copies`` times: generate continues from it with the positions it computes itself
+        (attention-mask cumsum), so the prefill uses the same ones."""
+        mask = batch.attention_mask
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        kwargs = self.forward_kwargs(batch, features)
+        kwargs.update(input_ids=batch.input_ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1])
+        cache = self.model(**kwargs, use_cache=True, logits_to_keep=1).cache
+        cache.batch_repeat_interleave(copies)
+        return cache
 
     def hidden_states(self, batch: EncodedBatch, image_features: dict[str, Any] | None = None) -> torch.Tensor:
         """Final (normed) hidden states of the language model, ``(batch, seq, hidden)``."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -84,12 +85,14 @@ class EncodedBatch:
 @dataclass
 class Samples:
     """Sampled responses: the right-padded ``batch`` (prompt + response), their text,
-    whether each reached the stop token, and their length in tokens."""
+    whether each reached the stop token, and their length in tokens; ``image_features`` of
+    every row when sampling computed them once per prompt (reuse them, do not recompute)."""
 
     batch: EncodedBatch
     texts: list[str]
     ended: torch.Tensor
     lengths: torch.Tensor
+    image_features: dict[str, Any] | None = None
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 # the experiment modules keep their heavy imports inside functions: their arms and defaults are cheap to read
-from mmalign.experiments import dpo, ppo, reward_models
+from mmalign.experiments import dpo, grpo, ppo, reward_models
 from mmalign.experiments.report import run_experiments, write_experiments_report
 
 DESCRIPTION = """\
@@ -15,6 +15,7 @@ with several seeds at equal data and compute:
   reward-models  plain RM vs Fact-RM: pairwise accuracy on held-out hallucination pairs
   ppo            PPO with the Fact-RM vs a plain RM (hallucination after PPO);
                  reward-only PPO vs PPO-Lagrangian (unsafe rate, helpfulness)
+  grpo           GRPO with the annotations as verifier vs the start policy and Dense DPO
   report         gather the results under OUT into OUT/report.md with charts and verdicts
   all            every experiment, then the report
 Every experiment resumes: finished stages and (seed, arm) results under OUT are reused, and
@@ -48,6 +49,12 @@ def cmd_ppo(args: argparse.Namespace) -> int:
     setting = ppo.quick_setting() if args.quick else ppo.Setting(iterations=args.iterations, budget=args.budget,
                                                                  kl_coef=args.kl_coef)
     ppo.run_ppo_experiment(f"{args.out}/ppo", args.seeds, args.arms, setting)
+    return _report(args.out)
+
+
+def cmd_grpo(args: argparse.Namespace) -> int:
+    setting = grpo.quick_setting() if args.quick else grpo.Setting(steps=args.steps)
+    grpo.run_grpo_experiment(f"{args.out}/grpo", args.seeds, args.arms, setting)
     return _report(args.out)
 
 
@@ -89,5 +96,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"PPO-Lagrangian's cost threshold (default: {ppo.Setting.budget:g})")
     p.add_argument("--kl-coef", type=float, default=ppo.Setting.kl_coef,
                    help=f"β of the per-token KL penalty (default: {ppo.Setting.kl_coef:g})")
+    p = add("grpo", "GRPO with the annotations as verifier vs the start policy and Dense DPO", cmd_grpo)
+    p.add_argument("--arms", nargs="+", default=list(grpo.ARMS), choices=list(grpo.ARMS),
+                   help="arms to run per seed (default: all)")
+    p.add_argument("--steps", type=int, default=grpo.Setting.steps,
+                   help=f"GRPO iterations of 8 prompts x 4 answers per run (default: {grpo.Setting.steps})")
     add("report", "write OUT/report.md (tables, charts, a verdict per claim) from the results under OUT",
         cmd_report, seeds=False)

@@ -1,4 +1,4 @@
-"""The papers' claims in the scene world: run the four experiments and write one report.
+"""The papers' claims in the scene world: run the experiments and write one report.
 
 ``mmalign experiments all --out runs/experiments`` (or :func:`run_experiments`) runs, each
 into its own folder under ``OUT`` and resumable there:
@@ -9,6 +9,8 @@ into its own folder under ``OUT`` and resumable there:
   pairs (Fact-RLHF) and a cost model (:mod:`.reward_models`);
 - ``ppo``: PPO with the Fact-RM versus the plain RM (hallucination after PPO), and
   reward-only PPO versus PPO-Lagrangian (Safe RLHF-V) (:mod:`.ppo`);
+- ``grpo``: GRPO with the world's annotations as verifier versus the start policy and
+  Dense DPO (:mod:`.grpo`);
 
 then :func:`write_experiments_report` gathers every table into ``OUT/report.md`` with bar
 charts and, for each claim, the difference between the two arms and a verdict. A verdict
@@ -27,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmalign.experiments import dpo, ppo, reward_models
+from mmalign.experiments import dpo, grpo, ppo, reward_models
 
-EXPERIMENTS = ("dpo", "reward-models", "ppo")
+EXPERIMENTS = ("dpo", "reward-models", "ppo", "grpo")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,15 @@ CLAIMS = (
           "safe-ppo", "start", "higher"),
     Claim("ppo", "PPO-Lagrangian keeps the helpfulness of reward-only PPO (Fact-RM score)", "fact_rm_score",
           "safe-ppo", "ppo", "equal"),
+    Claim("grpo", "GRPO (object F1) hallucinates less than the start policy (CHAIR_i)", "CHAIR_i", "grpo-f1", "start",
+          "lower"),
+    Claim("grpo", "GRPO (object F1) keeps the start policy's recall", "Recall", "grpo-f1", "start", "equal"),
+    Claim("grpo", "GRPO (object F1) answers at greater length than the start policy", "Length (words)", "grpo-f1",
+          "start", "higher"),
+    Claim("grpo", "GRPO (object F1) hallucinates less than Dense DPO (CHAIR_i)", "CHAIR_i", "grpo-f1", "ddpo", "lower"),
+    Claim("grpo", "GRPO (object F1) recalls more objects than Dense DPO", "Recall", "grpo-f1", "ddpo", "higher"),
+    Claim("grpo", "GRPO with a yes/no reward answers POPE better than the start policy (F1)", "F1 (mean of splits)",
+          "grpo-f1-yesno", "start", "higher"),
     Claim("dpo", "QLoRA matches LoRA on a bf16 base (POPE F1)", "F1 (mean of splits)", "ddpo-qlora",
           "ddpo-lora-bf16", "equal"),
     Claim("dpo", "QLoRA matches LoRA on a bf16 base (CHAIR_s)", "CHAIR_s", "ddpo-qlora", "ddpo-lora-bf16", "equal"),
@@ -188,6 +199,14 @@ def write_experiments_report(out: str | Path) -> Path:
         lines += ["", "## 2b and 3. PPO with each reward model; reward-only PPO versus PPO-Lagrangian", "",
                   (out / "ppo" / "results.md").read_text().strip(), "", "![](ppo.png)", "",
                   "![](ppo/curves.png)"]
+    if "grpo" in results:
+        arms = {"grpo-f1": "GRPO, object F1", "grpo-f1-yesno": "GRPO, object F1 + yes/no", "ddpo": "Dense DPO"}
+        plot_bars(_bars({"start": results["grpo"]["start"]}, results["grpo"]["summary"], arms,
+                        {"F1 (mean of splits)": "POPE F1 ↑", "CHAIR_i": "CHAIR_i ↓", "Recall": "CHAIR recall ↑",
+                         "Length (words)": "words"}),
+                  out / "grpo.png", "GRPO with verifiable rewards vs Dense DPO (held-out scenes)")
+        lines += ["", "## 5. GRPO with the annotations as verifier versus Dense DPO", "",
+                  (out / "grpo" / "results.md").read_text().strip(), "", "![](grpo.png)"]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     (out / "claims.json").write_text(json.dumps(rows, indent=1))
@@ -208,6 +227,8 @@ def run_experiments(out: str | Path, seeds: Sequence[int] = (0, 1, 2), experimen
         elif name == "reward-models":
             reward_models.run_reward_model_experiment(out / name, seeds,
                                                       setting=reward_models.quick_setting() if quick else None)
+        elif name == "grpo":
+            grpo.run_grpo_experiment(out / name, seeds, setting=grpo.quick_setting() if quick else None)
         else:
             ppo.run_ppo_experiment(out / name, seeds, setting=ppo.quick_setting() if quick else None)
     return write_experiments_report(out)

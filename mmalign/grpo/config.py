@@ -54,8 +54,10 @@ class GRPOConfig(TrainingArguments, LagrangeArguments, GuardArguments, ResumeArg
     epsilon_high: float | None = field(default=None, metadata={"help": "Upper clip ε_high (DAPO clip-higher: 0.28)."})
     beta: float = field(default=0.0, metadata={"help": "Weight of the k3 KL to the reference (adapters off)."})
     share_prefix: bool | None = field(
-        default=None, metadata={"help": "Score a group's answers in one row that holds the prompt once (None: where "
-                                        "the family allows it, i.e. 1-D positions: LLaVA, LLaVA-NeXT)."})
+        default=None, metadata={"help": "Prefill each prompt once for its G samples (one vision-tower pass, one "
+                                        "shared key/value cache) and score a group's answers in one row that holds "
+                                        "the prompt once (None: where the family allows it, i.e. 1-D positions: "
+                                        "LLaVA, LLaVA-NeXT)."})
     dynamic_sampling: bool = field(
         default=False, metadata={"help": "DAPO: drop groups whose rewards are all equal and refill from more prompts."})
     max_refill_batches: int = field(

@@ -192,13 +192,16 @@ class GRPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
         if self.share_prefix:  # chunks of whole groups, so a chunk's rows can share their prefix
             step = max(args.num_generations, step - step % args.num_generations)
         for lo in range(0, len(rows), step):
-            part = rows[lo : lo + step]
+            # with a shared prefix, each prompt of the chunk is prefilled once for its G samples
+            part = rows[lo : lo + step : args.num_generations if self.share_prefix else 1]
             adapter.use_adapter(POLICY)
             adapter.model.eval()
             samples = adapter.sample([r.get("images") or [] for r in part], [r["prompt"] for r in part],
-                                     max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+                                     max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                                     num_samples=args.num_generations if self.share_prefix else 1,
+                                     prefill_once=self.share_prefix)
             batch = samples.batch.to(adapter.device)
-            features = adapter.image_features(batch)
+            features = samples.image_features if self.share_prefix else adapter.image_features(batch)
             # log-probs of the sampling policy only where the update needs them (the ratio
             # after the policy moved, the KL to the reference); the entropy comes from the update
             logps = self._logprobs(batch, features) if self._needs_old_logps() else None

@@ -133,9 +133,9 @@ def trl_trainer(folder: Path, tmp_path: Path, loss_type: str, adapter: VLMAdapte
                           peft_config=adapter.lora_config(LORA))
 
 
-def trl_side(folder: Path, tmp_path: Path, loss_type: str, adapter: VLMAdapter, weights):
+def trl_side(folder: Path, tmp_path: Path, loss_type: str, adapter: VLMAdapter, weights, *, bos: bool = True):
     """TRL's loss, LoRA gradients, collated batch and logged metrics on the same rows."""
-    trainer = trl_trainer(folder, tmp_path, loss_type, adapter)
+    trainer = trl_trainer(folder, tmp_path, loss_type, adapter, bos=bos)
     set_lora(trainer.model, weights)
     trainer.model.eval()
     trainer.model.zero_grad()
@@ -159,7 +159,8 @@ def assert_same_tokens(mm: dict[str, torch.Tensor], tb: dict[str, torch.Tensor],
             resp_mm = mm[f"{side}_response_mask"][b][keep_mm].bool()
             resp_trl = tb["completion_mask"][offset + b][keep_trl].bool()
             assert resp_mm.tolist() == resp_trl.tolist(), f"{side} row {b}: response positions differ"
-            assert ids_mm[0].item() == adapter.tokenizer.bos_token_id
+            if adapter.bos_ids:
+                assert ids_mm[0].item() == adapter.tokenizer.bos_token_id
             assert adapter.tokenizer.unk_token_id not in ids_mm.tolist()
             response = adapter.tokenizer.decode(ids_mm[resp_mm])
             assert response.split() == [*adapter.tokenizer.tokenize(texts[b]), "</s>"]
@@ -201,3 +202,42 @@ def test_trl_leaves_out_the_bos_of_the_llava_template(tiny_llava, tmp_path):
         ids_trl = trl_batch["input_ids"][b][trl_batch["attention_mask"][b].bool()].tolist()
         ids_mm = mm_batch["chosen_input_ids"][b][mm_batch["chosen_attention_mask"][b].bool()].tolist()
         assert ids_mm == [adapter.tokenizer.bos_token_id, *ids_trl]
+
+
+@pytest.fixture(scope="module")
+def llava_without_bos(tiny_llava, tmp_path_factory) -> Path:
+    """A LLaVA checkpoint whose word-level tokenizer adds no BOS and does not know the word "x"
+    (as checkpoints built outside the project can be)."""
+    import shutil
+
+    from tokenizers import Tokenizer
+
+    folder = tmp_path_factory.mktemp("no-bos") / "llava"
+    shutil.copytree(tiny_llava, folder)
+    backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    backend.post_processor = None
+    backend.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def test_a_tokenizer_that_adds_no_bos_gets_none(llava_without_bos, tmp_path):
+    adapter = load_adapter(llava_without_bos)
+    assert adapter.tokenizer("x", add_special_tokens=True)["input_ids"] == [adapter.tokenizer.unk_token_id]
+    assert adapter.bos_ids == []
+    batch = DPOCollator(adapter)(copy.deepcopy(preference_rows()))
+    for side in ("chosen", "rejected"):
+        ids = batch[f"{side}_input_ids"][batch[f"{side}_attention_mask"].bool()].tolist()
+        assert adapter.tokenizer.unk_token_id not in ids
+        assert adapter.tokenizer.bos_token_id not in ids
+    # and the DPO loss is TRL's on the same rows, TRL's template left as it is
+    adapter, mm_loss, _, mm_batch, _ = mmalign_side(llava_without_bos, tmp_path, "sigmoid",
+                                                    cache_image_features=False, share_prefix=False)
+    trl_loss, _, trl_batch, _ = trl_side(llava_without_bos, tmp_path, "sigmoid", adapter, lora_weights(adapter),
+                                         bos=False)
+    assert_same_tokens(mm_batch, trl_batch, adapter)
+    assert mm_loss == pytest.approx(trl_loss, abs=1e-5)
+
+
+def test_a_tokenizer_that_adds_bos_gets_it(tiny_llava):
+    adapter = load_adapter(tiny_llava)
+    assert adapter.bos_ids == [adapter.tokenizer.bos_token_id]

@@ -156,3 +156,22 @@ def test_experiment_killed_between_two_runs_resumes_with_the_next(tmp_path):
     assert {name: (out / "reward-models" / "data" / name).stat().st_mtime_ns for name in data} == data
     results = json.loads((out / "reward-models" / "results.json").read_text())
     assert [run["seed"] for run in results["runs"]] == [0, 1] and (out / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_grpo_experiment_measures_its_arms_and_states_the_claims(tmp_path):
+    from mmalign.experiments import grpo
+    from mmalign.experiments.report import write_experiments_report
+
+    results = grpo.run_grpo_experiment(tmp_path / "grpo", seeds=[0], arms=["grpo-f1"], setting=grpo.quick_setting())
+    row = results["runs"][0]["models"]["grpo-f1"]
+    assert {"CHAIR_i", "Recall", "Length (words)", "train_seconds", "final_reward"} <= set(row)
+    assert {"CHAIR_i", "Recall"} <= set(results["start"])
+    table = (tmp_path / "grpo" / "results.md").read_text()
+    assert "| grpo-f1 | 1 |" in table and "| ddpo |" not in table
+    write_experiments_report(tmp_path)
+    claims = json.loads((tmp_path / "claims.json").read_text())
+    against_start = [c for c in claims if c["arm"] == "grpo-f1" and c["baseline"] == "start"]
+    assert len(against_start) == 3  # the claims against Dense DPO wait for its arm
+    chair = next(c for c in against_start if c["metric"] == "CHAIR_i")
+    assert chair["difference"] == pytest.approx(row["CHAIR_i"] - results["start"]["CHAIR_i"])

@@ -33,3 +33,20 @@ def test_reward_models_start_from_the_recipe_of_their_kind(tmp_path, extra, reci
     _, shipped = load_recipe(recipe, (ModelConfig, RewardConfig))
     assert (args.kind, args.use_facts, args.cost_signs) == (shipped.kind, shipped.use_facts, shipped.cost_signs)
     assert args.l2_weight == shipped.l2_weight and args.num_train_epochs == 0.5
+
+
+def test_grpo_runs_are_the_recipe_with_the_arms_rewards(tmp_path):
+    from mmalign.demo import demo_grpo_args
+    from mmalign.experiments import grpo
+    from mmalign.grpo import GRPOConfig
+
+    setting = grpo.Setting(steps=7, learning_rate=3e-4)
+    _, shipped = load_recipe("grpo-scene-vlm", (ModelConfig, GRPOConfig))
+    for arm in ("grpo-f1", "grpo-f1-yesno"):
+        kinds, rewards = grpo.ARMS[arm]
+        args = demo_grpo_args(setting.demo_config(), tmp_path / "run", tmp_path / "prompts", rewards=rewards, seed=4)
+        assert (args.reward_funcs, args.reward_weights) == (list(rewards), list(rewards.values()))
+        assert (args.max_steps, args.learning_rate, args.seed) == (7, 3e-4, 4)
+        assert (args.num_generations, args.loss_aggregation, args.epsilon_high) == (
+            shipped.num_generations, shipped.loss_aggregation, shipped.epsilon_high)
+    assert grpo.ARMS["grpo-f1-yesno"][0] == ("describe", "exist")

@@ -175,6 +175,18 @@ def test_shared_prefix_update_equals_the_plain_update(tiny_dirs, tmp_path):
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
 
 
+def test_shared_prefix_rollout_samples_the_plain_tokens(tiny_dirs, tmp_path):
+    plain = make(tiny_dirs, tmp_path / "a", share_prefix=False, reward_funcs=["length"])
+    shared = make(tiny_dirs, tmp_path / "b", share_prefix=True, reward_funcs=["length"])
+    torch.manual_seed(5)
+    a, _ = plain.make_rollout()
+    torch.manual_seed(5)
+    b, _ = shared.make_rollout()
+    assert torch.equal(a.batch.input_ids, b.batch.input_ids) and torch.equal(a.mask, b.mask)
+    assert torch.allclose(a.advantages, b.advantages)
+    assert b.features is not None and len(b.features["image"].pooler_output) == len(a.batch.input_ids)
+
+
 def test_share_prefix_is_refused_for_3d_rotary_positions(tiny_dirs, tmp_path):
     from mmalign.grpo import GRPOConfig
 

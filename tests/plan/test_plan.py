@@ -131,12 +131,14 @@ def test_parse_gpu():
 
 
 def test_settings_are_checked():
-    with pytest.raises(ValueError, match="unknown method 'grpo'"):
-        PlanSettings(method="grpo")
+    with pytest.raises(ValueError, match="unknown method 'orpo'"):
+        PlanSettings(method="orpo")
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         PlanSettings(batch_size=0)
     with pytest.raises(ValueError, match="use --qlora or --lora"):
         estimate_memory(TOY, PlanSettings(method="ppo", mode="full"))
+    with pytest.raises(ValueError, match="use --qlora or --lora"):
+        estimate_memory(TOY, PlanSettings(method="grpo", mode="full"))
 
 
 def test_local_folder_reads_config_and_safetensors_headers(tmp_path):
@@ -183,3 +185,32 @@ def test_llava_next_folder_plans_its_largest_tiling(tmp_path):
     adapter = load_adapter(folder)
     batch = adapter.encode([[Image.new("RGB", (64, 64))]], ["what"], ["a"])
     assert int((batch.input_ids == adapter.base_model.config.image_token_id).sum()) == arch.image_tokens
+
+
+def test_grpo_plans_one_row_per_group_and_the_group_kv_cache():
+    arch = Architecture.from_card(get_card("llava-1.5-7b"))
+    s = PlanSettings(method="grpo", batch_size=16, seq_len=160, response_len=128, num_generations=8,
+                     generation_batch=16, rollout_batch=2, gradient_checkpointing=True)
+    plan = estimate_memory(arch, s)
+    # the update: 2 groups, each one row of 32 prompt + 8 x 128 completion + 576 image tokens
+    assert part(plan, "layer inputs") == pytest.approx(32 * 2 * (32 + 8 * 128 + 576) * 4096 * 2
+                                                       + 2 * 1632 * 4096 * (2 + 4))
+    # logits at every completion's positions all the same: 16 x 128
+    plain = estimate_memory(arch, PlanSettings(**{**s.__dict__, "shared_prefix": False}))
+    assert part(plain, "layer inputs") == pytest.approx(32 * 16 * (160 + 576) * 4096 * 2 + 16 * 736 * 4096 * 6)
+    assert plan.total("train") < plain.total("train")
+    # rollouts: the 16 sampled rows' cache of prompt + completion + image, K and V, bf16
+    assert part(plan, "KV cache") == 16 * 736 * 32 * 2 * 4096 * 2
+    lora = 159_907_840
+    assert part(plan, "LoRA adapters x1") == lora * 4 and part(plan, "gradients x1") == lora * 4
+    safe = estimate_memory(arch, PlanSettings(**{**s.__dict__, "method": "safe-grpo"}))
+    assert part(safe, "LoRA adapters x2") == 2 * lora * 4 and part(safe, "gradients x1") == lora * 4
+    with_rm = estimate_memory(arch, PlanSettings(**{**s.__dict__, "scorers": 2}))
+    assert part(with_rm, "LoRA adapters x3") == 3 * lora * 4
+
+
+def test_cli_plans_grpo(capsys):
+    assert main(["plan", "--model", "llava-1.5-7b", "--method", "safe-grpo", "--batch-size", "16",
+                 "--num-generations", "8", "--json"]) == 0
+    parts = {p["name"]: p for p in json.loads(capsys.readouterr().out)["parts"]}
+    assert "LoRA adapters x2 (fp32)" in parts and "KV cache" in parts

@@ -7,8 +7,8 @@ Usage::
     python -m mmalign.experiments.perf.grpo_speed --steps 6 --warmup 1 --json speed.json
 
 The model is the random LLaVA of the DPO benchmark (``dpo_speed.build_checkpoint``) at a
-GRPO shape: a CLIP at 224 px / patch 14 (256 image tokens), a Llama of 4 layers x 256, a
-30-token question, ``max_new_tokens`` 32 sampled at temperature 1, G = 8 answers for each
+GRPO shape with LLaVA-1.5's token counts: a CLIP at 336 px / patch 14 (576 image tokens), a
+Llama of 4 layers x 256, a 60-token question, ``max_new_tokens`` 32 sampled at temperature 1, G = 8 answers for each
 of 2 prompts per step (16 answers, one optimiser step), LoRA r=8 on the language model,
 β = 0 (no reference forward), the DAPO token-level loss, one pass (μ = 1). The reward is
 the same cheap function for both (answer length), so the timing is the trainers' own
@@ -48,13 +48,13 @@ SEED = 42
 
 @dataclass(frozen=True)
 class Shape:
-    image_size: int = 224
+    image_size: int = 336  # 576 image tokens, as LLaVA-1.5
     patch_size: int = 14
     vision_hidden: int = 128
     vision_layers: int = 2
     text_hidden: int = 256
     text_layers: int = 4
-    prompt_words: int = 29  # + "?" = 30 question tokens after the image
+    prompt_words: int = 59  # + "?" = 60 question tokens after the image
     prompts_per_step: int = 2
     num_generations: int = 8
     max_new_tokens: int = 32
