@@ -73,7 +73,9 @@ def test_describes_a_scene_with_world_words(scene_vlm):
 
 
 def test_builder_makes_the_same_architecture():
-    model, processor = build_scene_vlm(world_vocabulary(), SceneVLMConfig())
+    from mmalign.experiments.pretrain_scene_vlm import scene_vlm_vocabulary
+
+    model, processor = build_scene_vlm(scene_vlm_vocabulary(WorldConfig()), SceneVLMConfig())
     shipped = load_adapter("scene-vlm").base_model
     assert model.config.text_config.hidden_size == shipped.config.text_config.hidden_size
     assert len(processor.tokenizer) == shipped.config.text_config.vocab_size
