@@ -516,11 +516,11 @@ def test_hidden_partners_sit_behind_their_trigger() -> None:
     from mmalign.scene.render import render
     from mmalign.scene.text import relation_sentence
 
-    hiding = replace(CONFIG, partner_hidden_p=1.0)
+    hiding, none = replace(CONFIG, partner_hidden_p=1.0), replace(CONFIG, partner_hidden_p=0.0)
     pairs = dict(CONFIG.cooccurrence)
     seen = 0
     for index in range(1, 400):
-        plain, scene = scene_at(CONFIG, index), scene_at(hiding, index)
+        plain, scene = scene_at(none, index), scene_at(hiding, index)
         assert not any(obj.behind for obj in plain.objects)
         assert scene.counts == plain.counts and scene.background == plain.background
         for obj in (o for o in scene.objects if o.behind):
