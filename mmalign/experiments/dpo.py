@@ -30,7 +30,7 @@ from mmalign.demo import (
     demo_training_args,
     evaluate_scene_model,
 )
-from mmalign.experiments.seeds import load_runs, result_file, save_result, summarise
+from mmalign.experiments.seeds import load_runs, measure_missing, summarise
 
 #: method -> (DPO loss type, base precision, DPOConfig changes to the demo's recipe).
 #: ``ddpo-norm-qlora`` is the RLHF-V paper's own form: scores normalised by N = |y_u| + γ|y_c|, β 0.5.
@@ -155,13 +155,8 @@ def run_dpo_experiment(out: str | Path, seeds: Sequence[int] = (0, 1, 2), method
         raise ValueError(f"unknown DPO experiment method(s) {unknown}; choose from {sorted(METHODS)}")
     out = Path(out)
     world, pairs = build_data(config, out)
-    for seed in seeds:
-        for method in methods:
-            file = result_file(out, seed, method)
-            if not file.exists():
-                print(f"-- dpo: seed {seed}, {method}: training, then POPE and CHAIR on the held-out scenes", flush=True)
-                save_result(out, seed, method, run_method(config, method, seed, world, pairs, out))
-            print(f"-- dpo: seed {seed}, {method}: measured ({file})", flush=True)
+    measure_missing(out, "dpo", seeds, methods, "training, then POPE and CHAIR on the held-out scenes",
+                    lambda seed, method: run_method(config, method, seed, world, pairs, out))
     runs = load_runs(out)
     measured_precisions = {METHODS[m][1] for r in runs for m in r["models"]}
     base = base_results(config, world, out, [p for p in TAGS if p in measured_precisions | {"nf4"}])

@@ -33,7 +33,7 @@ from mmalign.demo import (
     evaluate_scene_model,
 )
 from mmalign.experiments import dpo
-from mmalign.experiments.seeds import load_runs, result_file, save_result, summarise
+from mmalign.experiments.seeds import load_runs, measure_missing, summarise
 
 #: arm -> (prompt kinds, reward function -> weight); ``ddpo`` is the offline baseline
 ARMS: dict[str, tuple[tuple[str, ...], dict[str, float]]] = {
@@ -132,13 +132,8 @@ def run_grpo_experiment(out: str | Path, seeds: Sequence[int] = (0, 1, 2), arms:
     world = out / "world"
     if not (world / "world.json").exists():
         make_world(world, seed=config.seed, size=config.eval_scenes)
-    for seed in seeds:
-        for arm in arms:
-            file = result_file(out, seed, arm)
-            if not file.exists():
-                print(f"-- grpo: seed {seed}, {arm}: training, then POPE and CHAIR on the held-out scenes", flush=True)
-                save_result(out, seed, arm, run_arm(setting, arm, seed, world, out))
-            print(f"-- grpo: seed {seed}, {arm}: measured ({file})", flush=True)
+    measure_missing(out, "grpo", seeds, arms, "training, then POPE and CHAIR on the held-out scenes",
+                    lambda seed, arm: run_arm(setting, arm, seed, world, out))
     runs = load_runs(out)
     start = dpo.base_results(config, world, out, ["nf4"])["base-4bit"]
     results = {"setting": asdict(setting), "start": start, "runs": runs, "summary": summarise(runs)}

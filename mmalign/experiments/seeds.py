@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,19 @@ def save_result(out: Path, seed: int, arm: str, result: dict[str, Any]) -> Path:
     file.parent.mkdir(parents=True, exist_ok=True)
     file.write_text(json.dumps(result, indent=1))
     return file
+
+
+def measure_missing(out: Path, experiment: str, seeds: Sequence[int], arms: Sequence[str], doing: str,
+                    run: Callable[[int, str], dict[str, Any]]) -> None:
+    """``run(seed, arm)`` for every (seed, arm) without a result file yet, saving each result as
+    it comes, so a stopped experiment resumes with the next one."""
+    for seed in seeds:
+        for arm in arms:
+            file = result_file(out, seed, arm)
+            if not file.exists():
+                print(f"-- {experiment}: seed {seed}, {arm}: {doing}", flush=True)
+                save_result(out, seed, arm, run(seed, arm))
+            print(f"-- {experiment}: seed {seed}, {arm}: measured ({file})", flush=True)
 
 
 def load_runs(out: Path) -> list[dict[str, Any]]:
