@@ -270,18 +270,20 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def run_configuration(spec: dict[str, Any]) -> dict[str, Any]:
-    """Train one configuration in this process; timings exclude the warm-up steps."""
+def start_worker(spec: dict[str, Any], shape_type: type) -> tuple[Any, int, int, dict[str, Any]]:
+    """A configuration run's torch threads, shape, warm-up and timed steps, and its spec with
+    ``max_steps`` (warm-up + timed) set."""
     import torch
-    from datasets import Dataset
-    from transformers import TrainerCallback
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
-    shape = Shape(**spec["shape"])
     warmup, steps = spec["warmup"], spec["steps"]
-    spec = dict(spec, max_steps=warmup + steps)
-    dataset = Dataset.from_list(preference_rows(shape, shape.pairs_per_step * (warmup + steps)))
+    return shape_type(**spec["shape"]), warmup, steps, dict(spec, max_steps=warmup + steps)
+
+
+def step_clock():
+    """A ``TrainerCallback`` whose ``ends`` lists the time each optimiser step ended."""
+    from transformers import TrainerCallback
 
     class StepClock(TrainerCallback):
         def __init__(self) -> None:
@@ -290,11 +292,21 @@ def run_configuration(spec: dict[str, Any]) -> dict[str, Any]:
         def on_step_end(self, args, state, control, **kwargs):
             self.ends.append(time.perf_counter())
 
+    return StepClock()
+
+
+def run_configuration(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train one configuration in this process; timings exclude the warm-up steps."""
+    import torch
+    from datasets import Dataset
+
+    shape, warmup, steps, spec = start_worker(spec, Shape)
+    dataset = Dataset.from_list(preference_rows(shape, shape.pairs_per_step * (warmup + steps)))
     with tempfile.TemporaryDirectory() as out:
         build = _trl_trainer if spec["kind"] == "trl" else _mmalign_trainer
         trainer, extra = build(spec, shape, dataset, out)
         row_tokens = _row_tokens(trainer, dataset[0], spec["kind"])
-        clock = StepClock()
+        clock = step_clock()
         trainer.add_callback(clock)
         rss_before = _rss_mb()
         trainer.train()

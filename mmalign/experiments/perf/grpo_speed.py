@@ -40,6 +40,8 @@ from mmalign.experiments.perf.dpo_speed import (
     _run_subprocess,
     _trl_lora_config,
     build_checkpoint,
+    start_worker,
+    step_clock,
 )
 from mmalign.utils import format_table
 
@@ -143,27 +145,17 @@ def run_configuration(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one configuration in this process; timings exclude the warm-up steps."""
     import torch
     from datasets import Dataset
-    from transformers import TrainerCallback
 
-    if spec["threads"]:
-        torch.set_num_threads(spec["threads"])
-    shape = Shape(**spec["shape"])
-    warmup, steps = spec["warmup"], spec["steps"]
-    spec = dict(spec, max_steps=warmup + steps)
+    shape, warmup, steps, spec = start_worker(spec, Shape)
     dataset = Dataset.from_list(prompt_rows(shape, shape.prompts_per_step * (warmup + steps)))
-    ends: list[float] = []
-
-    class StepClock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            ends.append(time.perf_counter())
-
+    clock = step_clock()
     with tempfile.TemporaryDirectory() as out:
         build = _trl_trainer if spec["kind"] == "trl" else _mmalign_trainer
         trainer = build(spec, shape, dataset, out)
         rss_before = _rss_mb()
         lengths: list[float] = []
         if spec["kind"] == "trl":
-            trainer.add_callback(StepClock())
+            trainer.add_callback(clock)
             trainer.train()
             lengths = [r["completions/mean_length"] for r in trainer.state.log_history if "completions/mean_length" in r]
         else:  # mmalign's loop logs once per iteration: time the iterations
@@ -172,9 +164,9 @@ def run_configuration(spec: dict[str, Any]) -> dict[str, Any]:
                 rollout, log = trainer.make_rollout()
                 trainer.grpo_update(rollout)
                 trainer.iteration += 1
-                ends.append(time.perf_counter())
+                clock.ends.append(time.perf_counter())
                 lengths.append(log["completion_length"])
-    timed = ends[warmup - 1 :]
+    timed = clock.ends[warmup - 1 :]
     elapsed = timed[-1] - timed[0]
     completions = shape.prompts_per_step * shape.num_generations
     return {"name": spec["name"], "s_per_step": elapsed / steps, "answers_per_s": steps * completions / elapsed,
