@@ -14,13 +14,22 @@ LoRA in :mod:`~mmalign.models.lora`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Any, ClassVar
 
 import torch
 from PIL import Image
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from mmalign.chat import Prompt, message_text, user_turn
+from mmalign.chat import (
+    IMAGE_PLACEHOLDER,
+    Prompt,
+    image_slots,
+    inline_images,
+    interleaves,
+    message_text,
+    user_turn,
+)
 from mmalign.models.batch import (
     EncodedBatch,
     ModelInputsSpec,
@@ -57,8 +66,9 @@ def normalise_images(images: Sequence[Any] | None, batch: int) -> list[list[Imag
 
 def concat_features(features: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
     """Cached image features of several batches, in the same order as
-    :func:`~mmalign.models.batch.concat_batches`."""
-    if features[0] is None:
+    :func:`~mmalign.models.batch.concat_batches`; a text-only batch has none to add."""
+    features = [f for f in features if f is not None]
+    if not features:
         return None
     return {"image": BaseModelOutputWithPooling(
         pooler_output=[x for f in features for x in f["image"].pooler_output])}
@@ -82,6 +92,10 @@ def leading_special_ids(tokenizer) -> list[int]:
     return lead[:1]
 
 
+#: A private-use character that stands for an image while a chat template renders text.
+_SLOT = "\ue000"
+
+
 class VLMAdapter(LoadingMixin, LoraMixin):
     """Base class of all model-family adapters. Use :func:`mmalign.models.load_adapter`."""
 
@@ -92,6 +106,7 @@ class VLMAdapter(LoadingMixin, LoraMixin):
     language_scope: ClassVar[str]  # qualified name of the language model
     inputs: ClassVar[ModelInputsSpec]
     default_card_name: ClassVar[str | None] = None  # card used for local folders of this family
+    multi_image: ClassVar[bool] = True  # several images in one row (a family that cannot says so here)
 
     def __init__(self, model: torch.nn.Module, processor: Any, card: ModelCard):
         self.model = model
@@ -122,9 +137,36 @@ class VLMAdapter(LoadingMixin, LoraMixin):
         return self._render(user_turn(prompt, n_images), add_generation_prompt=True)
 
     def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        """The chat template's text; a message with images between its texts keeps them there
+        (:func:`~mmalign.chat.interleaves`) even when the template writes images first."""
+        expected = sum(image_slots([m]) for m in messages if interleaves(m))
+        if not expected or self._image_markup is None:
+            return self._apply_template(messages, add_generation_prompt)
+        messages = [inline_images(m, _SLOT) if interleaves(m) else m for m in messages]
+        text = self._apply_template(messages, add_generation_prompt)
+        if text.count(_SLOT) != expected:
+            raise ValueError("the chat template did not keep the text of a message with several images")
+        return text.replace(_SLOT, self._image_markup)
+
+    def _apply_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
         return self.processor.apply_chat_template(
             messages, add_generation_prompt=add_generation_prompt, tokenize=False
         )
+
+    @cached_property
+    def _image_markup(self) -> str | None:
+        """What the chat template writes for one image if it moves images before a message's
+        text (LLaVA's templates), ``None`` if it keeps image and text parts in order (Qwen's)."""
+        def render(content: list[dict[str, Any]]) -> str:
+            return self._apply_template([{"role": "user", "content": content}], add_generation_prompt=False)
+
+        bare = render([{"type": "text", "text": _SLOT}])
+        after = render([{"type": "text", "text": _SLOT}, {"type": "image"}])
+        head, tail = bare.split(_SLOT)
+        middle = after[len(head): len(after) - len(tail)]
+        if not (after.startswith(head) and after.endswith(tail)) or _SLOT not in (middle[:1], middle[-1:]):
+            raise ValueError(f"{self.family}: cannot tell where the chat template writes an image")
+        return None if middle.startswith(_SLOT) else middle[:-1]
 
     def conversation_segments(self, messages: list[dict[str, Any]]) -> list[tuple[str, bool]]:
         """Split a rendered conversation into (text, is_assistant) pieces.
@@ -182,9 +224,13 @@ class VLMAdapter(LoadingMixin, LoraMixin):
             raise TypeError("prompts must be a list, one per row")
         if responses is not None and len(responses) != len(prompts):
             raise ValueError(f"got {len(responses)} responses for {len(prompts)} prompts")
-        rows_images = normalise_images(images, len(prompts))
+        rows_images = self._row_images(images, len(prompts))
         rows = []
         for i, (prompt, imgs) in enumerate(zip(prompts, rows_images)):
+            placed = image_slots(prompt)
+            if placed != len(imgs) and (placed or not isinstance(prompt, str)):
+                what = f"{IMAGE_PLACEHOLDER} placeholder(s)" if isinstance(prompt, str) else "image part(s)"
+                raise ValueError(f"row {i}, field 'prompt': has {placed} {what} but the row has {len(imgs)} image(s)")
             segs = [(self.format_prompt(prompt, len(imgs)), False)]
             if responses is not None:
                 segs.append((responses[i], True))
@@ -206,20 +252,26 @@ class VLMAdapter(LoadingMixin, LoraMixin):
         images fill the image parts in order. ``response_offsets[b]`` lists the character
         offsets of the response tokens of all assistant turns, each relative to its turn.
         """
-        rows_images = normalise_images(images, len(conversations))
+        rows_images = self._row_images(images, len(conversations))
         rows = []
         for i, conv in enumerate(conversations):
-            n_parts = sum(
-                sum(p.get("type") == "image" for p in m["content"])
-                for m in conv if not isinstance(m["content"], str)
-            )
+            n_parts = image_slots(conv)
             if n_parts != len(rows_images[i]):
-                raise ValueError(f"row {i}: {n_parts} image placeholders but {len(rows_images[i])} images")
+                raise ValueError(
+                    f"row {i}, field 'messages': {n_parts} image placeholders but {len(rows_images[i])} images")
             try:
                 rows.append(self.conversation_segments(conv))
             except ValueError as err:
                 raise ValueError(f"row {i}: {err}") from None
         return self._encode_segments(rows_images, rows, max_length, padding_side)
+
+    def _row_images(self, images: Sequence[Any] | None, batch: int) -> list[list[Image.Image]]:
+        rows = normalise_images(images, batch)
+        if not self.multi_image:
+            for i, row in enumerate(rows):
+                if len(row) > 1:
+                    raise ValueError(f"row {i}, field 'images': {len(row)} images, but {self.family} takes one per row")
+        return rows
 
     def _encode_segments(
         self,

@@ -152,13 +152,27 @@ def pad_cat(tensors: Sequence[torch.Tensor], value: float | int | bool) -> torch
     return torch.cat([torch.cat([t, t.new_full((t.shape[0], width - t.shape[1]), value)], 1) for t in tensors])
 
 
+def cat_images(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Image inputs of several batches joined along the image axis; per-image tensors padded
+    with zeros to the largest (LLaVA-NeXT's crops: each batch pads to its own largest image,
+    the model reads the real crops from ``image_sizes``)."""
+    shape = [max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
+    padded = []
+    for t in tensors:
+        pad = [p for d in reversed(range(1, t.dim())) for p in (0, shape[d - 1] - t.shape[d])]
+        padded.append(torch.nn.functional.pad(t, pad) if any(pad) else t)
+    return torch.cat(padded)
+
+
 def concat_batches(batches: Sequence[EncodedBatch], pad_id: int) -> EncodedBatch:
-    """One right-padded batch from several (images in row order, one entry per image)."""
+    """One right-padded batch from several (images in row order, one entry per image); a
+    batch without images (text-only rows) adds none."""
+    keys = dict.fromkeys(k for b in batches for k in b.image_inputs)
     return EncodedBatch(
         input_ids=pad_cat([b.input_ids for b in batches], pad_id),
         attention_mask=pad_cat([b.attention_mask for b in batches], 0),
         response_mask=pad_cat([b.response_mask for b in batches], False),
-        image_inputs={k: torch.cat([b.image_inputs[k] for b in batches]) for k in batches[0].image_inputs},
+        image_inputs={k: cat_images([b.image_inputs[k] for b in batches if k in b.image_inputs]) for k in keys},
         text_inputs={k: pad_cat([b.text_inputs[k] for b in batches], 0) for k in batches[0].text_inputs},
         response_offsets=[o for b in batches for o in b.response_offsets],
         images_per_row=[n for b in batches for n in b.images_per_row],

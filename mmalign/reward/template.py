@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mmalign.chat import Prompt, user_turn
+from mmalign.chat import Prompt, interleaves, user_turn
 from mmalign.models.adapter import VLMAdapter, normalise_images
 from mmalign.models.batch import EncodedBatch
 
@@ -76,7 +76,9 @@ class RewardTemplate:
             else:  # copies: the caller's messages stay as they were
                 content = [dict(p) for p in content]
                 text = next((p for p in content if p.get("type") == "text"), None)
-                if text is None:
+                if interleaves(messages[at]):  # before the first image, not inside its caption
+                    content.insert(0, {"type": "text", "text": header})
+                elif text is None:
                     content.append({"type": "text", "text": header})
                 else:
                     text["text"] = header + (text.get("text") or "")
@@ -109,9 +111,14 @@ def encode_for_scoring(
     facts = facts if facts is not None else [None] * len(prompts)
     responses = list(responses)
 
+    def conversation(i: int) -> list[dict[str, Any]]:
+        try:
+            return template.conversation(prompts[i], responses[i], len(rows_images[i]), facts[i])
+        except ValueError as err:  # a placeholder count that does not match the images
+            raise ValueError(f"row {i}, field 'prompt': {err}") from None
+
     def encode(rows: Sequence[int]) -> EncodedBatch:
-        convs = [template.conversation(prompts[i], responses[i], len(rows_images[i]), facts[i])
-                 for i in rows]
+        convs = [conversation(i) for i in rows]
         return adapter.encode([rows_images[i] for i in rows], convs, [template.score_prefix] * len(rows),
                               end_of_turn=False)
 

@@ -70,5 +70,5 @@ def test_conversation_errors_name_the_row(tiny_dirs):
     img = Image.new("RGB", (32, 32))
     with pytest.raises(ValueError, match="row 1: .*end with an assistant message"):
         adapter.encode_conversations([img, img], [conversation(), conversation()[:3]])
-    with pytest.raises(ValueError, match="row 0: 1 image placeholders but 2 images"):
+    with pytest.raises(ValueError, match="row 0, field .messages.: 1 image placeholders but 2 images"):
         adapter.encode_conversations([[img, img]], [conversation()])
