@@ -45,6 +45,14 @@ def weights_fingerprint(adapter: VLMAdapter) -> str:
     return digest.hexdigest()[:24]
 
 
+def count_images(image_inputs: dict[str, torch.Tensor]) -> int:
+    """Images in a batch's vision inputs: one grid row per image (Qwen2-VL), else one leading
+    row per image; rows may hold several images or none, so the row count would not do."""
+    if "image_grid_thw" in image_inputs:
+        return image_inputs["image_grid_thw"].shape[0]
+    return next(iter(image_inputs.values())).shape[0]
+
+
 def split_images(image_inputs: dict[str, torch.Tensor], n_images: int) -> list[dict[str, torch.Tensor]]:
     """The batch's vision inputs cut into one dict per image.
 
@@ -115,7 +123,7 @@ class ImageFeatureCache:
     def features(self, batch: EncodedBatch) -> dict[str, Any] | None:
         if not batch.image_inputs:
             return None
-        n_images = sum(batch.images_per_row) if batch.images_per_row else batch.input_ids.shape[0]
+        n_images = sum(batch.images_per_row) if batch.images_per_row else count_images(batch.image_inputs)
         per_image = split_images(batch.image_inputs, n_images)
         keys = [image_key(inputs) for inputs in per_image]
         found: dict[str, torch.Tensor] = {}

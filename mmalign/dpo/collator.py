@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from mmalign.chat import response_text
+from mmalign.chat import IMAGE_PLACEHOLDER, response_text
 from mmalign.models.adapter import VLMAdapter
 from mmalign.models.batch import pad_rows
 
@@ -92,16 +92,21 @@ class DPOCollator:
         return self._features(rows, chosen, rejected)
 
     def _shorten_prompt(self, row: dict[str, Any]) -> str | None:
-        """Drop words from the start of a text prompt until chosen and rejected fit."""
+        """Drop words from the start of a text prompt until chosen and rejected fit.
+
+        ``<image>`` placeholders are not words: they all stay, in place among the words kept,
+        so a row's images keep their count and order."""
         prompt = row["prompt"]
         if not isinstance(prompt, str):
             return None
-        words = prompt.split()
+        tokens = prompt.replace(IMAGE_PLACEHOLDER, f" {IMAGE_PLACEHOLDER} ").split()
+        words = [j for j, token in enumerate(tokens) if token != IMAGE_PLACEHOLDER]
         images = [row.get("images") or []]
         lo, hi, best = 1, len(words) - 1, None
         while lo <= hi:  # keep as many trailing words (the question) as fit
             keep = (lo + hi) // 2
-            candidate = " ".join(words[-keep:])
+            kept = set(words[-keep:])
+            candidate = " ".join(t for j, t in enumerate(tokens) if j in kept or t == IMAGE_PLACEHOLDER)
             try:
                 for key in ("chosen", "rejected"):
                     self.adapter.encode(images, [candidate], [response_text(row[key])], max_length=self.max_length)
