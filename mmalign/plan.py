@@ -142,10 +142,12 @@ class Architecture:
             config = json.loads(config_file.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{config_file}: invalid JSON ({err.msg})") from None
+        from mmalign.models import ADAPTERS
+
         model_type = config.get("model_type")
-        if model_type not in ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl"):
+        if model_type not in ADAPTERS:
             raise ValueError(f"{config_file}: model_type {model_type!r} is not supported; "
-                             "supported: llava, llava_next, qwen2_vl, qwen2_5_vl")
+                             f"supported: {', '.join(sorted(ADAPTERS))}")
         text = config.get("text_config") or config
         try:
             dims = dict(
@@ -157,28 +159,45 @@ class Architecture:
         except KeyError as err:
             raise ValueError(f"{config_file}: text config has no {err.args[0]!r}") from None
         counts = _safetensors_counts(folder)
-        vision = sum(n for name, n in counts.items() if re.search(r"(vision_tower|visual)\.", name)
-                     and not re.search(r"(multi_modal_projector|merger)\.", name))
-        projector = sum(n for name, n in counts.items() if re.search(r"(multi_modal_projector|merger)\.", name))
+        vision = sum(n for name, n in counts.items() if re.search(_VISION, name) and not re.search(_PROJECTOR, name))
+        projector = sum(n for name, n in counts.items() if re.search(_PROJECTOR, name))
         vconf = config.get("vision_config") or {}
         image_tokens = _folder_image_tokens(model_type, config, vconf)
         return cls(
             **dims, head_dim=text.get("head_dim"), vision_params=vision, projector_params=projector,
             image_tokens=image_tokens, vision_hidden_size=int(vconf.get("hidden_size") or vconf.get("embed_dim") or 0),
-            tie_word_embeddings=bool(text.get("tie_word_embeddings", config.get("tie_word_embeddings", False))),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
         )
+
+
+#: Checkpoint tensor names of the vision tower (with the projector) and of the projector alone,
+#: across the supported families.
+_VISION = r"(vision_tower|visual|vision_model)\."
+_PROJECTOR = r"(multi_modal_projector|merger|deepstack_merger_list|connector)\."
 
 
 def _folder_image_tokens(model_type: str, config: dict[str, Any], vconf: dict[str, Any]) -> int:
     """Language-model tokens per image: LLaVA's (size / patch)^2; LLaVA-NeXT's base view plus
     its largest tiling grid with one newline token per grid row; Qwen-VL's 576 (a 672 px
-    image, as on the cards; pass ``image_tokens`` for other resolutions)."""
+    image, as on the cards); Gemma 3's fixed soft tokens; InternVL's one tile; LLaVA-OneVision's
+    and SmolVLM's 768 px image (base view or global image plus a 2x2 grid). Pass
+    ``image_tokens`` for other resolutions."""
     if model_type.startswith("qwen"):
         return 576
-    side = vconf["image_size"] // vconf["patch_size"]
+    if model_type == "gemma3":
+        return int(config.get("mm_tokens_per_image", 256))
+    if model_type == "internvl":
+        return int(config.get("image_seq_length", 256))
+    patch = vconf["patch_size"][0] if isinstance(vconf["patch_size"], list) else vconf["patch_size"]
+    size = vconf["image_size"][0] if isinstance(vconf["image_size"], list) else vconf["image_size"]
+    side = size // patch
+    if model_type in ("smolvlm", "idefics3"):
+        return 5 * side * side // config.get("scale_factor", 2) ** 2
+    if model_type == "llava_onevision":
+        return 5 * side * side + 2 * side
     if model_type == "llava_next" and config.get("image_grid_pinpoints"):
         height, width = max(config["image_grid_pinpoints"], key=lambda hw: hw[0] * hw[1])
-        rows, cols = height // vconf["patch_size"], width // vconf["patch_size"]
+        rows, cols = height // patch, width // patch
         return side * side + rows * cols + rows
     return side * side
 
@@ -223,7 +242,7 @@ class PlanSettings:
     generation_batch: int = 4  # PPO / GRPO: rows generated and scored at a time (per_device_eval_batch_size)
     rollout_batch: int = 16  # PPO / GRPO: prompts per iteration (their image features are kept)
     num_generations: int = 8  # GRPO: completions per prompt (G)
-    shared_prefix: bool = True  # GRPO: one row per group in the update (LLaVA families)
+    shared_prefix: bool = True  # GRPO: one row per group in the update (share_prefix)
     scorers: int | None = None  # GRPO: reward / cost models in the loop (None: 0 for grpo, 1 for safe-grpo)
     double_quant: bool = True
     overhead_gib: float = 1.0  # CUDA context, kernels' workspace (not measurable on a CPU)

@@ -11,13 +11,21 @@ from pathlib import Path
 from mmalign.models.adapter import VLMAdapter
 from mmalign.models.batch import EncodedBatch, last_token_index
 from mmalign.models.cards import ModelCard, get_card, list_cards
+from mmalign.models.gemma3 import Gemma3Adapter
+from mmalign.models.internvl import InternVLAdapter
 from mmalign.models.llava import LlavaAdapter
 from mmalign.models.llava_next import LlavaNextAdapter
+from mmalign.models.llava_onevision import LlavaOnevisionAdapter
 from mmalign.models.qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
+from mmalign.models.qwen3_vl import Qwen3VLAdapter
 from mmalign.models.scalar_head import ScalarHeadModel
+from mmalign.models.smolvlm import Idefics3Adapter, SmolVLMAdapter
 
 ADAPTERS: dict[str, type[VLMAdapter]] = {
-    cls.family: cls for cls in (LlavaAdapter, LlavaNextAdapter, Qwen2VLAdapter, Qwen2_5_VLAdapter)
+    cls.family: cls for cls in (
+        LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, Qwen2VLAdapter, Qwen2_5_VLAdapter,
+        Qwen3VLAdapter, Gemma3Adapter, InternVLAdapter, SmolVLMAdapter, Idefics3Adapter,
+    )
 }
 
 
@@ -75,11 +83,17 @@ def load_adapter(name_or_path: str | Path, *, family: str | None = None, **kwarg
 __all__ = [
     "ADAPTERS",
     "EncodedBatch",
+    "Gemma3Adapter",
+    "Idefics3Adapter",
+    "InternVLAdapter",
     "LlavaAdapter",
     "LlavaNextAdapter",
+    "LlavaOnevisionAdapter",
     "ModelCard",
     "Qwen2VLAdapter",
     "Qwen2_5_VLAdapter",
+    "Qwen3VLAdapter",
+    "SmolVLMAdapter",
     "ScalarHeadModel",
     "VLMAdapter",
     "card_for",

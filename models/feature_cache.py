@@ -106,6 +106,9 @@ class ImageFeatureCache:
     """
 
     def __init__(self, directory: str | Path, adapter: VLMAdapter):
+        if adapter.disk_cache_refusal:
+            raise ValueError(f"{adapter.family}: image features cannot be cached on disk ({adapter.disk_cache_refusal}); "
+                             "the in-memory cache (cache_image_features) works")
         trained = [n for n, p in adapter.vision_parameters() + adapter.projector_parameters() if p.requires_grad]
         if trained:
             raise ValueError(

@@ -34,7 +34,7 @@ class LoraMixin:
         modules_to_save = None
         if self.train_projector:
             # Projector trained in full; peft saves it with the adapter.
-            modules_to_save = [s.rsplit(".", 1)[-1] for s in self.projector_scopes]
+            modules_to_save = self._projector_save_names()
         return LoraConfig(
             r=settings.r,
             lora_alpha=settings.alpha,
@@ -43,6 +43,19 @@ class LoraMixin:
             target_modules=lora_target_regex(scopes, list(targets)),
             modules_to_save=modules_to_save,
         )
+
+    def _projector_save_names(self) -> list[str]:
+        """Names peft saves the projector under: each scope's last name part, or for a list of
+        modules (Qwen3-VL's DeepStack mergers) each member, since peft cannot wrap a list."""
+        modules = dict(self.base_model.named_modules())
+        names = []
+        for scope in self.projector_scopes:
+            module, leaf = modules[scope], scope.rsplit(".", 1)[-1]
+            if isinstance(module, torch.nn.ModuleList):
+                names += [f"{leaf}.{i}" for i in range(len(module))]
+            else:
+                names.append(leaf)
+        return names
 
     def _linear_leaf_names(self, scopes: Sequence[str]) -> set[str]:
         names = set()

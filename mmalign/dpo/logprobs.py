@@ -6,9 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from mmalign.models.adapter import VLMAdapter
+from mmalign.models.adapter import VLMAdapter, pick_features
 from mmalign.models.batch import EncodedBatch, concat_batches
 from mmalign.models.prefix import branch_logprobs, split_prefix
 
@@ -32,21 +31,21 @@ def repeat_features(features: dict[str, Any] | None, times: int = 2) -> dict[str
     """Image features of B images -> the same features for the 2B rows of a pair batch."""
     if features is None:
         return None
-    return {"image": BaseModelOutputWithPooling(pooler_output=list(features["image"].pooler_output) * times)}
+    return pick_features(features, list(range(len(features["image"].pooler_output))) * times)
 
 
 def shared_prefix_logprobs(
     model, adapter: VLMAdapter, chosen: EncodedBatch, rejected: EncodedBatch, features=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Chosen and rejected as two branches of one row per pair (``mmalign.models.prefix``)."""
-    groups = []
+    branches = []
     for row in range(chosen.input_ids.shape[0]):
         prompt, chosen_tokens = split_prefix(chosen, row)
         other, rejected_tokens = split_prefix(rejected, row)
         if not torch.equal(prompt, other):
             raise ValueError(f"row {row}: chosen and rejected do not share their prompt tokens")
-        groups.append((prompt.cpu(), [chosen_tokens.cpu(), rejected_tokens.cpu()]))
-    logps, valid = branch_logprobs(model, adapter, groups, chosen.image_inputs, features)
+        branches.append([chosen_tokens, rejected_tokens])
+    logps, valid = branch_logprobs(model, adapter, chosen, branches, features)
     c, r = int(chosen.response_mask.sum(-1).max()), int(rejected.response_mask.sum(-1).max())
     return logps[:, 0, :c], valid[:, 0, :c], logps[:, 1, :r], valid[:, 1, :r]
 

@@ -214,3 +214,18 @@ def test_cli_plans_grpo(capsys):
                  "--num-generations", "8", "--json"]) == 0
     parts = {p["name"]: p for p in json.loads(capsys.readouterr().out)["parts"]}
     assert "LoRA adapters x2 (fp32)" in parts and "KV cache" in parts
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "gemma3", "internvl", "llava_onevision", "smolvlm", "idefics3"])
+def test_folders_of_the_newer_families_split_tower_projector_and_language_model(tiny_dirs, family):
+    from mmalign.models import load_adapter
+
+    _, arch = architecture_for(tiny_dirs[family])
+    adapter = load_adapter(tiny_dirs[family])
+    count = lambda named: sum(p.numel() for _, p in named)  # noqa: E731
+    assert arch.vision_params == count(adapter.vision_parameters())
+    assert arch.projector_params == count(adapter.projector_parameters())
+    language = sum(p.numel() for n, p in adapter.base_model.named_parameters()
+                   if adapter._is_under(n, [adapter.language_scope, "lm_head"]))
+    # the planner counts linear layers, embeddings and two norms per layer (no per-head q/k norms)
+    assert arch.language_params == pytest.approx(language, rel=0.02)
