@@ -8,10 +8,11 @@ types (``mm_token_type_ids``) even when image features are cached, to build its
 
 from __future__ import annotations
 
+import torch
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
 
 from mmalign.models.adapter import VLMAdapter
-from mmalign.models.batch import ModelInputsSpec
+from mmalign.models.batch import EncodedBatch, ModelInputsSpec
 
 _QWEN_INPUTS = ModelInputsSpec(
     image_keys=("pixel_values", "image_grid_thw"),
@@ -27,6 +28,24 @@ class Qwen2VLAdapter(VLMAdapter):
     projector_scopes = ("model.visual.merger",)
     language_scope = "model.language_model"
     inputs = _QWEN_INPUTS
+
+    @classmethod
+    def supports_shared_prefix(cls) -> bool:
+        return True
+
+    def position_ids(self, batch: EncodedBatch) -> torch.Tensor:
+        """M-RoPE positions ``(3, rows, seq)`` (temporal, height, width), built by the model's
+        own ``get_rope_index`` from the token types and image grids: an image's tokens span its
+        grid, and text after the largest position so far continues from it + 1 in all three,
+        which is why an answer can restart there. Qwen3-VL's ``get_rope_index`` takes the same
+        arguments."""
+        positions, _ = self.base_model.model.get_rope_index(
+            batch.input_ids,
+            mm_token_type_ids=batch.text_inputs["mm_token_type_ids"],
+            image_grid_thw=batch.image_inputs.get("image_grid_thw"),
+            attention_mask=batch.attention_mask,
+        )
+        return positions
 
 
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):

@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="PPO / GRPO: prompts per iteration (prompts_per_step for GRPO; default 16)")
     p.add_argument("--num-generations", type=int, default=8, help="GRPO: completions per prompt, G (default 8)")
     p.add_argument("--no-shared-prefix", action="store_true",
-                   help="GRPO: one row per completion in the update (the Qwen families; default: one row per group)")
+                   help="GRPO: one row per completion in the update (share_prefix false; default: one row per group)")
     p.add_argument("--scorers", type=int,
                    help="GRPO: reward / cost models in the loop, each a LoRA adapter on the base "
                         "(default 0 for grpo, 1 for safe-grpo)")

@@ -8,7 +8,7 @@ compare against the straightforward path):
 - ``cache_image_features``: the frozen vision tower and projector run once per pair and
   their output feeds the policy and the reference, chosen and rejected;
 - ``share_prefix``: one sequence [image + prompt, chosen, rejected] per pair, rejected
-  blind to chosen, positions restarting after the prefix (LLaVA families);
+  blind to chosen, positions restarting after the prefix (1-D or Qwen's M-RoPE ones);
 - ``precompute_ref_logps``: reference per-token log-probs computed once and stored with
   the data (Dense DPO's γ can then change freely).
 """
@@ -64,8 +64,8 @@ class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, RecordsRunConf
 
         if reference is None and not isinstance(adapter.model, PeftModel) and not args.precompute_ref_logps:
             raise ValueError("full fine-tuning needs a reference: pass reference= or set reference_model_path")
-        if args.share_prefix and adapter.inputs.text_keys:
-            raise ValueError(f"share_prefix is not available for {adapter.family} (3-D rotary positions)")
+        if args.share_prefix and not adapter.supports_shared_prefix():
+            raise ValueError(f"share_prefix is not available for {adapter.family}: {adapter.shared_prefix_refusal()}")
         if args.image_feature_cache_dir and not args.cache_image_features:
             raise ValueError("image_feature_cache_dir needs cache_image_features: true")
         self.adapter = adapter
@@ -182,8 +182,9 @@ def check_dpo_run(model_config, args: DPOConfig) -> None:
                          "(or precompute_ref_logps, which takes the model before training)")
     if args.share_prefix:
         family = model_config.card().family
-        if ADAPTERS[family].inputs.text_keys:
-            raise ValueError(f"share_prefix is not available for {family} (3-D rotary positions): set it false")
+        if not ADAPTERS[family].supports_shared_prefix():
+            raise ValueError(f"share_prefix is not available for {family}: "
+                             f"{ADAPTERS[family].shared_prefix_refusal()}; set it false")
     if args.reference_model_path:
         card_for(args.reference_model_path)  # exists and is supported (its config only)
 

@@ -134,11 +134,12 @@ class GRPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
 
     @staticmethod
     def _resolve_share_prefix(adapter: VLMAdapter, args: GRPOConfig) -> bool:
-        """On where it works (1-D positions) and minibatches hold whole groups; refused if asked elsewhere."""
-        supported = not adapter.inputs.text_keys
+        """On where the family supports it and minibatches hold whole groups; refused if asked elsewhere."""
+        supported = adapter.supports_shared_prefix()
         whole_groups = args.per_device_train_batch_size % args.num_generations == 0
         if args.share_prefix and not supported:
-            raise ValueError(f"share_prefix is not available for {adapter.family} (3-D rotary positions): set it false")
+            raise ValueError(f"share_prefix is not available for {adapter.family}: "
+                             f"{adapter.shared_prefix_refusal()}; set it false")
         return supported and whole_groups if args.share_prefix is None else bool(args.share_prefix)
 
     # ------------------------------------------------------------------ data

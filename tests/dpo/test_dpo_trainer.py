@@ -49,13 +49,14 @@ def assert_same(a, b, atol=1e-5):
         torch.testing.assert_close(b[1][name], g, atol=atol, rtol=1e-4)
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "ddpo"])
-def test_optimised_paths_equal_straightforward(tiny_dirs, pair_dataset, tmp_path, loss_type):
+@pytest.mark.parametrize(("family", "loss_type"), [("llava", "sigmoid"), ("llava", "ddpo"),
+                                                  ("qwen2_vl", "ddpo"), ("qwen2_5_vl", "sigmoid")])
+def test_optimised_paths_equal_straightforward(tiny_dirs, pair_dataset, tmp_path, family, loss_type):
     kw = dict(loss_type=loss_type, gamma=3.0, ddpo_normalize=loss_type == "ddpo")
-    plain = step(make(tiny_dirs), pair_dataset, tmp_path, cache_image_features=False, **kw)
-    cached = step(make(tiny_dirs), pair_dataset, tmp_path, cache_image_features=True, **kw)
-    shared = step(make(tiny_dirs), pair_dataset, tmp_path, share_prefix=True, cache_image_features=False, **kw)
-    both = step(make(tiny_dirs), pair_dataset, tmp_path, share_prefix=True, **kw)
+    plain = step(make(tiny_dirs, family), pair_dataset, tmp_path, cache_image_features=False, **kw)
+    cached = step(make(tiny_dirs, family), pair_dataset, tmp_path, cache_image_features=True, **kw)
+    shared = step(make(tiny_dirs, family), pair_dataset, tmp_path, share_prefix=True, cache_image_features=False, **kw)
+    both = step(make(tiny_dirs, family), pair_dataset, tmp_path, share_prefix=True, **kw)
     assert plain[0] > 0
     for other in (cached, shared, both):
         assert_same(plain, other)
@@ -105,9 +106,17 @@ def test_disk_feature_cache_needs_in_memory_cache(tiny_dirs, pair_dataset, tmp_p
              image_feature_cache_dir=str(tmp_path / "f"))
 
 
-def test_share_prefix_refused_for_qwen(tiny_dirs, pair_dataset, tmp_path):
-    with pytest.raises(ValueError, match="share_prefix is not available for qwen2_vl"):
-        step(make(tiny_dirs, "qwen2_vl"), pair_dataset, tmp_path, share_prefix=True)
+def test_share_prefix_refused_for_per_token_inputs_without_their_own_positions(tiny_dirs, pair_dataset, tmp_path):
+    from mmalign.models import LlavaAdapter
+    from mmalign.models.batch import ModelInputsSpec
+
+    class TypedLlava(LlavaAdapter):
+        family = "typed_llava"
+        inputs = ModelInputsSpec(image_keys=("pixel_values",), text_keys=("token_type_ids",))
+
+    adapter = make(tiny_dirs, perturb=False)
+    with pytest.raises(ValueError, match="share_prefix is not available for typed_llava"):
+        step(TypedLlava(adapter.model, adapter.processor, adapter.card), pair_dataset, tmp_path, share_prefix=True)
 
 
 def test_precomputed_reference_equals_adapters_off(tiny_dirs, pair_dataset, tmp_path):

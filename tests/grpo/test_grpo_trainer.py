@@ -27,7 +27,7 @@ def by_position(prompts, completions, **_):
     return [float(i % 3) for i in range(len(completions))]
 
 
-def make(tiny_dirs, tmp_path, reward_funcs=(by_position,), data=None, **kw):
+def make(tiny_dirs, tmp_path, reward_funcs=(by_position,), data=None, family="llava", **kw):
     values = dict(output_dir=str(tmp_path / "run"), prompts_per_step=2, num_generations=4,
                   per_device_train_batch_size=8, per_device_eval_batch_size=4, max_steps=1, max_new_tokens=6,
                   report_to="none", use_cpu=True, learning_rate=1e-2, save_strategy="no", seed=0,
@@ -35,7 +35,7 @@ def make(tiny_dirs, tmp_path, reward_funcs=(by_position,), data=None, **kw):
     values.update(kw)
     args = GRPOConfig(**values)
     torch.manual_seed(0)
-    adapter = ModelConfig(model_name_or_path=str(tiny_dirs["llava"]), use_peft=True, lora_r=4, lora_alpha=8,
+    adapter = ModelConfig(model_name_or_path=str(tiny_dirs[family]), use_peft=True, lora_r=4, lora_alpha=8,
                           lora_dropout=0.0).load()
     return GRPOTrainer(adapter, args, data if data is not None else prompts(), reward_funcs=list(reward_funcs))
 
@@ -160,10 +160,11 @@ def test_cli_trains_grpo_from_a_recipe(tiny_dirs, tmp_path, capsys):
     assert "set cost_funcs" in capsys.readouterr().err
 
 
-def test_shared_prefix_update_equals_the_plain_update(tiny_dirs, tmp_path):
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "qwen2_5_vl"])
+def test_shared_prefix_update_equals_the_plain_update(tiny_dirs, tmp_path, family):
     # one minibatch per pass, two passes: the second pass has ratios != 1 against the kept log-probs
-    plain = make(tiny_dirs, tmp_path / "a", share_prefix=False, num_iterations=2)
-    shared = make(tiny_dirs, tmp_path / "b", share_prefix=True, num_iterations=2)
+    plain = make(tiny_dirs, tmp_path / "a", share_prefix=False, num_iterations=2, family=family)
+    shared = make(tiny_dirs, tmp_path / "b", share_prefix=True, num_iterations=2, family=family)
     assert shared.share_prefix and not plain.share_prefix
     for trainer in (plain, shared):
         trainer.create_optimizer_and_scheduler(num_training_steps=2)
@@ -175,9 +176,10 @@ def test_shared_prefix_update_equals_the_plain_update(tiny_dirs, tmp_path):
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
 
 
-def test_shared_prefix_rollout_samples_the_plain_tokens(tiny_dirs, tmp_path):
-    plain = make(tiny_dirs, tmp_path / "a", share_prefix=False, reward_funcs=["length"])
-    shared = make(tiny_dirs, tmp_path / "b", share_prefix=True, reward_funcs=["length"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_shared_prefix_rollout_samples_the_plain_tokens(tiny_dirs, tmp_path, family):
+    plain = make(tiny_dirs, tmp_path / "a", share_prefix=False, reward_funcs=["length"], family=family)
+    shared = make(tiny_dirs, tmp_path / "b", share_prefix=True, reward_funcs=["length"], family=family)
     torch.manual_seed(5)
     a, _ = plain.make_rollout()
     torch.manual_seed(5)
@@ -187,11 +189,17 @@ def test_shared_prefix_rollout_samples_the_plain_tokens(tiny_dirs, tmp_path):
     assert b.features is not None and len(b.features["image"].pooler_output) == len(a.batch.input_ids)
 
 
-def test_share_prefix_is_refused_for_3d_rotary_positions(tiny_dirs, tmp_path):
-    from mmalign.grpo import GRPOConfig
+def test_share_prefix_is_on_for_the_qwen_families_and_refused_without_a_position_rule(tiny_dirs, tmp_path):
+    from mmalign.models import LlavaAdapter
+    from mmalign.models.batch import ModelInputsSpec
 
+    class TypedLlava(LlavaAdapter):
+        family = "typed_llava"
+        inputs = ModelInputsSpec(image_keys=("pixel_values",), text_keys=("token_type_ids",))
+
+    assert make(tiny_dirs, tmp_path / "q", family="qwen2_5_vl").share_prefix  # the default where supported
     args = GRPOConfig(output_dir=str(tmp_path), reward_funcs=["format"], share_prefix=True, use_cpu=True, max_steps=1,
                       per_device_train_batch_size=4, num_generations=4, prompts_per_step=1, report_to="none")
-    adapter = ModelConfig(model_name_or_path=str(tiny_dirs["qwen2_vl"]), use_peft=True, lora_r=4).load()
-    with pytest.raises(ValueError, match="share_prefix is not available for qwen2_vl"):
-        GRPOTrainer(adapter, args, prompts(), reward_funcs=[by_position])
+    llava = ModelConfig(model_name_or_path=str(tiny_dirs["llava"]), use_peft=True, lora_r=4).load()
+    with pytest.raises(ValueError, match="share_prefix is not available for typed_llava"):
+        GRPOTrainer(TypedLlava(llava.model, llava.processor, llava.card), args, prompts(), reward_funcs=[by_position])
