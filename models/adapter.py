@@ -64,14 +64,57 @@ def normalise_images(images: Sequence[Any] | None, batch: int) -> list[list[Imag
     return rows
 
 
+def images_by_text(texts: Sequence[str], images: Sequence[Image.Image], placeholder: str) -> list[list[Image.Image]] | None:
+    """Images grouped by the text whose placeholders they fill (processors that pair each text
+    with its own images: Gemma 3, SmolVLM, Idefics3)."""
+    if not images:
+        return None
+    counts = [text.count(placeholder) for text in texts]
+    if sum(counts) != len(images):
+        raise ValueError(f"{sum(counts)} {placeholder} placeholders for {len(images)} images")
+    it = iter(images)
+    return [[next(it) for _ in range(n)] for n in counts]
+
+
+def image_token_runs(batch: EncodedBatch, image_id: int) -> list[int]:
+    """Lengths of the runs of image tokens, row by row: one per image for families that
+    write each image as one contiguous run (InternVL's tiles sit between ``<img>`` and ``</img>``)."""
+    runs: list[int] = []
+    for ids, mask in zip(batch.input_ids.tolist(), batch.attention_mask.tolist()):
+        n = 0
+        for token, real in zip(ids, mask):
+            if real and token == image_id:
+                n += 1
+            elif n:
+                runs.append(n)
+                n = 0
+        if n:
+            runs.append(n)
+    return runs
+
+
+def pick_features(features: dict[str, Any], images: Sequence[int]) -> dict[str, Any]:
+    """Cached features of some images, in the order given: the per-image outputs
+    (``pooler_output``) and, for Qwen3-VL, the per-layer DeepStack features."""
+    out = features["image"]
+    picked = BaseModelOutputWithPooling(pooler_output=[out.pooler_output[j] for j in images])
+    if getattr(out, "deepstack_features", None) is not None:
+        picked["deepstack_features"] = [[layer[j] for j in images] for layer in out.deepstack_features]
+    return {"image": picked}
+
+
 def concat_features(features: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
     """Cached image features of several batches, in the same order as
     :func:`~mmalign.models.batch.concat_batches`; a text-only batch has none to add."""
     features = [f for f in features if f is not None]
     if not features:
         return None
-    return {"image": BaseModelOutputWithPooling(
-        pooler_output=[x for f in features for x in f["image"].pooler_output])}
+    pooled = [x for f in features for x in f["image"].pooler_output]
+    out = BaseModelOutputWithPooling(pooler_output=pooled)
+    if getattr(features[0]["image"], "deepstack_features", None) is not None:
+        layers = zip(*(f["image"].deepstack_features for f in features))
+        out["deepstack_features"] = [[x for part in layer for x in part] for layer in layers]
+    return {"image": out}
 
 
 def leading_special_ids(tokenizer) -> list[int]:
@@ -106,6 +149,9 @@ class VLMAdapter(LoadingMixin, LoraMixin):
     language_scope: ClassVar[str]  # qualified name of the language model
     inputs: ClassVar[ModelInputsSpec]
     default_card_name: ClassVar[str | None] = None  # card used for local folders of this family
+    # the disk feature cache splits pixel inputs one entry per image; a family whose pixels or
+    # features are not laid out that way says why here
+    disk_cache_refusal: ClassVar[str | None] = None
     multi_image: ClassVar[bool] = True  # several images in one row (a family that cannot says so here)
 
     def __init__(self, model: torch.nn.Module, processor: Any, card: ModelCard):
@@ -149,9 +195,13 @@ class VLMAdapter(LoadingMixin, LoraMixin):
         return text.replace(_SLOT, self._image_markup)
 
     def _apply_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
-        return self.processor.apply_chat_template(
+        """The template's text without a BOS it writes itself (Gemma's does): every sequence
+        gets the tokenizer's BOS once, in :meth:`_encode_segments`."""
+        text = self.processor.apply_chat_template(
             messages, add_generation_prompt=add_generation_prompt, tokenize=False
         )
+        bos = self.tokenizer.bos_token
+        return text[len(bos):] if self.bos_ids and bos and text.startswith(bos) else text
 
     @cached_property
     def _image_markup(self) -> str | None:
@@ -285,7 +335,7 @@ class VLMAdapter(LoadingMixin, LoraMixin):
         # expands each image placeholder for the next image in order and builds pixels.
         texts = [text for segs in rows for text, is_resp in segs if not is_resp and text]
         flat = [img for row in rows_images for img in row]
-        out = self.processor(images=flat or None, text=texts, return_tensors="pt", padding=True,
+        out = self.processor(images=self._processor_images(texts, flat), text=texts, return_tensors="pt", padding=True,
                              add_special_tokens=False)
         keep = out["attention_mask"].bool()
         text_ids = iter([out["input_ids"][j][keep[j]] for j in range(len(texts))])
@@ -351,7 +401,26 @@ class VLMAdapter(LoadingMixin, LoraMixin):
             grad = any(p.requires_grad for _, p in self.projector_parameters())
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             out = self.base_model.get_image_features(**batch.image_inputs, return_dict=True)
-        return {"image": out}
+        return {"image": self._per_image(out, batch)}
+
+    # Families differ in how the processor takes images and the vision encoder returns them;
+    # these three hooks keep cached features one entry per image for everything above.
+    def _processor_images(self, texts: list[str], images: list[Image.Image]) -> Any:
+        """Images as this family's processor takes them: one flat list in text order."""
+        return images or None
+
+    def _per_image(self, out: BaseModelOutputWithPooling, batch: EncodedBatch) -> BaseModelOutputWithPooling:
+        """The encoder output with ``pooler_output`` one entry per image (already so by default)."""
+        return out
+
+    def image_token_counts(self, batch: EncodedBatch) -> list[int]:
+        """Language-model tokens of each image of a batch, in order (row by row): one run of
+        image tokens per image unless the family frames tiles otherwise (SmolVLM)."""
+        return image_token_runs(batch, self.base_model.config.image_token_id)
+
+    def encoder_outputs(self, features: dict[str, Any]) -> dict[str, Any]:
+        """Per-image cached features in the form the model's forward takes (``mm_encoder_outputs``)."""
+        return features
 
     def select(self, batch: EncodedBatch, rows: Sequence[int], image_features: dict[str, Any] | None = None):
         """Rows ``rows`` of a batch and of its cached image features (a PPO minibatch).
@@ -379,8 +448,7 @@ class VLMAdapter(LoadingMixin, LoraMixin):
         )
         if image_features is None:
             return sub, None
-        pooled = image_features["image"].pooler_output
-        return sub, {"image": BaseModelOutputWithPooling(pooler_output=[pooled[j] for j in images])}
+        return sub, pick_features(image_features, images)
 
     def forward_kwargs(self, batch: EncodedBatch, image_features: dict[str, Any] | None = None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -389,7 +457,7 @@ class VLMAdapter(LoadingMixin, LoraMixin):
             **batch.text_inputs,
         }
         if image_features is not None:
-            kwargs["mm_encoder_outputs"] = image_features
+            kwargs["mm_encoder_outputs"] = self.encoder_outputs(image_features)
             kwargs.update({k: batch.image_inputs[k] for k in self.inputs.forward_image_keys if k in batch.image_inputs})
         else:
             kwargs.update(batch.image_inputs)

@@ -6,9 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from mmalign.models.adapter import VLMAdapter
+from mmalign.models.adapter import VLMAdapter, pick_features
 from mmalign.models.batch import EncodedBatch, concat_batches
 from mmalign.models.prefix import branch_logprobs, split_prefix
 
@@ -32,7 +31,7 @@ def repeat_features(features: dict[str, Any] | None, times: int = 2) -> dict[str
     """Image features of B images -> the same features for the 2B rows of a pair batch."""
     if features is None:
         return None
-    return {"image": BaseModelOutputWithPooling(pooler_output=list(features["image"].pooler_output) * times)}
+    return pick_features(features, list(range(len(features["image"].pooler_output))) * times)
 
 
 def shared_prefix_logprobs(
