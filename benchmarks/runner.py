@@ -52,12 +52,13 @@ class GenerationConfig:
 
 @dataclass(frozen=True)
 class Item:
-    """One prompt to answer: its key, the prompt text, the image (a file, encoded bytes, or
+    """One prompt to answer: its key, the prompt text, the image (a file, encoded bytes, a
+    tuple of those for a prompt with several ``<image>`` placeholders, in their order, or
     ``None`` for text-only) and the fields copied into its answer record."""
 
     key: str
     prompt: str
-    image: Path | bytes | None
+    image: Path | bytes | tuple[Path | bytes, ...] | None
     record: dict[str, Any]
 
 
@@ -186,6 +187,14 @@ def load_image(source: Path | bytes | None, where: str) -> Image.Image | None:
         raise ValueError(f"{where}: cannot read image: {err}") from None
 
 
+def item_images(source: Path | bytes | tuple[Path | bytes, ...] | None,
+                where: str) -> Image.Image | list[Image.Image] | None:
+    """An item's image, or its images in order when it has several (a tuple of sources)."""
+    if isinstance(source, tuple):
+        return [load_image(s, f"{where} image {k}") for k, s in enumerate(source)]
+    return load_image(source, where)
+
+
 def resolve_image(image_dir: Path | None, name: str, where: str) -> Path:
     """``image_dir / name``, confined to the image folder: a question file naming an absolute
     path or one that climbs out with ``..`` (symlinks resolved) is refused."""
@@ -224,7 +233,7 @@ def generate_answers(
             import torch
 
             torch.manual_seed(generation.seed + batch_index)
-        images = [load_image(it.image, f"{benchmark.name} item {it.key}") for it in batch]
+        images = [item_images(it.image, f"{benchmark.name} item {it.key}") for it in batch]
         texts = adapter.generate(
             images,
             [it.prompt for it in batch],
