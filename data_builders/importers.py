@@ -287,12 +287,25 @@ def llava_messages(turns: Any, n_images: int, fld: str = "conversations") -> lis
 def _simple_prompt(messages: list[dict[str, Any]]) -> str | None:
     """The text of a single user turn, else ``None``.
 
-    Text prompts put images first, so where ``<image>`` stood in a single turn (LLaVA data
-    places it before or after the question at random) is not kept.
+    With one image, where ``<image>`` stood (LLaVA data places it before or after the
+    question at random) is not kept: text prompts put a lone image first. With several,
+    the placeholders stay in order between the texts that refer to them.
     """
     if len(messages) != 1:
         return None
-    return " ".join(p["text"] for p in messages[0]["content"] if p["type"] == "text")
+    parts = messages[0]["content"]
+    if sum(p["type"] == "image" for p in parts) > 1:
+        return " ".join(IMAGE_PLACEHOLDER if p["type"] == "image" else p["text"] for p in parts)
+    return " ".join(p["text"] for p in parts if p["type"] == "text")
+
+
+def _llava_images(raw: Mapping[str, Any]) -> list[str]:
+    """LLaVA's ``image``: one file name, or a list of them (multi-image data) in placeholder order."""
+    image = raw.get("image")
+    names = image if isinstance(image, list) else [image] if image else []
+    if not all(isinstance(n, str) and n for n in names):
+        raise RecordError("expected a file name or a list of file names", field="image")
+    return names
 
 
 def _response_text(raw: Mapping[str, Any], key: str) -> str:
@@ -342,10 +355,8 @@ def read_llava_rlhf(
     multi_turn = any(isinstance(r.get("conversations"), list) and len(r["conversations"]) > 1 for _, r in rows)
 
     def convert(raw: dict[str, Any]) -> dict[str, Any]:
-        image = raw.get("image")
-        if image is not None and not isinstance(image, str):
-            raise RecordError(f"expected a file name, got {type(image).__name__}", field="image")
-        images = [image] if image else []
+        images = _llava_images(raw)
+        image = images[0] if len(images) == 1 else None  # captions describe one image
         messages = llava_messages(require(raw, "conversations", list), len(images))
         if messages[-1]["role"] != "user":
             raise RecordError("must end with the human turn that output_1 / output_2 answer",
@@ -390,8 +401,7 @@ def read_llava_conversations(
         rid = None
         try:
             rid = record_id(raw, "id")
-            image = raw.get("image")
-            images = [image] if image else []
+            images = _llava_images(raw)
             messages = llava_messages(require(raw, "conversations", list), len(images))
             answers = [i for i, m in enumerate(messages) if m["role"] == "assistant" and i > 0
                        and messages[i - 1]["role"] == "user"]

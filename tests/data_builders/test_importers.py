@@ -389,3 +389,16 @@ def test_every_format_is_registered():
                               "llava-conversations"}
     with pytest.raises(ValueError, match="unknown format"):
         import_dataset("vlfeedback", "x", "y")
+
+
+def test_llava_multi_image_rows_keep_their_images_and_placeholders_in_order(png, tmp_path):
+    question = "The left photo <image> and the right photo <image>: which is red?"
+    rows = [_llava_row(0, ["000000224052.jpg", "000000000009.jpg"], question, 1),
+            _llava_row(1, ["000000000009.jpg"], "<image>\nWhat is in the bowl?", 2)]
+    path, coco, captions = _llava_rlhf_files(tmp_path, png, rows)
+    records = list(read_llava_rlhf(path, image_root=coco, facts=captions))
+    assert records[0]["prompt"] == "The left photo <image> and the right photo <image> : which is red?"
+    assert [im["bytes"] for im in records[0]["images"]] == [(coco / "000000224052.jpg").read_bytes(),
+                                                            (coco / "000000000009.jpg").read_bytes()]
+    assert records[0]["facts"] is None  # captions describe one image
+    assert records[1]["prompt"] == "What is in the bowl?" and records[1]["facts"] == ["A bowl of fruit."]
