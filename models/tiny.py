@@ -342,7 +342,11 @@ def tiny_gemma3(image_size: int = 32, patch_size: int = 8, hidden: int = 64, lay
         tokenizer=tokenizer, image_seq_length=tokens_per_image,
         chat_template=get_card("gemma-3-4b-it").chat_template,
     )
-    return Gemma3ForConditionalGeneration(config), processor
+    model = Gemma3ForConditionalGeneration(config)
+    with torch.no_grad():  # transformers starts the projection at zero, which would hide every image
+        weight = model.model.multi_modal_projector.mm_input_projection_weight
+        weight.normal_(0.0, weight.shape[0] ** -0.5)
+    return model, processor
 
 
 def tiny_internvl(image_size: int = 32, patch_size: int = 8, hidden: int = 64, layers: int = 2):
