@@ -28,6 +28,11 @@ class Gemma3Adapter(VLMAdapter):
     language_scope = "model.language_model"
     inputs = ModelInputsSpec(image_keys=("pixel_values",), text_keys=("token_type_ids",))
 
+    @classmethod
+    def shared_prefix_refusal(cls) -> str:
+        return ("a packed branch mask cannot keep Gemma 3's bidirectional attention within an image "
+                "(token_type_ids) nor its sliding-window layers")
+
     def _processor_images(self, texts: list[str], images: list[Image.Image]) -> Any:
         return images_by_text(texts, images, self.processor.boi_token)
 
