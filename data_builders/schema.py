@@ -53,7 +53,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("images", "list of images (`datasets.Image`)", True,
            "Images of the prompt, in order; an empty list for text-only rows.", (PREFERENCE, PROMPTS)),
     Column("prompt", "string, or list of chat messages", True,
-           "User text (images are placed before it), or a conversation in the TRL format "
+           "User text (images are placed before it, or at its `<image>` placeholders, one per image in order), or a conversation in the TRL format "
            "with one `{\"type\": \"image\"}` part per image.", (PREFERENCE, PROMPTS)),
     Column("chosen", "string", True, "Preferred response (non-empty)."),
     Column("rejected", "string", True, "Dispreferred response (non-empty, differs from `chosen`)."),

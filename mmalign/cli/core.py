@@ -86,6 +86,12 @@ def cmd_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The families with tiny builders, spelled out so ``--help`` needs no torch (a test keeps it
+#: equal to ``mmalign.models.tiny.TINY_BUILDERS``).
+FAMILY_NAMES = ("llava, llava_next, llava_onevision, qwen2_vl, qwen2_5_vl, qwen3_vl, gemma3, internvl, "
+                "smolvlm, idefics3")
+
+
 def tiny_family(name: str) -> str:
     """argparse type: a family with a tiny builder (checked when used, so --help stays fast)."""
     from mmalign.models.tiny import TINY_BUILDERS
@@ -112,7 +118,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "for a few steps, save and reload the adapter, and generate. Exits 1 if any step fails.",
     )
     p.add_argument("--families", nargs="+", type=tiny_family, metavar="FAMILY",
-                   help="families to test: llava, llava_next, qwen2_vl, qwen2_5_vl (default: all)")
+                   help=f"families to test: {FAMILY_NAMES} (default: all)")
     p.add_argument("--steps", type=int, default=8, help="optimizer steps per family (default: 8)")
     p.add_argument("--no-4bit", action="store_true", help="load in fp32 instead of 4-bit NF4")
     p.set_defaults(func=cmd_selftest)
@@ -148,7 +154,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Save a tiny randomly initialised model and processor that load with "
                        "from_pretrained exactly like a hub checkpoint of that family.")
     p.add_argument("--family", required=True, type=tiny_family,
-                   help="llava, llava_next, qwen2_vl or qwen2_5_vl")
+                   help=FAMILY_NAMES)
     p.add_argument("--out", required=True, help="output folder")
     add_output_flags(p)
     p.add_argument("--seed", type=int, default=0)
