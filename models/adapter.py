@@ -93,6 +93,12 @@ def image_token_runs(batch: EncodedBatch, image_id: int) -> list[int]:
     return runs
 
 
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``(rows, 1, q, k)`` additive attention mask: 0 where allowed, the dtype's minimum elsewhere."""
+    mask = torch.zeros((allowed.shape[0], 1, *allowed.shape[1:]), dtype=dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(dtype).min)
+
+
 def pick_features(features: dict[str, Any], images: Sequence[int]) -> dict[str, Any]:
     """Cached features of some images, in the order given: the per-image outputs
     (``pooler_output``) and, for Qwen3-VL, the per-layer DeepStack features."""
@@ -506,6 +512,12 @@ class VLMAdapter(LoadingMixin, LoraMixin):
         """Why :meth:`supports_shared_prefix` is false, for error messages."""
         return (f"its per-token inputs ({', '.join(cls.inputs.text_keys)}) need a position rule of their own "
                 f"(VLMAdapter.position_ids)")
+
+    def branch_attention_mask(self, allowed: torch.Tensor, positions: torch.Tensor,
+                              per_token: dict[str, torch.Tensor], dtype: torch.dtype) -> Any:
+        """The ``attention_mask`` of a shared-prefix forward from which token may attend to which
+        (``allowed``, ``(rows, width, width)``): a 4-D additive mask, which the forward uses as is."""
+        return additive_mask(allowed, dtype)
 
     def position_ids(self, batch: EncodedBatch) -> torch.Tensor:
         """The rotary positions the model's own forward gives the real tokens of a left- or

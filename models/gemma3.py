@@ -16,7 +16,7 @@ from PIL import Image
 from transformers import Gemma3ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from mmalign.models.adapter import VLMAdapter, images_by_text
+from mmalign.models.adapter import VLMAdapter, additive_mask, images_by_text
 from mmalign.models.batch import ModelInputsSpec
 
 
@@ -29,9 +29,21 @@ class Gemma3Adapter(VLMAdapter):
     inputs = ModelInputsSpec(image_keys=("pixel_values",), text_keys=("token_type_ids",))
 
     @classmethod
-    def shared_prefix_refusal(cls) -> str:
-        return ("a packed branch mask cannot keep Gemma 3's bidirectional attention within an image "
-                "(token_type_ids) nor its sliding-window layers")
+    def supports_shared_prefix(cls) -> bool:
+        return True  # 1-D positions; the image blocks and sliding window go into the branch masks
+
+    def branch_attention_mask(self, allowed: torch.Tensor, positions: torch.Tensor,
+                              per_token: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """One mask per layer type, as Gemma 3 builds them for a plain sequence: full attention is
+        the branch mask plus each image's tokens seeing each other; the sliding-window layers keep
+        only keys less than ``sliding_window`` positions back (true positions, not packed ones)."""
+        types = per_token["token_type_ids"]
+        starts = (types == 1) & ~torch.nn.functional.pad(types == 1, (1, 0))[:, :-1]
+        block = torch.where(types == 1, starts.long().cumsum(-1), 0)
+        full = allowed | ((block[:, :, None] == block[:, None, :]) & (block[:, :, None] > 0))
+        pos = positions[0]
+        near = pos[:, None, :] > pos[:, :, None] - self.base_model.config.get_text_config().sliding_window
+        return {"full_attention": additive_mask(full, dtype), "sliding_attention": additive_mask(full & near, dtype)}
 
     def _processor_images(self, texts: list[str], images: list[Image.Image]) -> Any:
         return images_by_text(texts, images, self.processor.boi_token)

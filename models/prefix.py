@@ -41,9 +41,9 @@ def branch_layout(
     groups: Sequence[tuple[torch.Tensor, Sequence[torch.Tensor]]],
     prefix_positions: Sequence[torch.Tensor],
     pad_id: int,
-    dtype: torch.dtype,
 ):
-    """Token ids, 4-D additive mask, positions ``(D, rows, width)``, and per branch the
+    """Token ids, which token may attend to which ``(rows, width, width)``, positions
+    ``(D, rows, width)``, and per branch the
     positions predicting its tokens, the targets and their validity: ``predict``/``targets``/
     ``valid`` are ``(rows, K, R)`` with R the longest response.
 
@@ -78,9 +78,7 @@ def branch_layout(
                 targets[row, j, :r] = branch
                 valid[row, j, :r] = True
             start = end
-    mask = torch.zeros((n, 1, width, width), dtype=dtype)
-    mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(dtype).min)
-    return ids, mask, positions, predict, targets, valid
+    return ids, allowed, positions, predict, targets, valid
 
 
 def branch_logprobs(
@@ -112,8 +110,8 @@ def branch_logprobs(
     groups = [(heads.input_ids[row][prompt_mask[row]].cpu(), [b.cpu() for b in answers])
               for row, answers in enumerate(branches)]
     prefix_positions = [positions[:, row, prompt_mask[row]].cpu() for row in range(len(groups))]
-    ids, mask, layout_positions, predict, targets, valid = (
-        t.to(device) for t in branch_layout(groups, prefix_positions, adapter.tokenizer.pad_token_id, dtype))
+    ids, allowed, layout_positions, predict, targets, valid = (
+        t.to(device) for t in branch_layout(groups, prefix_positions, adapter.tokenizer.pad_token_id))
     per_token = {}
     for key, values in heads.text_inputs.items():
         laid_out = torch.zeros(ids.shape, dtype=values.dtype, device=device)  # 0 on the responses
@@ -121,6 +119,7 @@ def branch_logprobs(
             laid_out[row, :len(prefix)] = values[row][prompt_mask[row]]
         per_token[key] = laid_out
     kwargs = adapter.forward_kwargs(heads, features)
+    mask = adapter.branch_attention_mask(allowed, layout_positions, per_token, dtype)
     kwargs.update(per_token, input_ids=ids, attention_mask=mask,
                   position_ids=layout_positions[0] if one_dimensional else layout_positions)
     n, k, r = predict.shape

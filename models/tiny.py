@@ -326,7 +326,8 @@ def tiny_gemma3(image_size: int = 32, patch_size: int = 8, hidden: int = 64, lay
     )
     text = _text_dims(tokenizer, hidden, layers)
     text.update(head_dim=hidden // text["num_attention_heads"], sliding_window=64,
-                query_pre_attn_scalar=hidden // text["num_attention_heads"])
+                query_pre_attn_scalar=hidden // text["num_attention_heads"],
+                layer_types=["sliding_attention", "full_attention"][:layers])  # Gemma 3: 5 local, then 1 global
     tokens_per_image = 4
     config = Gemma3Config(
         text_config=Gemma3TextConfig(**text),

@@ -56,8 +56,8 @@ class GRPOConfig(TrainingArguments, LagrangeArguments, GuardArguments, ResumeArg
     share_prefix: bool | None = field(
         default=None, metadata={"help": "Prefill each prompt once for its G samples (one vision-tower pass, one "
                                         "shared key/value cache) and score a group's answers in one row that holds "
-                                        "the prompt once (None: where the family allows it, every family but "
-                                        "Gemma 3)."})
+                                        "the prompt once (None: where the family allows it, which every "
+                                        "shipped family does)."})
     dynamic_sampling: bool = field(
         default=False, metadata={"help": "DAPO: drop groups whose rewards are all equal and refill from more prompts."})
     max_refill_batches: int = field(

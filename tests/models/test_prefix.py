@@ -125,3 +125,34 @@ def test_per_token_inputs_without_their_own_positions_are_refused(tiny_dirs):
     typed = TypedLlava(llava.model, llava.processor, llava.card)
     with pytest.raises(ValueError, match=r"prefill_once is not available for typed_llava: .*\(token_type_ids\)"):
         typed.sample([Image.new("RGB", (32, 32))], ["hi"], num_samples=2, prefill_once=True)
+
+
+@pytest.mark.parametrize("window", [4, 9, 1024])
+def test_gemma3_branch_masks_keep_image_blocks_and_the_sliding_window(tiny_dirs, window, monkeypatch):
+    """Gemma 3's image tokens see each other both ways and its local layers see ``sliding_window``
+    positions back; the packed branch masks keep both, for the tiny model's local and global layer
+    (a window of 4 or 9 cuts into the prompt, and a packed row is longer than any of its branches'
+    own sequences)."""
+    adapter = load_adapter(tiny_dirs["gemma3"])
+    adapter.base_model.config.get_text_config().sliding_window = window
+    gen = torch.Generator().manual_seed(0)  # textured images: a solid one gives identical image tokens
+    images = [Image.fromarray((torch.rand(32, 32, 3, generator=gen) * 255).byte().numpy()) for _ in range(2)]
+    answers = ["a red ball .", "red", "a ball and a cup on a table .", "no", "yes", "no , there is no cat .", "a cat", "yes ."]
+    batch = adapter.encode([img for img in images for _ in range(4)],
+                           [p for p in ("describe the image.", "is there a cat?") for _ in range(4)], answers)
+    with torch.no_grad():
+        plain, plain_mask = adapter.response_logprobs(batch)
+        shared, shared_mask = group_logprobs(adapter.model, adapter, batch, 4)
+        assert torch.allclose(plain[plain_mask], shared[shared_mask], atol=1e-5)
+        # each rule is needed: without the image blocks, or (for short windows) without the window
+        full_only = adapter.branch_attention_mask
+        # (with 2 layers and a short window the responses cannot reach the image, so only the window shows)
+        for drop in ("window",) if window < 1024 else ("blocks",):
+            def masks(allowed, positions, per_token, dtype, drop=drop):
+                if drop == "blocks":
+                    per_token = {**per_token, "token_type_ids": torch.zeros_like(per_token["token_type_ids"])}
+                out = full_only(allowed, positions, per_token, dtype)
+                return {**out, "sliding_attention": out["full_attention"]} if drop == "window" else out
+            monkeypatch.setattr(adapter, "branch_attention_mask", masks)
+            broken, _ = group_logprobs(adapter.model, adapter, batch, 4)
+            assert (plain[plain_mask] - broken[shared_mask]).abs().max() > 1e-4, drop
