@@ -441,6 +441,8 @@ class VLMAdapter(LoadingMixin, LoraMixin):
         images = [j for r in rows for j in range(starts[r], starts[r + 1])]
         width = int(batch.attention_mask[rows].sum(-1).max())
         keys = self.inputs.forward_image_keys if image_features is not None else tuple(batch.image_inputs)
+        if not images:  # text-only rows: no image inputs or features at all (an empty set breaks the forward)
+            keys, image_features = (), None
         if any(batch.image_inputs[k].shape[0] != starts[-1] for k in keys if k in batch.image_inputs):
             raise ValueError("select needs cached image features: this family's pixels are not one row per image")
         sub = EncodedBatch(

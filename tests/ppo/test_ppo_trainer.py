@@ -11,6 +11,8 @@ from PIL import Image
 from mmalign.cli import main
 from mmalign.model_config import ModelConfig
 from mmalign.models import load_adapter
+
+from ..conftest import FAMILIES
 from mmalign.ppo import PPOConfig, PPOTrainer, build_models
 
 COLORS = ("red", "blue", "green", "yellow")
@@ -187,3 +189,28 @@ def test_cli_safe_ppo_writes_a_standard_adapter(tiny_dirs, scorers, tmp_path):
     resolved = yaml.safe_load((final / "mmalign_config.yaml").read_text())
     assert resolved["cost_model_path"] == str(scorers / "cost")
     assert main(["train", "safe-ppo", "--config", str(recipe)]) == 2  # refused: safe-ppo needs a cost model
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rollouts_of_rows_with_two_one_and_no_image_score_each_row_alone(tiny_dirs, family):
+    """PPO / GRPO rollouts with several images in a prompt: each sampled row is its prompt
+    (images at their placeholders) followed by exactly the sampled tokens, and its log-probs
+    with cached features picked per row equal the row scored alone."""
+    adapter = load_adapter(tiny_dirs[family])
+    images = [[Image.new("RGB", (32, 32), "red"), Image.new("RGB", (48, 32), "blue")],
+              [Image.new("RGB", (32, 32), "green")], []]
+    texts = ["<image> is the first and <image> the second : what changed ?", "<image> what color ?", "is it safe ?"]
+    torch.manual_seed(0)
+    out = adapter.sample(images, texts, max_new_tokens=4)
+    batch = out.batch
+    assert batch.images_per_row == [2, 1, 0]
+    with torch.no_grad():
+        features = adapter.image_features(batch)
+        logps, mask = adapter.response_logprobs(batch, features)
+        for i in range(3):
+            prompt = adapter.encode([images[i]], [texts[i]]).input_ids[0].tolist()
+            row = batch.input_ids[i][batch.attention_mask[i].bool()].tolist()
+            assert row == prompt + batch.input_ids[i][batch.response_mask[i]].tolist()
+            sub, sub_features = adapter.select(batch, [i], features)
+            alone, _ = adapter.response_logprobs(sub, sub_features)
+            torch.testing.assert_close(logps[i][mask[i]], alone[0], atol=1e-5, rtol=1e-5)
