@@ -11,9 +11,9 @@ from PIL import Image
 from mmalign.cli import main
 from mmalign.model_config import ModelConfig
 from mmalign.models import load_adapter
+from mmalign.ppo import PPOConfig, PPOTrainer, build_models
 
 from ..conftest import FAMILIES
-from mmalign.ppo import PPOConfig, PPOTrainer, build_models
 
 COLORS = ("red", "blue", "green", "yellow")
 
