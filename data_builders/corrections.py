@@ -150,12 +150,38 @@ def correction_record(
 CORRECTION_FIELDS = ("image", "images", "question", "prompt", "original", "corrected", "facts")
 
 
+@dataclass
+class CorrectionStats:
+    """What a file of corrections gives Dense DPO: RLHF-V's rule up-weights replacements only,
+    so deletions and insertions, and pairs with no replacement at all, train as plain DPO."""
+
+    pairs: int = 0
+    with_segments: int = 0
+    replace: int = 0
+    delete: int = 0
+    insert: int = 0
+
+    def add(self, edits: Sequence[Edit]) -> None:
+        kinds = [e.kind for e in edits]
+        self.pairs += 1
+        self.with_segments += "replace" in kinds
+        for kind in ("replace", "delete", "insert"):
+            setattr(self, kind, getattr(self, kind) + kinds.count(kind))
+
+    def summary(self) -> str:
+        return (f"edits: {self.replace} replacements (corrected segments, up-weighted by gamma), {self.delete} "
+                f"deletions and {self.insert} insertions (not up-weighted: RLHF-V's rule); "
+                f"{self.pairs - self.with_segments} of {self.pairs} pairs have no corrected segment "
+                "(they train as plain DPO)")
+
+
 def read_corrections(
     path: str | Path,
     *,
     image_root: str | Path | None = None,
     errors: RowErrors | None = None,
     min_match: int = MIN_MATCH,
+    stats: CorrectionStats | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Validated correction records from a JSON / JSON Lines / parquet file of corrections.
 
@@ -163,6 +189,7 @@ def read_corrections(
     question as ``question`` or ``prompt``, the image as ``image`` (one) or ``images``
     (a list) given as a path under ``image_root`` (default: the file's folder) or as a
     ``{"bytes", "path"}`` dict, and optionally ``facts``; other keys are kept in ``meta``.
+    ``stats`` tallies the edits of the valid rows (:class:`CorrectionStats`).
     """
     errors = errors if errors is not None else RowErrors()
     options = ImageOptions(root=Path(image_root) if image_root else default_image_root(path))
@@ -182,6 +209,9 @@ def read_corrections(
                 meta=json.loads(json.dumps(meta, default=str)) or None,
                 min_match=min_match,
             )
-            yield validate_record(record, row=row, record_id=record_id, images=options)
+            valid = validate_record(record, row=row, record_id=record_id, images=options)
+            if stats is not None:
+                stats.add(diff_edits(record["rejected"], record["chosen"], min_match=min_match))
+            yield valid
         except RecordError as err:
             errors(err.located(row, record_id))

@@ -15,7 +15,7 @@ import yaml
 
 from mmalign.cli.common import add_model_flags, add_output_flags, load_model, print_written
 from mmalign.cli.world import BUILDERS as WORLD_BUILDERS
-from mmalign.data_builders.corrections import read_corrections
+from mmalign.data_builders.corrections import CorrectionStats, read_corrections
 from mmalign.data_builders.importers import IMPORTERS, import_dataset
 from mmalign.data_builders.safety import label_disagreements, save_oriented
 from mmalign.data_builders.schema import RecordError, RowErrors
@@ -57,10 +57,12 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- build
 def cmd_build_corrections(args: argparse.Namespace) -> int:
-    errors = RowErrors(lenient=args.lenient)
-    records = read_corrections(args.input, image_root=args.images, errors=errors, min_match=args.min_match)
+    errors, stats = RowErrors(lenient=args.lenient), CorrectionStats()
+    records = read_corrections(args.input, image_root=args.images, errors=errors, min_match=args.min_match,
+                               stats=stats)
     print_written(write_dataset(records, args.out, errors=errors, overwrite=args.overwrite,
                                 inputs=(args.input, args.images)), "preference")
+    print(stats.summary())
     return 0
 
 

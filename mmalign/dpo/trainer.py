@@ -15,6 +15,8 @@ compare against the straightforward path):
 
 from __future__ import annotations
 
+import logging
+
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,8 @@ from mmalign.training import (
     train_and_save,
 )
 
+
+logger = logging.getLogger(__name__)
 
 def _pad_to(t: torch.Tensor, width: int, value: float | int | bool) -> torch.Tensor:
     if t.shape[1] >= width:
@@ -76,6 +80,7 @@ class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, RecordsRunConf
                 self._with_reference(ds, args) for ds in (train_dataset, eval_dataset)
             )
         self.collator = kwargs.pop("data_collator", None) or DPOCollator(adapter, args.max_length, args.gamma)
+        self.span_share = warn_on_missing_spans(train_dataset) if args.loss_type == "ddpo" else None
         self._init_metrics()
         kwargs.setdefault("processing_class", adapter.processor)
         super().__init__(model=adapter.model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
@@ -169,7 +174,25 @@ class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, RecordsRunConf
         if not any(k.startswith("eval_") for k in logs):
             logs["truncation/dropped_pairs"] = self.collator.stats.dropped
             logs["truncation/prompts_shortened"] = self.collator.stats.prompts_shortened
+            if self.span_share is not None:
+                logs["ddpo/pairs_with_spans"] = self.span_share
         super().log(logs, start_time)
+
+
+def warn_on_missing_spans(dataset) -> float | None:
+    """Share of pairs with a corrected segment on either side, warned about when below 1: Dense
+    DPO weights only those segments, so a pair without any trains as plain DPO, silently."""
+    if dataset is None:
+        return None
+    n = len(dataset)
+    columns = [c for c in ("chosen_spans", "rejected_spans") if c in dataset.column_names]
+    with_spans = sum(any(row) for row in zip(*(dataset[c] for c in columns))) if columns and n else 0
+    share = with_spans / n if n else 0.0
+    if share < 1:
+        logger.warning("loss_type ddpo: %d of %d pairs (%.0f%%) carry corrected spans; the other %d train as plain "
+                       "DPO (gamma has no segment to weight)%s", with_spans, n, 100 * share, n - with_spans,
+                       "" if columns else " - the data has no chosen_spans / rejected_spans columns")
+    return share
 
 
 def check_dpo_run(model_config, args: DPOConfig) -> None:

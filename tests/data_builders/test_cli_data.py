@@ -145,3 +145,20 @@ def test_ai_feedback_needs_exactly_one_judge(tiny_llava, tmp_path, capsys):
     code = run("build", "ai-feedback", "--prompts", tmp_path, "--policy", tiny_llava, "--out", tmp_path / "o",
                "--judge", tiny_llava, "--judge-url", "http://127.0.0.1:9/v1")
     assert code == 2 and "give exactly one judge" in capsys.readouterr().err
+
+
+def test_build_corrections_reports_what_dense_dpo_gets(png, tmp_path, capsys):
+    (tmp_path / "a.png").write_bytes(png())
+    rows = [  # one replacement; one deletion (and nothing else); one insertion plus one replacement
+        {"image": "a.png", "question": "What is it?", "original": "It is a cat on a mat in the sun.",
+         "corrected": "It is a dog on a mat in the sun."},
+        {"image": "a.png", "question": "What is it?", "original": "A red ball and a blue cup on the table.",
+         "corrected": "A red ball on the table."},
+        {"image": "a.png", "question": "What is it?", "original": "A cat sits on the mat by the door of the house.",
+         "corrected": "A dog sits on the mat by the red door of the house."},
+    ]
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert run("build", "corrections", tmp_path / "c.jsonl", "--out", tmp_path / "ds") == 0
+    out = capsys.readouterr().out
+    assert ("edits: 2 replacements (corrected segments, up-weighted by gamma), 1 deletions and 1 insertions "
+            "(not up-weighted: RLHF-V's rule); 1 of 3 pairs have no corrected segment") in out

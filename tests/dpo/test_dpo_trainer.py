@@ -184,3 +184,25 @@ def test_training_raises_margins_in_4bit(tiny_dirs, pair_dataset, tmp_path):
     assert logs[-1]["rewards/margins"] > logs[0]["rewards/margins"] + 0.5
     assert logs[-1]["rewards/accuracies"] == 1.0
     assert 0 < logs[-1]["ddpo/corrected_token_share"] < 0.5
+
+
+def test_ddpo_on_pairs_without_spans_warns_and_logs_the_share(tiny_dirs, pair_dataset, tmp_path, caplog):
+    """Dense DPO weights only corrected segments: a pair without any trains as plain DPO, which the
+    user is told (warning with the share) and which the logs record (ddpo/pairs_with_spans)."""
+    import logging
+
+    half = pair_dataset.map(lambda row, i: {"chosen_spans": row["chosen_spans"] if i % 2 else [],
+                                            "rejected_spans": row["rejected_spans"] if i % 2 else []},
+                            with_indices=True)
+    args = DPOConfig(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True, loss_type="ddpo", gamma=3.0,
+                     per_device_train_batch_size=4, max_steps=1, logging_steps=1, save_strategy="no")
+    with caplog.at_level(logging.WARNING, logger="mmalign.dpo.trainer"):
+        trainer = DPOTrainer(make(tiny_dirs), args, train_dataset=half)
+    assert "2 of 4 pairs (50%) carry corrected spans; the other 2 train as plain DPO" in caplog.text
+    trainer.train()
+    assert [e["ddpo/pairs_with_spans"] for e in trainer.state.log_history if "loss" in e] == [0.5]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mmalign.dpo.trainer"):
+        DPOTrainer(make(tiny_dirs), args, train_dataset=pair_dataset)
+        DPOTrainer(make(tiny_dirs), args, train_dataset=pair_dataset.remove_columns(["chosen_spans", "rejected_spans"]))
+    assert caplog.text.count("carry corrected spans") == 1 and "has no chosen_spans / rejected_spans columns" in caplog.text
