@@ -16,7 +16,6 @@ compare against the straightforward path):
 from __future__ import annotations
 
 import logging
-
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,6 @@ from mmalign.training import (
     run_resume_plan,
     train_and_save,
 )
-
 
 logger = logging.getLogger(__name__)
 
