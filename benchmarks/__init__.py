@@ -10,7 +10,7 @@ answers through a model adapter (batched, resumable) or reads an answers file, a
 
 from mmalign.benchmarks.amber import AmberBenchmark, AmberConfig, run_amber
 from mmalign.benchmarks.chair import ChairBenchmark, ChairConfig, load_ground_truth, run_chair
-from mmalign.benchmarks.judges import GenerativeJudge, HTTPJudge, HTTPJudgeConfig
+from mmalign.benchmarks.judges import GenerativeJudge, HTTPJudge
 from mmalign.benchmarks.mmhal import MMHalBenchmark, MMHalConfig, run_mmhal
 from mmalign.benchmarks.objhal import ObjHalBenchmark, ObjHalConfig, run_objhal
 from mmalign.benchmarks.pope import PopeBenchmark, PopeConfig, load_pope, run_pope
@@ -50,7 +50,6 @@ __all__ = [
     "ChairConfig",
     "GenerationConfig",
     "HTTPJudge",
-    "HTTPJudgeConfig",
     "Item",
     "MMHalBenchmark",
     "MMHalConfig",

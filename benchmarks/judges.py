@@ -5,24 +5,19 @@ A text judge is any callable ``judge(prompts: list[str]) -> list[str]`` with a `
 attribute (recorded in reports). A record judge has ``judge_records(records, answers)``
 instead and reads the benchmark records themselves, for worlds whose image contents are
 fully known (:class:`mmalign.benchmarks.scene_judge.SceneJudge`); its output is judged text
-all the same, so ratings go through the same extraction. The HTTP judge speaks the ``/chat/completions`` protocol
-that OpenAI, vLLM, llama.cpp and most servers share; its base URL comes from configuration
-and its API key only from an environment variable, never from code or config files.
+all the same, so ratings go through the same extraction. The HTTP judge speaks the
+``/chat/completions`` protocol that OpenAI, vLLM, llama.cpp and most servers share, through
+:mod:`mmalign.judge_client` (the client the AI-feedback builder uses too); its base URL
+comes from configuration and its API key only from an environment variable.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import time
-import urllib.error
-import urllib.request
+import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
-#: HTTP statuses worth retrying: rate limits and transient server errors.
-RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+from mmalign.judge_client import JudgeClient, reply_text
 
 
 class Judge(Protocol):
@@ -47,69 +42,24 @@ def judge_name(judge: Any) -> str:
     return getattr(judge, "name", None) or getattr(judge, "__name__", None) or type(judge).__name__
 
 
-@dataclass
-class HTTPJudgeConfig:
-    """An OpenAI-compatible chat endpoint. ``base_url`` ends before ``/chat/completions``
-    (e.g. ``https://api.openai.com/v1`` or ``http://127.0.0.1:8000/v1``); the key is read
-    from the environment variable ``api_key_env`` (no header is sent when it is unset)."""
-
-    base_url: str
-    model: str
-    api_key_env: str = "OPENAI_API_KEY"
-    temperature: float = 0.0
-    max_tokens: int = 1024
-    timeout: float = 120.0
-    max_retries: int = 3
-    retry_wait: float = 2.0  # seconds, doubled after each retry
-
-
 class HTTPJudge:
-    """Sends each prompt as one user message; returns the first choice's text."""
+    """A text judge behind an OpenAI-compatible endpoint: each prompt is one user message,
+    the reply's first choice is the judgement. The requests go through a
+    :class:`~mmalign.judge_client.JudgeClient` (concurrency, retries, reply cache)."""
 
-    def __init__(self, config: HTTPJudgeConfig):
-        self.config = config
-        self.name = f"{config.model} @ {config.base_url}"
+    def __init__(self, client: JudgeClient, *, temperature: float = 0.0, max_tokens: int = 1024):
+        self.client = client
+        self.name = client.name
+        self.temperature = temperature
+        self.max_tokens = max_tokens
 
     def __call__(self, prompts: Sequence[str]) -> list[str]:
-        return [self.complete(p) for p in prompts]
-
-    def complete(self, prompt: str) -> str:
-        config = self.config
-        url = config.base_url.rstrip("/") + "/chat/completions"
-        body = json.dumps({
-            "model": config.model,
-            "messages": [{"role": "user", "content": prompt}],
-            "temperature": config.temperature,
-            "max_tokens": config.max_tokens,
-        }).encode("utf-8")
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(config.api_key_env) if config.api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        wait = config.retry_wait
-        for attempt in range(config.max_retries + 1):
-            request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=config.timeout) as response:
-                    payload = response.read()
-                break
-            except urllib.error.HTTPError as err:
-                detail = err.read()[:300].decode("utf-8", "replace")
-                if err.code not in RETRY_STATUSES or attempt == config.max_retries:
-                    raise RuntimeError(f"judge {url}: HTTP {err.code}: {detail}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                if attempt == config.max_retries:
-                    raise RuntimeError(f"judge {url}: {err}") from None
-            time.sleep(wait)
-            wait *= 2
-        try:
-            data = json.loads(payload)
-            content = data["choices"][0]["message"]["content"]
-        except (json.JSONDecodeError, KeyError, IndexError, TypeError):
-            raise RuntimeError(f"judge {url}: unexpected response {payload[:300]!r}") from None
-        if not isinstance(content, str):
-            raise RuntimeError(f"judge {url}: message content is not text: {content!r}")
-        return content
+        # Prompts share a long template, so an error names one by position and content hash.
+        labels = [f"prompt {i + 1} of {len(prompts)} (sha256 {hashlib.sha256(p.encode()).hexdigest()[:16]})"
+                  for i, p in enumerate(prompts)]
+        replies = self.client.chat_many([[{"role": "user", "content": p}] for p in prompts], labels=labels,
+                                        desc="judging", temperature=self.temperature, max_tokens=self.max_tokens)
+        return [reply_text(r) for r in replies]
 
 
 class GenerativeJudge:

@@ -13,29 +13,26 @@ Both steps are pluggable (any object with the ``split`` / ``judge`` method):
   the log-probabilities of the answers "yes" and "no") and :class:`EndpointJudge` (an
   OpenAI-compatible endpoint, from the first token's top log-probs, or its text).
 
-An endpoint's base URL comes from configuration; its API key only from an environment
-variable (never a flag or a file).
+The endpoint classes send their requests through :class:`mmalign.judge_client.JudgeClient`
+(the benchmarks' judges use it too): concurrency, retries honouring ``Retry-After`` and a
+resumable reply cache. Its base URL comes from configuration; its API key only from an
+environment variable (never a flag or a file).
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import ipaddress
-import json
 import math
-import os
 import re
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 from PIL import Image
+
+from mmalign.judge_client import JudgeClient, reply_text
 
 VERIFY_TEMPLATE = "Is the following statement about the image true? {claim} Please answer yes or no."
 
@@ -44,7 +41,6 @@ CLAIM_INSTRUCTION = (
     "one per line, without numbering or any other text.\n\nQuestion: {prompt}\nAnswer: {response}"
 )
 
-RETRY_STATUS = (429, 500, 502, 503, 504)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+|;\s*")
 _BULLET = re.compile(r"^\s*(?:[-*•]|\(?\d+[.)]|\(?[a-z][.)])\s+", re.I)
 
@@ -163,87 +159,6 @@ class AdapterJudge:
 
 
 # ---------------------------------------------------------------------------- endpoints
-def _is_loopback(host: str | None) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host or "").is_loopback
-    except ValueError:
-        return False
-
-
-@dataclass
-class ChatEndpoint:
-    """An OpenAI-compatible ``/chat/completions`` endpoint (vLLM, llama.cpp, hosted APIs).
-
-    ``base_url`` comes from configuration (e.g. ``http://127.0.0.1:8000/v1``); the API key
-    is read from the environment variable named by ``api_key_env`` at request time and
-    sent only if that variable is set. Loopback hosts bypass any proxy settings.
-    """
-
-    base_url: str
-    model: str
-    api_key_env: str | None = "OPENAI_API_KEY"
-    timeout: float = 60.0
-    retries: int = 2
-    retry_wait: float = 1.0
-
-    def __post_init__(self) -> None:
-        parsed = urllib.parse.urlparse(self.base_url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ValueError(f"endpoint base URL must be http(s)://host[:port][/path], got {self.base_url!r}")
-
-    @property
-    def url(self) -> str:
-        return self.base_url.rstrip("/") + "/chat/completions"
-
-    def _opener(self) -> urllib.request.OpenerDirector:
-        host = urllib.parse.urlparse(self.base_url).hostname
-        if _is_loopback(host):
-            return urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        return urllib.request.build_opener()
-
-    def chat(self, messages: list[dict[str, Any]], **params: Any) -> dict[str, Any]:
-        """POST one chat completion and return the parsed JSON reply.
-
-        Retries ``retries`` times on HTTP 429 / 5xx and connection errors; any other
-        failure raises ``RuntimeError`` with the status and the start of the body.
-        """
-        body = json.dumps({"model": self.model, "messages": messages, **params}).encode()
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        opener = self._opener()
-        attempt = 0
-        while True:
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-            try:
-                with opener.open(request, timeout=self.timeout) as reply:
-                    text = reply.read().decode()
-                try:
-                    return json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise RuntimeError(f"{self.url}: reply is not JSON ({exc})") from None
-            except urllib.error.HTTPError as exc:
-                retryable = exc.code in RETRY_STATUS
-                message = f"{self.url}: HTTP {exc.code}: {exc.read().decode(errors='replace')[:300]}"
-            except urllib.error.URLError as exc:
-                retryable = True
-                message = f"cannot reach {self.url}: {exc.reason}"
-            if not retryable or attempt >= self.retries:
-                raise RuntimeError(message)
-            attempt += 1
-            time.sleep(self.retry_wait * attempt)
-
-    @staticmethod
-    def reply_text(reply: dict[str, Any]) -> str:
-        try:
-            return reply["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
-            raise RuntimeError(f"unexpected chat reply shape: {str(reply)[:200]}") from None
-
-
 def image_data_url(img: Image.Image) -> str:
     """An image as a PNG ``data:`` URL, the form chat endpoints accept inline."""
     buf = io.BytesIO()
@@ -265,10 +180,11 @@ class EndpointJudge:
     Asks for one token with ``logprobs`` / ``top_logprobs``; P(yes) sums every top token
     that reads "yes" once stripped and lower-cased ("Yes", " yes", ...), likewise "no".
     If the endpoint returns no log-probs, the reply text decides (log-prob 0 for the
-    answer given, −inf for the other; anything else fails the claim).
+    answer given, −inf for the other; anything else fails the claim). All questions of a
+    call go out together, ``client.endpoint.concurrency`` at a time.
     """
 
-    endpoint: ChatEndpoint
+    client: JudgeClient
     yes: str = "yes"
     no: str = "no"
     top_logprobs: int = 5
@@ -285,31 +201,31 @@ class EndpointJudge:
                 if word in seen:
                     seen[word][cand["token"]] = float(cand["logprob"])
             return Verdict(_logsumexp(list(seen[self.yes].values())), _logsumexp(list(seen[self.no].values())))
-        text = ChatEndpoint.reply_text(reply).strip().lower()
+        text = reply_text(reply).strip().lower()
         return Verdict(0.0 if text.startswith(self.yes) else -math.inf,
                        0.0 if text.startswith(self.no) else -math.inf)
 
     def judge(self, images: Sequence[Image.Image], questions: Sequence[str]) -> list[Verdict]:
         image_parts = [{"type": "image_url", "image_url": {"url": image_data_url(img)}} for img in images]
-        verdicts = []
-        for question in questions:
-            messages = [{"role": "user", "content": [*image_parts, {"type": "text", "text": question}]}]
-            reply = self.endpoint.chat(messages, max_tokens=1, temperature=0.0, logprobs=True,
-                                       top_logprobs=self.top_logprobs)
-            verdicts.append(self._verdict(reply))
-        return verdicts
+        replies = self.client.chat_many(
+            [[{"role": "user", "content": [*image_parts, {"type": "text", "text": q}]}] for q in questions],
+            labels=[f"claim question {q!r}" for q in questions], desc="ai-feedback: judging claims",
+            max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=self.top_logprobs,
+        )
+        return [self._verdict(reply) for reply in replies]
 
 
 @dataclass
 class EndpointSplitter:
     """Ask an OpenAI-compatible chat endpoint to list a response's claims, one per line."""
 
-    endpoint: ChatEndpoint
+    client: JudgeClient
     template: str = VERIFY_TEMPLATE
     instruction: str = CLAIM_INSTRUCTION
     min_words: int = 2
 
     def split(self, prompt: str, response: str) -> list[Claim]:
         messages = [{"role": "user", "content": self.instruction.format(prompt=prompt, response=response)}]
-        reply = self.endpoint.chat(messages, temperature=0.0, max_tokens=512)
-        return claims_from_lines(ChatEndpoint.reply_text(reply).splitlines(), self.template, self.min_words)
+        reply = self.client.chat(messages, label=f"claim split of {response[:60]!r}", temperature=0.0,
+                                 max_tokens=512)
+        return claims_from_lines(reply_text(reply).splitlines(), self.template, self.min_words)

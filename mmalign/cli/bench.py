@@ -27,7 +27,6 @@ from mmalign.benchmarks import (
     BENCHMARKS,
     GenerativeJudge,
     HTTPJudge,
-    HTTPJudgeConfig,
     SceneJudge,
     compare_reports,
     load_scorer,
@@ -35,6 +34,8 @@ from mmalign.benchmarks import (
 )
 from mmalign.benchmarks.mmhal import JUDGE_TEMPLATE
 from mmalign.cli.common import add_model_flags, load_model, model_kwargs
+from mmalign.cli.judging import add_judge_client_flags, judge_endpoint_settings
+from mmalign.judge_client import JudgeClient, JudgeEndpoint
 from mmalign.utils import format_table
 
 EPILOG = "Reports go to OUT/report.json, OUT/report.md and OUT/details.jsonl; generated answers to OUT/answers.jsonl."
@@ -171,22 +172,25 @@ def _add_judge_flags(p: argparse.ArgumentParser) -> None:
     judge.add_argument("--judge-scene", metavar="WORLD",
                        help="rate by the ground truth of a scene world folder (mmalign world make), no model")
     p.add_argument("--judge-model", help="model name sent to the endpoint")
-    p.add_argument("--judge-key-env", default="OPENAI_API_KEY",
-                   help="environment variable holding the API key (default: OPENAI_API_KEY)")
     p.add_argument("--judge-max-new-tokens", type=int, default=512,
                    help="judgement length for --judge-local (default: 512)")
     p.add_argument("--judge-template", help="file with another judge prompt template")
+    add_judge_client_flags(p, cache_default="OUT/judge_cache.jsonl")
 
 
 def _judge_fields(args: argparse.Namespace) -> dict[str, Any]:
     if args.judge_url and not args.judge_model:
         raise ValueError("--judge-url needs --judge-model")
     template = Path(args.judge_template).read_text(encoding="utf-8") if args.judge_template else JUDGE_TEMPLATE
+    settings = judge_endpoint_settings(args, endpoint=bool(args.judge_url))
     if args.judge_scene:
         judge: Any = SceneJudge.from_world(args.judge_scene)
     elif args.judge_url:
-        judge = HTTPJudge(HTTPJudgeConfig(base_url=args.judge_url, model=args.judge_model,
-                                          api_key_env=args.judge_key_env))
+        endpoint = JudgeEndpoint(**{"base_url": args.judge_url, "model": args.judge_model,
+                                    "cache": Path(args.out) / "judge_cache.jsonl", **settings})
+        # Batches of a few prompts per worker keep every one of the N requests busy.
+        return {"judge": HTTPJudge(JudgeClient(endpoint, progress=not args.no_progress)),
+                "judge_template": template, "judge_batch_size": 4 * endpoint.concurrency}
     else:
         judge = GenerativeJudge(load_model(args, args.judge_local), name=f"local:{Path(args.judge_local).name}",
                              max_new_tokens=args.judge_max_new_tokens)

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from mmalign.cli.common import add_model_flags, add_output_flags, load_model, print_written
+from mmalign.cli.judging import add_judge_client_flags, judge_endpoint_settings
 from mmalign.cli.world import BUILDERS as WORLD_BUILDERS
 from mmalign.data_builders.corrections import CorrectionStats, read_corrections
 from mmalign.data_builders.importers import IMPORTERS, import_dataset
@@ -28,6 +29,7 @@ from mmalign.data_builders.storage import (
     write_dataset,
 )
 from mmalign.io import check_output
+from mmalign.judge_client import JudgeClient, JudgeEndpoint
 
 SCHEMA_HINT = "canonical schema: docs/data.md (images, prompt, chosen, rejected + optional columns)"
 
@@ -86,11 +88,11 @@ def _ai_feedback_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any]
         values["balance_lengths"] = False
     if args.judge_url:
         endpoint = {**(endpoint or {}), "base_url": args.judge_url}
+    settings = judge_endpoint_settings(args, endpoint=endpoint is not None)
     if endpoint is not None:
         if args.judge_model:
             endpoint["model"] = args.judge_model
-        if args.api_key_env:
-            endpoint["api_key_env"] = args.api_key_env
+        endpoint.update(settings)
     return AIFeedbackConfig.from_dict(values), endpoint
 
 
@@ -99,7 +101,6 @@ def cmd_build_ai_feedback(args: argparse.Namespace) -> int:
     from mmalign.data_builders.claims import (
         AdapterJudge,
         AdapterSplitter,
-        ChatEndpoint,
         EndpointJudge,
         EndpointSplitter,
         SentenceSplitter,
@@ -114,9 +115,11 @@ def cmd_build_ai_feedback(args: argparse.Namespace) -> int:
     if endpoint_settings is not None:
         if "model" not in endpoint_settings:
             raise ValueError("an endpoint judge needs a model name (--judge-model or judge_endpoint.model)")
-        endpoint = ChatEndpoint(**endpoint_settings)
-        judge: Any = EndpointJudge(endpoint)
-        splitter: Any = EndpointSplitter(endpoint) if args.splitter == "judge" else SentenceSplitter()
+        # The cache lives beside the output folder, which is replaced when the build ends.
+        endpoint_settings.setdefault("cache", f"{str(args.out).rstrip('/')}.judge-cache.jsonl")
+        client = JudgeClient(JudgeEndpoint.from_dict(endpoint_settings))
+        judge: Any = EndpointJudge(client)
+        splitter: Any = EndpointSplitter(client) if args.splitter == "judge" else SentenceSplitter()
     else:
         judge_adapter = load_model(args, args.judge)
         judge = AdapterJudge(judge_adapter)
@@ -253,10 +256,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--judge", help="local judge model (folder, card name or hub id)")
     p.add_argument("--judge-url", help="OpenAI-compatible endpoint base URL, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--judge-model", help="model name to request from the endpoint")
-    p.add_argument("--api-key-env", help="environment variable holding the endpoint's API key (default OPENAI_API_KEY)")
     p.add_argument("--splitter", choices=["sentence", "judge"], default="sentence",
                    help="claim splitting: rule-based sentences (default) or ask the judge")
     p.add_argument("--config", help="YAML with AIFeedbackConfig fields and an optional judge_endpoint mapping")
+    add_judge_client_flags(p, cache_default="OUT.judge-cache.jsonl, beside the output folder")
     p.add_argument("--samples", type=int, help="responses sampled per prompt (default 10)")
     p.add_argument("--temperature", type=float, help="sampling temperature (default 0.7)")
     p.add_argument("--max-new-tokens", type=int, help="longest sampled response (default 256)")

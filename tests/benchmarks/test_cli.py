@@ -70,17 +70,38 @@ def test_chair_objhal_and_amber_score_answer_files(coco_files, amber_dir, tmp_pa
     assert amber["headline"] == {"Accuracy": 100.0, "F1": 100.0}
 
 
-def test_mmhal_with_an_http_judge(mmhal_template, judge_server, tmp_path, files, monkeypatch):
+def test_mmhal_with_an_http_judge(mmhal_template, judge_server, tmp_path, files, monkeypatch, capsys):
     monkeypatch.setenv("TEST_JUDGE_KEY", "k")
     judge_server.reply = lambda prompt: "Rating: 6"
     answers = files.jsonl(tmp_path / "a.jsonl", [{"question_id": i, "model_answer": "x"} for i in range(8)])
-    assert bench("mmhal", "--template", mmhal_template, "--answers", answers, "--judge-url", judge_server.base_url,
-                 "--judge-model", "judge", "--judge-key-env", "TEST_JUDGE_KEY", "--out", tmp_path / "m",
-                 "--no-progress") == 0
+    argv = ["mmhal", "--template", mmhal_template, "--answers", answers, "--judge-url", judge_server.base_url,
+            "--judge-model", "judge", "--judge-concurrency", "3", "--out", tmp_path / "m", "--no-progress"]
+    assert bench(*argv, "--api-key-env", "TEST_JUDGE_KEY") == 0
+    assert "deprecated" not in capsys.readouterr().err
     report = json.loads((tmp_path / "m" / "report.json").read_text())
     assert report["headline"] == {"Score (0-6)": 6.0, "Hallucination rate": 0.0}
     assert report["protocol"]["judge"] == f"judge @ {judge_server.base_url}"
-    assert judge_server.requests[0]["headers"]["Authorization"] == "Bearer k"
+    assert len(judge_server.requests) == 8
+    assert all(r["headers"]["Authorization"] == "Bearer k" for r in judge_server.requests)
+    # The judge client's cache answers a rerun that lost the benchmark's own judgements file.
+    assert len((tmp_path / "m" / "judge_cache.jsonl").read_text().splitlines()) == 8
+    (tmp_path / "m" / "judgements.jsonl").unlink()
+    assert bench(*argv, "--api-key-env", "TEST_JUDGE_KEY") == 0
+    assert len(judge_server.requests) == 8
+    assert json.loads((tmp_path / "m" / "report.json").read_text())["headline"] == report["headline"]
+    # The old spelling of the key flag still works, with a warning.
+    argv[argv.index("--out") + 1] = tmp_path / "m2"
+    assert bench(*argv, "--judge-key-env", "TEST_JUDGE_KEY") == 0
+    assert "warning: --judge-key-env is deprecated; use --api-key-env" in capsys.readouterr().err
+    assert len(judge_server.requests) == 16
+    assert all(r["headers"]["Authorization"] == "Bearer k" for r in judge_server.requests[8:])
+
+
+def test_endpoint_flags_need_an_endpoint(mmhal_template, tmp_path, files, capsys):
+    answers = files.jsonl(tmp_path / "a.jsonl", [{"question_id": 0, "model_answer": "x"}])
+    assert bench("mmhal", "--template", mmhal_template, "--answers", answers, "--judge-scene", tmp_path,
+                 "--judge-concurrency", "2", "--out", tmp_path / "m") == 2
+    assert "--judge-concurrency: only for a judge endpoint (--judge-url)" in capsys.readouterr().err
 
 
 def test_safety_with_saved_scoring_models(tmp_path, files, tiny_llava_dir):

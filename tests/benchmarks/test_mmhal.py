@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from mmalign.benchmarks.judges import GenerativeJudge, HTTPJudge, HTTPJudgeConfig
+from mmalign.benchmarks.judges import GenerativeJudge, HTTPJudge
 from mmalign.benchmarks.mmhal import (
     MMHalBenchmark,
     MMHalConfig,
@@ -13,6 +13,12 @@ from mmalign.benchmarks.mmhal import (
     mmhal_metrics,
     run_mmhal,
 )
+from mmalign.judge_client import JudgeClient, JudgeEndpoint
+
+
+def http_judge(base_url, model="m", **settings):
+    """An HTTP judge whose retries cost no time (the waits are recorded, not slept)."""
+    return HTTPJudge(JudgeClient(JudgeEndpoint(base_url, model, **settings), sleep=lambda s: None, progress=False))
 
 
 @pytest.mark.parametrize(
@@ -138,7 +144,7 @@ def test_generation_items_use_the_image_file_of_the_url(mmhal_template, tmp_path
 def test_http_judge_against_a_local_server(judge_server, mmhal_template, monkeypatch):
     monkeypatch.setenv("MY_JUDGE_KEY", "sk-test-123")
     judge_server.reply = lambda prompt: "Rating: 5" if "answer 2" in prompt else "Rating: 1"
-    judge = HTTPJudge(HTTPJudgeConfig(base_url=judge_server.base_url, model="judge-7b", api_key_env="MY_JUDGE_KEY"))
+    judge = http_judge(judge_server.base_url, "judge-7b", api_key_env="MY_JUDGE_KEY", concurrency=3)
     result = run_mmhal(MMHalConfig(mmhal_template, judge=judge), answers=answers(), progress=False)
     assert [d["score"] for d in result.details] == [1, 1, 5, 1, 1, 1, 1, 1]
     assert result.protocol["judge"] == f"judge-7b @ {judge_server.base_url}"
@@ -151,14 +157,14 @@ def test_http_judge_against_a_local_server(judge_server, mmhal_template, monkeyp
 
 def test_http_judge_sends_no_key_when_the_variable_is_unset(judge_server, monkeypatch):
     monkeypatch.delenv("UNSET_KEY_VAR", raising=False)
-    judge = HTTPJudge(HTTPJudgeConfig(judge_server.base_url, "m", api_key_env="UNSET_KEY_VAR"))
+    judge = http_judge(judge_server.base_url, api_key_env="UNSET_KEY_VAR")
     assert judge(["hello"]) == ["Rating: 3"]
     assert "Authorization" not in judge_server.requests[0]["headers"]
 
 
 def test_http_judge_retries_transient_errors(judge_server):
     judge_server.fail_first = 2
-    judge = HTTPJudge(HTTPJudgeConfig(judge_server.base_url, "m", retry_wait=0.01))
+    judge = http_judge(judge_server.base_url)
     assert judge(["hello"]) == ["Rating: 3"]
     assert len(judge_server.requests) == 3
 
@@ -166,8 +172,8 @@ def test_http_judge_retries_transient_errors(judge_server):
 def test_http_judge_reports_client_errors(judge_server):
     judge_server.fail_first = 5
     judge_server.fail_status = 400
-    judge = HTTPJudge(HTTPJudgeConfig(judge_server.base_url, "m", retry_wait=0.01))
-    with pytest.raises(RuntimeError, match="HTTP 400"):
+    judge = http_judge(judge_server.base_url)
+    with pytest.raises(RuntimeError, match=r"prompt 1 of 1 \(sha256 [0-9a-f]{16}\): HTTP 400"):
         judge(["hello"])
     assert len(judge_server.requests) == 1  # a client error is not retried
 

@@ -16,13 +16,18 @@ from mmalign.data_builders.ai_feedback import (
 )
 from mmalign.data_builders.claims import (
     AdapterJudge,
-    ChatEndpoint,
     EndpointJudge,
     EndpointSplitter,
     SentenceSplitter,
     Verdict,
 )
 from mmalign.data_builders.storage import load_preference_dataset, save_preference_dataset
+from mmalign.judge_client import JudgeClient, JudgeEndpoint
+
+
+def client(url, model="m", **settings):
+    """A judge client whose retries cost no time (the waits are not slept)."""
+    return JudgeClient(JudgeEndpoint(url, model, **settings), sleep=lambda s: None, progress=False)
 
 
 class WordJudge:
@@ -133,13 +138,14 @@ def test_adapter_judge_matches_a_manual_computation(tiny_llava):
 # ---------------------------------------------------------------------------- endpoint judge
 def test_endpoint_judge_uses_top_logprobs(chat_server, monkeypatch):
     monkeypatch.setenv("TEST_JUDGE_KEY", "sk-local-test")
-    judge = EndpointJudge(ChatEndpoint(chat_server.url, "judge-vlm", api_key_env="TEST_JUDGE_KEY"))
+    judge = EndpointJudge(client(chat_server.url, "judge-vlm", api_key_env="TEST_JUDGE_KEY"))
     image = Image.new("RGB", (8, 8), "red")
     yes, no = judge.judge([image], ["Is this true? The cup is red.", "Is this true? The cup is blue."])
     assert yes.logp_yes == pytest.approx(math.log(math.exp(-0.2) + math.exp(-2.0)))
     assert yes.logp_no == pytest.approx(-1.9) and yes.passed
     assert no.logp_no == pytest.approx(math.log(math.exp(-0.4) + math.exp(-3.0))) and not no.passed
-    request = chat_server.requests[0]
+    assert len(chat_server.requests) == 2  # sent together, so in either order
+    request = next(r for r in chat_server.requests if "red" in r["body"]["messages"][0]["content"][1]["text"])
     assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer sk-local-test"
     body = request["body"]
     assert body["model"] == "judge-vlm" and body["max_tokens"] == 1 and body["logprobs"] is True
@@ -150,29 +156,29 @@ def test_endpoint_judge_uses_top_logprobs(chat_server, monkeypatch):
 
 def test_endpoint_key_only_from_the_environment(chat_server, monkeypatch):
     monkeypatch.delenv("TEST_JUDGE_KEY", raising=False)
-    EndpointJudge(ChatEndpoint(chat_server.url, "m", api_key_env="TEST_JUDGE_KEY")).judge([], ["red?"])
+    EndpointJudge(client(chat_server.url, api_key_env="TEST_JUDGE_KEY")).judge([], ["red?"])
     assert chat_server.requests[-1]["auth"] is None
 
 
 def test_endpoint_judge_falls_back_to_the_reply_text(chat_server):
     chat_server.mode = "text"
-    verdicts = EndpointJudge(ChatEndpoint(chat_server.url, "m")).judge([], ["red cup?", "blue cup?"])
+    verdicts = EndpointJudge(client(chat_server.url)).judge([], ["red cup?", "blue cup?"])
     assert [v.passed for v in verdicts] == [True, False]
     assert verdicts[1].logp_yes == -math.inf
 
 
 def test_endpoint_retries_busy_and_reports_errors(chat_server):
     chat_server.fail_next = 1
-    endpoint = ChatEndpoint(chat_server.url, "m", retries=1, retry_wait=0)
+    endpoint = client(chat_server.url, max_attempts=2)
     assert EndpointJudge(endpoint).judge([], ["red?"])[0].passed
     assert len(chat_server.requests) == 2
     chat_server.fail_next = 5
-    with pytest.raises(RuntimeError, match="HTTP 503"):
-        EndpointJudge(endpoint).judge([], ["red?"])
+    with pytest.raises(RuntimeError, match="claim question 'blue\\?'.*gave up after 2 attempt.*HTTP 503"):
+        EndpointJudge(endpoint).judge([], ["blue?"])
     chat_server.fail_next = 0
     chat_server.mode = "bad-request"
     with pytest.raises(RuntimeError, match="HTTP 400.*unknown model"):
-        EndpointJudge(endpoint).judge([], ["red?"])
+        EndpointJudge(endpoint).judge([], ["green?"])
 
 
 def test_endpoint_unreachable_and_bad_urls():
@@ -181,15 +187,15 @@ def test_endpoint_unreachable_and_bad_urls():
     with socket.socket() as s:  # a free port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    endpoint = ChatEndpoint(f"http://127.0.0.1:{port}/v1", "m", retries=0, timeout=2)
+    endpoint = client(f"http://127.0.0.1:{port}/v1", max_attempts=1, timeout=2)
     with pytest.raises(RuntimeError, match="cannot reach"):
         endpoint.chat([{"role": "user", "content": "hi"}])
     with pytest.raises(ValueError, match="base URL"):
-        ChatEndpoint("ftp://127.0.0.1/v1", "m")
+        JudgeEndpoint("ftp://127.0.0.1/v1", "m")
 
 
 def test_endpoint_splitter(chat_server):
-    claims = EndpointSplitter(ChatEndpoint(chat_server.url, "m")).split("q?", "The cup is red and the plate blue.")
+    claims = EndpointSplitter(client(chat_server.url)).split("q?", "The cup is red and the plate blue.")
     assert [c.text for c in claims] == ["The cup is red.", "The plate is blue."]
     assert chat_server.requests[0]["body"]["messages"][0]["content"].endswith("The cup is red and the plate blue.")
 
@@ -267,3 +273,33 @@ def test_read_prompts_from_files_and_datasets(png, record, tmp_path):
         {"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "Red."}]}]))
     [rec] = read_prompts(tmp_path / "llava.json")
     assert rec["prompt"] == "What?" and rec["reference"] == "Red."
+
+
+# ---------------------------------------------------------------------------- the command and its judge cache
+def test_ai_feedback_command_resumes_from_the_judge_cache(tiny_llava, png, chat_server, tmp_path, monkeypatch,
+                                                          capsys):
+    from mmalign.cli import main
+
+    monkeypatch.setenv("CLI_JUDGE_KEY", "sk-cli")
+    save_preference_dataset([{"images": [png(size=(32, 32))], "prompt": "what is in the image?"}],
+                            tmp_path / "prompts", kind="prompts")
+    argv = ["data", "build", "ai-feedback", "--prompts", tmp_path / "prompts", "--policy", tiny_llava,
+            "--judge-url", chat_server.url, "--judge-model", "judge-vlm", "--api-key-env", "CLI_JUDGE_KEY",
+            "--judge-concurrency", "3", "--samples", "6", "--max-new-tokens", "16",
+            "--out", tmp_path / "pairs"]
+    assert main([str(a) for a in argv]) == 0, capsys.readouterr()
+    sent = len(chat_server.requests)
+    assert sent >= 2 and all(r["auth"] == "Bearer sk-cli" for r in chat_server.requests)
+    assert all(r["body"]["logprobs"] for r in chat_server.requests)  # claim verdicts
+    cache = tmp_path / "pairs.judge-cache.jsonl"  # beside the output folder, which is replaced
+    lines = cache.read_text().splitlines()
+    assert len(lines) == sent
+    first = load_preference_dataset(tmp_path / "pairs")[:]
+
+    assert main([str(a) for a in argv]) == 0  # a rerun: every reply is cached
+    assert len(chat_server.requests) == sent
+
+    cache.write_text("".join(line + "\n" for line in lines[: sent // 2]))  # as if cut short halfway
+    assert main([str(a) for a in argv]) == 0
+    assert len(chat_server.requests) == sent + (sent - sent // 2)
+    assert load_preference_dataset(tmp_path / "pairs")[:] == first

@@ -1,6 +1,7 @@
 """Security rules pinned: safetensors only, no pickle, trust_remote_code off unless asked,
 keys only from the environment, image paths confined to their folder."""
 
+import argparse
 import ast
 import dataclasses
 import inspect
@@ -96,12 +97,21 @@ def test_trust_remote_code_is_off_unless_asked():
 
 
 def test_api_keys_are_named_by_environment_variable_only():
-    from mmalign.benchmarks.judges import HTTPJudgeConfig
-    from mmalign.data_builders.claims import ChatEndpoint
+    from mmalign.cli import build_parser
+    from mmalign.judge_client import JudgeEndpoint
 
-    for cls in (HTTPJudgeConfig, ChatEndpoint):
-        keyish = [f.name for f in dataclasses.fields(cls) if re.search(r"key|secret|password|auth|(^|_)token$", f.name)]
-        assert keyish == ["api_key_env"]
+    keyish = [f.name for f in dataclasses.fields(JudgeEndpoint)
+              if re.search(r"key|secret|password|auth|(^|_)token$", f.name)]
+    assert keyish == ["api_key_env"]
+    # No command takes the key itself as a flag: every key flag names a variable.
+    parser = build_parser()
+    stack, key_flags = [parser], set()
+    while stack:
+        for action in stack.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+            key_flags |= {o for o in action.option_strings if re.search(r"key|secret|password", o)}
+    assert key_flags == {"--api-key-env", "--judge-key-env"}
 
 
 # ---------------------------------------------------------------------------- image paths
