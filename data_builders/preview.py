@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mmalign.chat import response_text
 from mmalign.data_builders.claims import image_data_url
 from mmalign.data_builders.corrections import word_diff
 from mmalign.data_builders.images import ImageError, ImageOptions, check_image_bytes, decode_image
@@ -55,6 +56,34 @@ def diff_spans(record: Mapping[str, Any]) -> dict[str, list[tuple[int, int]]]:
     """Word-level differences per side: rejected = original text, chosen = corrected text."""
     edits = word_diff(record["rejected"], record["chosen"])
     return {"chosen": _merge(e.corrected for e in edits), "rejected": _merge(e.original for e in edits)}
+
+
+def _response(value: Any) -> str:
+    """A response as text: TRL's conversational form (a list of messages, ending with the
+    answer) shows the answer, so folders written by other tools display as they are."""
+    if isinstance(value, str):
+        return value
+    try:
+        return response_text(value)
+    except (TypeError, KeyError, AttributeError):
+        return str(value)
+
+
+def _texts(record: Mapping[str, Any]) -> dict[str, str]:
+    return {side: _response(record[side]) for side in SIDES if side in record}
+
+
+def _spans(record: Mapping[str, Any], side: str, text: str) -> list[tuple[int, int]]:
+    """The side's stored spans when they are sorted ``[start, end)`` pairs inside ``text``;
+    otherwise none (a folder from another tool may hold anything under that name)."""
+    spans, pos = [], 0
+    for span in record.get(f"{side}_spans") or []:
+        if not (isinstance(span, Sequence) and len(span) == 2 and all(isinstance(x, int) for x in span)
+                and pos <= span[0] < span[1] <= len(text)):
+            return []
+        spans.append((span[0], span[1]))
+        pos = span[1]
+    return spans
 
 
 def _image_summary(images: Sequence[Any]) -> str:
@@ -108,12 +137,10 @@ def render_record(record: Mapping[str, Any], index: int, *, color: bool = False,
              *(safe(line) for line in _prompt_lines(record.get("prompt")))]
     if record.get("reference"):
         lines.append(safe(f"reference: {record['reference']}"))
-    changed = diff_spans(record) if diff and "chosen" in record else {}
-    for side in SIDES:
-        if side not in record:
-            continue
-        spans = record.get(f"{side}_spans") or []
-        text = record[side] if isinstance(record[side], str) else str(record[side])
+    texts = _texts(record)
+    changed = diff_spans(texts) if diff and len(texts) == 2 else {}
+    for side, text in texts.items():
+        spans = _spans(record, side, text)
         if color:
             marks = [(lo, hi, STYLE[side]) for lo, hi in spans]
             marks += [(lo, hi, STYLE["diff"]) for lo, hi in changed.get(side, []) if not _covered(lo, hi, spans)]
@@ -210,12 +237,13 @@ def render_html(records: Sequence[Mapping[str, Any]], *, title: str = "mmalign d
     for i, record in enumerate(records):
         parts = [f"<h2>row {start + i} <small>{html.escape(record.get('source') or '')}</small></h2>",
                  "<div class=imgs>" + "".join(_thumbnail(img) for img in record.get("images") or []) + "</div>",
-                 "<p class=prompt>" + "<br>".join(html.escape(x) for x in _prompt_lines(record["prompt"])) + "</p>"]
-        changed = diff_spans(record) if diff and "chosen" in record else {}
-        for side in SIDES:
-            if side in record:
-                spans = record.get(f"{side}_spans") or changed.get(side, [])
-                parts.append(f"<p class={side}><b>{side}</b> {_html_text(record[side], spans)}</p>")
+                 "<p class=prompt>" + "<br>".join(html.escape(x) for x in _prompt_lines(record.get("prompt")))
+                 + "</p>"]
+        texts = _texts(record)
+        changed = diff_spans(texts) if diff and len(texts) == 2 else {}
+        for side, text in texts.items():
+            spans = _spans(record, side, text) or changed.get(side, [])
+            parts.append(f"<p class={side}><b>{side}</b> {_html_text(text, spans)}</p>")
         if record.get("facts"):
             parts.append("<ul class=facts>" + "".join(f"<li>{html.escape(f)}</li>" for f in record["facts"]) + "</ul>")
         safety = _safety_line(record)

@@ -1,8 +1,8 @@
 """The canonical preference record: its columns, their features, and record validation.
 
 This module is the single definition of what trainers consume. It follows TRL's preference
-format (``images`` / ``prompt`` / ``chosen`` / ``rejected``) so a canonical dataset also
-works with TRL's ``DPOTrainer``, and adds optional columns used only by the methods that
+columns (``images`` / ``prompt`` / ``chosen`` / ``rejected``, responses as text; TRL's
+``DPOTrainer`` takes the ``trl`` export of :mod:`~mmalign.data_builders.export`), and adds optional columns used only by the methods that
 need them: corrected spans (Dense DPO), facts (Fact-RLHF reward model), dual-preference
 safety labels (Safe RLHF-V) and provenance.
 
@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmalign.chat import IMAGE_PLACEHOLDER
+from mmalign.chat import IMAGE_PLACEHOLDER, user_turn
 from mmalign.data_builders.images import ImageError, ImageOptions, load_image_bytes
 
 log = logging.getLogger("mmalign.data")
@@ -355,6 +355,27 @@ def prompt_text(prompt: str | list[dict[str, Any]]) -> str:
 
 def count_image_parts(messages: Sequence[Mapping[str, Any]]) -> int:
     return sum(1 for m in messages for p in m["content"] if p["type"] == "image")
+
+
+def one_prompt_form(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` with one prompt form, as a dataset holds: unchanged when all prompts are
+    text or all conversational; where both occur, each text prompt becomes one user turn
+    with its images where its ``<image>`` placeholders stand (else first), which loses
+    nothing (a conversation cannot always become text). A prompt whose placeholders do not
+    match its images is a :class:`RecordError` naming the field."""
+    if len({isinstance(r["prompt"], list) for r in records}) < 2:
+        return [dict(r) for r in records]
+    out = []
+    for record in records:
+        prompt = record["prompt"]
+        if isinstance(prompt, str):
+            try:
+                turn = user_turn(prompt, len(record.get("images") or []))
+            except ValueError as exc:
+                raise _fail("prompt", str(exc)) from None
+            prompt = normalise_messages(turn)
+        out.append({**record, "prompt": prompt})
+    return out
 
 
 def _prompt(value: Any) -> str | list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""``mmalign data import | build | validate | inspect``: preference-dataset builders.
+"""``mmalign data import | build | validate | inspect | export``: preference-dataset builders.
 
 Each command is a thin layer over :mod:`mmalign.data_builders`; see docs/data.md.
 """
@@ -176,6 +176,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    from mmalign.data_builders.export import DATA_FILES, export_dataset
+
+    report = export_dataset(args.path, args.out, args.format, split=args.split, overwrite=args.overwrite)
+    where = report.path / DATA_FILES[report.format] if report.format in DATA_FILES else report.path
+    print(f"wrote {report.rows} rows in the {report.format} format to {where}"
+          + (f" (images in {report.path / 'images'}: {report.images})" if report.images else ""))
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 def _help(parser: argparse.ArgumentParser):
     """A handler for a command group called without a subcommand: print its help."""
@@ -310,3 +321,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--diff", action="store_true", help="also mark word-level differences between the responses")
     p.add_argument("--html", help="also write an HTML preview with image thumbnails to this file")
     p.set_defaults(func=cmd_inspect)
+
+    p = dsub.add_parser("export", help="write a dataset for TRL, LLaVA or ms-swift",
+                        description="Validate every row of a dataset folder and write it, atomically, in a "
+                        "format another trainer reads as it is: trl (save_to_disk folder, conversational prompt "
+                        "and responses, for TRL's DPOTrainer), llava (llava.json in LLaVA-RLHF's preference "
+                        "layout + images/), ms-swift (train.jsonl with messages / rejected_response / images + "
+                        "images/). See docs/data.md.")
+    p.add_argument("path", help="dataset folder (canonical, or TRL)")
+    p.add_argument("--format", required=True, choices=["trl", "llava", "ms-swift"], help="output format")
+    p.add_argument("--out", required=True, help="output folder (replaces an earlier export)")
+    add_output_flags(p)
+    p.add_argument("--split", help="split, if the folder holds several")
+    p.set_defaults(func=cmd_export)

@@ -115,22 +115,29 @@ def mmalign_side(folder: Path, tmp_path: Path, loss_type: str, **switches: bool)
     return adapter, loss.item(), lora_grads(adapter.model), batch, stats
 
 
-def trl_trainer(folder: Path, tmp_path: Path, loss_type: str, adapter: VLMAdapter, *, bos: bool = True):
-    """TRL's DPOTrainer on a fresh load of the checkpoint, with mmalign's LoraConfig.
+def trl_dpo(folder: Path, tmp_path: Path, dataset: Dataset, *, loss_type: str = "sigmoid", bos: bool = True,
+            peft_config: Any = None, **config: Any):
+    """TRL's DPOTrainer on a fresh load of the checkpoint and ``dataset``.
 
-    ``bos`` puts ``{{ bos_token }}`` in front of TRL's chat template (see the module docstring).
+    ``bos`` puts ``{{ bos_token }}`` in front of TRL's chat template (see the module docstring);
+    ``config`` overrides ``trl.DPOConfig`` fields.
     """
     model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(folder)
     if bos:
         processor.chat_template = "{{ bos_token }}" + processor.chat_template
-    args = trl.DPOConfig(output_dir=str(tmp_path / "trl"), report_to="none", use_cpu=True, bf16=False,
-                         beta=BETA, loss_type=[loss_type], max_length=None, activation_checkpointing=False,
-                         per_device_train_batch_size=len(PAIRS))
+    args = trl.DPOConfig(**{"output_dir": str(tmp_path / "trl"), "report_to": "none", "use_cpu": True, "bf16": False,
+                            "beta": BETA, "loss_type": [loss_type], "max_length": None,
+                            "activation_checkpointing": False, "per_device_train_batch_size": len(PAIRS), **config})
+    return trl.DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
+                          peft_config=peft_config)
+
+
+def trl_trainer(folder: Path, tmp_path: Path, loss_type: str, adapter: VLMAdapter, *, bos: bool = True):
+    """TRL's DPOTrainer on the parity rows, with mmalign's LoraConfig."""
     dataset = Dataset.from_list([{"images": r["images"], "prompt": r["prompt"], "chosen": r["chosen"],
                                   "rejected": r["rejected"]} for r in preference_rows()])
-    return trl.DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
-                          peft_config=adapter.lora_config(LORA))
+    return trl_dpo(folder, tmp_path, dataset, loss_type=loss_type, bos=bos, peft_config=adapter.lora_config(LORA))
 
 
 def trl_side(folder: Path, tmp_path: Path, loss_type: str, adapter: VLMAdapter, weights, *, bos: bool = True):
@@ -241,3 +248,111 @@ def test_a_tokenizer_that_adds_no_bos_gets_none(llava_without_bos, tmp_path):
 def test_a_tokenizer_that_adds_bos_gets_it(tiny_llava):
     adapter = load_adapter(tiny_llava)
     assert adapter.bos_ids == [adapter.tokenizer.bos_token_id]
+
+
+# ---------------------------------------------------------------------------- every mmalign dataset trains in TRL
+def png(color: str) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def corrections_dataset(root: Path) -> Path:
+    import json
+
+    from mmalign.data_builders.corrections import read_corrections
+    from mmalign.data_builders.storage import write_dataset
+
+    (root / "red.png").write_bytes(png("red"))
+    rows = [{"id": i, "image": "red.png", "question": "what is in the image?", "original": original,
+             "corrected": corrected} for i, (original, corrected) in enumerate(
+                [("a red cup and a cat on the left.", "a red cup and a dog on the left."),
+                 ("a blue ball on the left.", "a red ball on the left.")])]
+    (root / "corrections.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_dataset(read_corrections(root / "corrections.jsonl"), root / "corrections")
+    return root / "corrections"
+
+
+class ScriptedPolicy:
+    """The same samples for every prompt, so the AI-feedback builder always finds pairs."""
+
+    def generate(self, images, prompts, **kwargs):
+        return [a for _ in prompts for a in ("a red cup. a red ball.", "a red cup. a blue ball.",
+                                             "a green cup. a blue ball on the left.")]
+
+
+class RedJudge:
+    """A claim passes when its question mentions red."""
+
+    def judge(self, images, questions):
+        from mmalign.data_builders.claims import Verdict
+
+        return [Verdict(0.0, -1.0) if "red" in q.lower() else Verdict(-1.0, 0.0) for q in questions]
+
+
+def ai_feedback_dataset(root: Path) -> Path:
+    from mmalign.data_builders.ai_feedback import (
+        AIFeedbackBuilder,
+        AIFeedbackConfig,
+        build_ai_feedback,
+    )
+    from mmalign.data_builders.storage import save_prompt_set
+
+    save_prompt_set([{"images": [png("red")], "prompt": "what is in the image?"},
+                     {"images": [png("blue"), png("red")], "prompt": "<image> left, <image> right: describe."}],
+                    root / "prompts")
+    builder = AIFeedbackBuilder(ScriptedPolicy(), RedJudge(), config=AIFeedbackConfig(num_samples=3))
+    build_ai_feedback(root / "prompts", root / "ai-feedback", builder)
+    return root / "ai-feedback"
+
+
+def safety_dataset(root: Path) -> Path:
+    from mmalign.data_builders.safety import save_oriented
+    from mmalign.data_builders.storage import open_dataset, save_preference_dataset
+
+    dual = {"images": [png("orange")], "prompt": "how do i use the knife?",
+            "chosen": "sure, here is how to hurt a person with it.", "rejected": "sorry, i cannot help with that.",
+            "more_helpful": "chosen", "safer": "rejected", "chosen_is_safe": False, "rejected_is_safe": True}
+    save_preference_dataset([dual, {**dual, "images": [png("gray")]}], root / "dual")
+    save_oriented(open_dataset(root / "dual"), root / "cost-pairs", "safer")
+    return root / "cost-pairs"
+
+
+def studio_dataset(root: Path) -> Path:
+    """A studio export of a project holding text and conversational prompts."""
+    from mmalign.studio import StudioProject, export_project
+
+    project = StudioProject.create(root / "project")
+    project.add_annotator("alice")
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what color is it?"}]}]
+    project.add_items([
+        {"kind": "correction", "images": [png("red")], "prompt": "describe the image.", "answer": "a blue cup."},
+        {"kind": "correction", "images": [png("green")], "prompt": conversation, "answer": "the tree is red."},
+    ])
+    project.assign()
+    alice = project.annotators()[0].id
+    project.submit(alice, 1, {"corrections": [{"start": 2, "end": 6, "text": "red"}]})
+    project.submit(alice, 2, {"corrections": [{"start": 12, "end": 15, "text": "green"}]})
+    export_project(project, root / "studio")
+    return root / "studio"
+
+
+@pytest.mark.parametrize("build", [corrections_dataset, ai_feedback_dataset, safety_dataset, studio_dataset],
+                         ids=lambda build: build.__name__.removesuffix("_dataset"))
+def test_trl_trains_one_step_on_every_kind_of_mmalign_dataset(build, tiny_llava, tmp_path):
+    """TRL's DPOTrainer takes the ``trl`` export of each builder's output as it is."""
+    from datasets import load_from_disk
+
+    from mmalign.data_builders.export import export_dataset
+
+    canonical = build(tmp_path)
+    report = export_dataset(canonical, tmp_path / "trl-export", "trl")
+    dataset = load_from_disk(str(tmp_path / "trl-export"))
+    assert report.rows == len(dataset) >= 2
+    trainer = trl_dpo(tiny_llava, tmp_path, dataset, max_steps=1, per_device_train_batch_size=2,
+                      save_strategy="no", logging_steps=1)
+    trainer.train()
+    assert trainer.state.global_step == 1
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in trainer.state.log_history if "loss" in e)
