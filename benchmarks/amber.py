@@ -19,7 +19,7 @@ Two steps of the official code need data that cannot be downloaded here, and hav
 substitutes (named in the report):
 
 - noun extraction (NLTK POS tags NN* + WordNet lemmas): the words of the response,
-  singularised by mmalign's rule-based singulariser, kept if in the vocabulary. Case is kept
+  singularised by mmalign's singulariser (inflect), kept if in the vocabulary. Case is kept
   as in the official code (a capitalised "Dog" is not the vocabulary word "dog"). A
   vocabulary word used as a verb or adjective ("orange shirt") counts as a noun here.
 - word similarity (spaCy ``en_core_web_lg`` vectors, similarity > 0.8): by default words
@@ -372,7 +372,7 @@ class AmberBenchmark(Benchmark):
                 "discriminative_parsing": self.config.parsing,
                 "positive_class": "no",
                 "noun_extraction": "custom" if self.config.extract_nouns else
-                "offline: words singularised by mmalign's rules, kept if in the AMBER vocabulary",
+                "offline: words singularised by inflect, kept if in the AMBER vocabulary",
                 "similarity": (self.config.similarity_name or getattr(similarity, "__name__", "custom"))
                 if similarity else "offline: equality after singularisation (word vectors unavailable)",
                 "similarity_threshold": self.config.similarity_threshold,

@@ -1,10 +1,11 @@
 """CHAIR: object hallucination in image captions (Rohrbach et al., 2018).
 
-A caption's object mentions come from :class:`~mmalign.grounding.objects.ObjectVocabulary`
-(mmalign's own COCO table with the CHAIR two-word and special rules, or a vocabulary of the
-instance categories for other datasets). An image's ground truth is the union of its
-instance-annotation categories and the objects found in all its reference captions (run
-through the same parser). A mention is hallucinated when its category is not in the
+A caption's object mentions come from :class:`~mmalign.grounding.objects.ObjectVocabulary`:
+the official CHAIR synonym list plus mmalign's own words (``coco``, the default), the
+official list alone (``chair``), a list read from a ``synonyms`` file, or the instance
+categories for other datasets; all with the CHAIR two-word and special rules. An image's
+ground truth is the union of its instance-annotation categories and the objects found in
+all its reference captions (run through the same parser). A mention is hallucinated when its category is not in the
 ground truth.
 
 - CHAIR_i = hallucinated mentions / all mentions (duplicates count);
@@ -38,6 +39,7 @@ from mmalign.benchmarks.runner import (
     resolve_image,
 )
 from mmalign.grounding.objects import (
+    VOCABULARY_CHOICES,
     Mention,
     ObjectExtractor,
     ObjectVocabulary,
@@ -106,6 +108,17 @@ def load_ground_truth(
     return truth
 
 
+def choose_vocabulary(vocabulary: str | ObjectVocabulary, synonyms: str | Path | None) -> str | ObjectVocabulary:
+    """The configured vocabulary, or the words of a ``synonyms`` file (with the official
+    CHAIR rules), which replaces the official list and so only goes with "auto" or "chair"."""
+    if synonyms is None:
+        return vocabulary
+    if vocabulary not in ("auto", "chair"):
+        raise ValueError(f"a synonyms file replaces the official CHAIR list; it cannot be combined with "
+                         f"vocabulary {vocabulary!r} (use auto or chair)")
+    return ObjectVocabulary.chair(synonyms)
+
+
 @dataclass(frozen=True)
 class CaptionScore:
     """One caption against its image's ground truth."""
@@ -165,8 +178,12 @@ class ChairConfig:
     seed: int = field(default=0, metadata={"help": "seed of the --num-images sample", "flag": "--sample-seed"})
     prompt: str = field(default=CAPTION_PROMPT, metadata={"help": "captioning prompt"})
     vocabulary: str | ObjectVocabulary = field(default="auto", metadata={
-        "help": "object words: mmalign's COCO table, or the instance category names",
-        "choices": ["auto", "coco", "instances"]})
+        "help": "object words: coco (official CHAIR list + mmalign's words), chair (the official list "
+        "only), or the instance category names; auto: coco for COCO categories",
+        "choices": list(VOCABULARY_CHOICES)})
+    synonyms: str | Path | None = field(default=None, metadata={
+        "help": "another synonyms file in the CHAIR format (category, then its words, comma-separated, "
+        "one category a line) used as the object words"})
     extract_objects: ObjectExtractor | None = None
     extractor_name: str | None = None  # recorded in the report (default: the callable's name)
 
@@ -177,7 +194,8 @@ class ChairBenchmark(Benchmark):
 
     def __init__(self, config: ChairConfig):
         self.config = config
-        self.truth = load_ground_truth(config.instances, config.captions, config.vocabulary)
+        self.truth = load_ground_truth(config.instances, config.captions,
+                                       choose_vocabulary(config.vocabulary, config.synonyms))
         self.selection = self._select()
 
     def _select(self) -> list[str] | None:
@@ -247,7 +265,7 @@ class ChairBenchmark(Benchmark):
                 "images": "all answered" if self.selection is None else f"{len(self.selection)} selected",
                 "sample_seed": self.config.seed if self.config.num_images is not None else None,
                 "object_extractor": extractor_label(self.config.extract_objects, self.config.extractor_name),
-                "singulariser": "mmalign rule-based (offline)",
+                "singulariser": "inflect (offline)",
                 "units": "percent (length in words)",
             },
             details=details,

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmalign.benchmarks.chair import GroundTruth, load_ground_truth
+from mmalign.benchmarks.chair import GroundTruth, choose_vocabulary, load_ground_truth
 from mmalign.benchmarks.metrics import ratio
 from mmalign.benchmarks.report import BenchmarkResult
 from mmalign.benchmarks.runner import (
@@ -41,6 +41,7 @@ from mmalign.benchmarks.runner import (
     resolve_image,
 )
 from mmalign.grounding.objects import (
+    VOCABULARY_CHOICES,
     ObjectExtractor,
     ObjectVocabulary,
     extractor_label,
@@ -84,8 +85,12 @@ class ObjHalConfig:
     image_dir: str | Path | None = field(default=None, metadata={
         "help": "image folder (needed with --model unless images are inline)", "flag": "--images"})
     vocabulary: str | ObjectVocabulary = field(default="auto", metadata={
-        "help": "object words: mmalign's COCO table, or the instance category names",
-        "choices": ["auto", "coco", "instances"]})
+        "help": "object words: coco (official CHAIR list + mmalign's words), chair (the official list "
+        "only), or the instance category names; auto: coco for COCO categories",
+        "choices": list(VOCABULARY_CHOICES)})
+    synonyms: str | Path | None = field(default=None, metadata={
+        "help": "another synonyms file in the CHAIR format (category, then its words, comma-separated, "
+        "one category a line) used as the object words"})
     extract_objects: ObjectExtractor | None = None
     extractor_name: str | None = None  # recorded in the report (default: the callable's name)
 
@@ -105,7 +110,8 @@ class ObjHalBenchmark(Benchmark):
 
     def __init__(self, config: ObjHalConfig):
         self.config = config
-        self.truth: GroundTruth = load_ground_truth(config.instances, config.captions, config.vocabulary)
+        self.truth: GroundTruth = load_ground_truth(config.instances, config.captions,
+                                                    choose_vocabulary(config.vocabulary, config.synonyms))
         records = read_records(config.questions)
         self.key_field = "question_id" if records and all("question_id" in r for r in records) else "image_id"
         self.questions: list[_Question] = []

@@ -1,10 +1,15 @@
 """Object vocabularies and the caption -> object-mention parser shared by CHAIR and Object HalBench.
 
-mmalign's COCO table below was written for the project: for each of the 80 COCO categories,
-the everyday English nouns (one or two words) that name it. It follows the structure CHAIR
-needs (category -> surface words, two-word phrases, the special rules) but it is not the
-official synonyms file, so numbers can differ slightly from published CHAIR figures; the
-report names the vocabulary used.
+Three COCO word lists:
+
+- ``chair``: the official CHAIR synonym list (Rohrbach et al., 2018), shipped verbatim as
+  ``chair_synonyms.txt`` beside this module, with the official special rules only;
+- ``coco`` (the default): the official list plus mmalign's own everyday words for the same 80
+  categories (:data:`COCO_SYNONYMS`; none of them names another category in the official
+  list), with the special rules extended to every animal word;
+- any list in the CHAIR format read from a file (:func:`load_synonyms`).
+
+The report names the vocabulary used.
 
 Parsing a caption (``ObjectVocabulary.mentions``):
 
@@ -22,10 +27,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mmalign.grounding.text import normalize_phrase, singularize, tokenize
 
-#: category -> words naming it (the category name itself is always included).
+#: The official CHAIR synonym list, verbatim: ``data/synonyms.txt`` of the CHAIR code of
+#: Rohrbach et al., "Object Hallucination in Image Captioning" (EMNLP 2018),
+#: https://github.com/LisaAnne/Hallucination, which RLHF-V's Object HalBench, OPERA and
+#: lmms-eval's coco_cap_chair embed unchanged. Public data: one category a line, its name first.
+CHAIR_SYNONYMS_FILE = Path(__file__).with_name("chair_synonyms.txt")
+
+#: mmalign's own words per COCO category, added to the official list by the ``coco``
+#: vocabulary (the category name itself is always included).
 COCO_SYNONYMS: dict[str, tuple[str, ...]] = {
     "person": (
         "person", "people", "human", "man", "woman", "boy", "girl", "child", "kid", "baby",
@@ -156,16 +169,23 @@ COCO_SYNONYMS: dict[str, tuple[str, ...]] = {
 COCO_ANIMALS = ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe")
 
 
-def _coco_phrase_rules() -> dict[str, str | None]:
-    """The special two-word rules. ``None`` marks a phrase that names no COCO object."""
+def chair_phrase_rules(synonyms: Mapping[str, Sequence[str]], every_animal_word: bool) -> dict[str, str | None]:
+    """The CHAIR special two-word rules for the categories of ``synonyms``. ``None`` marks a
+    phrase that names no object. The official scripts put "baby"/"adult" before the animal
+    category names only; ``every_animal_word`` extends that to their one-word synonyms
+    ("baby goat" is a goat, not a person)."""
     rules: dict[str, str | None] = {}
     for category in COCO_ANIMALS:
-        for word in (category, *COCO_SYNONYMS[category]):
+        if category not in synonyms:
+            continue
+        words = (category, *synonyms[category]) if every_animal_word else (category,)
+        for word in words:
             if " " not in word:
                 rules[f"baby {word}"] = word
                 rules[f"adult {word}"] = word
-    rules["baby animal"] = None
-    rules["adult animal"] = None
+    for word in ("animal", "cub"):
+        rules.setdefault(f"baby {word}", None)
+        rules.setdefault(f"adult {word}", None)
     rules["passenger jet"] = "jet"
     rules["passenger train"] = "train"
     rules["bow tie"] = "tie"
@@ -173,6 +193,36 @@ def _coco_phrase_rules() -> dict[str, str | None]:
     rules["home plate"] = None
     rules["train track"] = None
     return rules
+
+
+def load_synonyms(path: str | Path = CHAIR_SYNONYMS_FILE) -> dict[str, tuple[str, ...]]:
+    """category -> words, from a synonyms file in the CHAIR format: one category a line, its
+    name first, then its words, comma-separated.
+
+    Words are stripped and lowercased: the official scripts split on ", " and so never match
+    " motor bike" and " cheesecake" (their lines have a double space), nor "iPhone" in
+    lowercased captions; here they count. Words of three or more words are left out: the
+    CHAIR parser merges two-word phrases only, so the official "stove top oven" never
+    matches there either. A word repeated in one line counts once.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"synonyms file {path} not found")
+    synonyms: dict[str, tuple[str, ...]] = {}
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        words = [w.strip().lower() for w in line.split(",")]
+        words = [w for w in words if w]
+        if not words:
+            continue
+        category = words[0]
+        if len(category.split()) > 2:
+            raise ValueError(f"{path} line {line_no}: category {category!r} has more than two words")
+        if category in synonyms:
+            raise ValueError(f"{path} line {line_no}: category {category!r} is listed twice")
+        synonyms[category] = tuple(dict.fromkeys(w for w in words[1:] if len(w.split()) <= 2))
+    if not synonyms:
+        raise ValueError(f"synonyms file {path} lists no category")
+    return synonyms
 
 
 @dataclass(frozen=True)
@@ -230,8 +280,22 @@ class ObjectVocabulary:
 
     @classmethod
     def coco(cls) -> ObjectVocabulary:
-        """mmalign's COCO vocabulary: 80 categories with the CHAIR special rules."""
-        return cls("mmalign-coco-v1", COCO_SYNONYMS, _coco_phrase_rules(), {"seat": "toilet"})
+        """mmalign's COCO vocabulary: the official CHAIR list plus mmalign's own words, with
+        the special rules extended to every animal word."""
+        official = load_synonyms()
+        if set(official) != set(COCO_SYNONYMS):
+            raise ValueError(f"{CHAIR_SYNONYMS_FILE} does not list the 80 COCO categories")
+        synonyms = {c: tuple(dict.fromkeys((*words, *COCO_SYNONYMS[c]))) for c, words in official.items()}
+        return cls("mmalign-coco-v2", synonyms,
+                   chair_phrase_rules(synonyms, every_animal_word=True), {"seat": "toilet"})
+
+    @classmethod
+    def chair(cls, path: str | Path = CHAIR_SYNONYMS_FILE) -> ObjectVocabulary:
+        """The words of a CHAIR-format synonyms file (by default the official list) with the
+        official special rules, as the CHAIR scripts apply them."""
+        synonyms = load_synonyms(path)
+        name = "chair-official" if Path(path) == CHAIR_SYNONYMS_FILE else f"synonyms file {Path(path).name}"
+        return cls(name, synonyms, chair_phrase_rules(synonyms, every_animal_word=False), {"seat": "toilet"})
 
     @classmethod
     def from_categories(cls, categories: Iterable[str], name: str = "instances") -> ObjectVocabulary:
@@ -282,11 +346,18 @@ class ObjectVocabulary:
         }
 
 
+#: The vocabulary choices of :func:`resolve_vocabulary` (and of the benchmarks' --vocabulary).
+VOCABULARY_CHOICES = ("auto", "coco", "chair", "instances")
+
+
 def resolve_vocabulary(choice: str | ObjectVocabulary, category_names: Sequence[str]) -> ObjectVocabulary:
-    """"coco" (mmalign's COCO table), "instances" (the instance category names only),
-    "auto" (COCO if every instance category is a COCO category), or a vocabulary."""
+    """"coco" (the official CHAIR list + mmalign's words), "chair" (the official list only),
+    "instances" (the instance category names only), "auto" (coco if every instance category
+    is a COCO category, else instances), or a vocabulary."""
     if isinstance(choice, ObjectVocabulary):
         return choice
+    if choice == "chair":
+        return ObjectVocabulary.chair()
     if choice == "coco":
         return ObjectVocabulary.coco()
     if choice == "instances":
@@ -297,7 +368,7 @@ def resolve_vocabulary(choice: str | ObjectVocabulary, category_names: Sequence[
         if all(name in COCO_SYNONYMS for name in category_names):
             return ObjectVocabulary.coco()
         return ObjectVocabulary.from_categories(category_names)
-    raise ValueError(f"unknown vocabulary {choice!r}; expected coco, instances or auto")
+    raise ValueError(f"unknown vocabulary {choice!r}; expected one of {', '.join(VOCABULARY_CHOICES)}")
 
 
 #: An object extractor (e.g. an LLM): response text -> the object words or phrases it names.

@@ -1,91 +1,35 @@
 """Offline word handling for the caption benchmarks: a tokenizer and an English singulariser.
 
-Why: the official CHAIR and AMBER scripts singularise with pattern.en / NLTK WordNet, whose
-data cannot be downloaded here. Object words are a small, regular part of English, so a
-rule-based singulariser with an irregulars table covers them; the rules below are tested on
-every COCO category word and the usual irregular plurals.
+Why inflect: the official CHAIR and AMBER scripts singularise with NLTK's WordNet lemmatiser
+(earlier, pattern.en), whose WordNet data is not on any package registry and cannot be
+downloaded at run time here. ``inflect`` is a maintained, pure-Python library with its
+rules built in; its ``singular_noun`` handles the irregular and compound plurals the
+CHAIR words need (policemen, collies, TVs, minibuses, corgis, oxen, knives...). It
+singularises any word ending in "s", though, so the words a lemmatiser leaves alone
+(singular words in "-s": bus, glass, tennis, this) are guarded first. Importing inflect
+takes seconds (it type-checks its API), so it is imported on the first plural met.
 """
 
 from __future__ import annotations
 
 import re
+from functools import cache, lru_cache
+from typing import Any
 
-#: Words that look plural but are not (or are the same in both numbers).
+#: Words that end in "s" but are not plurals (or are the same in both numbers), which a
+#: lemmatiser leaves alone and ``inflect`` would cut.
 UNINFLECTED = frozenset(
     """
-    aircraft bison canvas cattle chassis clothes corps deer does fish headquarters jeans
+    aircraft bison canvas cattle chassis clothes corps deer does fish gas headquarters jeans
     lens luggage moose news pants perhaps salmon scissors series sheep shorts shrimp
     species swine tennis trousers trout tuna always whereas
+    is this his was has as its yes
     """.split()
 )
 
-#: Irregular plural -> singular.
-IRREGULAR = {
-    "men": "man",
-    "women": "woman",
-    "children": "child",
-    "people": "person",
-    "persons": "person",
-    "feet": "foot",
-    "teeth": "tooth",
-    "geese": "goose",
-    "mice": "mouse",
-    "lice": "louse",
-    "oxen": "ox",
-    "dice": "die",
-    "knives": "knife",
-    "wives": "wife",
-    "lives": "life",
-    "leaves": "leaf",
-    "loaves": "loaf",
-    "halves": "half",
-    "calves": "calf",
-    "shelves": "shelf",
-    "wolves": "wolf",
-    "scarves": "scarf",
-    "thieves": "thief",
-    "elves": "elf",
-    "selves": "self",
-    "hooves": "hoof",
-    "buses": "bus",
-    "busses": "bus",
-    "gases": "gas",
-    "lenses": "lens",
-    "skis": "ski",
-    "taxis": "taxi",
-    "cacti": "cactus",
-    "fungi": "fungus",
-    "octopi": "octopus",
-    "radii": "radius",
-    "criteria": "criterion",
-    "phenomena": "phenomenon",
-    "data": "datum",
-    "indices": "index",
-    "matrices": "matrix",
-    "vertices": "vertex",
-    "analyses": "analysis",
-    "axes": "axe",
-    "crises": "crisis",
-    "oases": "oasis",
-}
-
-#: Plurals in "-ies" whose singular ends in "-ie" (the default turns "-ies" into "-y").
-IE_SINGULARS = frozenset(
-    """
-    brownie calorie cookie goalie hoodie movie pie rookie selfie smoothie tie zombie
-    birdie veggie genie lie magpie pixie prairie sweetie walkie talkie
-    """.split()
-)
-
-#: Plurals in "-oes" whose singular ends in "-oe" (the default drops "-es": tomatoes).
-OE_SINGULARS = frozenset("shoe toe canoe hoe oboe horseshoe tiptoe floe foe".split())
-
-#: Plurals in "-ches"/"-ses" etc. whose singular keeps the "e" (the default drops "-es").
-E_SINGULARS = frozenset(
-    """
-    ache headache moustache mustache niche cache avalanche microfiche
-    """.split()
-)
+#: Singular endings in "-s" (bus, glass, octopus, analysis); "-is" also ends plurals of
+#: "-i" nouns (corgis, skis, taxis), which ``inflect`` knows, so only "-sis" is guarded.
+_SINGULAR_ENDINGS = ("ss", "us", "sis")
 
 _WORD = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z]+)?")
 
@@ -101,33 +45,31 @@ def tokenize(text: str) -> list[str]:
 
 
 def singularize(word: str) -> str:
-    """The singular of an English noun (``word`` returned unchanged if it is not plural).
+    """The singular of an English noun (``word`` unchanged if it is not plural).
 
-    Rules, first match wins: the irregulars table; words of three letters or fewer,
-    uninflected words and words not ending in ``s`` stay; ``-ies`` -> ``-y``
-    (``-ie`` for a short list); ``-ves`` -> ``-f``/``-fe`` only through the table, else drop
-    ``s``; ``-oes`` -> ``-o`` (``-oe`` for a short list); ``-sses``/``-shes``/``-ches``/
-    ``-xes``/``-zzes`` drop ``es``; ``-ss``/``-us``/``-is`` stay; otherwise a final ``s``
-    is dropped. Case is kept; the rules look at the lowercase form.
+    The :data:`UNINFLECTED` words and the singular endings "-ss", "-us", "-sis" stay;
+    anything else goes through ``inflect`` (which also knows the plurals without "s":
+    men, policemen, geese, oxen). Case is kept; the rules look at the lowercase form.
     """
     lower = word.lower()
-    if lower in IRREGULAR:
-        return _match_case(word, IRREGULAR[lower])
-    if len(lower) <= 3 or lower in UNINFLECTED or not lower.endswith("s"):
+    if lower in UNINFLECTED or lower.endswith(_SINGULAR_ENDINGS):
         return word
-    if lower.endswith("ies"):
-        stem = lower[:-3]
-        return _match_case(word, stem + "ie" if stem + "ie" in IE_SINGULARS else stem + "y")
-    if lower.endswith("oes"):
-        stem = lower[:-3]
-        return _match_case(word, stem + "oe" if stem + "oe" in OE_SINGULARS else stem + "o")
-    if lower.endswith(("sses", "shes", "ches", "xes", "zzes")):
-        if lower[:-1] in E_SINGULARS:
-            return word[:-1]
-        return word[:-2]
-    if lower.endswith(("ss", "us", "is")):
-        return word
-    return word[:-1]
+    singular = _singular_noun(lower)
+    return _match_case(word, singular) if singular else word
+
+
+@lru_cache(maxsize=1 << 16)
+def _singular_noun(word: str) -> str | None:
+    """``inflect``'s singular of a lowercase word (``None`` if it finds none), cached: a
+    benchmark meets the same few thousand words again and again."""
+    return _inflect_engine().singular_noun(word) or None
+
+
+@cache
+def _inflect_engine() -> Any:
+    import inflect
+
+    return inflect.engine()
 
 
 def _match_case(original: str, singular: str) -> str:

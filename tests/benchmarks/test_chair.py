@@ -22,7 +22,7 @@ CAPTIONS = [
 
 def test_ground_truth_is_instances_and_reference_captions(coco_files):
     truth = load_ground_truth(*coco_files)
-    assert truth.vocabulary.name == "mmalign-coco-v1"
+    assert truth.vocabulary.name == "mmalign-coco-v2"
     assert truth.objects == {"1": {"dog", "person"}, "2": {"hot dog", "cup"}, "3": {"toilet"}}
 
 

@@ -1,11 +1,30 @@
-"""The offline singulariser and the CHAIR mention parser with mmalign's COCO vocabulary."""
+"""The offline singulariser, the official CHAIR synonym list and the mention parser."""
+
+import hashlib
 
 import pytest
 
-from mmalign.grounding.objects import COCO_SYNONYMS, ObjectVocabulary
-from mmalign.grounding.text import singularize, tokenize
+from mmalign.grounding.objects import (
+    CHAIR_SYNONYMS_FILE,
+    COCO_SYNONYMS,
+    ObjectVocabulary,
+    load_synonyms,
+)
+from mmalign.grounding.text import normalize_phrase, singularize, tokenize
+from mmalign.scene.world import CATEGORY_SPECS
 
 COCO = ObjectVocabulary.coco()
+CHAIR = ObjectVocabulary.chair()
+
+
+def official_words() -> dict[str, str]:
+    """word -> category as the official CHAIR scripts read the list (each word stripped)."""
+    pairs: dict[str, str] = {}
+    for line in CHAIR_SYNONYMS_FILE.read_text().splitlines():
+        words = [w.strip() for w in line.split(",") if w.strip()]
+        for word in words:
+            pairs.setdefault(word, words[0])
+    return pairs
 
 
 @pytest.mark.parametrize(
@@ -18,10 +37,64 @@ COCO = ObjectVocabulary.coco()
         ("buses", "bus"), ("bus", "bus"), ("skis", "ski"), ("tennis", "tennis"), ("scissors", "scissors"),
         ("sheep", "sheep"), ("giraffes", "giraffe"), ("horses", "horse"), ("teeth", "tooth"),
         ("Dogs", "Dog"), ("is", "is"), ("this", "this"), ("dog", "dog"),
+        ("policemen", "policeman"), ("collies", "collie"), ("TVs", "Tv"), ("minibuses", "minibus"),
+        ("corgis", "corgi"), ("geese", "goose"), ("oxen", "ox"), ("minibus", "minibus"), ("glass", "glass"),
+        ("analysis", "analysis"), ("gas", "gas"), ("was", "was"), ("knive", "knive"),
     ],
 )
 def test_singularize(plural, singular):
     assert singularize(plural) == singular
+
+
+@pytest.mark.parametrize(
+    "plural, category",
+    [("policemen", "person"), ("collies", "dog"), ("TVs", "tv"), ("minibuses", "bus"), ("corgis", "dog"),
+     ("buses", "bus"), ("wine glasses", "wine glass"), ("tennis rackets", "tennis racket"), ("skis", "skis")],
+)
+def test_plurals_map_to_their_category_in_both_coco_vocabularies(plural, category):
+    assert COCO.category_of(plural) == category
+    assert CHAIR.category_of(plural) == category
+
+
+def test_the_official_list_is_shipped_verbatim():
+    digest = hashlib.sha256(CHAIR_SYNONYMS_FILE.read_bytes()).hexdigest()
+    assert digest == "b685537b36fe21b791c87151b96a991ceb582edff19f3da204dcc7a7905502f2"
+
+
+def test_every_official_word_maps_as_the_official_list_says():
+    pairs = official_words()
+    assert len(pairs) == 403
+    # "stove top oven" has three words: the CHAIR parser merges pairs only, so it never matches
+    # in the official scripts either; every other word is covered, by both COCO vocabularies.
+    for vocabulary in (COCO, CHAIR):
+        wrong = {w: vocabulary.category_of(w) for w, c in pairs.items() if vocabulary.category_of(w) != c}
+        assert wrong == {"stove top oven": None}, vocabulary.name
+
+
+def test_the_chair_vocabulary_is_the_official_list_only():
+    assert CHAIR.category_of("puppy") == "dog"  # official
+    assert CHAIR.category_of("kitty") is None  # mmalign's word, not in the official list
+    assert COCO.category_of("kitty") == "cat"
+    # official rules: "baby" before a category name only
+    assert [m.category for m in CHAIR.mentions("A baby goat.")] == ["person", "sheep"]
+    assert [m.category for m in COCO.mentions("A baby goat.")] == ["sheep"]
+
+
+def test_the_scene_world_words_still_singularise_to_their_categories():
+    for category, spec in CATEGORY_SPECS.items():
+        assert normalize_phrase(spec.plural) == category, spec.plural
+
+
+def test_a_synonyms_file_is_read_and_checked(tmp_path):
+    path = tmp_path / "synonyms.txt"
+    path.write_text("person, Girl,  motor man, girl\n\ncup, mug, big coffee mug\n")
+    assert load_synonyms(path) == {"person": ("girl", "motor man"), "cup": ("mug",)}
+    path.write_text("cup, mug\ncup, teacup\n")
+    with pytest.raises(ValueError, match=r"synonyms.txt line 2: category 'cup' is listed twice"):
+        load_synonyms(path)
+    path.write_text("\n")
+    with pytest.raises(ValueError, match="lists no category"):
+        load_synonyms(path)
 
 
 def test_tokenize_splits_hyphens_and_drops_possessives():
