@@ -22,15 +22,26 @@ from mmalign.studio import (
 def cmd_init(args: argparse.Namespace) -> int:
 
     project = StudioProject.create(args.project)
-    print(f"project ready in {project.path} (studio.sqlite, images/)")
+    if args.allow_ties is not None:
+        project.set_allow_ties(args.allow_ties)
+    ties = "pairs may be tied (\"both equally\")" if project.allow_ties else "pairs must pick an answer"
+    print(f"project ready in {project.path} (studio.sqlite, images/); {ties}")
     return 0
 
 
 def cmd_add_annotator(args: argparse.Namespace) -> int:
 
-    token = StudioProject(args.project).add_annotator(args.name)
-    print(f"annotator {args.name!r} added; sign-in token (shown once, only its hash is stored):")
+    token = StudioProject(args.project).add_annotator(args.name, owner=args.owner)
+    role = "owner" if args.owner else "annotator"
+    print(f"{role} {args.name!r} added; sign-in token (shown once, only its hash is stored):")
     print(token)
+    return 0
+
+
+def cmd_set_owner(args: argparse.Namespace) -> int:
+
+    StudioProject(args.project).set_owner(args.name, not args.revoke)
+    print(f"annotator {args.name!r} {'no longer sees' if args.revoke else 'now sees'} the agreement page")
     return 0
 
 
@@ -110,6 +121,8 @@ def cmd_export(args: argparse.Namespace) -> int:
           f"{report.unchanged} answers marked correct were left out)")
     if report.dropped:
         print(f"{report.dropped} dropped submissions were left out")
+    if report.ties:
+        print(f"{report.ties} tied pairs were left out (no preference to learn; they count in the agreement)")
     if report.skipped:
         print(f"skipped {len(report.skipped)} submissions that cannot become a valid record "
               "(drop or reopen them with `mmalign studio submissions drop`):")
@@ -200,14 +213,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "browser; the export is a canonical preference dataset for Dense DPO.")
     cmds = studio.add_subparsers(dest="studio_command", metavar="COMMAND", required=True)
 
-    p = cmds.add_parser("init", help="create a project folder")
+    p = cmds.add_parser("init", help="create a project folder (or change an existing one's rubric setting)")
     _project(p)
+    p.add_argument("--allow-ties", action=argparse.BooleanOptionalAction, default=None,
+                   help="let annotators answer \"both equally\" on pairs (tied pairs are left out of the export; "
+                        "default: leave the setting as it is, off for a new project)")
     p.set_defaults(func=cmd_init)
 
     p = cmds.add_parser("add-annotator", help="register an annotator and print their token once")
     _project(p)
     p.add_argument("--name", required=True, help="annotator name (unique in the project)")
+    p.add_argument("--owner", action="store_true", help="the project owner: may also open the agreement page")
     p.set_defaults(func=cmd_add_annotator)
+
+    p = cmds.add_parser("set-owner", help="let an annotator see the agreement page (or, with --revoke, no longer)")
+    _project(p)
+    p.add_argument("--name", required=True, help="annotator name")
+    p.add_argument("--revoke", action="store_true", help="take the owner's view back")
+    p.set_defaults(func=cmd_set_owner)
 
     p = cmds.add_parser("remove-annotator", help="revoke an annotator's token and sessions")
     _project(p)

@@ -8,7 +8,7 @@ Security model: every request is checked against the database (session cookie â†
 row â†’ active annotator), so removing an annotator or a session takes effect at once; every
 POST carries a CSRF token (the session's, or a double-submit cookie on the sign-in form);
 annotators see and submit only items in their own queue (others' items, and ids that cannot
-exist, answer 404); submissions are checked for what they mean before anything is stored
+exist, answer 404); only annotators marked owner see the agreement page (others get 403); submissions are checked for what they mean before anything is stored
 (400 with a message the page shows, see :func:`mmalign.studio.project.check_corrections`); model
 text reaches the page only as escaped text or JSON read through ``textContent``; images are
 served only from the project's ``images/`` folder; a strict Content-Security-Policy forbids
@@ -37,7 +37,7 @@ from flask import (
 )
 
 from mmalign.data_builders.schema import HARMLESS_RANGE, HELPFUL_RANGE, prompt_text
-from mmalign.studio.project import StudioProject, SubmissionError, shown_swapped
+from mmalign.studio.project import StudioProject, SubmissionError, shown_swapped, swap_pair_labels
 
 SESSION_COOKIE = "studio_session"
 LOGIN_CSRF_COOKIE = "studio_login_csrf"
@@ -177,7 +177,8 @@ def create_app(project: StudioProject | str | Path, *, secure_cookies: bool = Fa
     def page(template: str, **context: Any) -> str:
         done, assigned = project.progress(g.conn, g.annotator.id)
         return render_template(template, annotator=g.annotator.name, csrf=g.csrf, done=done, assigned=assigned,
-                               **context)
+                               owner=g.annotator.owner,
+                               can_undo=project.last_submission(g.conn, g.annotator.id) is not None, **context)
 
     @app.get("/")
     def index() -> Any:
@@ -192,15 +193,19 @@ def create_app(project: StudioProject | str | Path, *, secure_cookies: bool = Fa
         if item is None:
             abort(404)
         shown = [item.answer, item.answer_b]
-        if item.kind == "pair" and shown_swapped(item.id, g.annotator.id):
+        swapped = item.kind == "pair" and shown_swapped(item.id, g.annotator.id)
+        if swapped:
             shown.reverse()  # against position bias; labels are mapped back on submission
-        data = {"id": item.id, "kind": item.kind, "answer": shown[0], "answer_b": shown[1],
+        previous = project.undone_payload(g.conn, g.annotator.id, item.id)
+        if swapped and previous is not None:
+            previous = swap_pair_labels(previous)
+        data = {"id": item.id, "kind": item.kind, "answer": shown[0], "answer_b": shown[1], "previous": previous,
                 "submitted": project.submitted(g.conn, g.annotator.id, item.id),
                 "submit_url": url_for("submit", item_id=item.id), "skip_url": url_for("skip", item_id=item.id)}
         template = "annotate.html" if item.kind == "correction" else "pair.html"
         return page(template, item=item, data=data, shown=shown, prompt=prompt_text(item.prompt),
                     images=[url_for("image", item_id=item.id, index=i) for i in range(len(item.images))],
-                    harmless_rubric=HARMLESS_RUBRIC, helpful_rubric=HELPFUL_RUBRIC,
+                    harmless_rubric=HARMLESS_RUBRIC, helpful_rubric=HELPFUL_RUBRIC, allow_ties=project.allow_ties,
                     harmless_range=range(HARMLESS_RANGE[1], HARMLESS_RANGE[0] - 1, -1),
                     helpful_range=range(HELPFUL_RANGE[1], HELPFUL_RANGE[0] - 1, -1))
 
@@ -216,7 +221,11 @@ def create_app(project: StudioProject | str | Path, *, secure_cookies: bool = Fa
         return send_file(path, max_age=0)
 
     @app.get("/agreement")
-    def agreement() -> str:
+    def agreement() -> Any:
+        # Agreement names every annotator and how they compare: the owner's view, not an annotator's.
+        if not g.annotator.owner:
+            return error(403, "the agreement page is for the project owner "
+                              "(`mmalign studio set-owner --name NAME` gives the owner's view)")
         return page("agreement.html", report=project.agreement())
 
     # -- API (used by the pages' scripts and by clients)
@@ -239,6 +248,11 @@ def create_app(project: StudioProject | str | Path, *, secure_cookies: bool = Fa
     def skip(item_id: int) -> Response:
         project.skip(g.conn, g.annotator.id, item_id)
         return jsonify({"ok": True, "next": next_url()})
+
+    @app.post("/api/undo")
+    def undo() -> Response:
+        undone = project.undo_last(g.conn, g.annotator.id)
+        return jsonify({"ok": True, **undone, "next": url_for("item_page", item_id=undone["item"])})
 
     @app.get("/api/queue")
     def queue() -> Response:

@@ -7,7 +7,11 @@ is more helpful, which is safer, graded harmlessness and helpfulness, ``*_is_saf
 harmlessness ≥ 0. Every row names its item, annotator and time in ``meta``, with the
 item's and the annotator's agreement where the item was annotated by several people.
 
-Dropped submissions are left out. A submission that cannot become a valid record (stored
+Dropped submissions are left out, and so are pairs with a tie ("both equally", where the
+rubric allows it) in either judgement: the canonical schema has no tie value, and the
+trainers read a missing ``more_helpful`` as "chosen is better" and need ``safer`` for the
+cost model, so a tie has no row that would not teach a preference nobody gave. They are
+counted in ``ExportReport.ties`` and stay in the agreement. A submission that cannot become a valid record (stored
 before today's submission checks existed, or whose images are gone) is skipped and listed
 in the report, naming the submission, item and annotator, instead of failing the export.
 """
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from mmalign.studio.project import Item, StudioProject, SubmissionError, apply_corrections
+from mmalign.studio.project import TIE, Item, StudioProject, SubmissionError, apply_corrections
 
 AGREEMENT_FILE = "agreement.json"
 SIDE = {"a": 0, "b": 1}
@@ -50,6 +54,7 @@ class ExportReport:
     agreement: dict[str, Any]
     skipped: tuple[SkippedSubmission, ...] = ()  # submissions that cannot become a valid record
     dropped: int = 0  # submissions the owner dropped
+    ties: int = 0  # pair submissions with a tie in either judgement (no preference to learn)
 
 
 def _pair_record(item: Item, labels: dict[str, Any], prefer: str) -> dict[str, Any]:
@@ -80,7 +85,7 @@ def export_records(project: StudioProject, *, prefer: Literal["helpful", "safer"
         raise ValueError(f"prefer must be 'helpful' or 'safer', got {prefer!r}")
     items = {item.id: item for item in project.items()}
     agreement = project.agreement()
-    counts = {"corrections": 0, "pairs": 0, "unchanged": 0, "dropped": 0}
+    counts = {"corrections": 0, "pairs": 0, "unchanged": 0, "dropped": 0, "ties": 0}
     records: list[dict[str, Any]] = []
     skipped: list[SkippedSubmission] = []
     for note in project.submissions():
@@ -88,6 +93,9 @@ def export_records(project: StudioProject, *, prefer: Literal["helpful", "safer"
             counts["dropped"] += 1
             continue
         item = items[note.item_id]
+        if not note.problem and item.kind == "pair" and TIE in (note.payload["more_helpful"], note.payload["safer"]):
+            counts["ties"] += 1
+            continue
         try:
             if note.problem:
                 raise SubmissionError(note.problem)
@@ -146,4 +154,4 @@ def export_project(project: StudioProject, out: str | Path, *,
     os.replace(tmp, out / AGREEMENT_FILE)
     return ExportReport(path=out, rows=report.rows, corrections=counts["corrections"], pairs=counts["pairs"],
                         unchanged=counts["unchanged"], agreement=agreement, skipped=tuple(skipped),
-                        dropped=counts["dropped"])
+                        dropped=counts["dropped"], ties=counts["ties"])

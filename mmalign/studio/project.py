@@ -11,8 +11,11 @@ reopening the item for the same annotator.
 
 Items are either *correction* items (one answer; the annotator marks wrong spans and types
 their corrections, RLHF-V style) or *pair* items (two answers; the annotator says which is
-more helpful and which is safer and rates both, Safe RLHF-V style). Annotators sign in with
-a random token of which only the SHA-256 hash is stored.
+more helpful and which is safer and rates both, Safe RLHF-V style; with the project's
+``allow_ties`` setting either choice may also be ``"tie"``). Annotators sign in with a random
+token of which only the SHA-256 hash is stored; annotators marked ``owner`` may also see the
+agreement page. An annotator can undo their own last submission: it is dropped (kept, as any
+drop) with the reason :data:`UNDONE` and the item goes back to the front of their queue.
 """
 
 from __future__ import annotations
@@ -39,18 +42,20 @@ from mmalign.data_builders.schema import HARMLESS_RANGE, HELPFUL_RANGE, has_visi
 
 DB_NAME = "studio.sqlite"
 IMAGES = "images"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 KINDS = ("correction", "pair")
 MAX_CORRECTIONS = 200
 MAX_TEXT = 10_000
 MAX_ID = 2**63 - 1  # SQLite's largest integer: larger ids exist nowhere
 STATES = ("valid", "invalid", "dropped")
+TIE = "tie"
+UNDONE = "undone by the annotator in the studio"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS annotators(
     id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, token_hash TEXT NOT NULL UNIQUE,
-    created TEXT NOT NULL, active INTEGER NOT NULL DEFAULT 1);
+    created TEXT NOT NULL, active INTEGER NOT NULL DEFAULT 1, owner INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS sessions(
     key_hash TEXT PRIMARY KEY, annotator_id INTEGER NOT NULL REFERENCES annotators(id),
     csrf TEXT NOT NULL, created TEXT NOT NULL);
@@ -73,6 +78,8 @@ CREATE TABLE IF NOT EXISTS dropped(
     payload TEXT NOT NULL, created TEXT NOT NULL, dropped_at TEXT NOT NULL, dropped_by TEXT NOT NULL,
     reason TEXT NOT NULL, reopened INTEGER NOT NULL);
 """
+# Schema 3: the owner flag (who may see the agreement page); projects made before get it unset.
+OWNER_COLUMN = "ALTER TABLE annotators ADD COLUMN owner INTEGER NOT NULL DEFAULT 0"
 
 
 def now() -> str:
@@ -100,6 +107,7 @@ class SubmissionError(ValueError):
 class Annotator:
     id: int
     name: str
+    owner: bool = False
 
 
 @dataclass(frozen=True)
@@ -253,15 +261,20 @@ def apply_corrections(original: str, corrections: Sequence[Mapping[str, Any]]) -
     return "".join(pieces), corrected_spans, original_spans
 
 
-def check_pair_labels(payload: Any) -> dict[str, Any]:
-    """The stored form of a pair submission: two choices ("a"/"b") and four ratings."""
+def check_pair_labels(payload: Any, *, allow_ties: bool = False) -> dict[str, Any]:
+    """The stored form of a pair submission: two choices ("a"/"b", or "tie" when the project's
+    rubric allows ties) and four ratings."""
     if not isinstance(payload, Mapping):
         raise SubmissionError("expected an object with the pair labels")
+    allowed = ("a", "b", TIE) if allow_ties else ("a", "b")
     out: dict[str, Any] = {}
     for choice in ("more_helpful", "safer"):
         value = payload.get(choice)
-        if value not in ("a", "b"):
-            raise SubmissionError(f"expected \"a\" or \"b\", got {json.dumps(value)}", field=choice)
+        if not isinstance(value, str) or value not in allowed:
+            expected = "\"a\", \"b\" or \"tie\"" if allow_ties else "\"a\" or \"b\""
+            raise SubmissionError(f"expected {expected}, got {json.dumps(value)}"
+                                  + ("" if allow_ties or value != TIE else " (this project's rubric allows no ties)"),
+                                  field=choice)
         out[choice] = value
     for side in ("a", "b"):
         for rating, (lo, hi) in (("harmless", HARMLESS_RANGE), ("helpful", HELPFUL_RANGE)):
@@ -281,7 +294,7 @@ def shown_swapped(item_id: int, annotator_id: int) -> bool:
 
 def swap_pair_labels(labels: Mapping[str, Any]) -> dict[str, Any]:
     """Pair labels with answers A and B exchanged (shown order ↔ stored order)."""
-    flip = {"a": "b", "b": "a"}
+    flip = {"a": "b", "b": "a", TIE: TIE}
     out = {choice: flip[labels[choice]] for choice in ("more_helpful", "safer")}
     for side in ("a", "b"):
         for rating in ("harmless", "helpful"):
@@ -289,9 +302,50 @@ def swap_pair_labels(labels: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def check_submission(item: Item, payload: Any) -> dict[str, Any]:
-    """The stored form of a submission on ``item`` (labels of a pair in item order)."""
-    return check_corrections(item.answer, payload) if item.kind == "correction" else check_pair_labels(payload)
+def check_submission(item: Item, payload: Any, *, allow_ties: bool = True) -> dict[str, Any]:
+    """The stored form of a submission on ``item`` (labels of a pair in item order).
+
+    Ties pass by default: a tie stored while the project allowed them stays a valid label
+    (the review and the export use this); :meth:`StudioProject.submit` passes the setting.
+    """
+    if item.kind == "correction":
+        return check_corrections(item.answer, payload)
+    return check_pair_labels(payload, allow_ties=allow_ties)
+
+
+def _word_character(ch: str) -> bool:
+    """Letters, marks, digits and connectors make words; Chinese and Japanese characters are
+    words each (those scripts put no spaces between words)."""
+    category = unicodedata.category(ch)
+    if not (category[0] in "LMN" or category == "Pc"):
+        return False
+    return not unicodedata.name(ch, "").startswith(("CJK ", "HIRAGANA", "KATAKANA"))
+
+
+def cuts_word(text: str, offset: int) -> bool:
+    """Whether a span boundary at ``offset`` falls between two characters of one word."""
+    return 0 < offset < len(text) and _word_character(text[offset - 1]) and _word_character(text[offset])
+
+
+def check_whole_words(item_id: int, answer: str, payload: Mapping[str, Any]) -> None:
+    """Refuse marks that cut a word ("the ta" of "the table"): a correction replaces whole words.
+
+    ``payload`` already passed :func:`check_corrections`; fields name the entries as sent.
+    The page snaps a selection outward to whole words; this catches any other client.
+    """
+    for i, entry in enumerate(payload["corrections"]):
+        start, end = entry["start"], entry["end"]
+        for offset in (start, end):
+            if cuts_word(answer, offset):
+                left = offset
+                while left > 0 and _word_character(answer[left - 1]):
+                    left -= 1
+                right = offset
+                while right < len(answer) and _word_character(answer[right]):
+                    right += 1
+                raise SubmissionError(f"item {item_id}: span [{start}, {end}) {answer[start:end]!r} cuts the word "
+                                      f"{answer[left:right]!r} at {offset}; mark whole words",
+                                      field=f"corrections[{i}]")
 
 
 def check_name(name: str) -> str:
@@ -315,12 +369,22 @@ class StudioProject:
         self._migrate()
 
     def _migrate(self) -> None:
-        """Bring a project made by an older version up to :data:`SCHEMA_VERSION` (adds tables only)."""
+        """Bring a project made by an older version up to :data:`SCHEMA_VERSION` (adds a table and a column)."""
+
+        def missing(conn: sqlite3.Connection) -> tuple[bool, bool]:
+            dropped = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'dropped'").fetchone()
+            owner = any(r[1] == "owner" for r in conn.execute("PRAGMA table_info(annotators)"))
+            return not dropped, not owner
+
         with self.connection() as conn:
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'dropped'").fetchone():
+            if not any(missing(conn)):
                 return
-            with self.transaction(conn):
-                conn.execute(DROPPED.strip())
+            with self.transaction(conn):  # checked again under the write lock: another process may have migrated
+                no_dropped, no_owner = missing(conn)
+                if no_dropped:
+                    conn.execute(DROPPED.strip())
+                if no_owner:
+                    conn.execute(OWNER_COLUMN)
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     @classmethod
@@ -371,16 +435,36 @@ class StudioProject:
         conn.execute("COMMIT")
 
     # -- annotators and sessions
-    def add_annotator(self, name: str) -> str:
-        """Register an annotator; returns their sign-in token (shown once, only its hash is kept)."""
+    def add_annotator(self, name: str, *, owner: bool = False) -> str:
+        """Register an annotator (an ``owner`` may also see the agreement page); returns their
+        sign-in token (shown once, only its hash is kept)."""
         name = check_name(name)
         token = secrets.token_urlsafe(24)
         with self.connection() as conn, self.transaction(conn):
             if conn.execute("SELECT 1 FROM annotators WHERE name = ?", (name,)).fetchone():
                 raise ValueError(f"annotator {name!r} already exists")
-            conn.execute("INSERT INTO annotators(name, token_hash, created) VALUES (?, ?, ?)",
-                         (name, token_hash(token), now()))
+            conn.execute("INSERT INTO annotators(name, token_hash, created, owner) VALUES (?, ?, ?, ?)",
+                         (name, token_hash(token), now(), int(owner)))
         return token
+
+    def set_owner(self, name: str, owner: bool = True) -> None:
+        """Give (or take back) an active annotator the owner's view: the agreement page."""
+        with self.connection() as conn, self.transaction(conn):
+            if conn.execute("UPDATE annotators SET owner = ? WHERE name = ? AND active = 1",
+                            (int(owner), name)).rowcount == 0:
+                raise ValueError(f"no active annotator named {name!r}")
+
+    @property
+    def allow_ties(self) -> bool:
+        """Whether the rubric lets annotators answer "both equally" on pairs (off unless set)."""
+        with self.connection() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'allow_ties'").fetchone()
+        return row is not None and row[0] == "1"
+
+    def set_allow_ties(self, allow: bool) -> None:
+        """Turn the tie option on or off for new submissions; ties already stored stay valid."""
+        with self.connection() as conn, self.transaction(conn):
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('allow_ties', ?)", ("1" if allow else "0",))
 
     def remove_annotator(self, name: str) -> None:
         """Deactivate an annotator and end their sessions at once; their submissions stay."""
@@ -409,9 +493,9 @@ class StudioProject:
     def session(self, conn: sqlite3.Connection, key: str) -> tuple[Annotator, str] | None:
         """The signed-in annotator and the session's CSRF token, checked against the database."""
         row = conn.execute(
-            "SELECT a.id, a.name, s.csrf FROM sessions s JOIN annotators a ON a.id = s.annotator_id "
+            "SELECT a.id, a.name, a.owner, s.csrf FROM sessions s JOIN annotators a ON a.id = s.annotator_id "
             "WHERE s.key_hash = ? AND a.active = 1", (token_hash(key),)).fetchone()
-        return (Annotator(row["id"], row["name"]), row["csrf"]) if row else None
+        return (Annotator(row["id"], row["name"], bool(row["owner"])), row["csrf"]) if row else None
 
     def sign_out(self, key: str) -> None:
         with self.connection() as conn, self.transaction(conn):
@@ -596,7 +680,10 @@ class StudioProject:
                 item = self.assigned_item(conn, annotator_id, item_id)
                 if item is None:
                     raise SubmissionError(f"item {item_id} is not in your queue", status=404)
-                stored = check_submission(item, payload)
+                allow_ties = conn.execute("SELECT value = '1' FROM meta WHERE key = 'allow_ties'").fetchone()
+                stored = check_submission(item, payload, allow_ties=bool(allow_ties and allow_ties[0]))
+                if item.kind == "correction":
+                    check_whole_words(item_id, item.answer, payload)
                 if item.kind == "pair" and as_shown and shown_swapped(item_id, annotator_id):
                     stored = swap_pair_labels(stored)
                 if self.submitted(conn, annotator_id, item_id):
@@ -610,6 +697,41 @@ class StudioProject:
         finally:
             if own:
                 conn.close()
+
+    def last_submission(self, conn: sqlite3.Connection, annotator_id: int) -> int | None:
+        """The item of the annotator's latest submission still standing (what undo takes back)."""
+        row = conn.execute("SELECT item_id FROM annotations WHERE annotator_id = ? ORDER BY id DESC LIMIT 1",
+                           (annotator_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def undo_last(self, conn: sqlite3.Connection, annotator_id: int) -> dict[str, int]:
+        """Take back the annotator's latest submission, in one transaction: it moves to ``dropped``
+        (by the annotator, reason :data:`UNDONE`, reopened) and the item goes to the front of
+        their queue. Repeated, it walks back through earlier submissions. Returns the submission
+        and item ids; :class:`SubmissionError` (409) when there is nothing left to undo."""
+        with self.transaction(conn):
+            row = conn.execute("SELECT n.*, a.name FROM annotations n JOIN annotators a ON a.id = n.annotator_id "
+                               "WHERE n.annotator_id = ? ORDER BY n.id DESC LIMIT 1", (annotator_id,)).fetchone()
+            if row is None:
+                raise SubmissionError("nothing to undo: you have no submission left to take back", status=409)
+            conn.execute("INSERT INTO dropped VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                         (row["id"], row["item_id"], annotator_id, row["payload"], row["created"], now(), row["name"],
+                          UNDONE))
+            conn.execute("DELETE FROM annotations WHERE id = ?", (row["id"],))
+            first = conn.execute("SELECT MIN(position) FROM assignments WHERE annotator_id = ?",
+                                 (annotator_id,)).fetchone()[0]
+            conn.execute("UPDATE assignments SET position = ? WHERE item_id = ? AND annotator_id = ?",
+                         (first - 1, row["item_id"], annotator_id))
+        return {"submission": row["id"], "item": row["item_id"]}
+
+    def undone_payload(self, conn: sqlite3.Connection, annotator_id: int, item_id: int) -> Any:
+        """The labels of the annotator's last undone submission on a pending item (to fill the page
+        in again), as stored; ``None`` when there is none or the item is submitted again."""
+        if self.submitted(conn, annotator_id, item_id):
+            return None
+        row = conn.execute("SELECT payload, reason FROM dropped WHERE item_id = ? AND annotator_id = ? "
+                           "ORDER BY dropped_at DESC, id DESC LIMIT 1", (item_id, annotator_id)).fetchone()
+        return _loads(row["payload"]) if row is not None and row["reason"] == UNDONE else None
 
     def skip(self, conn: sqlite3.Connection, annotator_id: int, item_id: int) -> None:
         """Move a pending item to the end of the annotator's queue."""
@@ -772,8 +894,8 @@ class StudioProject:
 
     @staticmethod
     def annotators_of(conn: sqlite3.Connection) -> list[Annotator]:
-        return [Annotator(r[0], r[1]) for r in conn.execute("SELECT id, name FROM annotators WHERE active = 1 "
-                                                             "ORDER BY id")]
+        return [Annotator(r[0], r[1], bool(r[2])) for r in conn.execute(
+            "SELECT id, name, owner FROM annotators WHERE active = 1 ORDER BY id")]
 
 
 def item_fingerprint(kind: str, images: Sequence[str], prompt: Any, answer: str, answer_b: str | None) -> str:

@@ -160,6 +160,7 @@ def test_pair_page_shows_rubric_and_agreement_page(app, studio):
          csrf_of(client))
     post(bob, "/api/items/1/annotation", {"corrections": [{"start": 2, "end": 9, "text": "blue mug"}]},
          csrf_of(bob))
+    studio[0].set_owner("alice")  # the agreement page is the owner's
     page = client.get("/agreement").get_data(as_text=True)
     assert "Inter-annotator agreement" in page
     assert re.search(r"<tr><td>alice</td><td>1</td><td>0\.600</td>", page)

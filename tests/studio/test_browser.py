@@ -151,3 +151,115 @@ def test_a_refused_submission_shows_its_message_and_can_be_fixed(studio):
         wait_for_url(driver, "/item/2")
     (note,) = project.annotations()
     assert note.payload == {"corrections": [{"start": 2, "end": 5, "text": "blue"}]}
+
+
+def big_image_project(tmp_path):
+    """One correction item on a 1280x960 photo-sized image (text on it needs the full resolution)."""
+    import io
+
+    from PIL import Image
+
+    from mmalign.studio import StudioProject
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (1280, 960), "white").save(buffer, format="PNG")
+    project = StudioProject.create(tmp_path / "big")
+    token = project.add_annotator("alice")
+    project.add_items([{"kind": "correction", "images": [buffer.getvalue()], "prompt": "Read the sign.",
+                        "answer": "the sign says stop."}])
+    project.assign()
+    return project, token
+
+
+def test_images_fit_the_panel_and_zoom_to_their_own_resolution(tmp_path):
+    project, token = big_image_project(tmp_path)
+    with serving(project) as base, start_chromium() as driver:
+        sign_in(driver, base, token)
+        img = driver.find_element(By.CSS_SELECTOR, ".image-view img")
+        viewport = driver.find_element(By.CSS_SELECTOR, ".image-view .viewport")
+        WebDriverWait(driver, 10).until(lambda d: img.get_attribute("naturalWidth") == "1280")
+
+        def width():
+            return driver.execute_script("return arguments[0].getBoundingClientRect().width", img)
+
+        def scrolls():
+            return driver.execute_script("return arguments[0].scrollWidth > arguments[0].clientWidth", viewport)
+
+        panel = driver.execute_script("return arguments[0].clientWidth", viewport)
+        # by default the whole image fits the panel's width: far larger than 256 px, no scrolling
+        assert 256 < panel < 1280 and abs(width() - panel) <= 1 and not scrolls()
+        driver.find_element(By.CSS_SELECTOR, ".zoom-actual").click()
+        assert width() == 1280 and scrolls()  # 1:1, one image pixel per screen pixel; the panel scrolls
+        assert "100% of 1280×960" in driver.find_element(By.CSS_SELECTOR, ".zoom-level").text
+        driver.find_element(By.CSS_SELECTOR, ".zoom-in").click()
+        assert width() == 1920
+        driver.find_element(By.CSS_SELECTOR, ".zoom-out").click()
+        driver.find_element(By.CSS_SELECTOR, ".zoom-out").click()
+        assert abs(width() - 1280 / 1.5) <= 1
+        driver.find_element(By.CSS_SELECTOR, ".zoom-fit").click()
+        assert abs(width() - panel) <= 1
+        img.click()  # click toggles fit <-> actual size
+        assert width() == 1280
+        img.click()
+        assert abs(width() - panel) <= 1
+
+
+def test_a_drag_over_part_of_a_word_marks_the_whole_word(studio):
+    project, tokens = studio
+    with serving(project) as base, start_chromium() as driver:
+        sign_in(driver, base, tokens["alice"])
+        answer = driver.find_element(By.ID, "answer")
+        # "a red cup and a cat on a table.": drag over "ed cu" [3, 8): the mark grows to "red cup" [2, 9)
+        drag_select(driver, answer, 3, 8)
+        assert [m.text for m in driver.find_elements(By.CSS_SELECTOR, "#answer mark")] == ["red cup"]
+        box = driver.switch_to.active_element
+        assert box.get_attribute("value") == "red cup"
+        box.clear()
+        box.send_keys("blue mug" + Keys.ENTER)
+        wait_for_url(driver, "/item/2")
+    (note,) = project.annotations()
+    assert note.payload == {"corrections": [{"start": 2, "end": 9, "text": "blue mug"}]}
+
+
+def test_undo_with_the_u_key_and_the_button_brings_the_item_back_filled_in(studio):
+    project, tokens = studio
+    with serving(project) as base, start_chromium() as driver:
+        sign_in(driver, base, tokens["alice"])
+        assert not driver.find_element(By.ID, "undo").is_enabled()  # nothing submitted yet
+        drag_select(driver, driver.find_element(By.ID, "answer"), 2, 5)  # "red"
+        box = driver.switch_to.active_element
+        box.clear()
+        box.send_keys("blue" + Keys.ENTER)
+        wait_for_url(driver, "/item/2")
+        assert len(project.annotations()) == 1
+        driver.find_element(By.TAG_NAME, "body").send_keys("u")
+        wait_for_url(driver, "/item/1")
+        assert project.annotations() == []
+        # the undone correction is back on the page, ready to fix and submit again
+        assert [m.text for m in driver.find_elements(By.CSS_SELECTOR, "#answer mark")] == ["red"]
+        box = driver.find_element(By.CSS_SELECTOR, "input.correction")
+        assert box.get_attribute("value") == "blue"
+        box.clear()
+        box.send_keys("green" + Keys.ENTER)
+        wait_for_url(driver, "/item/2")
+        driver.find_element(By.ID, "undo").click()
+        wait_for_url(driver, "/item/1")
+        assert driver.find_element(By.CSS_SELECTOR, "input.correction").get_attribute("value") == "green"
+    assert [s.dropped.by for s in project.submissions(state="dropped")] == ["alice", "alice"]
+
+
+def test_both_equally_on_a_pair_where_the_rubric_allows_ties(studio):
+    project, tokens = studio
+    project.set_allow_ties(True)
+    with serving(project) as base, start_chromium() as driver:
+        sign_in(driver, base, tokens["alice"])
+        driver.get(base + "/item/4")
+        for field, value in [("a_harmless", "1"), ("b_harmless", "1"), ("a_helpful", "2"), ("b_helpful", "2")]:
+            Select(driver.find_element(By.ID, field)).select_by_value(value)
+        body = driver.find_element(By.TAG_NAME, "body")
+        body.send_keys("5")  # equally helpful
+        body.send_keys("6")  # equally safe
+        body.send_keys(Keys.ENTER)
+        wait_for_url(driver, "/item/1")
+    (note,) = project.annotations()
+    assert (note.payload["more_helpful"], note.payload["safer"]) == ("tie", "tie")

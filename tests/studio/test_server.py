@@ -33,7 +33,7 @@ def numbered_project(root: Path, n_items: int, annotators=ANNOTATORS) -> tuple[S
 
 
 def correction(name: str) -> dict:
-    return {"corrections": [{"start": 13, "end": 16, "text": f"blue ({name})"}]}
+    return {"corrections": [{"start": 14, "end": 17, "text": f"blue ({name})"}]}  # "red"
 
 
 def stored(project: StudioProject) -> list[tuple[int, str, dict]]:

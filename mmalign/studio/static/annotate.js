@@ -7,6 +7,13 @@
   const listEl = document.getElementById("corrections");
   const chars = Array.from(Studio.data.answer);
   const marks = [];  // {start, end, text}, sorted by start, never overlapping
+  // Kept in step with mmalign.studio.project._word_character, which the server checks spans with.
+  const wordChar = /[\p{L}\p{M}\p{N}\p{Pc}]/u;
+  const spaceless = /[\p{Script=Han}\p{Script=Hiragana}\p{Script=Katakana}]/u;
+
+  function inWord(i) {
+    return wordChar.test(chars[i]) && !spaceless.test(chars[i]);
+  }
 
   function slice(start, end) {
     return chars.slice(start, end).join("");
@@ -70,6 +77,10 @@
     let end = offsetOf(range.endContainer, range.endOffset);
     while (start < end && /\s/.test(chars[start])) start++;
     while (end > start && /\s/.test(chars[end - 1])) end--;
+    if (start < end) {  // a mark covers whole words: "the ta" grows to "the table"
+      while (start > 0 && inWord(start - 1) && inWord(start)) start--;
+      while (end < chars.length && inWord(end - 1) && inWord(end)) end++;
+    }
     selection.removeAllRanges();
     if (start >= end) return;
     if (marks.some(function (m) { return start < m.end && m.start < end; })) {
@@ -104,5 +115,9 @@
     }
     return false;
   });
+  // An undone submission comes back filled in as it was sent.
+  if (Studio.data.previous) {
+    Studio.data.previous.corrections.forEach(function (c) { marks.push({start: c.start, end: c.end, text: c.text}); });
+  }
   render();
 })();
