@@ -137,7 +137,12 @@ def _record(project: StudioProject, item: Item, payload: dict[str, Any], prefer:
 
 def export_project(project: StudioProject, out: str | Path, *,
                    prefer: Literal["helpful", "safer"] = "helpful", overwrite: bool = False) -> ExportReport:
-    """Write the validated dataset atomically (``save_preference_dataset``), then ``agreement.json`` in it."""
+    """Write the validated dataset atomically (``save_preference_dataset``), then ``agreement.json`` in it.
+
+    A project may hold items with text prompts and items with conversational ones (loaded
+    from different sources); a dataset holds one form, so then every prompt is written as a
+    conversation (``one_prompt_form``)."""
+    from mmalign.data_builders.schema import one_prompt_form
     from mmalign.data_builders.storage import save_preference_dataset
 
     records, counts, agreement, skipped = export_records(project, prefer=prefer)
@@ -145,7 +150,7 @@ def export_project(project: StudioProject, out: str | Path, *,
         raise ValueError(f"{project.path}: no annotation to export yet "
                          f"({counts['unchanged']} answers were marked correct as they are"
                          + "".join(f"; skipped {s}" for s in skipped) + ")")
-    report = save_preference_dataset(records, out, overwrite=overwrite, inputs=[project.path])
+    report = save_preference_dataset(one_prompt_form(records), out, overwrite=overwrite, inputs=[project.path])
     out = Path(out)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-agreement-", dir=out)
     with os.fdopen(fd, "w") as fh:

@@ -39,10 +39,10 @@ def open_items_source(path: str | Path, split: str | None = None, *, kind: str =
     (``kind`` = ``prompts`` or ``preference``), image paths relative to the file's folder.
 
     A file is read and checked whole before anything is added: a bad record raises
-    ``RecordError`` naming its row, and nothing is loaded.
+    ``RecordError`` naming the file and its row, and nothing is loaded.
     """
     from mmalign.data_builders.images import ImageOptions
-    from mmalign.data_builders.schema import VALIDATORS
+    from mmalign.data_builders.schema import VALIDATORS, RowRef
     from mmalign.data_builders.storage import open_dataset
     from mmalign.io import read_records
 
@@ -52,7 +52,8 @@ def open_items_source(path: str | Path, split: str | None = None, *, kind: str =
             raise ValueError(f"{path}: --split / split= chooses a split of a dataset folder, not of a "
                              f"{path.suffix} file")
         options = ImageOptions(root=path.parent)
-        return [VALIDATORS[kind](record, row=i, images=options) for i, record in enumerate(read_records(path))]
+        return [VALIDATORS[kind](record, row=RowRef(i, str(path)), images=options)
+                for i, record in enumerate(read_records(path))]
     if path.is_file():
         raise ValueError(f"{path}: expected a dataset folder or a {' / '.join(RECORD_FILES)} file of records")
     return open_dataset(path, split)
