@@ -1,10 +1,12 @@
 "use strict";
 // Item images at their own resolution: fitted to the panel's width by default (scaled down for
-// large images, up for tiny ones), with zoom out / fit / 1:1 / zoom in and click to toggle fit <-> 1:1.
+// large images; small ones up to 4x, so a 64 px image is not blown up to fill the screen), with
+// zoom out / fit / 1:1 / zoom in and click to toggle fit <-> 1:1.
 (function () {
   const STEP = 1.5;
   const MIN = 0.05;
   const MAX = 16;
+  const FIT_UPSCALE = 4;
 
   document.querySelectorAll(".image-view").forEach(function (view) {
     const img = view.querySelector("img");
@@ -13,7 +15,7 @@
     let scale = null;  // null: fit to the panel
 
     function fitScale() {
-      return viewport.clientWidth / img.naturalWidth;
+      return Math.min(FIT_UPSCALE, viewport.clientWidth / img.naturalWidth);
     }
 
     function shown() {
