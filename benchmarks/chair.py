@@ -5,8 +5,8 @@ the official CHAIR synonym list plus mmalign's own words (``coco``, the default)
 official list alone (``chair``), a list read from a ``synonyms`` file, or the instance
 categories for other datasets; all with the CHAIR two-word and special rules. An image's
 ground truth is the union of its instance-annotation categories and the objects found in
-all its reference captions (run through the same parser). A mention is hallucinated when its category is not in the
-ground truth.
+all its reference captions (run through the same parser). A mention is hallucinated when
+its category is not in the ground truth.
 
 - CHAIR_i = hallucinated mentions / all mentions (duplicates count);
 - CHAIR_s = captions with at least one hallucinated mention / all captions (a caption
@@ -22,6 +22,7 @@ with ``image_id`` and the caption text, joined by ``image_id``.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,9 @@ from mmalign.grounding.objects import (
 )
 from mmalign.grounding.text import tokenize
 from mmalign.io import read_json
+
+#: A digit string or a COCO file name; group 1 is the image number.
+_COCO_FILE_ID = re.compile(r"(?:COCO_\w+?_)?(\d+)(?:\.\w+)?")
 
 #: The instruction used for CHAIR captions in recent hallucination papers.
 CAPTION_PROMPT = "Please describe this image in detail."
@@ -234,7 +238,13 @@ class ChairBenchmark(Benchmark):
         return items
 
     def answer_key(self, record: Mapping[str, Any], where: str) -> str:
-        return str(require(record, "image_id", where, (int, str)))
+        """``image_id``, else ``question_id`` (LLaVA's caption files and lmms-eval's
+        coco_cap_chair use the image id, or the COCO file name, as the question id)."""
+        for name in ("image_id", "question_id"):
+            if record.get(name) is not None:
+                value = require(record, name, where, (int, str))
+                return str(value) if str(value) in self.truth.objects else _image_key(value, where, name)
+        raise ValueError(f"{where}: missing field 'image_id' (or a 'question_id' holding the image id)")
 
     def score(self, answers: list[dict[str, Any]], workdir: Path | None) -> BenchmarkResult:
         keys = self.selection if self.selection is not None else list(self.truth.objects)
@@ -270,6 +280,19 @@ class ChairBenchmark(Benchmark):
             },
             details=details,
         )
+
+
+def _image_key(value: int | str, where: str, name: str) -> str:
+    """An image id as the ground truth keys it: the number of a digit string or of a COCO file
+    name ("COCO_val2014_000000000042.jpg" -> "42"); other strings as they are."""
+    if isinstance(value, int):
+        return str(value)
+    match = _COCO_FILE_ID.fullmatch(value.strip())
+    if match is None:
+        if not value.strip():
+            raise ValueError(f"{where}: field {name!r} is empty")
+        return value.strip()
+    return str(int(match.group(1)))
 
 
 def _id_order(key: str) -> tuple[int, int | str]:

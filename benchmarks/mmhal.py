@@ -159,11 +159,11 @@ class MMHalBenchmark(Benchmark):
     def answer_key(self, record: Mapping[str, Any], where: str) -> str:
         return str(require(record, "question_id", where, (int, str)))
 
-    def read_answers(self, source: Any) -> list[dict[str, Any]]:
+    def read_answers(self, source: Any, answers_format: str = "auto") -> list[dict[str, Any]]:
         """JSON Lines with ``question_id`` (the record index), or the official output — the
         template with ``model_answer`` filled in, which has no id: its records are matched by
         (image_id, question), a pair that occurs several times matched in file order."""
-        records = super().read_answers(source)
+        records = super().read_answers(source, answers_format)
         used: dict[tuple[str, str], int] = {}
         out = []
         for i, record in enumerate(records):

@@ -8,6 +8,14 @@ has 2,910 questions) and the current one (3,000 per split). The report states wh
 Answers are joined to questions by key — (split, question_id) — never by line order.
 The official parser is the default; the stricter ``"strict"`` mode is an option. Metrics per
 split use "yes" as the positive class; the headline is the mean of the split F1s.
+
+Answers from other tools (see :mod:`mmalign.benchmarks.answers`): lmms-eval log samples
+carry the split (``doc["category"]``) and the label, which must match the questions'. LLaVA's
+``model_vqa_loader`` answers to its combined ``llava_pope_test.jsonl`` carry that file's
+ids, unique over the splits but not those of the per-split files: give the combined file as
+``llava_questions`` and each answer goes to the question at the same position of the same
+split, as LLaVA's ``eval_pope.py`` pairs them. Answers to the per-split files themselves
+(ids restarting at 1) come as one file per split.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmalign.benchmarks.answers import load_answers
 from mmalign.benchmarks.metrics import binary_metrics, first_word_yes_no
 from mmalign.benchmarks.report import BenchmarkResult
 from mmalign.benchmarks.runner import (
@@ -126,6 +135,11 @@ def load_pope(source: str | Path | Mapping[str, str | Path]) -> list[PopeQuestio
         for i, record in enumerate(read_records(path)):
             where = f"{path} record {i}"
             record_split = split or record.get("category") or _split_of_file(path)
+            if record.get("label") is None and "category" in record:
+                raise ValueError(
+                    f"{where}: missing field 'label': LLaVA's combined llava_pope_test.jsonl has no labels; "
+                    "give the folder of coco_pope_*.json files as the questions and this file as llava_questions"
+                )
             label = require(record, "label", where, str).strip().lower()
             if label not in ("yes", "no"):
                 raise ValueError(f"{where}: field 'label' must be 'yes' or 'no', got {record['label']!r}")
@@ -185,6 +199,38 @@ def check_data_version(version: str, counts: Mapping[str, int]) -> str:
     return version
 
 
+def llava_question_keys(path: str | Path, questions: Sequence[PopeQuestion]) -> dict[str, str]:
+    """``question_id`` of LLaVA's combined ``llava_pope_test.jsonl`` -> key of the per-split
+    question at the same position of the same split (``category``), the pairing of LLaVA's
+    ``eval_pope.py``. The images must agree; splits not among ``questions`` are left out."""
+    by_split: dict[str, list[PopeQuestion]] = {}
+    for q in questions:
+        by_split.setdefault(q.split, []).append(q)
+    positions: dict[str, int] = {}
+    keys: dict[str, str] = {}
+    for i, record in enumerate(read_records(path)):
+        where = f"{path} record {i}"
+        qid = str(require(record, "question_id", where, (int, str)))
+        split = require(record, "category", where, str)
+        if qid in keys:
+            raise ValueError(f"{where}: duplicate question_id {qid}")
+        if split not in by_split:  # a split not evaluated: its answers have no question to join
+            keys[qid] = f"{split}/llava-{qid}"
+            continue
+        position = positions.get(split, 0)
+        positions[split] = position + 1
+        if position >= len(by_split[split]):
+            raise ValueError(f"{where}: split {split!r} has more questions here than the "
+                             f"{len(by_split[split])} of its per-split file")
+        q = by_split[split][position]
+        image = require(record, "image", where, str)
+        if image != q.image:
+            raise ValueError(f"{where}: image {image!r}, but question {position + 1} of split {split!r} "
+                             f"({q.key}) is about {q.image!r}: the files do not belong together")
+        keys[qid] = q.key
+    return keys
+
+
 @dataclass
 class PopeConfig:
     """What to evaluate and how. ``questions``: a folder of split files, a file, or a
@@ -200,6 +246,9 @@ class PopeConfig:
                                                        "choices": list(PARSERS)})
     data_version: str = field(default="auto", metadata={
         "help": "POPE version the split sizes must match", "choices": ["auto", *DATA_VERSIONS, "custom"]})
+    llava_questions: str | Path | None = field(default=None, metadata={
+        "help": "LLaVA's combined llava_pope_test.jsonl, whose ids the answers carry: each answer goes to the "
+        "question at the same position of the same split, as LLaVA's eval_pope.py pairs them"})
     prompt_suffix: str = PROMPT_SUFFIX
 
     def __post_init__(self) -> None:
@@ -224,6 +273,7 @@ class PopeBenchmark(Benchmark):
         self._keys_by_id: dict[str, list[str]] = {}
         for q in questions:
             self._keys_by_id.setdefault(str(q.question_id), []).append(q.key)
+        self._llava_keys = llava_question_keys(config.llava_questions, questions) if config.llava_questions else {}
 
     def default_generation(self) -> GenerationConfig:
         return GenerationConfig(max_new_tokens=128)
@@ -248,6 +298,10 @@ class PopeBenchmark(Benchmark):
         split = record.get("split") or record.get("category")
         if split is not None:
             return f"{split}/{qid}"
+        if self._llava_keys:
+            if qid not in self._llava_keys:
+                raise ValueError(f"{where}: question_id {qid} is not in {self.config.llava_questions}")
+            return self._llava_keys[qid]
         keys = self._keys_by_id.get(qid, [])
         if not keys:
             raise ValueError(f"{where}: question_id {qid} is not in the POPE questions file")
@@ -259,15 +313,17 @@ class PopeBenchmark(Benchmark):
             )
         return keys[0]
 
-    def read_answers(self, source: Any) -> list[dict[str, Any]]:
-        """A file (records may carry ``split``), or a {split: file} mapping."""
+    def read_answers(self, source: Any, answers_format: str = "auto") -> list[dict[str, Any]]:
+        """A file (records may carry ``split``), several files, or a {split: file} mapping."""
         if isinstance(source, Mapping):
-            return [
-                {**record, "split": str(split)}
-                for split, path in source.items()
-                for record in read_records(path)
-            ]
-        return super().read_answers(source)
+            formats, records = [], []
+            for split, path in source.items():
+                fmt, part = load_answers(path, answers_format)
+                formats.append(fmt)
+                records += [{**record, "split": str(split)} for record in part]
+            self.answers_format = "+".join(dict.fromkeys(formats))
+            return records
+        return super().read_answers(source, answers_format)
 
     def score(self, answers: list[dict[str, Any]], workdir: Path | None) -> BenchmarkResult:
         parse = PARSERS[self.config.parsing]
@@ -275,7 +331,12 @@ class PopeBenchmark(Benchmark):
         per_split: dict[str, tuple[list[str], list[str]]] = {}
         details = []
         for q in self.questions:
-            text = answer_text(joined[q.key], f"answer to POPE question {q.key}", self.answer_field)
+            where = f"answer to POPE question {q.key}"
+            reference = joined[q.key].get("reference_answer")
+            if isinstance(reference, str) and reference.strip().lower() != q.label:
+                raise ValueError(f"{where}: the answers file gives the label {reference!r} but the question's is "
+                                 f"{q.label!r}: were the answers made on another POPE version?")
+            text = answer_text(joined[q.key], where, self.answer_field)
             prediction = parse(text)
             labels, predictions = per_split.setdefault(q.split, ([], []))
             labels.append(q.label)

@@ -32,6 +32,7 @@ from mmalign.benchmarks import (
     load_scorer,
     run_benchmark,
 )
+from mmalign.benchmarks.answers import ANSWER_FORMATS
 from mmalign.benchmarks.mmhal import JUDGE_TEMPLATE
 from mmalign.cli.common import add_model_flags, load_model, model_kwargs
 from mmalign.cli.judging import add_judge_client_flags, judge_endpoint_settings
@@ -148,7 +149,11 @@ def add_source_flags(p: argparse.ArgumentParser, *, answers_nargs: str | None = 
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="checkpoint folder, model card or hub id to generate answers with")
     source.add_argument("--answers", nargs=answers_nargs, help="score this answers file (JSON or JSON Lines) instead"
-                        + (", or SPLIT=FILE pairs" if answers_nargs else ""))
+                        + (", several files, or SPLIT=FILE pairs" if answers_nargs else ""))
+    p.add_argument("--format", dest="answers_format", choices=ANSWER_FORMATS, default="auto",
+                   help="layout of --answers: mmalign's answers.jsonl, LLaVA's answer or caption files "
+                   "(model_vqa_loader), lmms-eval's --log_samples records; auto: told apart by their fields "
+                   "(default: auto)")
     p.add_argument("--out", required=True, help="output folder for answers and reports")
     p.add_argument("--name", help="checkpoint label in the report (default: the model or answers file name)")
     g = p.add_argument_group("generation (with --model)")
@@ -240,16 +245,27 @@ def cmd_benchmark(name: str, flags: list[ConfigFlag], args: argparse.Namespace) 
         )
         adapter = load_model(args)
     else:
-        answers = split_paths(args.answers, "--answers") if isinstance(args.answers, list) else args.answers
+        answers = _answers_source(args.answers)
     result = run_benchmark(
         benchmark, adapter=adapter, answers=answers, out=args.out, generation=generation,
         model_name=args.name or (Path(args.model).name if args.model else None), progress=not args.no_progress,
+        answers_format=args.answers_format,
     )
     rows = [[k, f"{v:.2f}" if isinstance(v, float) else v] for k, v in result.headline.items()]
     print(f"{result.benchmark} — {result.model}")
     print(format_table(["metric", "value"], rows))
     print(f"\nreport: {Path(args.out) / 'report.md'}")
     return 0
+
+
+def _answers_source(values: str | list[str]) -> str | list[str] | dict[str, str]:
+    """One file, several files (e.g. lmms-eval's samples of pope_adv, pope_pop, pope_random),
+    or SPLIT=FILE pairs."""
+    if isinstance(values, str):
+        return values
+    if len(values) > 1 and not any("=" in v for v in values):
+        return values
+    return split_paths(values, "--answers")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
