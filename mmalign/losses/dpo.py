@@ -6,7 +6,8 @@ tokens; ``(pairs,)`` for sequence scores. Reference values come in the same shap
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,7 @@ class DPOOutput:
     losses: torch.Tensor  # (pairs,)
     chosen_rewards: torch.Tensor  # β · h(y_w), detached
     rejected_rewards: torch.Tensor  # β · h(y_l), detached
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)  # named terms (pairs,), detached, for logs
 
     @property
     def loss(self) -> torch.Tensor:
@@ -105,3 +107,75 @@ def dpo_loss(
 def sft_term(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean per-token negative log-likelihood of the chosen responses (RPO-style term)."""
     return -(token_logps * mask).sum() / mask.sum().clamp(min=1)
+
+
+def bco_pair_loss(
+    h_chosen: torch.Tensor, h_rejected: torch.Tensor, *, beta: float = 0.1, delta: float | torch.Tensor = 0.0,
+) -> DPOOutput:
+    """BCO on pairs (TRL's ``bco_pair``; MPO's quality term): each response is judged on its own
+    against a reward baseline δ (the running mean of β·h over the responses seen so far):
+    −log σ(β h_w − δ) − log σ(−(β h_l − δ)). ``h`` = policy − reference sequence score."""
+    chosen, rejected = beta * h_chosen, beta * h_rejected
+    losses = -F.logsigmoid(chosen - delta) - F.logsigmoid(-(rejected - delta))
+    return DPOOutput(losses=losses, chosen_rewards=chosen.detach(), rejected_rewards=rejected.detach())
+
+
+def simpo_loss(
+    chosen_mean: torch.Tensor, rejected_mean: torch.Tensor, *, beta: float = 2.0, gamma: float = 0.5,
+) -> DPOOutput:
+    """SimPO (Meng et al., 2024): reference-free, on mean token log-probs (length-normalised),
+    with a target margin γ: −log σ(β (m_w − m_l) − γ). Rewards are β·m."""
+    chosen, rejected = beta * chosen_mean, beta * rejected_mean
+    losses = -F.logsigmoid(chosen - rejected - gamma)
+    return DPOOutput(losses=losses, chosen_rewards=chosen.detach(), rejected_rewards=rejected.detach())
+
+
+def orpo_loss(chosen_mean: torch.Tensor, rejected_mean: torch.Tensor, *, lam: float = 0.1) -> DPOOutput:
+    """ORPO (Hong et al., 2024): reference-free; the chosen answer's NLL plus λ times the odds-ratio
+    term −log σ(log odds(y_w) − log odds(y_l)), odds(y) = P(y) / (1 − P(y)) with log P(y) the mean
+    token log-prob. Per pair, the NLL is the chosen answer's mean token NLL (TRL averages over the
+    batch's tokens instead; equal when the answers have one length). Rewards are λ·m, as in TRL."""
+    log_odds = (chosen_mean - rejected_mean) - (torch.log1p(-torch.exp(chosen_mean))
+                                                - torch.log1p(-torch.exp(rejected_mean)))
+    ratio = -F.logsigmoid(log_odds)
+    nll = -chosen_mean
+    return DPOOutput(losses=nll + lam * ratio, chosen_rewards=(lam * chosen_mean).detach(),
+                     rejected_rewards=(lam * rejected_mean).detach(),
+                     parts={"nll": nll.detach(), "odds_ratio": ratio.detach()})
+
+
+def mdpo_loss(
+    h_chosen: torch.Tensor,
+    h_rejected: torch.Tensor,
+    h_chosen_corrupted: torch.Tensor,
+    *,
+    beta: float = 0.1,
+    conditional_weight: float = 1.0,
+    anchor_weight: float = 1.0,
+    anchor: float = 0.0,
+) -> DPOOutput:
+    """mDPO (Wang et al., EMNLP 2024): DPO plus a conditional term that prefers the chosen answer
+    with the true image over the same answer with a corrupted image, −log σ(β (h_w − h_w')), and a
+    reward anchor that keeps the chosen reward above δ, −log σ(β h_w − δ), so the preference must
+    depend on the image and the chosen likelihood cannot fall. ``h_chosen_corrupted`` is the chosen
+    answer's policy − reference score with the corrupted image."""
+    standard = -F.logsigmoid(beta * (h_chosen - h_rejected))
+    conditional = -F.logsigmoid(beta * (h_chosen - h_chosen_corrupted))
+    anchored = -F.logsigmoid(beta * h_chosen - anchor)
+    return DPOOutput(
+        losses=standard + conditional_weight * conditional + anchor_weight * anchored,
+        chosen_rewards=(beta * h_chosen).detach(),
+        rejected_rewards=(beta * h_rejected).detach(),
+        parts={"dpo": standard.detach(), "conditional": conditional.detach(), "anchor": anchored.detach()},
+    )
+
+
+def mix_losses(outputs: Sequence[DPOOutput], weights: Sequence[float], names: Sequence[str]) -> DPOOutput:
+    """Several preference losses in one run (MPO: sigmoid + bco_pair + sft): the weighted sum of the
+    per-pair losses; rewards are the first loss's; each weighted term is kept in ``parts``."""
+    if not outputs or len(outputs) != len(weights) or len(outputs) != len(names):
+        raise ValueError("mix_losses needs one weight and one name per loss")
+    losses = sum(w * out.losses for out, w in zip(outputs, weights))
+    parts = {name: (w * out.losses).detach() for out, w, name in zip(outputs, weights, names)}
+    return DPOOutput(losses=losses, chosen_rewards=outputs[0].chosen_rewards,
+                     rejected_rewards=outputs[0].rejected_rewards, parts=parts)
