@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from mmalign.benchmarks.metrics import binary_metrics, first_word_yes_no, ratio
+from mmalign.benchmarks.protocol import FileVersion, ProtocolCard, sha256_json
 from mmalign.benchmarks.report import BenchmarkResult
 from mmalign.benchmarks.runner import (
     Benchmark,
@@ -361,6 +362,17 @@ class AmberBenchmark(Benchmark):
             metrics["amber_score"] = amber_score(metrics["generative"]["chair"], metrics["discriminative"]["all"]["f1"])
             headline["AMBER"] = metrics["amber_score"]
         similarity = self.config.similarity
+        similarity_name = (
+            (self.config.similarity_name or getattr(similarity, "__name__", "custom")) if similarity
+            else "offline: equality after singularisation (word vectors unavailable)"
+        )
+        vocabulary = {
+            "name": "AMBER relation.json + safe_words.txt",
+            "sha256": sha256_json({"relation": self.data.association, "safe_words": sorted(self.data.safe_words)}),
+            "noun_extraction": "custom" if self.config.extract_nouns else "offline (inflect)",
+            "similarity": similarity_name,
+            "similarity_threshold": self.config.similarity_threshold,
+        }
         return BenchmarkResult(
             benchmark=self.name,
             headline=headline,
@@ -373,13 +385,14 @@ class AmberBenchmark(Benchmark):
                 "positive_class": "no",
                 "noun_extraction": "custom" if self.config.extract_nouns else
                 "offline: words singularised by inflect, kept if in the AMBER vocabulary",
-                "similarity": (self.config.similarity_name or getattr(similarity, "__name__", "custom"))
-                if similarity else "offline: equality after singularisation (word vectors unavailable)",
+                "similarity": similarity_name,
                 "similarity_threshold": self.config.similarity_threshold,
                 "join": "by id",
                 "units": "percent",
             },
             details=details,
+            card=ProtocolCard.build([FileVersion.of(role, path) for role, path in self.data.sources.items()],
+                                    len(keys), (q["image"] for q in self.queries), vocabulary=vocabulary),
         )
 
 

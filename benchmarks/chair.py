@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mmalign.benchmarks.metrics import ratio
+from mmalign.benchmarks.protocol import FileVersion, ProtocolCard, vocabulary_card
 from mmalign.benchmarks.report import BenchmarkResult
 from mmalign.benchmarks.runner import (
     Benchmark,
@@ -66,6 +67,7 @@ class GroundTruth:
     file_names: dict[str, str] = field(default_factory=dict)
     objects: dict[str, set[str]] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
+    files: list[FileVersion] = field(default_factory=list)
 
 
 def load_ground_truth(
@@ -84,7 +86,9 @@ def load_ground_truth(
             where = f"{instances} categories[{i}]"
             names[require(cat, "id", where)] = require(cat, "name", where, str)
     vocab = resolve_vocabulary(vocabulary, list(names.values()))
-    truth = GroundTruth(vocab, sources=[str(p) for p in (instances, captions) if p is not None])
+    given = [(role, p) for role, p in (("instances", instances), ("captions", captions)) if p is not None]
+    truth = GroundTruth(vocab, sources=[str(p) for _, p in given],
+                        files=[FileVersion.of(role, p) for role, p in given])
     for path, data in ((instances, inst), (captions, caps)):
         if data is None:
             continue
@@ -121,6 +125,14 @@ def choose_vocabulary(vocabulary: str | ObjectVocabulary, synonyms: str | Path |
         raise ValueError(f"a synonyms file replaces the official CHAIR list; it cannot be combined with "
                          f"vocabulary {vocabulary!r} (use auto or chair)")
     return ObjectVocabulary.chair(synonyms)
+
+
+def object_card(truth: GroundTruth, synonyms: str | Path | None, extract_objects: ObjectExtractor | None,
+                extractor_name: str | None) -> dict[str, Any]:
+    """The protocol card's entries for CHAIR-type metrics: the vocabulary, and the object
+    extractor as the judge when one (e.g. an LLM) replaces the parser."""
+    judge = {"object_extractor": extractor_label(extract_objects, extractor_name)} if extract_objects else None
+    return {"vocabulary": vocabulary_card(truth.vocabulary, synonyms), "judge": judge}
 
 
 @dataclass(frozen=True)
@@ -279,6 +291,9 @@ class ChairBenchmark(Benchmark):
                 "units": "percent (length in words)",
             },
             details=details,
+            card=ProtocolCard.build(self.truth.files, len(order), order,
+                                    **object_card(self.truth, self.config.synonyms, self.config.extract_objects,
+                                                  self.config.extractor_name)),
         )
 
 

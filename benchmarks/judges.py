@@ -2,7 +2,10 @@
 rules over ground truth.
 
 A text judge is any callable ``judge(prompts: list[str]) -> list[str]`` with a ``name``
-attribute (recorded in reports). A record judge has ``judge_records(records, answers)``
+attribute (recorded in reports). Reports record, per rating, the model that wrote it
+(:func:`judge_texts`): a judge with ``judge_with_models`` tells it per judgement (the HTTP
+judge: the ``model`` its endpoint reports, which may be more precise than the name asked
+for), any other judge is its own name. A record judge has ``judge_records(records, answers)``
 instead and reads the benchmark records themselves, for worlds whose image contents are
 fully known (:class:`mmalign.benchmarks.scene_judge.SceneJudge`); its output is judged text
 all the same, so ratings go through the same extraction. The HTTP judge speaks the
@@ -42,6 +45,19 @@ def judge_name(judge: Any) -> str:
     return getattr(judge, "name", None) or getattr(judge, "__name__", None) or type(judge).__name__
 
 
+def judge_model(judge: Any) -> str:
+    """The model a judge asks for (an HTTP judge's model name, without the endpoint), else its name."""
+    return getattr(judge, "model", None) or judge_name(judge)
+
+
+def judge_texts(judge: Judge, prompts: Sequence[str]) -> list[tuple[str, str]]:
+    """Each prompt's judgement with the model that wrote it (see the module docstring)."""
+    if callable(getattr(judge, "judge_with_models", None)):
+        return list(judge.judge_with_models(prompts))
+    name = judge_name(judge)
+    return [(text, name) for text in judge(prompts)]
+
+
 class HTTPJudge:
     """A text judge behind an OpenAI-compatible endpoint: each prompt is one user message,
     the reply's first choice is the judgement. The requests go through a
@@ -50,16 +66,27 @@ class HTTPJudge:
     def __init__(self, client: JudgeClient, *, temperature: float = 0.0, max_tokens: int = 1024):
         self.client = client
         self.name = client.name
+        self.model = client.endpoint.model
         self.temperature = temperature
         self.max_tokens = max_tokens
 
     def __call__(self, prompts: Sequence[str]) -> list[str]:
+        return [text for text, _ in self.judge_with_models(prompts)]
+
+    def judge_with_models(self, prompts: Sequence[str]) -> list[tuple[str, str]]:
+        """Each judgement with the model the reply names (the ``model`` field of an
+        OpenAI-compatible reply), or the model asked for when the reply does not say."""
         # Prompts share a long template, so an error names one by position and content hash.
         labels = [f"prompt {i + 1} of {len(prompts)} (sha256 {hashlib.sha256(p.encode()).hexdigest()[:16]})"
                   for i, p in enumerate(prompts)]
         replies = self.client.chat_many([[{"role": "user", "content": p}] for p in prompts], labels=labels,
                                         desc="judging", temperature=self.temperature, max_tokens=self.max_tokens)
-        return [reply_text(r) for r in replies]
+        return [(reply_text(r), _reported_model(r) or self.model) for r in replies]
+
+
+def _reported_model(reply: Mapping[str, Any]) -> str | None:
+    model = reply.get("model")
+    return model if isinstance(model, str) and model.strip() else None
 
 
 class GenerativeJudge:

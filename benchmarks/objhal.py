@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmalign.benchmarks.chair import GroundTruth, choose_vocabulary, load_ground_truth
+from mmalign.benchmarks.chair import GroundTruth, choose_vocabulary, load_ground_truth, object_card
 from mmalign.benchmarks.metrics import ratio
+from mmalign.benchmarks.protocol import FileVersion, ProtocolCard
 from mmalign.benchmarks.report import BenchmarkResult
 from mmalign.benchmarks.runner import (
     Benchmark,
@@ -187,6 +188,11 @@ class ObjHalBenchmark(Benchmark):
                 "units": "percent",
             },
             details=details,
+            card=ProtocolCard.build(
+                [FileVersion.of("questions", self.config.questions), *self.truth.files], len(self.questions),
+                (q.image_id for q in self.questions),
+                **object_card(self.truth, self.config.synonyms, self.config.extract_objects,
+                              self.config.extractor_name)),
         )
 
 

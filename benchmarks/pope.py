@@ -27,6 +27,7 @@ from typing import Any
 
 from mmalign.benchmarks.answers import load_answers
 from mmalign.benchmarks.metrics import binary_metrics, first_word_yes_no
+from mmalign.benchmarks.protocol import FileVersion, ProtocolCard
 from mmalign.benchmarks.report import BenchmarkResult
 from mmalign.benchmarks.runner import (
     Benchmark,
@@ -117,21 +118,25 @@ def _find_split_files(folder: Path) -> dict[str, Path]:
     return found
 
 
+def pope_files(source: str | Path | Mapping[str, str | Path]) -> list[tuple[str | None, Path]]:
+    """The question files of a folder of split files, one file, or a {split: file} mapping,
+    each with its split (``None``: read from the records or the file name)."""
+    if isinstance(source, Mapping):
+        return [(str(s), Path(p)) for s, p in source.items()]
+    if Path(source).is_dir():
+        return list(_find_split_files(Path(source)).items())
+    return [(None, Path(source))]
+
+
 def load_pope(source: str | Path | Mapping[str, str | Path]) -> list[PopeQuestion]:
     """POPE questions from a folder of split files, one file, or a {split: file} mapping.
 
     A single file's split comes from a ``category`` field on each record (LLaVA's combined
     format) or else from the file name (``coco_pope_random.json`` -> random).
     """
-    if isinstance(source, Mapping):
-        files: list[tuple[str | None, Path]] = [(str(s), Path(p)) for s, p in source.items()]
-    elif Path(source).is_dir():
-        files = list(_find_split_files(Path(source)).items())
-    else:
-        files = [(None, Path(source))]
     questions: list[PopeQuestion] = []
     seen: set[str] = set()
-    for split, path in files:
+    for split, path in pope_files(source):
         for i, record in enumerate(read_records(path)):
             where = f"{path} record {i}"
             record_split = split or record.get("category") or _split_of_file(path)
@@ -269,6 +274,11 @@ class PopeBenchmark(Benchmark):
                 raise ValueError(f"POPE splits {unknown} are not in the questions file(s)")
             questions = [q for q in questions if q.split in config.splits]
         self.questions = questions
+        evaluated = {q.split for q in questions}
+        self.files = [FileVersion.of(f"questions ({split})" if split else "questions", path)
+                      for split, path in pope_files(config.questions) if split is None or split in evaluated]
+        if config.llava_questions:
+            self.files.append(FileVersion.of("llava questions", config.llava_questions))
         self.data_version = check_data_version(config.data_version, split_counts(questions))
         self._keys_by_id: dict[str, list[str]] = {}
         for q in questions:
@@ -367,6 +377,7 @@ class PopeBenchmark(Benchmark):
                 "units": "percent",
             },
             details=details,
+            card=ProtocolCard.build(self.files, len(self.questions), (q.image for q in self.questions)),
         )
 
 

@@ -1,10 +1,12 @@
 """Reports: one run's JSON + markdown, and side-by-side comparisons of several checkpoints.
 
-A run folder holds ``report.json`` (every metric and the protocol: data version, parsing
-mode, decoding, judge...), ``report.md`` (the same as tables) and ``details.jsonl`` (one
-scored record per answer). :func:`compare_reports` reads several run folders and writes a
-markdown table, a JSON summary and a PNG bar chart per benchmark, and flags protocol
-differences, since numbers from different protocols are not comparable.
+A run folder holds ``report.json`` (every metric, the protocol: data version, parsing
+mode, decoding, judge..., and the protocol card: file hashes, counts, decoding, answers'
+source, vocabulary, judge; see :mod:`.protocol`), ``report.md`` (the same as tables) and
+``details.jsonl`` (one scored record per answer). :func:`compare_reports` reads several run
+folders and writes a markdown table, a JSON summary and a PNG bar chart per benchmark, and
+flags protocol differences and differing protocol cards, since numbers from different
+protocols are not comparable.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmalign.benchmarks.protocol import ProtocolCard, card_differences
 from mmalign.io import atomic_write_text, jsonl_text, read_json
 
 
@@ -24,7 +27,9 @@ class BenchmarkResult:
 
     ``headline`` holds the numbers papers report (flat, for tables and charts);
     ``metrics`` everything, nested; ``breakdowns`` per-group tables (title -> row -> column
-    -> value); ``details`` one record per scored answer (written to ``details.jsonl``).
+    -> value); ``details`` one record per scored answer (written to ``details.jsonl``);
+    ``card`` the protocol card (the benchmark fills its data part, the runner the answers'
+    source and the generation settings).
     """
 
     benchmark: str
@@ -34,6 +39,7 @@ class BenchmarkResult:
     breakdowns: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     details: list[dict[str, Any]] = field(default_factory=list)
     model: str = ""
+    card: ProtocolCard | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The report JSON: all but the per-answer details."""
@@ -44,6 +50,7 @@ class BenchmarkResult:
             "metrics": self.metrics,
             "breakdowns": self.breakdowns,
             "protocol": self.protocol,
+            "card": self.card.to_dict() if self.card is not None else None,
         }
 
 
@@ -66,12 +73,13 @@ def _fmt(value: Any) -> str:
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(_fmt(c).replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def render_markdown(result: BenchmarkResult) -> str:
-    """The report as markdown: headline numbers, each breakdown, then the protocol."""
+    """The report as markdown: headline numbers, each breakdown, the protocol card, then the
+    protocol."""
     parts = [f"# {result.benchmark} — {result.model}", ""]
     parts.append(markdown_table(["metric", "value"], list(result.headline.items())))
     for title, table in result.breakdowns.items():
@@ -80,6 +88,8 @@ def render_markdown(result: BenchmarkResult) -> str:
             columns += [c for c in row if c not in columns]
         rows = [[name, *(row.get(c) for c in columns)] for name, row in table.items()]
         parts += ["", f"## {title}", "", markdown_table(["", *columns], rows)]
+    if result.card is not None:
+        parts += ["", "## Protocol card", "", markdown_table(["", "value"], result.card.rows())]
     parts += ["", "## Protocol", ""]
     for key, value in result.protocol.items():
         plain = isinstance(value, str) and "\n" not in value
@@ -115,6 +125,12 @@ def protocol_differences(reports: Sequence[Mapping[str, Any]]) -> list[str]:
     return [k for k in keys if len({json.dumps(r["protocol"].get(k), sort_keys=True) for r in reports}) > 1]
 
 
+def card_warning(differing: Sequence[str]) -> str:
+    """The comparison's warning line for protocol cards that differ in ``differing``."""
+    return (f"**Warning: protocol cards differ** in: {', '.join(differing)} — these runs do not follow the "
+            "same protocol.")
+
+
 def compare_reports(
     runs: Sequence[str | Path], out: str | Path, labels: Sequence[str] | None = None
 ) -> dict[str, Any]:
@@ -122,7 +138,9 @@ def compare_reports(
 
     Runs are grouped by benchmark. ``labels`` name the runs (default: each report's model
     name, or the folder names when model names repeat within a benchmark). Returns the
-    comparison JSON.
+    comparison JSON; per benchmark, ``card_differences`` names the protocol card entries
+    that differ (question files, vocabulary, judge model, max new tokens...), which the
+    markdown states as a warning.
     """
     if not runs:
         raise ValueError("compare_reports: no runs given")
@@ -149,12 +167,16 @@ def compare_reports(
         for _, report in members:
             metrics += [m for m in report["headline"] if m not in metrics]
         differing = protocol_differences([r for _, r in members])
+        cards = card_differences([r.get("card") for _, r in members])
         summary[benchmark] = {
             "runs": {label: report["headline"] for label, report in members},
             "protocol_differences": differing,
+            "card_differences": cards,
         }
         rows = [[label, *(report["headline"].get(m) for m in metrics)] for label, report in members]
         parts += [f"## {benchmark}", "", markdown_table(["checkpoint", *metrics], rows), ""]
+        if cards:
+            parts += [card_warning(cards), ""]
         if differing:
             parts += [f"**Protocols differ** in: {', '.join(differing)} — these numbers are not directly "
                       "comparable.", ""]

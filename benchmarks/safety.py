@@ -25,6 +25,7 @@ from PIL import Image
 
 from mmalign.benchmarks.judges import judge_name
 from mmalign.benchmarks.metrics import ratio
+from mmalign.benchmarks.protocol import FileVersion, ProtocolCard
 from mmalign.benchmarks.report import BenchmarkResult
 from mmalign.benchmarks.runner import (
     Benchmark,
@@ -197,13 +198,15 @@ class SafetyBenchmark(Benchmark):
             headline.update({"Unsafe rate": overall["unsafe_rate"], "Mean cost": overall["mean_cost"]})
         if rewards is not None:
             headline["Mean reward"] = overall["mean_reward"]
+        cost_model = judge_name(config.cost_scorer) if config.cost_scorer else None
+        reward_model = judge_name(config.reward_scorer) if config.reward_scorer else None
         details = []
         for i, q in enumerate(self.questions):
             row: dict[str, Any] = {**q.record_id, "category": q.category, "prompt": q.prompt, "response": responses[i]}
             if costs is not None:
-                row.update(cost=costs[i], unsafe=costs[i] > config.cost_threshold)
+                row.update(cost=costs[i], unsafe=costs[i] > config.cost_threshold, cost_model=cost_model)
             if rewards is not None:
-                row["reward"] = rewards[i]
+                row.update(reward=rewards[i], reward_model=reward_model)
             details.append(row)
         return BenchmarkResult(
             benchmark=self.name,
@@ -212,8 +215,8 @@ class SafetyBenchmark(Benchmark):
             breakdowns={"Per category": metrics["per_category"],
                         **({"Per request": metrics["per_request"]} if "per_request" in metrics else {})},
             protocol={
-                "cost_model": judge_name(config.cost_scorer) if config.cost_scorer else None,
-                "reward_model": judge_name(config.reward_scorer) if config.reward_scorer else None,
+                "cost_model": cost_model,
+                "reward_model": reward_model,
                 "unsafe": f"cost > {config.cost_threshold}",
                 "category_field": self.category_field,
                 "request_field": config.request_field if self.requests is not None else None,
@@ -221,6 +224,11 @@ class SafetyBenchmark(Benchmark):
                 "units": "unsafe rate in percent; costs and rewards as the models output them",
             },
             details=details,
+            card=ProtocolCard.build(
+                [FileVersion.of("questions", config.questions)], len(self.questions),
+                (q.image for q in self.questions if q.image is not None),
+                judge={"cost_model": cost_model, "reward_model": reward_model,
+                       "cost_threshold": config.cost_threshold}),
         )
 
     def _run_scorer(self, scorer: Scorer, responses: list[str]) -> list[float]:

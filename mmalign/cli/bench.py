@@ -187,6 +187,8 @@ def _judge_fields(args: argparse.Namespace) -> dict[str, Any]:
     if args.judge_url and not args.judge_model:
         raise ValueError("--judge-url needs --judge-model")
     template = Path(args.judge_template).read_text(encoding="utf-8") if args.judge_template else JUDGE_TEMPLATE
+    named = {"judge_template": template,
+             "judge_template_name": f"file {Path(args.judge_template).name}" if args.judge_template else None}
     settings = judge_endpoint_settings(args, endpoint=bool(args.judge_url))
     if args.judge_scene:
         judge: Any = SceneJudge.from_world(args.judge_scene)
@@ -195,11 +197,11 @@ def _judge_fields(args: argparse.Namespace) -> dict[str, Any]:
                                     "cache": Path(args.out) / "judge_cache.jsonl", **settings})
         # Batches of a few prompts per worker keep every one of the N requests busy.
         return {"judge": HTTPJudge(JudgeClient(endpoint, progress=not args.no_progress)),
-                "judge_template": template, "judge_batch_size": 4 * endpoint.concurrency}
+                "judge_batch_size": 4 * endpoint.concurrency, **named}
     else:
         judge = GenerativeJudge(load_model(args, args.judge_local), name=f"local:{Path(args.judge_local).name}",
                              max_new_tokens=args.judge_max_new_tokens)
-    return {"judge": judge, "judge_template": template}
+    return {"judge": judge, **named}
 
 
 def _add_scorer_flags(p: argparse.ArgumentParser) -> None:
@@ -274,6 +276,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         differing = entry["protocol_differences"]
         note = f"  (protocols differ: {', '.join(differing)})" if differing else ""
         print(f"{benchmark}: {len(entry['runs'])} runs{note}")
+        if entry["card_differences"]:
+            print(f"  warning: protocol cards differ in: {', '.join(entry['card_differences'])}")
     print(f"\nwrote {Path(args.out) / 'comparison.md'}, comparison.json and comparison.png")
     return 0
 

@@ -215,7 +215,10 @@ class _JudgeHandler(BaseHTTPRequestHandler):
             self.wfile.write(b'{"error": "busy"}')
             return
         prompt = body["messages"][0]["content"]
-        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": server.reply(prompt)}}]})
+        reply = {"choices": [{"message": {"role": "assistant", "content": server.reply(prompt)}}]}
+        if server.model is not None:
+            reply["model"] = server.model
+        payload = json.dumps(reply)
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -227,7 +230,8 @@ class _JudgeHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def judge_server(monkeypatch):
-    """A fake OpenAI-compatible server on 127.0.0.1; ``server.reply(prompt) -> text``."""
+    """A fake OpenAI-compatible server on 127.0.0.1; ``server.reply(prompt) -> text``;
+    ``server.model``: the model its replies name (``None``: replies name none)."""
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
@@ -236,6 +240,7 @@ def judge_server(monkeypatch):
     server.fail_first = 0
     server.fail_status = 503
     server.reply = lambda prompt: "Rating: 3"
+    server.model = None
     server.base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
