@@ -27,6 +27,7 @@ from mmalign.dpo.config import DPOConfig
 from mmalign.dpo.logprobs import pair_logprobs, split_pair
 from mmalign.dpo.reference import REF_COLUMNS, precompute_reference_logps
 from mmalign.losses.dpo import dpo_loss, dynamic_beta, sequence_logps, sft_term
+from mmalign.models import ModelLike, as_adapter
 from mmalign.models.adapter import VLMAdapter
 from mmalign.models.batch import EncodedBatch
 from mmalign.models.feature_cache import ImageFeatureCache
@@ -55,17 +56,33 @@ class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, RecordsRunConf
 
     def __init__(
         self,
-        adapter: VLMAdapter,
+        model: ModelLike,
         args: DPOConfig,
         train_dataset=None,
         eval_dataset=None,
-        reference: VLMAdapter | None = None,
+        reference: ModelLike | None = None,
+        *,
+        ref_model: ModelLike | None = None,
+        processing_class: Any = None,
+        peft_config: Any = None,
         **kwargs: Any,
     ):
+        """``model`` (and ``reference``, or TRL's name ``ref_model``) as TRL's trainer takes them:
+        a folder or hub id, a ``PreTrainedModel`` (with ``processing_class``) or an adapter;
+        ``peft_config`` attaches LoRA to the language model (:func:`~mmalign.models.as_adapter`)."""
         from peft import PeftModel
 
+        if reference is not None and ref_model is not None:
+            raise ValueError("pass the reference once: reference= or TRL's ref_model=, not both")
+        adapter = as_adapter(model, processing_class=processing_class, peft_config=peft_config,
+                             gradient_checkpointing=bool(args.gradient_checkpointing))
+        reference = reference if reference is not None else ref_model
+        if reference is not None:
+            reference = as_adapter(reference)
+            reference.model.eval()
         if reference is None and not isinstance(adapter.model, PeftModel) and not args.precompute_ref_logps:
-            raise ValueError("full fine-tuning needs a reference: pass reference= or set reference_model_path")
+            raise ValueError("full fine-tuning needs a reference: pass reference= (ref_model=), set "
+                             "reference_model_path, or pass peft_config to train LoRA")
         if args.share_prefix and not adapter.supports_shared_prefix():
             raise ValueError(f"share_prefix is not available for {adapter.family}: {adapter.shared_prefix_refusal()}")
         if args.image_feature_cache_dir and not args.cache_image_features:
@@ -80,9 +97,8 @@ class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, RecordsRunConf
         self.collator = kwargs.pop("data_collator", None) or DPOCollator(adapter, args.max_length, args.gamma)
         self.span_share = warn_on_missing_spans(train_dataset) if args.loss_type == "ddpo" else None
         self._init_metrics()
-        kwargs.setdefault("processing_class", adapter.processor)
         super().__init__(model=adapter.model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         data_collator=self.collator, **kwargs)
+                         data_collator=self.collator, processing_class=adapter.processor, **kwargs)
 
     def _with_reference(self, dataset, args: DPOConfig):
         if dataset is None or all(c in dataset.column_names for c in REF_COLUMNS):

@@ -38,6 +38,7 @@ from mmalign.losses.grpo import (
     overlong_penalty,
     safe_advantages,
 )
+from mmalign.models import ModelLike, as_adapter
 from mmalign.models.adapter import VLMAdapter, concat_features
 from mmalign.models.batch import EncodedBatch, concat_batches, pad_cat
 from mmalign.models.prefix import group_logprobs
@@ -103,12 +104,17 @@ class GRPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
 
     method_name = "GRPO"
 
-    def __init__(self, adapter: VLMAdapter, args: GRPOConfig, train_dataset,
+    def __init__(self, model: ModelLike, args: GRPOConfig, train_dataset,
                  reward_funcs: list[RewardFunction | str] | None = None, reward_weights: list[float] | None = None,
                  cost_funcs: list[RewardFunction | str] | None = None, scorers: dict[str, Any] | None = None,
-                 **kwargs: Any):
+                 *, processing_class: Any = None, peft_config: Any = None, **kwargs: Any):
+        """``model`` as TRL's trainer takes it (a folder or hub id, a ``PreTrainedModel`` with
+        ``processing_class``, or an adapter); ``peft_config`` attaches the policy's LoRA
+        (:func:`~mmalign.models.as_adapter`)."""
         if args.world_size > 1:
             raise ValueError("GRPOTrainer runs on one process (one GPU or the CPU); launch it without torchrun")
+        adapter = as_adapter(model, processing_class=processing_class, peft_config=peft_config,
+                             gradient_checkpointing=bool(args.gradient_checkpointing))
         self.adapter = adapter
 
         def build(items):
@@ -128,9 +134,8 @@ class GRPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
         self.init_loop_state(args)
         self.batches_drawn = 0
         self.share_prefix = self._resolve_share_prefix(adapter, args)
-        kwargs.setdefault("processing_class", adapter.processor)
         super().__init__(model=adapter.model, args=args, train_dataset=train_dataset,
-                         data_collator=lambda rows: rows, **kwargs)
+                         data_collator=lambda rows: rows, processing_class=adapter.processor, **kwargs)
 
     @staticmethod
     def _resolve_share_prefix(adapter: VLMAdapter, args: GRPOConfig) -> bool:

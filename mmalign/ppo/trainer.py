@@ -35,12 +35,14 @@ from mmalign.losses.ppo import (
     ppo_value_loss,
     shaped_rewards,
 )
+from mmalign.models import ModelLike, as_adapter, lora_settings_from_peft
 from mmalign.models.adapter import VLMAdapter, concat_features
 from mmalign.models.batch import EncodedBatch, concat_batches, pad_cat
 from mmalign.models.scalar_head import ScalarHeadModel
 from mmalign.online_rl import OnlineRLMixin, check_scorer_paths
 from mmalign.ppo.config import PPOConfig
 from mmalign.ppo.shaping import shaping_terms
+from mmalign.qlora import LoraSettings
 from mmalign.reward.scoring import RewardScorer
 from mmalign.training import (
     NONFINITE_LOG_KEY,
@@ -94,14 +96,29 @@ class PPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
 
     def __init__(
         self,
-        adapter: VLMAdapter,
+        model: ModelLike,
         args: PPOConfig,
         train_dataset,
-        reward_model: ScalarHeadModel,
+        reward_model: ScalarHeadModel | None = None,
         cost_model: ScalarHeadModel | None = None,
         critics: dict[str, ScalarHeadModel] | None = None,
+        *,
+        processing_class: Any = None,
+        peft_config: Any = None,
         **kwargs: Any,
     ):
+        """``model`` as TRL's trainers take it (a folder or hub id, a ``PreTrainedModel`` with
+        ``processing_class``, or an adapter); ``peft_config`` attaches the policy's LoRA
+        (:func:`~mmalign.models.as_adapter`). Without ``reward_model`` and ``critics`` they are
+        loaded onto the policy's base from ``args.reward_model_path`` / ``cost_model_path``."""
+        adapter = as_adapter(model, processing_class=processing_class, peft_config=peft_config,
+                             gradient_checkpointing=bool(args.gradient_checkpointing))
+        if reward_model is None and critics is None:
+            critic_lora = lora_settings_from_peft(peft_config, adapter) if peft_config is not None else None
+            reward_model, cost_model, critics = attach_scorers(adapter, args, critic_lora)
+        if reward_model is None:
+            raise ValueError("reward_model: pass the reward model built on this policy's base, or neither it nor "
+                             "critics (both are then loaded from args.reward_model_path)")
         if critics is None or "reward" not in critics or (args.constrained and "cost" not in critics):
             raise ValueError("critics must hold a 'reward' critic (and a 'cost' critic for PPO-Lagrangian)")
         if args.constrained and cost_model is None:
@@ -119,9 +136,8 @@ class PPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
         self.cost_scorer = (RewardScorer(cost_model, batch_size=args.per_device_eval_batch_size,
                                          max_length=args.max_length, name="cost") if cost_model else None)
         self.init_loop_state(args)
-        kwargs.setdefault("processing_class", adapter.processor)
         super().__init__(model=PPOModules(adapter, critics), args=args, train_dataset=train_dataset,
-                         data_collator=lambda rows: rows, **kwargs)
+                         data_collator=lambda rows: rows, processing_class=adapter.processor, **kwargs)
 
     # ------------------------------------------------------------------ data
     def _prompt_batches(self, start: int):
@@ -400,11 +416,22 @@ def _save_head(critic: ScalarHeadModel, folder: Path) -> None:
 
 def build_models(model_config, args: PPOConfig):
     """Policy (LoRA ``default``), reward / cost models and critics, all on one base."""
-    from mmalign.models.scalar_head import ScalarHeadModel
-
     if not model_config.use_peft:
         raise ValueError("PPO trains LoRA adapters on a shared base: set use_peft true")
     adapter = model_config.load(gradient_checkpointing=bool(args.gradient_checkpointing))
+    return adapter, *attach_scorers(adapter, args, model_config.lora(adapter.card))
+
+
+def attach_scorers(adapter: VLMAdapter, args: PPOConfig, critic_lora: LoraSettings | None = None):
+    """Reward / cost models and critics loaded onto the policy's base (its LoRA ``default``);
+    a critic not started from its scorer gets fresh LoRA of ``critic_lora`` (default: the card's)."""
+    from peft import PeftModel
+
+    if not isinstance(adapter.model, PeftModel) or POLICY not in adapter.model.peft_config:
+        raise ValueError(f"PPO trains LoRA adapters on a shared base: the policy needs its LoRA adapter "
+                         f"{POLICY!r} (pass peft_config, or a model with LoRA)")
+    if not args.reward_model_path:
+        raise ValueError("reward_model_path is required (or pass reward_model= and critics=)")
     reward = ScalarHeadModel.from_pretrained(args.reward_model_path, adapter, adapter_name="reward")
     cost = (ScalarHeadModel.from_pretrained(args.cost_model_path, adapter, adapter_name="cost")
             if args.cost_model_path else None)
@@ -416,7 +443,7 @@ def build_models(model_config, args: PPOConfig):
         if args.critic_from_reward:
             critic = ScalarHeadModel.from_pretrained(source, adapter, is_trainable=True, adapter_name=critic_name)
         else:
-            adapter.add_lora(model_config.lora(adapter.card), adapter_name=critic_name)
+            adapter.add_lora(critic_lora or adapter.card.lora, adapter_name=critic_name)
             critic = ScalarHeadModel(adapter, kind="value")
             critic.adapter_name = critic_name
         critic.kind = "value"
@@ -429,7 +456,7 @@ def build_models(model_config, args: PPOConfig):
         if model is not None:
             model.backbone = adapter.model
     adapter.use_adapter(POLICY)
-    return adapter, reward, cost, critics
+    return reward, cost, critics
 
 
 #: What a PPO checkpoint carries into a resumed run.

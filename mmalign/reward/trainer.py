@@ -16,6 +16,7 @@ import torch
 from transformers import Trainer, set_seed
 
 from mmalign.losses.reward import bradley_terry_loss, cost_loss, pairwise_accuracy, sign_accuracy
+from mmalign.models import ModelLike, as_adapter
 from mmalign.models.batch import EncodedBatch
 from mmalign.models.scalar_head import ScalarHeadModel
 from mmalign.reward.collator import ScalarPairCollator
@@ -55,8 +56,20 @@ def load_template(args: RewardConfig) -> RewardTemplate:
 class RewardTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, RecordsRunConfig, Trainer):
     """Train a scalar head (+ LoRA) on preference pairs; ``args.kind`` picks reward or cost."""
 
-    def __init__(self, model: ScalarHeadModel, args: RewardConfig, train_dataset=None, eval_dataset=None,
-                 template: RewardTemplate | None = None, **kwargs: Any):
+    def __init__(self, model: ScalarHeadModel | ModelLike, args: RewardConfig, train_dataset=None, eval_dataset=None,
+                 template: RewardTemplate | None = None, *, processing_class: Any = None, peft_config: Any = None,
+                 **kwargs: Any):
+        """``model`` is a :class:`ScalarHeadModel`, or anything TRL's trainer takes (a folder or
+        hub id, a ``PreTrainedModel`` with ``processing_class``, an adapter), which gets a fresh
+        scalar head; ``peft_config`` attaches LoRA first (:func:`~mmalign.models.as_adapter`)."""
+        if isinstance(model, ScalarHeadModel):
+            if processing_class is not None or peft_config is not None:
+                raise ValueError("processing_class / peft_config: a ScalarHeadModel is already built on its adapter; "
+                                 "pass the base model (a folder, PreTrainedModel or adapter) to use them")
+        else:
+            adapter = as_adapter(model, processing_class=processing_class, peft_config=peft_config,
+                                 gradient_checkpointing=bool(args.gradient_checkpointing))
+            model = ScalarHeadModel(adapter, kind=args.kind)
         self.scalar = model
         self.template = template or load_template(args)
         model.template = asdict(self.template)
@@ -65,9 +78,8 @@ class RewardTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, RecordsRunC
             model.adapter, self.template, args.kind, args.cost_signs, args.max_length, args.facts_seed
         )
         self._init_metrics()
-        kwargs.setdefault("processing_class", model.adapter.processor)
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         data_collator=self.collator, **kwargs)
+                         data_collator=self.collator, processing_class=model.adapter.processor, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args: RewardConfig = self.args

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from transformers import Trainer, set_seed
 
-from mmalign.models.adapter import VLMAdapter
+from mmalign.models import ModelLike, as_adapter
 from mmalign.models.batch import EncodedBatch
 from mmalign.sft.collator import SFTCollator
 from mmalign.sft.config import SFTConfig
@@ -40,11 +40,16 @@ class SFTTrainer(LossOnlyEvaluation, NonFiniteGuard, RecordsRunConfig, Trainer):
     the vocabulary (see ``VLMAdapter.response_logprobs``).
     """
 
-    def __init__(self, adapter: VLMAdapter, args: SFTConfig, train_dataset=None, eval_dataset=None, **kwargs: Any):
+    def __init__(self, model: ModelLike, args: SFTConfig, train_dataset=None, eval_dataset=None, *,
+                 processing_class: Any = None, peft_config: Any = None, **kwargs: Any):
+        """``model`` as TRL's trainer takes it (a folder or hub id, a ``PreTrainedModel`` with
+        ``processing_class``, or an adapter); ``peft_config`` attaches LoRA (:func:`~mmalign.models.as_adapter`)."""
+        adapter = as_adapter(model, processing_class=processing_class, peft_config=peft_config,
+                             gradient_checkpointing=bool(args.gradient_checkpointing))
         self.adapter = adapter
         kwargs.setdefault("data_collator", SFTCollator(adapter, args.max_length))
-        kwargs.setdefault("processing_class", adapter.processor)
-        super().__init__(model=adapter.model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
+        super().__init__(model=adapter.model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=adapter.processor, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = EncodedBatch.from_features(inputs, self.adapter.inputs)
