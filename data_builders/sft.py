@@ -19,7 +19,7 @@ from typing import Any
 from datasets import Dataset, Features, Image, List, Value
 
 from mmalign.data_builders.schema import IMAGE_PLACEHOLDER, RecordError, normalise_messages
-from mmalign.data_builders.storage import open_dataset
+from mmalign.data_builders.storage import is_hub_dataset_id, open_dataset
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
@@ -100,15 +100,16 @@ def records_to_dataset(records: Iterable[dict[str, Any]], image_folder: str | Pa
 
 
 def load_sft_dataset(path: str | Path, image_folder: str | Path | None = None) -> Dataset:
-    """Load SFT data from a datasets folder, a .jsonl file or a .json file (TRL or LLaVA)."""
-    path = Path(path)
-    if path.is_dir():
+    """Load SFT data from a datasets folder, a Hub dataset (``org/name``), a .jsonl file or a
+    .json file (TRL or LLaVA)."""
+    if is_hub_dataset_id(path) or Path(path).is_dir():
         ds = open_dataset(path)
         if "messages" not in ds.column_names:
             raise SFTDataError(f"{path}: dataset has no 'messages' column (columns: {ds.column_names})")
         for i, messages in enumerate(ds["messages"]):
             conversation(messages, i)
         return ds
+    path = Path(path)
     folder = Path(image_folder) if image_folder else path.parent
     text = path.read_text()
     if path.suffix == ".jsonl":

@@ -262,6 +262,21 @@ def _open_single(folder: Path, where: str):
     return ds
 
 
+def is_hub_dataset_id(name: str | Path) -> bool:
+    """``org/name`` that is no local path: a Hugging Face Hub dataset (TRL's ``dataset_name``)."""
+    text = str(name)
+    parts = text.split("/")
+    return (len(parts) == 2 and not text.startswith((".", "~")) and not Path(text).exists()
+            and all(part and all(ch.isalnum() or ch in "-_." for ch in part) for part in parts))
+
+
+def load_hub_dataset(name: str, split: str | None = None):
+    """A Hub dataset's split (``train`` unless named), downloaded by ``datasets`` when a run asks for it."""
+    from datasets import load_dataset
+
+    return load_dataset(name, split=split or "train")
+
+
 def open_dataset(path: str | Path, split: str | None = None):
     """A dataset folder (``save_to_disk``), memory-mapped and without validation; a folder
     of splits (``DatasetDict``) needs ``split``.
@@ -270,7 +285,10 @@ def open_dataset(path: str | Path, split: str | None = None):
     ``FileNotFoundError`` naming the folder or the file at fault: not a dataset folder, a
     split that is not there (the message lists those that are), no rows, a metadata file
     that does not parse, a missing or truncated Arrow file, fewer rows than the manifest says.
+    An ``org/name`` that is no local path is a Hub dataset (:func:`load_hub_dataset`).
     """
+    if is_hub_dataset_id(path):
+        return load_hub_dataset(str(path), split)
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a dataset folder (expected a datasets save_to_disk folder)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
+import functools
 import json
 import math
 import types
@@ -128,6 +129,72 @@ class OptionChecks:
     def done(self) -> None:
         if self.problems:
             raise ConfigError(self.problems)
+
+
+# ---------------------------------------------------------------------------- TRL's option names
+def apply_aliases(values: Mapping[str, Any], aliases: Mapping[str, str], where: str) -> dict[str, Any]:
+    """``values`` with each alias key (TRL's name of an option, e.g. ``precompute_ref_log_probs``)
+    renamed to mmalign's (``precompute_ref_logps``); both given with different values is a
+    :class:`ConfigError` naming both and ``where`` they were set."""
+    out, problems = dict(values), {}
+    for alias, name in aliases.items():
+        if alias not in out:
+            continue
+        value = out.pop(alias)
+        if name in out and out[name] != value:
+            problems[name] = (f"{where}: {alias} (TRL's name for {name}) is {_show(value)} but {name} is "
+                              f"{_show(out[name])}: give one of them")
+        else:
+            out[name] = value
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def accepts_aliases(aliases: Mapping[str, str]) -> typing.Callable[[type], type]:
+    """Class decorator of a config dataclass: its constructor also takes the keyword
+    ``alias`` for the option ``aliases[alias]`` (:func:`apply_aliases`), and recipes and flags
+    accept the same names (``option_aliases``, read by :func:`read_recipe` and :func:`parse_recipe`).
+    The config itself keeps mmalign's names only, so a resolved config never holds both."""
+    def decorate(cls: type) -> type:
+        init = cls.__init__
+        merged = {**getattr(cls, "option_aliases", {}), **aliases}
+
+        @functools.wraps(init)
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            init(self, *args, **apply_aliases(kwargs, merged, type(self).__name__))
+
+        cls.__init__ = __init__
+        cls.option_aliases = types.MappingProxyType(merged)
+        return cls
+
+    return decorate
+
+
+def option_aliases(dataclass_types: Sequence[type]) -> dict[str, str]:
+    """Every alias the configs of a command accept, alias -> mmalign's name."""
+    return {alias: name for t in dataclass_types for alias, name in getattr(t, "option_aliases", {}).items()}
+
+
+def _aliased_argv(argv: list[str], aliases: Mapping[str, str], prog: str) -> list[str]:
+    """Command-line flags with TRL's names renamed to mmalign's; an alias and its option both
+    on the command line with different values is a :class:`CommandLineError`."""
+    given: dict[str, tuple[str, str]] = {}
+    out = []
+    for i, item in enumerate(argv):
+        if item.startswith("--"):
+            key, eq, value = item[2:].partition("=")
+            if not eq:
+                value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else ""
+            name = aliases.get(key, key)
+            if name in given and given[name][0] != key and given[name][1] != value:
+                other, before = given[name]
+                raise CommandLineError(f"{prog}: --{other} {before} and --{key} {value} set the same option "
+                                       f"({name}, under TRL's name and mmalign's) to different values: give one")
+            given.setdefault(name, (key, value))
+            item = f"--{name}{eq}{item[2:].partition('=')[2]}" if key in aliases else item
+        out.append(item)
+    return out
 
 
 def resolve_recipe_path(name_or_path: str) -> Path:
@@ -321,6 +388,7 @@ def read_recipe(name_or_path: str | Path, dataclass_types: Sequence[type]) -> di
     if not isinstance(values, dict):
         raise ValueError(f"{name_or_path}: a recipe is a mapping of option names to values, "
                          f"not a {type(values).__name__}")
+    values = apply_aliases(values, option_aliases(dataclass_types), str(name_or_path))
     _check_known(values, dataclass_types, str(name_or_path))
     return _Coercion(dataclass_types)(values, str(name_or_path))
 
@@ -362,7 +430,7 @@ def load_recipe(recipe: str | Path | None, dataclass_types: Sequence[type],
     form of ``mmalign train ... --config RECIPE --option value``, so scripts and experiments
     start from the shipped recipes and state only what they change."""
     values = read_recipe(recipe, dataclass_types) if recipe else {}
-    overrides = dict(overrides or {})
+    overrides = apply_aliases(overrides or {}, option_aliases(dataclass_types), "overrides")
     _check_known(overrides, dataclass_types, "overrides")
     values.update(_Coercion(dataclass_types)(overrides, "overrides"))
     where = f"{recipe} with overrides" if recipe and overrides else str(recipe or "overrides")
@@ -400,6 +468,7 @@ def parse_recipe(dataclass_types: Sequence[type], argv: Sequence[str], prog: str
     parser.add_argument("--config", default=None,
                         help="YAML recipe file or shipped recipe name; flags override its values")
     config_path, argv = _split_config(list(argv), prog)
+    argv = _aliased_argv(argv, option_aliases(dataclass_types), prog)
     recipe = read_recipe(config_path, dataclass_types) if config_path else {}
     parser.set_defaults(**recipe)
     flags = {item[2:].partition("=")[0] for item in argv if item.startswith("--")}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from mmalign.config_io import OptionChecks
+from mmalign.config_io import OptionChecks, accepts_aliases
 from mmalign.models import ModelCard, card_for, load_adapter
 from mmalign.qlora import DTYPES, LoraSettings, QuantizationConfig
 
@@ -17,6 +17,7 @@ from mmalign.qlora import DTYPES, LoraSettings, QuantizationConfig
 ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
+@accepts_aliases({"use_bnb_nested_quant": "bnb_4bit_use_double_quant"})
 @dataclass
 class ModelConfig:
     model_name_or_path: str = field(

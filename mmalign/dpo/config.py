@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from mmalign.config_io import OptionChecks
+from mmalign.config_io import OptionChecks, accepts_aliases
 from mmalign.losses.dpo import LOSS_TYPES
 from mmalign.training import GuardArguments, ResumeArguments, check_training_arguments
 
@@ -14,6 +14,7 @@ from mmalign.training import GuardArguments, ResumeArguments, check_training_arg
 SMOOTHED_LOSSES = ("sigmoid", "ddpo", "robust")
 
 
+@accepts_aliases({"dataset_name": "dataset_path", "precompute_ref_log_probs": "precompute_ref_logps"})
 @dataclass
 class DPOConfig(TrainingArguments, GuardArguments, ResumeArguments):
     """``transformers.TrainingArguments`` plus preference-optimisation options.

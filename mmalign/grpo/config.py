@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from mmalign.config_io import ConfigError, OptionChecks
+from mmalign.config_io import ConfigError, OptionChecks, accepts_aliases
 from mmalign.losses.grpo import ADVANTAGE_ESTIMATORS, IMPORTANCE_LEVELS, LOSS_AGGREGATIONS
 from mmalign.online_rl import LagrangeArguments
 from mmalign.training import GuardArguments, ResumeArguments, check_training_arguments
 
 
+@accepts_aliases({"dataset_name": "dataset_path", "max_completion_length": "max_new_tokens",
+                  "importance_sampling_level": "importance_level"})
 @dataclass
 class GRPOConfig(TrainingArguments, LagrangeArguments, GuardArguments, ResumeArguments):
     """``transformers.TrainingArguments`` plus the group-RL options.

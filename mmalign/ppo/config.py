@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from mmalign.config_io import ConfigError, OptionChecks
+from mmalign.config_io import ConfigError, OptionChecks, accepts_aliases
 from mmalign.online_rl import LagrangeArguments
 from mmalign.ppo.shaping import ShapingConfig
 from mmalign.training import GuardArguments, ResumeArguments, check_training_arguments
 
 
+@accepts_aliases({"dataset_name": "dataset_path"})
 @dataclass
 class PPOConfig(TrainingArguments, LagrangeArguments, ShapingConfig, GuardArguments, ResumeArguments):
     """``transformers.TrainingArguments`` plus RL options.

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from mmalign.config_io import OptionChecks
+from mmalign.config_io import OptionChecks, accepts_aliases
 from mmalign.training import GuardArguments, ResumeArguments, check_training_arguments
 
 KINDS = ("reward", "cost")
@@ -14,6 +14,7 @@ COST_SIGNS = ("label", "graded", "none")
 FACTS_POSITIONS = ("evaluation", "prompt")
 
 
+@accepts_aliases({"dataset_name": "dataset_path"})
 @dataclass
 class RewardConfig(TrainingArguments, GuardArguments, ResumeArguments):
     """``transformers.TrainingArguments`` plus scalar preference-model options.

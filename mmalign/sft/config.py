@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from mmalign.config_io import OptionChecks
+from mmalign.config_io import OptionChecks, accepts_aliases
 from mmalign.training import GuardArguments, ResumeArguments, check_training_arguments
 
 
+@accepts_aliases({"dataset_name": "dataset_path"})
 @dataclass
 class SFTConfig(TrainingArguments, GuardArguments, ResumeArguments):
     """``transformers.TrainingArguments`` plus the data options SFT needs.
