@@ -35,6 +35,16 @@ def test_shipped_recipe_parses(recipe):
         assert args.reward_funcs[0] == "object_f1" and len(args.reward_weights) == len(args.reward_funcs)
 
 
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if "7b" in r.stem], ids=lambda p: p.stem)
+def test_7b_recipes_log_to_tensorboard(recipe):
+    """Real runs leave curves to look at; the tensorboard package is a dependency for this."""
+    import tensorboard  # noqa: F401 - installed with mmalign
+
+    types, _ = _method_specs()[method_of(recipe)]
+    _, args = parse_recipe(types, ["--config", str(recipe), "--bf16", "false"], prog="test")
+    assert args.report_to == ["tensorboard"]
+
+
 def test_unknown_key_is_an_error_naming_it(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model_name_or_path: x\nlearning_rat: 0.1\n")
