@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from mmalign.config_io import OptionChecks, accepts_aliases
-from mmalign.losses.dpo import LOSS_TYPES
+from mmalign.losses.dpo import PREFERENCE_LOSSES, REFERENCE_FREE_LOSSES
 from mmalign.training import GuardArguments, ResumeArguments, check_training_arguments
 
 #: the losses that take label noise ε (conservative DPO and robust DPO)
@@ -27,7 +27,13 @@ class DPOConfig(TrainingArguments, GuardArguments, ResumeArguments):
     dataset_path: str = field(default="", metadata={"help": "Preference data: a saved datasets folder."})
     eval_dataset_path: str | None = field(default=None, metadata={"help": "Optional evaluation data."})
     beta: float = field(default=0.1, metadata={"help": "Preference temperature β (IPO: the regulariser τ)."})
-    loss_type: str = field(default="sigmoid", metadata={"help": "sigmoid, ipo, hinge, robust or ddpo."})
+    loss_type: str = field(
+        default="sigmoid",
+        metadata={"help": "sigmoid, ipo, hinge, robust, ddpo, bco_pair, simpo, orpo or sft; several (a list, or "
+                          "comma-separated) are mixed with loss_weights, e.g. MPO: sigmoid,bco_pair,sft."})
+    loss_weights: list[float] | None = field(
+        default=None, metadata={"help": "One weight per loss in loss_type (default: all 1)."})
+    simpo_gamma: float = field(default=0.5, metadata={"help": "SimPO target margin γ (beta is SimPO's β)."})
     label_smoothing: float = field(default=0.0, metadata={"help": "Label noise ε (conservative DPO / robust)."})
     gamma: float = field(default=1.0, metadata={"help": "Dense DPO weight of tokens in corrected segments."})
     ddpo_normalize: bool = field(default=False, metadata={"help": "Divide Dense DPO scores by N = |y_u| + γ|y_c|."})
@@ -62,12 +68,19 @@ class DPOConfig(TrainingArguments, GuardArguments, ResumeArguments):
     def __post_init__(self):
         """Every option's type and range, and the combinations that cannot train, checked
         before anything loads: one ``ConfigError`` (a ``ValueError``) listing each problem."""
+        if isinstance(self.loss_type, (list, tuple)):  # TRL's form: a list of losses
+            self.loss_type = ",".join(map(str, self.loss_type))
         c = OptionChecks(self)
         check_training_arguments(self, c)
         c.text("dataset_path")
         c.text("eval_dataset_path", optional=True)
         c.number("beta", 0, low_open=True)  # β ≤ 0 removes or flips the preference; IPO divides by it
-        c.choice("loss_type", LOSS_TYPES)
+        unknown = [t for t in self.loss_types if t not in PREFERENCE_LOSSES]
+        c.rule(not unknown and bool(self.loss_types), "loss_type",
+               f"loss_type must be one or more of {', '.join(PREFERENCE_LOSSES)}, got {self.loss_type!r}")
+        c.rule(self.loss_weights is None or len(self.loss_weights) == len(self.loss_types), "loss_weights",
+               f"loss_weights has {len(self.loss_weights or [])} entries for {len(self.loss_types)} losses")
+        c.number("simpo_gamma", 0)
         c.number("label_smoothing", 0, 0.5, high_open=True)  # ε ≥ 0.5 prefers the rejected answer
         c.number("gamma", 0, low_open=True)  # a token weight: ≤ 0 ignores or reverses corrected segments
         c.flag("ddpo_normalize")
@@ -82,10 +95,20 @@ class DPOConfig(TrainingArguments, GuardArguments, ResumeArguments):
         c.flag("share_prefix")
         c.number("max_length", 1, integer=True, optional=True)
         if not c.problems:
-            c.rule(not self.label_smoothing or self.loss_type in SMOOTHED_LOSSES, "label_smoothing",
+            c.rule(not self.label_smoothing or any(t in SMOOTHED_LOSSES for t in self.loss_types), "label_smoothing",
                    f"label_smoothing is used by the {', '.join(SMOOTHED_LOSSES)} losses, not by "
                    f"loss_type {self.loss_type}: set it to 0 or change loss_type")
             c.rule(not (self.image_feature_cache_dir and not self.cache_image_features), "image_feature_cache_dir",
                    "image_feature_cache_dir needs cache_image_features: true")
         c.done()
         super().__post_init__()
+
+    @property
+    def loss_types(self) -> tuple[str, ...]:
+        """The losses of ``loss_type``, in order."""
+        return tuple(t.strip() for t in str(self.loss_type).split(",") if t.strip())
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether any loss compares the policy with a reference (SimPO, ORPO and SFT do not)."""
+        return any(t not in REFERENCE_FREE_LOSSES for t in self.loss_types)

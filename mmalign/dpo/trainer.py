@@ -23,10 +23,21 @@ import torch
 from transformers import Trainer, set_seed
 
 from mmalign.dpo.collator import DPOCollator
-from mmalign.dpo.config import DPOConfig
+from mmalign.dpo.config import SMOOTHED_LOSSES, DPOConfig
 from mmalign.dpo.logprobs import pair_logprobs, split_pair
 from mmalign.dpo.reference import REF_COLUMNS, precompute_reference_logps
-from mmalign.losses.dpo import dpo_loss, dynamic_beta, sequence_logps, sft_term
+from mmalign.losses.dpo import (
+    LOSS_TYPES,
+    DPOOutput,
+    bco_pair_loss,
+    dpo_loss,
+    dynamic_beta,
+    mix_losses,
+    orpo_loss,
+    sequence_logps,
+    sft_term,
+    simpo_loss,
+)
 from mmalign.models import ModelLike, as_adapter
 from mmalign.models.adapter import VLMAdapter
 from mmalign.models.batch import EncodedBatch
@@ -80,7 +91,8 @@ class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, RecordsRunConf
         if reference is not None:
             reference = as_adapter(reference)
             reference.model.eval()
-        if reference is None and not isinstance(adapter.model, PeftModel) and not args.precompute_ref_logps:
+        if (reference is None and not isinstance(adapter.model, PeftModel) and not args.precompute_ref_logps
+                and args.needs_reference):
             raise ValueError("full fine-tuning needs a reference: pass reference= (ref_model=), set "
                              "reference_model_path, or pass peft_config to train LoRA")
         if args.share_prefix and not adapter.supports_shared_prefix():
@@ -95,7 +107,8 @@ class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, RecordsRunConf
                 self._with_reference(ds, args) for ds in (train_dataset, eval_dataset)
             )
         self.collator = kwargs.pop("data_collator", None) or DPOCollator(adapter, args.max_length, args.gamma)
-        self.span_share = warn_on_missing_spans(train_dataset) if args.loss_type == "ddpo" else None
+        self.span_share = warn_on_missing_spans(train_dataset) if "ddpo" in args.loss_types else None
+        self._bco_sum, self._bco_count = 0.0, 0
         self._init_metrics()
         super().__init__(model=adapter.model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          data_collator=self.collator, processing_class=adapter.processor, **kwargs)
@@ -148,26 +161,61 @@ class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, RecordsRunConf
         chosen, rejected = split_pair(inputs, self.adapter)
         features = self._features(self.adapter, chosen)
         pc, mc, pr, mr = self.pair_logprobs(model, self.adapter, chosen, rejected, features)
-        rc, rr = self.reference_logprobs(model, chosen, rejected, features, inputs)
-        rc, rr = _pad_to(rc, pc.shape[1], 0.0), _pad_to(rr, pr.shape[1], 0.0)
+        if args.needs_reference:
+            rc, rr = self.reference_logprobs(model, chosen, rejected, features, inputs)
+            rc, rr = _pad_to(rc, pc.shape[1], 0.0), _pad_to(rr, pr.shape[1], 0.0)
+        else:  # SimPO / ORPO / SFT alone: no reference forward at all
+            rc, rr = torch.zeros_like(pc), torch.zeros_like(pr)
         wc = _pad_to(inputs["chosen_weights"], pc.shape[1], 0.0)
         wr = _pad_to(inputs["rejected_weights"], pr.shape[1], 0.0)
-        if args.loss_type != "ddpo":
+        if "ddpo" not in args.loss_types:
             wc = wr = None
-        normalize = args.loss_type == "ipo" or (args.loss_type == "ddpo" and args.ddpo_normalize)
-        scores = [sequence_logps(t, m, w, normalize=normalize)
-                  for t, m, w in ((pc, mc, wc), (pr, mr, wr), (rc, mc, wc), (rr, mr, wr))]
+
+        def scores(normalize: bool) -> list[torch.Tensor]:
+            return [sequence_logps(t, m, w, normalize=normalize)
+                    for t, m, w in ((pc, mc, wc), (pr, mr, wr), (rc, mc, wc), (rr, mr, wr))]
+
         beta: float | torch.Tensor = args.beta
         if args.dynamic_beta:
             if "reward_margin" not in inputs:
                 raise ValueError("dynamic_beta needs a 'reward_margin' column in the data")
             beta = dynamic_beta(inputs["reward_margin"], args.beta, args.dynamic_beta_weight, args.dynamic_beta_k)
-        out = dpo_loss(*scores, beta=beta, loss_type=args.loss_type, label_smoothing=args.label_smoothing)
+        means = (sequence_logps(pc, mc, normalize=True), sequence_logps(pr, mr, normalize=True))
+        outputs = [self._one_loss(name, scores, means, beta, model.training) for name in args.loss_types]
+        weights = args.loss_weights or [1.0] * len(outputs)
+        out = outputs[0] if len(outputs) == 1 and weights[0] == 1 else mix_losses(outputs, weights, args.loss_types)
         loss = out.loss
         if args.sft_weight:
             loss = loss + args.sft_weight * sft_term(pc, mc)
-        self._record(model, out, scores, mc, wc)
-        return (loss, {"chosen_logps": scores[0], "rejected_logps": scores[1]}) if return_outputs else loss
+        logged = scores(_normalized(args.loss_types[0], args))
+        self._record(model, out, logged, mc, wc)
+        return (loss, {"chosen_logps": logged[0], "rejected_logps": logged[1]}) if return_outputs else loss
+
+    def _one_loss(self, name: str, scores, means, beta, training: bool) -> DPOOutput:
+        """One named loss of the mix: the DPO family on (weighted) sequence scores, bco_pair against
+        the running reward baseline, SimPO / ORPO / SFT on mean token log-probs."""
+        args: DPOConfig = self.args
+        if name in LOSS_TYPES:
+            smoothing = args.label_smoothing if name in SMOOTHED_LOSSES else 0.0
+            return dpo_loss(*scores(_normalized(name, args)), beta=beta, loss_type=name, label_smoothing=smoothing)
+        if name == "bco_pair":
+            pc, pr, rc, rr = scores(False)
+            h_chosen, h_rejected = pc - rc, pr - rr
+            return bco_pair_loss(h_chosen, h_rejected, beta=beta,
+                                 delta=self._bco_baseline(beta * torch.cat([h_chosen, h_rejected]), training))
+        if name == "simpo":
+            return simpo_loss(*means, beta=beta, gamma=args.simpo_gamma)
+        if name == "orpo":
+            return orpo_loss(*means, lam=beta)
+        return DPOOutput(losses=-means[0], chosen_rewards=means[0].detach(), rejected_rewards=means[1].detach())
+
+    def _bco_baseline(self, rewards: torch.Tensor, training: bool) -> float:
+        """Mean of every β·h seen in training so far, this batch included (TRL's running mean for
+        bco_pair; per process, and it restarts from this batch when a run resumes)."""
+        if training or not self._bco_count:
+            self._bco_sum += float(rewards.detach().sum())
+            self._bco_count += rewards.numel()
+        return self._bco_sum / self._bco_count
 
     def _record(self, model, out, scores, mask_chosen, weights_chosen) -> None:
         margins = out.chosen_rewards - out.rejected_rewards
@@ -182,6 +230,7 @@ class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, RecordsRunConf
         if weights_chosen is not None:
             corrected = (weights_chosen != 1) & mask_chosen
             values["ddpo/corrected_token_share"] = corrected.sum() / mask_chosen.sum().clamp(min=1)
+        values.update({f"loss/{name}": part.mean() for name, part in out.parts.items()})
         self.record_metrics(model, values)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -191,6 +240,12 @@ class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, RecordsRunConf
             if self.span_share is not None:
                 logs["ddpo/pairs_with_spans"] = self.span_share
         super().log(logs, start_time)
+
+
+def _normalized(loss: str, args: DPOConfig) -> bool:
+    """Whether a DPO-family loss scores a response by its mean token log-prob (IPO, normalised
+    Dense DPO) rather than the sum."""
+    return loss == "ipo" or (loss == "ddpo" and args.ddpo_normalize)
 
 
 def warn_on_missing_spans(dataset) -> float | None:
@@ -214,7 +269,8 @@ def check_dpo_run(model_config, args: DPOConfig) -> None:
     reference for full fine-tuning, a family whose positions allow ``share_prefix``."""
     from mmalign.models import ADAPTERS, card_for
 
-    if not model_config.use_peft and not args.reference_model_path and not args.precompute_ref_logps:
+    if (not model_config.use_peft and not args.reference_model_path and not args.precompute_ref_logps
+            and args.needs_reference):
         raise ValueError("full fine-tuning (use_peft false) needs a reference: set reference_model_path "
                          "(or precompute_ref_logps, which takes the model before training)")
     if args.share_prefix:

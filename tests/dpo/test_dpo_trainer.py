@@ -206,3 +206,70 @@ def test_ddpo_on_pairs_without_spans_warns_and_logs_the_share(tiny_dirs, pair_da
         DPOTrainer(make(tiny_dirs), args, train_dataset=pair_dataset)
         DPOTrainer(make(tiny_dirs), args, train_dataset=pair_dataset.remove_columns(["chosen_spans", "rejected_spans"]))
     assert caplog.text.count("carry corrected spans") == 1 and "has no chosen_spans / rejected_spans columns" in caplog.text
+
+
+def _by_hand(adapter, dataset, reference=False):
+    """Summed and mean response log-probs of chosen and rejected through the adapter alone."""
+    images, prompts = [r["images"] for r in dataset], [r["prompt"] for r in dataset]
+    out = []
+    for key in ("chosen", "rejected"):
+        batch = adapter.encode(images, prompts, [r[key] for r in dataset])
+        with torch.no_grad():
+            if reference:
+                with adapter.model.disable_adapter():
+                    logps, mask = adapter.response_logprobs(batch)
+            else:
+                logps, mask = adapter.response_logprobs(batch)
+        total = (logps * mask).sum(-1)
+        out.append((total, total / mask.sum(-1)))
+    return out
+
+
+def _loss(adapter, dataset, tmp_path, **kw):
+    args = DPOConfig(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True,
+                     per_device_train_batch_size=len(dataset), **kw)
+    trainer = DPOTrainer(adapter, args, train_dataset=dataset)
+    adapter.model.train()  # the running bco_pair baseline counts training batches
+    with torch.no_grad():
+        return trainer.compute_loss(adapter.model, trainer.collator([dataset[i] for i in range(len(dataset))])).item()
+
+
+def test_mpo_mix_is_the_weighted_sum_computed_by_hand(tiny_dirs, pair_dataset, tmp_path):
+    import torch.nn.functional as F
+
+    adapter = make(tiny_dirs)
+    (pc, mean_c), (pr, mean_r) = _by_hand(adapter, pair_dataset)
+    (rc, _), (rr, _) = _by_hand(adapter, pair_dataset, reference=True)
+    beta = 0.5
+    hc, hr = pc - rc, pr - rr
+    sigmoid = -F.logsigmoid(beta * (hc - hr))
+    delta = torch.cat([beta * hc, beta * hr]).mean()  # the first batch is the whole running mean
+    bco = -F.logsigmoid(beta * hc - delta) - F.logsigmoid(-(beta * hr - delta))
+    expected = (0.8 * sigmoid + 0.2 * bco - mean_c).mean()
+    got = _loss(adapter, pair_dataset, tmp_path, beta=beta, loss_type=["sigmoid", "bco_pair", "sft"],
+                loss_weights=[0.8, 0.2, 1.0])
+    assert got == pytest.approx(expected.item(), abs=1e-5)
+    # the comma form is the same option
+    assert _loss(adapter, pair_dataset, tmp_path, beta=beta, loss_type="sigmoid,bco_pair,sft",
+                 loss_weights=[0.8, 0.2, 1.0]) == pytest.approx(got, abs=1e-5)
+
+
+def test_simpo_and_orpo_use_no_reference(tiny_dirs, pair_dataset, tmp_path, monkeypatch):
+    import torch.nn.functional as F
+
+    adapter = make(tiny_dirs)
+    (_, mean_c), (_, mean_r) = _by_hand(adapter, pair_dataset)
+    monkeypatch.setattr(DPOTrainer, "reference_logprobs", lambda *a, **k: pytest.fail("reference computed"))
+    simpo = _loss(adapter, pair_dataset, tmp_path, beta=2.0, loss_type="simpo", simpo_gamma=0.5)
+    assert simpo == pytest.approx((-F.logsigmoid(2.0 * (mean_c - mean_r) - 0.5)).mean().item(), abs=1e-5)
+    log_odds = (mean_c - mean_r) - (torch.log1p(-torch.exp(mean_c)) - torch.log1p(-torch.exp(mean_r)))
+    orpo = _loss(adapter, pair_dataset, tmp_path, beta=0.1, loss_type="orpo")
+    assert orpo == pytest.approx((-mean_c - 0.1 * F.logsigmoid(log_odds)).mean().item(), abs=1e-5)
+
+
+def test_loss_mix_options_are_checked():
+    with pytest.raises(ValueError, match="loss_type must be one or more of"):
+        DPOConfig(output_dir="x", loss_type=["sigmoid", "kto"])
+    with pytest.raises(ValueError, match="loss_weights has 1 entries for 2 losses"):
+        DPOConfig(output_dir="x", loss_type=["sigmoid", "sft"], loss_weights=[1.0])
+    assert DPOConfig(output_dir="x", loss_type="simpo").needs_reference is False
