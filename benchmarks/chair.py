@@ -59,6 +59,16 @@ _COCO_FILE_ID = re.compile(r"(?:COCO_\w+?_)?(\d+)(?:\.\w+)?")
 CAPTION_PROMPT = "Please describe this image in detail."
 
 
+
+#: The object-word options CHAIR-style benchmarks share (their config fields' metadata).
+VOCABULARY_OPTION = {
+    "help": "object words: coco (official CHAIR list + mmalign's words), chair (the official list "
+    "only), or the instance category names; auto: coco for COCO categories",
+    "choices": list(VOCABULARY_CHOICES)}
+SYNONYMS_OPTION = {
+    "help": "another synonyms file in the CHAIR format (category, then its words, comma-separated, "
+    "one category a line) used as the object words"}
+
 @dataclass
 class GroundTruth:
     """Per image (keyed by ``str(image_id)``): its file name and its ground-truth categories."""
@@ -193,13 +203,8 @@ class ChairConfig:
         default=None, metadata={"help": "caption a seeded random sample of this many images"})
     seed: int = field(default=0, metadata={"help": "seed of the --num-images sample", "flag": "--sample-seed"})
     prompt: str = field(default=CAPTION_PROMPT, metadata={"help": "captioning prompt"})
-    vocabulary: str | ObjectVocabulary = field(default="auto", metadata={
-        "help": "object words: coco (official CHAIR list + mmalign's words), chair (the official list "
-        "only), or the instance category names; auto: coco for COCO categories",
-        "choices": list(VOCABULARY_CHOICES)})
-    synonyms: str | Path | None = field(default=None, metadata={
-        "help": "another synonyms file in the CHAIR format (category, then its words, comma-separated, "
-        "one category a line) used as the object words"})
+    vocabulary: str | ObjectVocabulary = field(default="auto", metadata=VOCABULARY_OPTION)
+    synonyms: str | Path | None = field(default=None, metadata=SYNONYMS_OPTION)
     extract_objects: ObjectExtractor | None = None
     extractor_name: str | None = None  # recorded in the report (default: the callable's name)
 

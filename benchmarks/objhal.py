@@ -28,7 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmalign.benchmarks.chair import GroundTruth, choose_vocabulary, load_ground_truth, object_card
+from mmalign.benchmarks.chair import (
+    SYNONYMS_OPTION,
+    VOCABULARY_OPTION,
+    GroundTruth,
+    choose_vocabulary,
+    load_ground_truth,
+    object_card,
+)
 from mmalign.benchmarks.metrics import ratio
 from mmalign.benchmarks.protocol import FileVersion, ProtocolCard
 from mmalign.benchmarks.report import BenchmarkResult
@@ -42,7 +49,6 @@ from mmalign.benchmarks.runner import (
     resolve_image,
 )
 from mmalign.grounding.objects import (
-    VOCABULARY_CHOICES,
     ObjectExtractor,
     ObjectVocabulary,
     extractor_label,
@@ -85,13 +91,8 @@ class ObjHalConfig:
     captions: str | Path | None = field(default=None, metadata={"help": "COCO captions JSON"})
     image_dir: str | Path | None = field(default=None, metadata={
         "help": "image folder (needed with --model unless images are inline)", "flag": "--images"})
-    vocabulary: str | ObjectVocabulary = field(default="auto", metadata={
-        "help": "object words: coco (official CHAIR list + mmalign's words), chair (the official list "
-        "only), or the instance category names; auto: coco for COCO categories",
-        "choices": list(VOCABULARY_CHOICES)})
-    synonyms: str | Path | None = field(default=None, metadata={
-        "help": "another synonyms file in the CHAIR format (category, then its words, comma-separated, "
-        "one category a line) used as the object words"})
+    vocabulary: str | ObjectVocabulary = field(default="auto", metadata=VOCABULARY_OPTION)
+    synonyms: str | Path | None = field(default=None, metadata=SYNONYMS_OPTION)
     extract_objects: ObjectExtractor | None = None
     extractor_name: str | None = None  # recorded in the report (default: the callable's name)
 

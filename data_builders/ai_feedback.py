@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from mmalign.data_builders.schema import (
 )
 from mmalign.data_builders.sources import default_image_root, iter_rows, require
 from mmalign.data_builders.storage import WriteReport, iter_records, open_dataset, write_dataset
+from mmalign.io import from_mapping
 
 
 @dataclass
@@ -63,11 +64,7 @@ class AIFeedbackConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> AIFeedbackConfig:
         """Build from a mapping (e.g. YAML); unknown keys are an error, not silently ignored."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown AI-feedback setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
+        return from_mapping(cls, values, "AI-feedback")
 
 
 @dataclass

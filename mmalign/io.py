@@ -11,6 +11,7 @@ next writer of the same output removes those left by a process that was killed.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +23,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger("mmalign.io")
 
@@ -378,3 +381,13 @@ def parse_json(text: str, where: str | os.PathLike[str] | None = None, *,
     if max_depth is not None and json_depth(value) > max_depth:
         raise ValueError(too_deep)
     return value
+
+
+def from_mapping(cls: type[T], values: Mapping[str, Any], what: str) -> T:
+    """A settings dataclass from a config file's mapping; an unknown key is an error naming the
+    known ones, never silently ignored (a typo would otherwise keep the default)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**values)

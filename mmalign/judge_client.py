@@ -36,12 +36,14 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 from tqdm.auto import tqdm
+
+from mmalign.io import from_mapping
 
 #: HTTP statuses worth retrying: timeouts, conflicts, rate limits and transient server errors.
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -95,11 +97,7 @@ class JudgeEndpoint:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> JudgeEndpoint:
         """From a config file's mapping; an unknown setting is an error, not ignored."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown judge endpoint settings {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return from_mapping(cls, values, "judge endpoint")
 
     @property
     def url(self) -> str:

@@ -273,6 +273,6 @@ def test_endpoint_settings_are_checked():
         JudgeEndpoint("ftp://127.0.0.1/v1", "m")
     with pytest.raises(ValueError, match="concurrency must be at least 1"):
         JudgeEndpoint("http://127.0.0.1/v1", "m", concurrency=0)
-    with pytest.raises(ValueError, match=r"unknown judge endpoint settings \['retries'\]"):
+    with pytest.raises(ValueError, match=r"unknown judge endpoint setting\(s\): retries; known:"):
         JudgeEndpoint.from_dict({"base_url": "http://127.0.0.1/v1", "model": "m", "retries": 2})
     assert JudgeEndpoint("http://127.0.0.1:8000/v1/", "m").url == "http://127.0.0.1:8000/v1/chat/completions"
