@@ -258,7 +258,7 @@ def warn_on_missing_spans(dataset) -> float | None:
     with_spans = sum(any(row) for row in zip(*(dataset[c] for c in columns))) if columns and n else 0
     share = with_spans / n if n else 0.0
     if share < 1:
-        logger.warning("loss_type ddpo: %d of %d pairs (%.0f%%) carry corrected spans; the other %d train as plain "
+        logger.warning("loss_type ddpo: %d of %d pairs (%.1f%%) carry corrected spans; the other %d train as plain "
                        "DPO (gamma has no segment to weight)%s", with_spans, n, 100 * share, n - with_spans,
                        "" if columns else " - the data has no chosen_spans / rejected_spans columns")
     return share

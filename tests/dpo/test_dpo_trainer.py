@@ -198,7 +198,7 @@ def test_ddpo_on_pairs_without_spans_warns_and_logs_the_share(tiny_dirs, pair_da
                      per_device_train_batch_size=4, max_steps=1, logging_steps=1, save_strategy="no")
     with caplog.at_level(logging.WARNING, logger="mmalign.dpo.trainer"):
         trainer = DPOTrainer(make(tiny_dirs), args, train_dataset=half)
-    assert "2 of 4 pairs (50%) carry corrected spans; the other 2 train as plain DPO" in caplog.text
+    assert "2 of 4 pairs (50.0%) carry corrected spans; the other 2 train as plain DPO" in caplog.text
     trainer.train()
     assert [e["ddpo/pairs_with_spans"] for e in trainer.state.log_history if "loss" in e] == [0.5]
     caplog.clear()
