@@ -93,6 +93,19 @@ def image_token_runs(batch: EncodedBatch, image_id: int) -> list[int]:
     return runs
 
 
+def regroup_per_image(out: BaseModelOutputWithPooling, counts: Sequence[int]) -> BaseModelOutputWithPooling:
+    """Encoder output whose entries are tiles or texts (InternVL, SmolVLM) as one entry per image:
+    all tokens in order, cut at the images' token counts."""
+    tokens = torch.cat([entry.reshape(-1, entry.shape[-1]) for entry in out.pooler_output])
+    return BaseModelOutputWithPooling(pooler_output=list(torch.split(tokens, list(counts))))
+
+
+def joined_features(features: dict[str, Any]) -> dict[str, Any]:
+    """Per-image cached features as the one ``(1, tokens, hidden)`` tensor the forward of Gemma 3
+    and InternVL takes (they count and scatter image tokens over the flattened tensor)."""
+    return {"image": BaseModelOutputWithPooling(pooler_output=torch.cat(list(features["image"].pooler_output))[None])}
+
+
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``(rows, 1, q, k)`` additive attention mask: 0 where allowed, the dtype's minimum elsewhere."""
     mask = torch.zeros((allowed.shape[0], 1, *allowed.shape[1:]), dtype=dtype, device=allowed.device)

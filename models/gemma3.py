@@ -14,9 +14,8 @@ from typing import Any
 import torch
 from PIL import Image
 from transformers import Gemma3ForConditionalGeneration
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from mmalign.models.adapter import VLMAdapter, additive_mask, images_by_text
+from mmalign.models.adapter import VLMAdapter, additive_mask, images_by_text, joined_features
 from mmalign.models.batch import ModelInputsSpec
 
 
@@ -49,7 +48,4 @@ class Gemma3Adapter(VLMAdapter):
         return images_by_text(texts, images, self.processor.boi_token)
 
     def encoder_outputs(self, features: dict[str, Any]) -> dict[str, Any]:
-        pooled = features["image"].pooler_output
-        if isinstance(pooled, torch.Tensor):
-            return features
-        return {"image": BaseModelOutputWithPooling(pooler_output=torch.cat(list(pooled))[None])}
+        return joined_features(features)

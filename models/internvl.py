@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from transformers import InternVLForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from mmalign.models.adapter import VLMAdapter
+from mmalign.models.adapter import VLMAdapter, joined_features, regroup_per_image
 from mmalign.models.batch import EncodedBatch, ModelInputsSpec
 
 
@@ -30,8 +29,7 @@ class InternVLAdapter(VLMAdapter):
     disk_cache_refusal = "its pixel rows are tiles, not images"
 
     def _per_image(self, out: BaseModelOutputWithPooling, batch: EncodedBatch) -> BaseModelOutputWithPooling:
-        tokens = out.pooler_output.reshape(-1, out.pooler_output.shape[-1])
-        return BaseModelOutputWithPooling(pooler_output=list(torch.split(tokens, self.image_token_counts(batch))))
+        return regroup_per_image(out, self.image_token_counts(batch))
 
     def encoder_outputs(self, features: dict[str, Any]) -> dict[str, Any]:
-        return {"image": BaseModelOutputWithPooling(pooler_output=torch.cat(list(features["image"].pooler_output))[None])}
+        return joined_features(features)

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from PIL import Image
 from transformers import Idefics3ForConditionalGeneration, SmolVLMForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from mmalign.models.adapter import VLMAdapter, images_by_text
+from mmalign.models.adapter import VLMAdapter, images_by_text, regroup_per_image
 from mmalign.models.batch import EncodedBatch, ModelInputsSpec
 
 
@@ -34,8 +33,7 @@ class SmolVLMAdapter(VLMAdapter):
         return images_by_text(texts, images, self.processor.image_token)
 
     def _per_image(self, out: BaseModelOutputWithPooling, batch: EncodedBatch) -> BaseModelOutputWithPooling:
-        tokens = torch.cat([f.reshape(-1, f.shape[-1]) for f in out.pooler_output])
-        return BaseModelOutputWithPooling(pooler_output=list(torch.split(tokens, self.image_token_counts(batch))))
+        return regroup_per_image(out, self.image_token_counts(batch))
 
     def image_token_counts(self, batch: EncodedBatch) -> list[int]:
         image_id = self.base_model.config.image_token_id
