@@ -176,13 +176,22 @@ def tiny_llava_next(image_size: int = 32, patch_size: int = 8, hidden: int = 64,
     return LlavaNextForConditionalGeneration(config), processor
 
 
-_QWEN_SPECIALS = [
-    "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-    "<|image_pad|>", "<|video_pad|>", "<|endoftext|>",
-]
+def _chatml_tokenizer(specials: list[str], named_tokens: dict[str, str] | None = None):
+    """A word-level tokenizer for the Qwen-based language models: ChatML specials, no BOS."""
+    tokenizer = build_word_tokenizer(
+        ["<|im_start|>", "<|im_end|>", "<|endoftext|>", *specials], bos_token="<|endoftext|>",
+        eos_token="<|im_end|>", pad_token="<|endoftext|>", named_tokens=named_tokens,
+    )
+    tokenizer.backend_tokenizer.post_processor = None  # Qwen's tokenizer adds no BOS either
+    return tokenizer
+
+
+_QWEN_VISION_SPECIALS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
 
 def _tiny_qwen(version: str, image_size: int, hidden: int, layers: int):
+    """Qwen2-VL, Qwen2.5-VL or Qwen3-VL: the same token and processor layout (patch 8, 2x2
+    merge, M-RoPE); the vision towers and Qwen3-VL's interleaved rotary sections differ."""
     from transformers import (
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
@@ -192,14 +201,14 @@ def _tiny_qwen(version: str, image_size: int, hidden: int, layers: int):
         Qwen2VLImageProcessor,
         Qwen2VLProcessor,
         Qwen2VLVideoProcessor,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
     )
 
-    tokenizer = build_word_tokenizer(
-        _QWEN_SPECIALS, bos_token="<|endoftext|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
-    # The word-level tokenizer prepends no BOS for Qwen (Qwen's tokenizer adds none either).
-    tokenizer.backend_tokenizer.post_processor = None
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
+    tokenizer = _chatml_tokenizer(_QWEN_VISION_SPECIALS)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _QWEN_VISION_SPECIALS}
     text = _text_dims(tokenizer, hidden, layers)
     head_dim = hidden // text["num_attention_heads"]
     text["rope_parameters"] = {
@@ -209,15 +218,23 @@ def _tiny_qwen(version: str, image_size: int, hidden: int, layers: int):
     }
     vision = dict(depth=2, hidden_size=hidden, num_heads=2, patch_size=8, spatial_merge_size=2,
                   temporal_patch_size=2, in_channels=3)
+    video_cls = Qwen2VLVideoProcessor
     if version == "2":
         vision.update(embed_dim=hidden // 2, mlp_ratio=2)
         config_cls, model_cls, proc_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
         card = "qwen2-vl-7b-instruct"
-    else:
+    elif version == "2.5":
         vision.update(hidden_size=hidden // 2, intermediate_size=hidden, out_hidden_size=hidden,
                       window_size=32, fullatt_block_indexes=[1])
         config_cls, model_cls = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
         proc_cls, card = Qwen2_5_VLProcessor, "qwen2.5-vl-7b-instruct"
+    else:  # SigLIP-style ViT with learned interpolated positions, DeepStack, interleaved M-RoPE
+        text["head_dim"] = head_dim
+        text["rope_parameters"]["mrope_interleaved"] = True
+        vision.update(hidden_size=hidden // 2, intermediate_size=hidden, out_hidden_size=hidden,
+                      num_position_embeddings=16, deepstack_visual_indexes=[0])
+        config_cls, model_cls, proc_cls = Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+        video_cls, card = Qwen3VLVideoProcessor, "qwen3-vl-8b-instruct"
     config = config_cls(
         text_config=text,
         vision_config=vision,
@@ -232,11 +249,10 @@ def _tiny_qwen(version: str, image_size: int, hidden: int, layers: int):
         size={"shortest_edge": pixels // 4, "longest_edge": pixels},
         patch_size=8, temporal_patch_size=2, merge_size=2,
     )
-    video_processor = Qwen2VLVideoProcessor(patch_size=8, temporal_patch_size=2, merge_size=2)
     processor = proc_cls(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        video_processor=video_processor,
+        video_processor=video_cls(patch_size=8, temporal_patch_size=2, merge_size=2),
         chat_template=get_card(card).chat_template,
     )
     return model_cls(config), processor
@@ -252,53 +268,10 @@ def tiny_qwen2_5_vl(image_size: int = 32, hidden: int = 64, layers: int = 2):
     return _tiny_qwen("2.5", image_size, hidden, layers)
 
 
-def _chatml_tokenizer(specials: list[str], named_tokens: dict[str, str] | None = None):
-    """A word-level tokenizer for the Qwen-based language models: ChatML specials, no BOS."""
-    tokenizer = build_word_tokenizer(
-        ["<|im_start|>", "<|im_end|>", "<|endoftext|>", *specials], bos_token="<|endoftext|>",
-        eos_token="<|im_end|>", pad_token="<|endoftext|>", named_tokens=named_tokens,
-    )
-    tokenizer.backend_tokenizer.post_processor = None  # Qwen's tokenizer adds no BOS either
-    return tokenizer
-
-
 def tiny_qwen3_vl(image_size: int = 32, hidden: int = 64, layers: int = 2):
     """A Qwen3-VL shaped model: SigLIP-style ViT with learned interpolated positions,
     DeepStack features fed into the first LM layers, interleaved M-RoPE."""
-    from transformers import (
-        Qwen2VLImageProcessor,
-        Qwen3VLConfig,
-        Qwen3VLForConditionalGeneration,
-        Qwen3VLProcessor,
-        Qwen3VLVideoProcessor,
-    )
-
-    specials = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-    tokenizer = _chatml_tokenizer(specials)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
-    text = _text_dims(tokenizer, hidden, layers)
-    head_dim = hidden // text["num_attention_heads"]
-    text.update(head_dim=head_dim, rope_parameters={
-        "rope_type": "default", "rope_theta": 10000.0, "mrope_interleaved": True,
-        "mrope_section": [head_dim // 4, head_dim // 8, head_dim // 8],
-    })
-    vision = dict(depth=2, hidden_size=hidden // 2, intermediate_size=hidden, num_heads=2, patch_size=8,
-                  spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=hidden,
-                  num_position_embeddings=16, deepstack_visual_indexes=[0])
-    config = Qwen3VLConfig(
-        text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False,
-    )
-    pixels = image_size * image_size
-    processor = Qwen3VLProcessor(
-        image_processor=Qwen2VLImageProcessor(size={"shortest_edge": pixels // 4, "longest_edge": pixels},
-                                              patch_size=8, temporal_patch_size=2, merge_size=2),
-        tokenizer=tokenizer,
-        video_processor=Qwen3VLVideoProcessor(patch_size=8, temporal_patch_size=2, merge_size=2),
-        chat_template=get_card("qwen3-vl-8b-instruct").chat_template,
-    )
-    return Qwen3VLForConditionalGeneration(config), processor
+    return _tiny_qwen("3", image_size, hidden, layers)
 
 
 def _siglip_vision(image_size: int, patch_size: int, hidden: int):
