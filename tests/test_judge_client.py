@@ -13,7 +13,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -24,6 +24,8 @@ from mmalign.judge_client import (
     parse_retry_after,
     reply_text,
 )
+
+from .conftest import local_http_server
 
 
 class Script:
@@ -93,14 +95,9 @@ def server():
         def log_message(self, *args):
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    script.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield script
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+    with local_http_server(Handler) as httpd:
+        script.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+        yield script
 
 
 class Sleeps(list):

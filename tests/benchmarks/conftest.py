@@ -4,12 +4,13 @@ a tiny LLaVA, fake adapters, and a fake OpenAI-compatible judge server on 127.0.
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from ..conftest import local_http_server
 
 
 def write_json(path: Path, data) -> Path:
@@ -235,16 +236,11 @@ def judge_server(monkeypatch):
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _JudgeHandler)
-    server.requests = []
-    server.fail_first = 0
-    server.fail_status = 503
-    server.reply = lambda prompt: "Rating: 3"
-    server.model = None
-    server.base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with local_http_server(_JudgeHandler) as server:
+        server.requests = []
+        server.fail_first = 0
+        server.fail_status = 503
+        server.reply = lambda prompt: "Rating: 3"
+        server.model = None
+        server.base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        yield server

@@ -16,6 +16,8 @@ from mmalign.benchmarks.chair import ChairConfig, run_chair
 from mmalign.benchmarks.pope import PopeConfig, run_pope
 from mmalign.cli import main
 
+from .conftest import pope_rows, write_jsonl
+
 SUFFIX = "\nAnswer the question using a single word or phrase."
 
 # Per-split question files as POPE and LLaVA ship them: ids restart at 1 in each split.
@@ -45,22 +47,12 @@ EXPECTED = {
 }
 
 
-def jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def pope_rows(rows):
-    return [{"question_id": q, "image": img, "text": f"Is there a {obj} in the image?", "label": lab}
-            for q, img, obj, lab in rows]
-
-
 @pytest.fixture
 def pope_folder(tmp_path):
     folder = tmp_path / "coco"
     folder.mkdir()
-    jsonl(folder / "coco_pope_adversarial.json", pope_rows(ADVERSARIAL))
-    jsonl(folder / "coco_pope_random.json", pope_rows(RANDOM))
+    write_jsonl(folder / "coco_pope_adversarial.json", pope_rows(ADVERSARIAL))
+    write_jsonl(folder / "coco_pope_random.json", pope_rows(RANDOM))
     return folder
 
 
@@ -73,7 +65,7 @@ def llava_pope_test(tmp_path):
         for _, image, obj, _ in questions:
             rows.append({"question_id": len(rows) + 1, "image": image,
                          "text": f"Is there a {obj} in the image?{SUFFIX}", "category": split})
-    return jsonl(tmp_path / "llava_pope_test.jsonl", rows)
+    return write_jsonl(tmp_path / "llava_pope_test.jsonl", rows)
 
 
 def llava_answer(question_id, prompt, text):
@@ -96,15 +88,15 @@ def test_llava_answers_to_the_combined_file_against_the_per_split_files(pope_fol
     questions = [json.loads(line) for line in llava_pope_test.read_text().splitlines()]
     texts = ADVERSARIAL_ANSWERS + RANDOM_ANSWERS
     rows = [llava_answer(q["question_id"], q["text"], t) for q, t in zip(questions, texts)]
-    answers = jsonl(tmp_path / "llava-v1.5-7b.jsonl", rows[::-1])  # order does not matter
+    answers = write_jsonl(tmp_path / "llava-v1.5-7b.jsonl", rows[::-1])  # order does not matter
     result = run_pope(PopeConfig(pope_folder, llava_questions=llava_pope_test), answers=answers)
     assert_expected(result)
     assert result.protocol["answers_format"] == "llava"
 
 
 def test_llava_answers_per_split_file_whose_ids_restart(pope_folder, tmp_path):
-    adversarial = jsonl(tmp_path / "adv.jsonl", [llava_answer(i + 1, "q", t) for i, t in enumerate(ADVERSARIAL_ANSWERS)])
-    random = jsonl(tmp_path / "rand.jsonl", [llava_answer(i + 1, "q", t) for i, t in enumerate(RANDOM_ANSWERS)])
+    adversarial = write_jsonl(tmp_path / "adv.jsonl", [llava_answer(i + 1, "q", t) for i, t in enumerate(ADVERSARIAL_ANSWERS)])
+    random = write_jsonl(tmp_path / "rand.jsonl", [llava_answer(i + 1, "q", t) for i, t in enumerate(RANDOM_ANSWERS)])
     result = run_pope(PopeConfig(pope_folder), answers={"adversarial": adversarial, "random": random},
                       answers_format="llava")
     assert_expected(result)
@@ -119,7 +111,7 @@ def test_the_combined_file_as_questions_says_where_the_labels_are(llava_pope_tes
 def test_a_combined_file_from_another_pope_version_is_refused(pope_folder, llava_pope_test, tmp_path):
     rows = [json.loads(line) for line in llava_pope_test.read_text().splitlines()]
     rows[5]["image"] = "COCO_val2014_000000000099.jpg"  # random question 2
-    other = jsonl(tmp_path / "other.jsonl", rows)
+    other = write_jsonl(tmp_path / "other.jsonl", rows)
     with pytest.raises(ValueError, match=r"other.jsonl record 5: image 'COCO_val2014_000000000099.jpg', but "
                                          r"question 2 of split 'random' \(random/2\)"):
         run_pope(PopeConfig(pope_folder, llava_questions=other), answers=[])
@@ -127,7 +119,7 @@ def test_a_combined_file_from_another_pope_version_is_refused(pope_folder, llava
 
 def test_a_llava_record_without_text_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"a.jsonl record 1: missing field 'text' \(or 'caption'\)"):
-        load_answers(jsonl(tmp_path / "a.jsonl", [llava_answer(1, "q", "Yes"), {"question_id": 2}]), "llava")
+        load_answers(write_jsonl(tmp_path / "a.jsonl", [llava_answer(1, "q", "Yes"), {"question_id": 2}]), "llava")
 
 
 # --------------------------------------------------------------------------- POPE, lmms-eval
@@ -162,8 +154,8 @@ def lmms_eval_pope_files(tmp_path, random_labels=None):
     if random_labels:
         for sample, label in zip(random, random_labels):
             sample["doc"]["answer"] = label
-    return (jsonl(tmp_path / "20250101_120000_samples_pope_adv.jsonl", adversarial),
-            jsonl(tmp_path / "20250101_120000_samples_pope_random.jsonl", random))
+    return (write_jsonl(tmp_path / "20250101_120000_samples_pope_adv.jsonl", adversarial),
+            write_jsonl(tmp_path / "20250101_120000_samples_pope_random.jsonl", random))
 
 
 def test_lmms_eval_pope_samples_score_by_the_llava_rules(pope_folder, tmp_path):
@@ -225,9 +217,9 @@ def assert_chair(result):
 @pytest.mark.parametrize("vocabulary", ["coco", "chair"])
 def test_llava_caption_files(coco_files, tmp_path, vocabulary):
     instances, captions = coco_files
-    by_question_id = jsonl(tmp_path / "a.jsonl", [llava_answer(i, "Please describe this image in detail.", c)
+    by_question_id = write_jsonl(tmp_path / "a.jsonl", [llava_answer(i, "Please describe this image in detail.", c)
                                                   for i, c in CAPTIONS.items()])
-    by_file_name = jsonl(tmp_path / "b.jsonl", [{"image_id": f"COCO_val2014_{i:012d}.jpg", "caption": c}
+    by_file_name = write_jsonl(tmp_path / "b.jsonl", [{"image_id": f"COCO_val2014_{i:012d}.jpg", "caption": c}
                                                 for i, c in CAPTIONS.items()])
     config = ChairConfig(instances, captions, vocabulary=vocabulary)
     assert_chair(run_chair(config, answers=by_question_id))
@@ -243,7 +235,7 @@ def test_lmms_eval_coco_cap_chair_samples(coco_files, tmp_path):
          "coco_cap_chair_i": {"answer": [], "pred": [], "image_id": i}}
         for k, (i, c) in enumerate(CAPTIONS.items())
     ]
-    result = run_chair(ChairConfig(instances, captions), answers=jsonl(tmp_path / "samples.jsonl", samples))
+    result = run_chair(ChairConfig(instances, captions), answers=write_jsonl(tmp_path / "samples.jsonl", samples))
     assert_chair(result)
     assert result.protocol["answers_format"] == "lmms-eval"
 
@@ -257,7 +249,7 @@ def bench(*argv):
 
 def test_cli_pope_llava_and_lmms_eval(pope_folder, llava_pope_test, tmp_path):
     questions = [json.loads(line) for line in llava_pope_test.read_text().splitlines()]
-    answers = jsonl(tmp_path / "llava.jsonl", [llava_answer(q["question_id"], q["text"], t) for q, t in
+    answers = write_jsonl(tmp_path / "llava.jsonl", [llava_answer(q["question_id"], q["text"], t) for q, t in
                                                zip(questions, ADVERSARIAL_ANSWERS + RANDOM_ANSWERS)])
     assert bench("pope", "--questions", pope_folder, "--llava-questions", llava_pope_test, "--answers", answers,
                  "--format", "llava", "--out", tmp_path / "llava") == 0
@@ -272,7 +264,7 @@ def test_cli_pope_llava_and_lmms_eval(pope_folder, llava_pope_test, tmp_path):
 
 
 def test_cli_wrong_format_is_one_clear_error(pope_folder, tmp_path, capsys):
-    answers = jsonl(tmp_path / "mine.jsonl", [{"question_id": 1, "split": "random", "answer_text": "Yes"}])
+    answers = write_jsonl(tmp_path / "mine.jsonl", [{"question_id": 1, "split": "random", "answer_text": "Yes"}])
     assert bench("pope", "--questions", pope_folder, "--answers", answers, "--format", "llava",
                  "--out", tmp_path / "run") == 2
     assert "mine.jsonl record 0: missing field 'text' (or 'caption') of a LLaVA answer" in capsys.readouterr().err
@@ -280,7 +272,7 @@ def test_cli_wrong_format_is_one_clear_error(pope_folder, tmp_path, capsys):
 
 def test_cli_chair_and_objhal_with_llava_answers_and_a_synonyms_file(coco_files, tmp_path):
     instances, captions = coco_files
-    answers = jsonl(tmp_path / "caps.jsonl", [llava_answer(i, "Describe.", c) for i, c in CAPTIONS.items()])
+    answers = write_jsonl(tmp_path / "caps.jsonl", [llava_answer(i, "Describe.", c) for i, c in CAPTIONS.items()])
     assert bench("chair", "--instances", instances, "--captions", captions, "--answers", answers,
                  "--format", "llava", "--vocabulary", "chair", "--out", tmp_path / "chair") == 0
     report = json.loads((tmp_path / "chair" / "report.json").read_text())
@@ -296,8 +288,8 @@ def test_cli_chair_and_objhal_with_llava_answers_and_a_synonyms_file(coco_files,
     assert report["metrics"]["hallucinated_mentions"] == 1
     assert report["protocol"]["vocabulary"]["name"] == "synonyms file my_synonyms.txt"
 
-    questions = jsonl(tmp_path / "q.jsonl", [{"question_id": 7, "image_id": 3, "question": "Describe."}])
-    responses = jsonl(tmp_path / "r.jsonl", [llava_answer(7, "Describe.", "A toilet and a sink.")])
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"question_id": 7, "image_id": 3, "question": "Describe."}])
+    responses = write_jsonl(tmp_path / "r.jsonl", [llava_answer(7, "Describe.", "A toilet and a sink.")])
     assert bench("objhal", "--questions", questions, "--instances", instances, "--answers", responses,
                  "--format", "llava", "--out", tmp_path / "objhal") == 0
     objhal = json.loads((tmp_path / "objhal" / "report.json").read_text())

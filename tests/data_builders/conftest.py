@@ -5,6 +5,8 @@ import io
 import pytest
 from PIL import Image
 
+from ..conftest import local_http_server
+
 
 def png_bytes(color=(255, 0, 0), size=(8, 8), fmt="PNG") -> bytes:
     buf = io.BytesIO()
@@ -91,8 +93,7 @@ class FakeChat:
 @pytest.fixture
 def chat_server():
     import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     state = FakeChat()
 
@@ -120,10 +121,6 @@ def chat_server():
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    with local_http_server(Handler) as server:
+        state.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        yield state
