@@ -142,12 +142,10 @@ class Architecture:
             config = json.loads(config_file.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{config_file}: invalid JSON ({err.msg})") from None
-        from mmalign.models import ADAPTERS
+        from mmalign.models import adapter_class
 
         model_type = config.get("model_type")
-        if model_type not in ADAPTERS:
-            raise ValueError(f"{config_file}: model_type {model_type!r} is not supported; "
-                             f"supported: {', '.join(sorted(ADAPTERS))}")
+        adapter_class(model_type, str(config_file))
         text = config.get("text_config") or config
         try:
             dims = dict(

@@ -43,12 +43,16 @@ def detect_family(name_or_path: str | Path, trust_remote_code: bool = False) -> 
     from transformers import AutoConfig
 
     model_type = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code).model_type
+    return adapter_class(model_type, str(name_or_path)).family
+
+
+def adapter_class(model_type: str, where: str) -> type[VLMAdapter]:
+    """The adapter of a config's ``model_type``; an unsupported one is an error naming ``where``
+    it came from and the supported families."""
     if model_type not in ADAPTERS:
-        raise ValueError(
-            f"{name_or_path}: model_type {model_type!r} is not supported; "
-            f"supported families: {', '.join(sorted(ADAPTERS))}"
-        )
-    return model_type
+        raise ValueError(f"{where}: model_type {model_type!r} is not supported; "
+                         f"supported families: {', '.join(sorted(ADAPTERS))}")
+    return ADAPTERS[model_type]
 
 
 def _named_card(name: str) -> ModelCard | None:
@@ -181,10 +185,7 @@ def as_adapter(model: ModelLike, *, processing_class: Any = None, peft_config: A
     elif isinstance(model, PreTrainedModel | PeftModel):
         base = model.get_base_model() if isinstance(model, PeftModel) else model
         model_type = base.config.model_type
-        if model_type not in ADAPTERS:
-            raise ValueError(f"model: model_type {model_type!r} is not supported; supported families: "
-                             f"{', '.join(sorted(ADAPTERS))}")
-        cls = ADAPTERS[model_type]
+        cls = adapter_class(model_type, "model")
         if not isinstance(base, cls.model_class):
             raise TypeError(f"model: a {model_type} model is trained as {cls.model_class.__name__} (with its "
                             f"language-model head), got {type(base).__name__}")
@@ -217,6 +218,7 @@ def _wrap(cls: type[VLMAdapter], model: Any, processor: Any, name: str) -> VLMAd
 
 __all__ = [
     "ADAPTERS",
+    "adapter_class",
     "EncodedBatch",
     "Gemma3Adapter",
     "Idefics3Adapter",
