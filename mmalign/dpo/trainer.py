@@ -15,6 +15,7 @@ compare against the straightforward path):
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,7 @@ class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, RecordsRunConf
         if "ddpo" not in args.loss_types:
             wc = wr = None
 
+        @functools.cache  # one sum (or mean) per form, shared by the losses of a mix and the logs
         def scores(normalize: bool) -> list[torch.Tensor]:
             return [sequence_logps(t, m, w, normalize=normalize)
                     for t, m, w in ((pc, mc, wc), (pr, mr, wr), (rc, mc, wc), (rr, mr, wr))]
