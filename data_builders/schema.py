@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmalign.chat import IMAGE_PLACEHOLDER, user_turn
+from mmalign.chat import IMAGE_PLACEHOLDER, image_slots, user_turn
 from mmalign.data_builders.images import ImageError, ImageOptions, load_image_bytes
 
 log = logging.getLogger("mmalign.data")
@@ -353,10 +353,6 @@ def prompt_text(prompt: str | list[dict[str, Any]]) -> str:
     return " ".join(p.get("text") or "" for p in content if p.get("type") == "text").strip()
 
 
-def count_image_parts(messages: Sequence[Mapping[str, Any]]) -> int:
-    return sum(1 for m in messages for p in m["content"] if p["type"] == "image")
-
-
 def one_prompt_form(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """``records`` with one prompt form, as a dataset holds: unchanged when all prompts are
     text or all conversational; where both occur, each text prompt becomes one user turn
@@ -519,7 +515,7 @@ def _check_fields(record: Mapping[str, Any], kind: str, allow_extra: bool) -> No
 
 def _check_prompt_images(prompt: Any, images: list) -> None:
     if isinstance(prompt, list):
-        n = count_image_parts(prompt)
+        n = image_slots(prompt)
         if n != len(images):
             raise _fail("prompt", f"has {n} image part(s) but the row has {len(images)} image(s)")
         for i, msg in enumerate(prompt):
