@@ -118,14 +118,16 @@ def _llava_row(record: dict[str, Any], row: int, images: list[str]) -> dict[str,
     return out
 
 
-def _swift_row(record: dict[str, Any], images: list[str]) -> dict[str, Any]:
+def _swift_row(record: dict[str, Any], images: list[str], rejected_images: list[str]) -> dict[str, Any]:
     """ms-swift's DPO layout: ``messages`` ending with the chosen answer, ``rejected_response``,
-    ``images`` in the order of the ``<image>`` tags."""
+    ``images`` in the order of the ``<image>`` tags and, for image-contrast pairs, ``rejected_images``."""
     messages = [{"role": m["role"], "content": _turn_text(m)} for m in as_messages(record)]
     out: dict[str, Any] = {"messages": [*messages, {"role": "assistant", "content": record["chosen"]}],
                            "rejected_response": record["rejected"]}
     if images:
         out["images"] = images
+    if rejected_images:
+        out["rejected_images"] = rejected_images
     return out
 
 
@@ -170,9 +172,14 @@ def _write_json(fmt: str, records: Iterable[dict[str, Any]], tmp: Path) -> tuple
             try:
                 names = [f"images/{files(img, f'images[{k}]')}" for k, img in enumerate(record["images"])]
                 if fmt == "llava":
+                    if record.get("rejected_images"):
+                        raise RecordError("LLaVA-RLHF's layout has one image set per pair; export image-contrast "
+                                          "pairs as trl or ms-swift", field="rejected_images")
                     line = _llava_row(record, row, [n.removeprefix("images/") for n in names])
                 else:
-                    line = _swift_row(record, names)
+                    rejected = [f"images/{files(img, f'rejected_images[{k}]')}"
+                                for k, img in enumerate(record.get("rejected_images") or [])]
+                    line = _swift_row(record, names, rejected)
             except RecordError as err:
                 raise err.located(row) from None
             fh.write((separator if row else "") + json.dumps(line, ensure_ascii=False))

@@ -57,6 +57,10 @@ COLUMNS: tuple[Column, ...] = (
            "with one `{\"type\": \"image\"}` part per image.", (PREFERENCE, PROMPTS)),
     Column("chosen", "string", True, "Preferred response (non-empty)."),
     Column("rejected", "string", True, "Dispreferred response (non-empty, differs from `chosen`)."),
+    Column("rejected_images", "list of images (`datasets.Image`)", False,
+           "Images the rejected response is shown with, one per image of `images` (the TRL / ms-swift field): "
+           "an image-contrast pair holds the same answer with a corrupted or counterfactual image. Empty or "
+           "absent: the rejected response sees `images`."),
     Column("chosen_spans", "list of [start, end)", False,
            "Corrected segments of `chosen` as character spans: sorted, non-overlapping, "
            "0 ≤ start < end ≤ len(chosen) (Dense DPO weights them by γ)."),
@@ -114,6 +118,7 @@ def features(kind: str = PREFERENCE, conversational: bool = False):
         "prompt": messages if conversational else text,
         "chosen": text,
         "rejected": text,
+        "rejected_images": List(Image()),
         "chosen_spans": span_list,
         "rejected_spans": span_list,
         "facts": List(text),
@@ -396,7 +401,7 @@ def _response(value: Any, fld: str) -> str:
     return _no_placeholder(_text(value, fld), fld, "a response cannot hold an image")
 
 
-def _images(value: Any, options: ImageOptions) -> list[dict[str, Any]]:
+def _images(value: Any, options: ImageOptions, fld: str = "images") -> list[dict[str, Any]]:
     if value is None:
         return []
     if not isinstance(value, list | tuple):
@@ -406,8 +411,23 @@ def _images(value: Any, options: ImageOptions) -> list[dict[str, Any]]:
         try:
             data = load_image_bytes(img, options)
         except ImageError as exc:
-            raise _fail(f"images[{i}]", str(exc)) from None
+            raise _fail(f"{fld}[{i}]", str(exc)) from None
         out.append({"bytes": data, "path": None})
+    return out
+
+
+def _rejected_images(value: Any, images: list[dict[str, Any]], options: ImageOptions | None) -> list | None:
+    """The rejected side's images: one per image of the prompt, and not all equal to them (a pair
+    whose two sides see the same pixels is no image contrast)."""
+    out = _images(value, options or ImageOptions(), "rejected_images")
+    if not out:
+        return None
+    if len(out) != len(images):
+        raise _fail("rejected_images", f"has {len(out)} image(s) but 'images' has {len(images)}; the prompt "
+                                       "places one image per slot, so both sides need the same count")
+    if [x["bytes"] for x in out] == [x["bytes"] for x in images]:
+        raise _fail("rejected_images", "holds the same images as 'images'; leave it empty when both sides "
+                                       "see the same images")
     return out
 
 
@@ -549,9 +569,12 @@ def validate_record(
         _check_prompt_images(out["prompt"], out["images"])
         for side in SIDES:
             out[side] = _response(record[side], side)
-        if out["chosen"] == out["rejected"]:
-            raise _fail("rejected", "is identical to 'chosen'")
-        if meaningful(out["chosen"]) == meaningful(out["rejected"]):
+        out["rejected_images"] = _rejected_images(record.get("rejected_images"), out["images"], images)
+        if out["rejected_images"] and out["chosen"] == out["rejected"]:
+            pass  # an image-contrast pair: one answer, two images
+        elif out["chosen"] == out["rejected"]:
+            raise _fail("rejected", "is identical to 'chosen' (an image-contrast pair needs 'rejected_images')")
+        elif meaningful(out["chosen"]) == meaningful(out["rejected"]):
             raise _fail("rejected", "reads the same as 'chosen' (they differ only in whitespace or invisible "
                                     "characters)")
         for side in SIDES:

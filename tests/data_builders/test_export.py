@@ -102,6 +102,27 @@ def test_ms_swift_export_has_messages_rejected_response_and_image_files(pairs, t
     assert "images" not in rows[2]
 
 
+def test_image_contrast_pairs_export_rejected_images_to_trl_and_ms_swift_and_not_to_llava(png, tmp_path):
+    records = [{"images": [png((255, 0, 0))], "prompt": "Describe.", "chosen": "A red square.",
+                "rejected": "A red square.", "rejected_images": [png((0, 0, 0))]}]
+    save_preference_dataset(records, tmp_path / "contrast")
+    export_dataset(tmp_path / "contrast", tmp_path / "trl", "trl")
+    trl = load_from_disk(str(tmp_path / "trl"))[0]
+    assert trl["rejected_images"][0].getpixel((0, 0)) == (0, 0, 0) and trl["images"][0].getpixel((0, 0)) == (255, 0, 0)
+    export_dataset(tmp_path / "contrast", tmp_path / "swift", "ms-swift")
+    row = json.loads((tmp_path / "swift" / "train.jsonl").read_text())
+    assert row["rejected_response"] == "A red square." and len(row["rejected_images"]) == 1
+    assert (tmp_path / "swift" / row["rejected_images"][0]).read_bytes() == png((0, 0, 0))
+    assert row["rejected_images"] != row["images"]
+    with pytest.raises(RecordError, match="rejected_images.*trl or ms-swift"):
+        export_dataset(tmp_path / "contrast", tmp_path / "llava", "llava")
+    assert not (tmp_path / "llava").exists()  # nothing half-written
+    # a TRL dataset carrying rejected_images imports with them
+    import_dataset("trl", tmp_path / "trl", tmp_path / "back")
+    back = load_preference_dataset(tmp_path / "back")[0]
+    assert back["rejected_images"][0].getpixel((0, 0)) == (0, 0, 0)
+
+
 def test_export_is_atomic_and_replaces_only_an_earlier_export(pairs, png, tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("mine")

@@ -88,8 +88,25 @@ BAD = [
     ("prompt ends with assistant",
      lambda r, png: r.update(prompt=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]),
      "prompt", "last message"),
+    ("rejected images count", lambda r, png: r.update(rejected_images=[png((9, 9, 9)), png((8, 8, 8))]),
+     "rejected_images", "has 2 image(s) but 'images' has 1"),
+    ("rejected images same as images", lambda r, png: r.update(rejected_images=[png()]), "rejected_images",
+     "same images"),
+    ("corrupt rejected image", lambda r, png: r.update(rejected_images=[b"nope"]), "rejected_images[0]",
+     "not a readable image"),
+    ("same answer without rejected images", lambda r, png: r.update(rejected=r["chosen"], rejected_spans=None,
+                                                                    rejected_images=[]), "rejected", "image-contrast"),
     ("bad role", lambda r, png: r.update(prompt=[{"role": "robot", "content": "hi"}]), "prompt[0].role", "robot"),
 ]
+
+
+def test_image_contrast_pair_keeps_one_answer_and_two_images(record, png):
+    """ImageDPO / mDPO data: the same answer, the rejected side shown a different image."""
+    out = validate_record(record(rejected="A red cup on the table.", chosen="A red cup on the table.",
+                                 chosen_spans=None, rejected_spans=None, rejected_images=[png((0, 0, 0))]))
+    assert out["chosen"] == out["rejected"]
+    assert out["rejected_images"] == [{"bytes": png((0, 0, 0)), "path": None}]
+    assert validate_record(record())["rejected_images"] is None  # absent: the rejected side sees 'images'
 
 
 @pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
