@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from mmalign.config_io import OptionChecks, accepts_aliases
+from mmalign.data_builders.corruptions import CORRUPTIONS
+from mmalign.dpo.collator import ImageCorruption
 from mmalign.losses.dpo import PREFERENCE_LOSSES, REFERENCE_FREE_LOSSES
 from mmalign.training import GuardArguments, ResumeArguments, check_training_arguments
 
@@ -29,11 +31,20 @@ class DPOConfig(TrainingArguments, GuardArguments, ResumeArguments):
     beta: float = field(default=0.1, metadata={"help": "Preference temperature β (IPO: the regulariser τ)."})
     loss_type: str = field(
         default="sigmoid",
-        metadata={"help": "sigmoid, ipo, hinge, robust, ddpo, bco_pair, simpo, orpo or sft; several (a list, or "
-                          "comma-separated) are mixed with loss_weights, e.g. MPO: sigmoid,bco_pair,sft."})
+        metadata={"help": "sigmoid, ipo, hinge, robust, ddpo, bco_pair, mdpo, simpo, orpo or sft; several (a list, "
+                          "or comma-separated) are mixed with loss_weights, e.g. MPO: sigmoid,bco_pair,sft."})
     loss_weights: list[float] | None = field(
         default=None, metadata={"help": "One weight per loss in loss_type (default: all 1)."})
     simpo_gamma: float = field(default=0.5, metadata={"help": "SimPO target margin γ (beta is SimPO's β)."})
+    mdpo_conditional_weight: float = field(
+        default=1.0, metadata={"help": "mDPO: weight of the conditional term (chosen answer, true vs corrupted image)."})
+    mdpo_anchor_weight: float = field(
+        default=1.0, metadata={"help": "mDPO: weight of the reward anchor that keeps the chosen reward above mdpo_anchor."})
+    mdpo_anchor: float = field(default=0.0, metadata={"help": "mDPO: the anchor δ of −log σ(β h_w − δ)."})
+    mdpo_corruption: str = field(
+        default="crop", metadata={"help": "mDPO: how the image is corrupted: " + ", ".join(CORRUPTIONS) + "."})
+    mdpo_corruption_strength: float = field(
+        default=0.8, metadata={"help": "mDPO: corruption strength in [0, 1] (crop: share of each side cut away)."})
     label_smoothing: float = field(default=0.0, metadata={"help": "Label noise ε (conservative DPO / robust)."})
     gamma: float = field(default=1.0, metadata={"help": "Dense DPO weight of tokens in corrected segments."})
     ddpo_normalize: bool = field(default=False, metadata={"help": "Divide Dense DPO scores by N = |y_u| + γ|y_c|."})
@@ -81,6 +92,11 @@ class DPOConfig(TrainingArguments, GuardArguments, ResumeArguments):
         c.rule(self.loss_weights is None or len(self.loss_weights) == len(self.loss_types), "loss_weights",
                f"loss_weights has {len(self.loss_weights or [])} entries for {len(self.loss_types)} losses")
         c.number("simpo_gamma", 0)
+        c.number("mdpo_conditional_weight", 0)
+        c.number("mdpo_anchor_weight", 0)
+        c.number("mdpo_anchor")
+        c.choice("mdpo_corruption", CORRUPTIONS)
+        c.number("mdpo_corruption_strength", 0, 1, low_open=True)
         c.number("label_smoothing", 0, 0.5, high_open=True)  # ε ≥ 0.5 prefers the rejected answer
         c.number("gamma", 0, low_open=True)  # a token weight: ≤ 0 ignores or reverses corrected segments
         c.flag("ddpo_normalize")
@@ -109,6 +125,19 @@ class DPOConfig(TrainingArguments, GuardArguments, ResumeArguments):
         return tuple(t.strip() for t in str(self.loss_type).split(",") if t.strip())
 
     @property
+    def reference_columns(self) -> tuple[str, ...]:
+        """The per-token reference log-prob columns this run's losses read."""
+        sides = ("chosen", "rejected", "corrupted") if "mdpo" in self.loss_types else ("chosen", "rejected")
+        return tuple(f"ref_{side}_logps" for side in sides)
+
+    @property
     def needs_reference(self) -> bool:
         """Whether any loss compares the policy with a reference (SimPO, ORPO and SFT do not)."""
         return any(t not in REFERENCE_FREE_LOSSES for t in self.loss_types)
+
+
+def mdpo_corruption(args: DPOConfig) -> ImageCorruption | None:
+    """The collator's on-the-fly image corruption when a loss of the run is mDPO."""
+    if "mdpo" not in args.loss_types:
+        return None
+    return ImageCorruption(args.mdpo_corruption, args.mdpo_corruption_strength, args.seed)

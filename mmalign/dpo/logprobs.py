@@ -3,28 +3,59 @@ log-probs of the chosen and rejected responses of a collated batch."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from mmalign.models.adapter import VLMAdapter, pick_features
+from mmalign.models.adapter import VLMAdapter, concat_features, pick_features
 from mmalign.models.batch import EncodedBatch, concat_batches
 from mmalign.models.prefix import branch_logprobs, split_prefix
 
 
+def _sequence(inputs: dict[str, torch.Tensor], adapter: VLMAdapter, key: str) -> EncodedBatch:
+    """One collated sequence set (``chosen``, ``rejected`` or ``corrupted``): its own image inputs
+    when the collator stored them under its name, else the pair's (chosen) images."""
+    own = {k: inputs[f"{key}_{k}"] for k in adapter.inputs.image_keys if f"{key}_{k}" in inputs}
+    return EncodedBatch(
+        input_ids=inputs[f"{key}_input_ids"],
+        attention_mask=inputs[f"{key}_attention_mask"],
+        response_mask=inputs[f"{key}_response_mask"].bool(),
+        image_inputs=own or {k: inputs[k] for k in adapter.inputs.image_keys if k in inputs},
+        text_inputs={k: inputs[f"{key}_{k}"] for k in adapter.inputs.text_keys if f"{key}_{k}" in inputs},
+    )
+
+
+def has_own_images(inputs: dict[str, torch.Tensor], adapter: VLMAdapter, key: str) -> bool:
+    """Whether a sequence set carries images of its own (image-contrast pairs, mDPO's corrupted side)."""
+    return any(f"{key}_{k}" in inputs for k in adapter.inputs.image_keys)
+
+
 def split_pair(inputs: dict[str, torch.Tensor], adapter: VLMAdapter) -> tuple[EncodedBatch, EncodedBatch]:
-    """The chosen and rejected batches of collated features (images shared by both)."""
-    images = {k: inputs[k] for k in adapter.inputs.image_keys if k in inputs}
-    batches = []
-    for key in ("chosen", "rejected"):
-        batches.append(EncodedBatch(
-            input_ids=inputs[f"{key}_input_ids"],
-            attention_mask=inputs[f"{key}_attention_mask"],
-            response_mask=inputs[f"{key}_response_mask"].bool(),
-            image_inputs=images,
-            text_inputs={k: inputs[f"{key}_{k}"] for k in adapter.inputs.text_keys if f"{key}_{k}" in inputs},
-        ))
-    return batches[0], batches[1]
+    """The chosen and rejected batches of collated features (the rejected side with its own
+    images when the pairs carry ``rejected_images``)."""
+    return _sequence(inputs, adapter, "chosen"), _sequence(inputs, adapter, "rejected")
+
+
+@dataclass
+class PairBatch:
+    """The sequence sets of a collated batch: chosen, rejected (with images of its own for
+    image-contrast pairs) and, for mDPO, the chosen answers with corrupted images."""
+
+    chosen: EncodedBatch
+    rejected: EncodedBatch
+    corrupted: EncodedBatch | None = None
+    own_rejected_images: bool = False
+
+    @classmethod
+    def from_inputs(cls, inputs: dict[str, torch.Tensor], adapter: VLMAdapter) -> PairBatch:
+        chosen, rejected = split_pair(inputs, adapter)
+        corrupted = _sequence(inputs, adapter, "corrupted") if "corrupted_input_ids" in inputs else None
+        return cls(chosen, rejected, corrupted, has_own_images(inputs, adapter, "rejected"))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return ("chosen", "rejected") if self.corrupted is None else ("chosen", "rejected", "corrupted")
 
 
 def repeat_features(features: dict[str, Any] | None, times: int = 2) -> dict[str, Any] | None:
@@ -52,17 +83,23 @@ def shared_prefix_logprobs(
 
 def pair_logprobs(
     model, adapter: VLMAdapter, chosen: EncodedBatch, rejected: EncodedBatch, features=None,
-    *, share_prefix: bool = False,
+    *, share_prefix: bool = False, own_images: bool = False, rejected_features=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token log-probs and masks of chosen and rejected responses, ``(B, R)`` each.
 
     One forward either way: a 2B-row batch (chosen rows, then rejected), or with
-    ``share_prefix`` one row per pair holding the prefix once.
+    ``share_prefix`` one row per pair holding the prefix once. When the rejected side has
+    images of its own (``own_images``; with cached ``features``, its ``rejected_features``)
+    the prefixes differ, so the pair takes the 2B-row batch.
     """
-    if share_prefix:
+    if own_images and features is not None and rejected_features is None:
+        raise ValueError("the rejected side has images of its own: pass their rejected_features too")
+    if share_prefix and not own_images:
         return shared_prefix_logprobs(model, adapter, chosen, rejected, features)
-    # chosen then rejected rows; both carry the pair's images, so the batch holds them twice
+    # chosen then rejected rows; both carry their images, so the batch holds the shared ones twice
     pair = concat_batches([chosen, rejected], adapter.tokenizer.pad_token_id)
-    logps, mask = adapter.response_logprobs(pair, repeat_features(features), model=model)
+    if features is not None:
+        features = concat_features([features, rejected_features]) if own_images else repeat_features(features)
+    logps, mask = adapter.response_logprobs(pair, features, model=model)
     n = chosen.input_ids.shape[0]
     return logps[:n], mask[:n], logps[n:], mask[n:]

@@ -13,8 +13,8 @@ import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from mmalign.dpo.collator import DPOCollator
-from mmalign.dpo.logprobs import pair_logprobs, split_pair
+from mmalign.dpo.collator import DPOCollator, ImageCorruption
+from mmalign.dpo.logprobs import PairBatch, pair_logprobs
 from mmalign.models.adapter import VLMAdapter
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -30,32 +30,43 @@ def precompute_reference_logps(
     share_prefix: bool = False,
     progress: bool = True,
     feature_cache=None,
+    corruption: ImageCorruption | None = None,
 ) -> Dataset:
-    """Return ``dataset`` with ``ref_chosen_logps`` / ``ref_rejected_logps`` columns.
+    """Return ``dataset`` with ``ref_chosen_logps`` / ``ref_rejected_logps`` columns (and, with
+    mDPO's ``corruption``, ``ref_corrupted_logps``: the chosen answer with corrupted images).
 
     The reference is ``adapter`` exactly as it is now (so a freshly attached LoRA, or a
     loaded SFT adapter, is the reference). Pairs that cannot fit ``max_length`` even after
     image-aware truncation are left out, as training would drop them. A ``feature_cache``
     (:class:`~mmalign.models.feature_cache.ImageFeatureCache`) is read and filled on the way.
     """
-    collator = DPOCollator(adapter, max_length)
+    collator = DPOCollator(adapter, max_length, corruption=corruption)
     was_training = adapter.model.training
     adapter.model.eval()
-    columns: dict[str, list[Any]] = {name: [None] * len(dataset) for name in REF_COLUMNS}
+    names = REF_COLUMNS + (("ref_corrupted_logps",) if corruption is not None else ())
+    columns: dict[str, list[Any]] = {name: [None] * len(dataset) for name in names}
+
+    def features_of(batch):
+        return feature_cache.features(batch) if feature_cache else adapter.image_features(batch)
+
     starts = range(0, len(dataset), batch_size)
     for start in tqdm(starts, desc="reference log-probs", disable=not progress):
         rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         features = {k: v.to(adapter.device) for k, v in collator(rows).items()}
-        chosen, rejected = split_pair(features, adapter)
-        image_features = feature_cache.features(chosen) if feature_cache else adapter.image_features(chosen)
-        c, mc, r, mr = pair_logprobs(adapter.model, adapter, chosen, rejected, image_features,
-                                     share_prefix=share_prefix)
+        batch = PairBatch.from_inputs(features, adapter)
+        own = batch.own_rejected_images
+        c, mc, r, mr = pair_logprobs(adapter.model, adapter, batch.chosen, batch.rejected, features_of(batch.chosen),
+                                     share_prefix=share_prefix, own_images=own,
+                                     rejected_features=features_of(batch.rejected) if own else None)
+        values = {"ref_chosen_logps": (c, mc), "ref_rejected_logps": (r, mr)}
+        if batch.corrupted is not None:
+            values["ref_corrupted_logps"] = adapter.response_logprobs(batch.corrupted, features_of(batch.corrupted))
         for j, index in enumerate(features["pair_index"].tolist()):
-            columns["ref_chosen_logps"][start + index] = c[j][mc[j]].float().cpu().tolist()
-            columns["ref_rejected_logps"][start + index] = r[j][mr[j]].float().cpu().tolist()
+            for name, (logps, mask) in values.items():
+                columns[name][start + index] = logps[j][mask[j]].float().cpu().tolist()
     adapter.model.train(was_training)
     keep = [i for i, values in enumerate(columns["ref_chosen_logps"]) if values is not None]
-    out = dataset.remove_columns([c for c in REF_COLUMNS if c in dataset.column_names])
-    for name in REF_COLUMNS:
+    out = dataset.remove_columns([c for c in names if c in dataset.column_names])
+    for name in names:
         out = out.add_column(name, columns[name])
     return out.select(keep) if len(keep) < len(dataset) else out

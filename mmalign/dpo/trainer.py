@@ -24,15 +24,16 @@ import torch
 from transformers import Trainer, set_seed
 
 from mmalign.dpo.collator import DPOCollator
-from mmalign.dpo.config import SMOOTHED_LOSSES, DPOConfig
-from mmalign.dpo.logprobs import pair_logprobs, split_pair
-from mmalign.dpo.reference import REF_COLUMNS, precompute_reference_logps
+from mmalign.dpo.config import SMOOTHED_LOSSES, DPOConfig, mdpo_corruption
+from mmalign.dpo.logprobs import PairBatch, pair_logprobs
+from mmalign.dpo.reference import precompute_reference_logps
 from mmalign.losses.dpo import (
     LOSS_TYPES,
     DPOOutput,
     bco_pair_loss,
     dpo_loss,
     dynamic_beta,
+    mdpo_loss,
     mix_losses,
     orpo_loss,
     sequence_logps,
@@ -107,7 +108,8 @@ class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, RecordsRunConf
             train_dataset, eval_dataset = (
                 self._with_reference(ds, args) for ds in (train_dataset, eval_dataset)
             )
-        self.collator = kwargs.pop("data_collator", None) or DPOCollator(adapter, args.max_length, args.gamma)
+        self.collator = kwargs.pop("data_collator", None) or DPOCollator(
+            adapter, args.max_length, args.gamma, corruption=mdpo_corruption(args))
         self.span_share = warn_on_missing_spans(train_dataset) if "ddpo" in args.loss_types else None
         self._bco_sum, self._bco_count = 0.0, 0
         self._init_metrics()
@@ -115,13 +117,14 @@ class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, RecordsRunConf
                          data_collator=self.collator, processing_class=adapter.processor, **kwargs)
 
     def _with_reference(self, dataset, args: DPOConfig):
-        if dataset is None or all(c in dataset.column_names for c in REF_COLUMNS):
+        if dataset is None or all(c in dataset.column_names for c in args.reference_columns):
             return dataset
         reference = self.reference or self.adapter
         cache = self._disk_cache(reference, args.image_feature_cache_dir) if args.image_feature_cache_dir else None
         return precompute_reference_logps(reference, dataset, max_length=args.max_length,
                                           batch_size=args.per_device_eval_batch_size,
-                                          share_prefix=args.share_prefix, feature_cache=cache)
+                                          share_prefix=args.share_prefix, feature_cache=cache,
+                                          corruption=mdpo_corruption(args))
 
     # ------------------------------------------------------------------ forward passes
     def _features(self, adapter: VLMAdapter, batch: EncodedBatch) -> dict[str, Any] | None:
@@ -136,35 +139,55 @@ class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, RecordsRunConf
             self.feature_caches[id(adapter)] = ImageFeatureCache(directory, adapter)
         return self.feature_caches[id(adapter)]
 
-    def pair_logprobs(
-        self, model, adapter: VLMAdapter, chosen: EncodedBatch, rejected: EncodedBatch, features=None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return pair_logprobs(model, adapter, chosen, rejected, features, share_prefix=self.args.share_prefix)
+    def _image_features(self, adapter: VLMAdapter, batch: PairBatch) -> dict[str, Any]:
+        """Cached image features of each sequence set with images of its own (none without caching)."""
+        features = {"chosen": self._features(adapter, batch.chosen)}
+        if batch.own_rejected_images:
+            features["rejected"] = self._features(adapter, batch.rejected)
+        if batch.corrupted is not None:
+            features["corrupted"] = self._features(adapter, batch.corrupted)
+        return features
 
-    def reference_logprobs(self, model, chosen: EncodedBatch, rejected: EncodedBatch, features, inputs):
-        if "ref_chosen_logps" in inputs:
-            return inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+    def sequence_logprobs(self, model, adapter: VLMAdapter, batch: PairBatch,
+                          features: dict[str, Any]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per-token log-probs and masks of each sequence set: chosen and rejected in one forward
+        (shared prefix when they see the same images), mDPO's corrupted side in another."""
+        c, mc, r, mr = pair_logprobs(model, adapter, batch.chosen, batch.rejected, features.get("chosen"),
+                                     share_prefix=self.args.share_prefix, own_images=batch.own_rejected_images,
+                                     rejected_features=features.get("rejected"))
+        out = {"chosen": (c, mc), "rejected": (r, mr)}
+        if batch.corrupted is not None:
+            out["corrupted"] = adapter.response_logprobs(batch.corrupted, features.get("corrupted"), model=model)
+        return out
+
+    def reference_logprobs(self, model, batch: PairBatch, features: dict[str, Any], inputs) -> dict[str, torch.Tensor]:
+        """The reference's per-token log-probs of each sequence set: precomputed with the data,
+        or from the reference model, or from the policy with its LoRA adapters off."""
+        names = batch.names
+        if all(f"ref_{name}_logps" in inputs for name in names):
+            return {name: inputs[f"ref_{name}_logps"] for name in names}
         with torch.no_grad():
             if self.reference is not None:
                 ref = self.reference
-                ref_features = self._features(ref, chosen)
-                c, _, r, _ = self.pair_logprobs(ref.model, ref, chosen, rejected, ref_features)
-                return c, r
-            with self.adapter.adapters_disabled():
-                if self.adapter.train_projector:  # the reference projector differs from the policy's
-                    features = self._features(self.adapter, chosen)
-                c, _, r, _ = self.pair_logprobs(model, self.adapter, chosen, rejected, features)
-            return c, r
+                out = self.sequence_logprobs(ref.model, ref, batch, self._image_features(ref, batch))
+            else:
+                with self.adapter.adapters_disabled():
+                    if self.adapter.train_projector:  # the reference projector differs from the policy's
+                        features = self._image_features(self.adapter, batch)
+                    out = self.sequence_logprobs(model, self.adapter, batch, features)
+        return {name: logps for name, (logps, _) in out.items()}
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args: DPOConfig = self.args
-        chosen, rejected = split_pair(inputs, self.adapter)
-        features = self._features(self.adapter, chosen)
-        pc, mc, pr, mr = self.pair_logprobs(model, self.adapter, chosen, rejected, features)
+        batch = PairBatch.from_inputs(inputs, self.adapter)
+        features = self._image_features(self.adapter, batch)
+        policy = self.sequence_logprobs(model, self.adapter, batch, features)
+        (pc, mc), (pr, mr) = policy["chosen"], policy["rejected"]
         if args.needs_reference:
-            rc, rr = self.reference_logprobs(model, chosen, rejected, features, inputs)
-            rc, rr = _pad_to(rc, pc.shape[1], 0.0), _pad_to(rr, pr.shape[1], 0.0)
+            reference = self.reference_logprobs(model, batch, features, inputs)
+            reference = {name: _pad_to(reference[name], policy[name][0].shape[1], 0.0) for name in batch.names}
+            rc, rr = reference["chosen"], reference["rejected"]
         else:  # SimPO / ORPO / SFT alone: no reference forward at all
             rc, rr = torch.zeros_like(pc), torch.zeros_like(pr)
         wc = _pad_to(inputs["chosen_weights"], pc.shape[1], 0.0)
@@ -183,7 +206,11 @@ class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, RecordsRunConf
                 raise ValueError("dynamic_beta needs a 'reward_margin' column in the data")
             beta = dynamic_beta(inputs["reward_margin"], args.beta, args.dynamic_beta_weight, args.dynamic_beta_k)
         means = (sequence_logps(pc, mc, normalize=True), sequence_logps(pr, mr, normalize=True))
-        outputs = [self._one_loss(name, scores, means, beta, model.training) for name in args.loss_types]
+        corrupted = None  # mDPO: the chosen answer's h with corrupted images
+        if batch.corrupted is not None:
+            logps, mask = policy["corrupted"]
+            corrupted = sequence_logps(logps, mask) - sequence_logps(reference["corrupted"], mask)
+        outputs = [self._one_loss(name, scores, means, beta, model.training, corrupted) for name in args.loss_types]
         weights = args.loss_weights or [1.0] * len(outputs)
         out = outputs[0] if len(outputs) == 1 and weights[0] == 1 else mix_losses(outputs, weights, args.loss_types)
         loss = out.loss
@@ -193,10 +220,15 @@ class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, RecordsRunConf
         self._record(model, out, logged, mc, wc)
         return (loss, {"chosen_logps": logged[0], "rejected_logps": logged[1]}) if return_outputs else loss
 
-    def _one_loss(self, name: str, scores, means, beta, training: bool) -> DPOOutput:
+    def _one_loss(self, name: str, scores, means, beta, training: bool, corrupted=None) -> DPOOutput:
         """One named loss of the mix: the DPO family on (weighted) sequence scores, bco_pair against
-        the running reward baseline, SimPO / ORPO / SFT on mean token log-probs."""
+        the running reward baseline, mDPO with the corrupted-image scores, SimPO / ORPO / SFT on
+        mean token log-probs."""
         args: DPOConfig = self.args
+        if name == "mdpo":
+            pc, pr, rc, rr = scores(False)
+            return mdpo_loss(pc - rc, pr - rr, corrupted, beta=beta, conditional_weight=args.mdpo_conditional_weight,
+                             anchor_weight=args.mdpo_anchor_weight, anchor=args.mdpo_anchor)
         if name in LOSS_TYPES:
             smoothing = args.label_smoothing if name in SMOOTHED_LOSSES else 0.0
             return dpo_loss(*scores(_normalized(name, args)), beta=beta, loss_type=name, label_smoothing=smoothing)

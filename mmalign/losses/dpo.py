@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "ddpo")
-#: losses on policy scores alone (no reference model); with the reference-based ones and
-#: ``bco_pair``, every loss the DPO trainer can mix
+#: losses on policy scores alone (no reference model); with the reference-based ones,
+#: ``bco_pair`` and ``mdpo``, every loss the DPO trainer can mix
 REFERENCE_FREE_LOSSES = ("simpo", "orpo", "sft")
-PREFERENCE_LOSSES = (*LOSS_TYPES, "bco_pair", *REFERENCE_FREE_LOSSES)
+PREFERENCE_LOSSES = (*LOSS_TYPES, "bco_pair", "mdpo", *REFERENCE_FREE_LOSSES)
 
 
 def sequence_logps(
