@@ -1,4 +1,5 @@
-"""``mmalign world make | sft-data | pretrain | feedback | safety | prompts``: the built-in synthetic scene world.
+"""``mmalign world make | sft-data | pretrain | feedback | safety | prompts | counterfactual``: the built-in
+synthetic scene world.
 
 ``feedback``, ``safety`` and ``prompts`` were ``mmalign data build scene-feedback |
 scene-safety | scene-prompts``; those names still work for one release (hidden, with a note).
@@ -13,6 +14,7 @@ from mmalign.cli.common import add_model_flags, add_output_flags, load_model, pr
 from mmalign.data_builders.storage import DATASET, save_preference_dataset, save_prompt_set
 from mmalign.experiments.pretrain_scene_vlm import PretrainConfig, pretrain_scene_vlm
 from mmalign.io import check_output
+from mmalign.scene.counterfactual import KINDS, SUMMARY_FILE, save_counterfactual_dataset
 from mmalign.scene.exports import make_world
 from mmalign.scene.feedback import (
     scene_feedback_records,
@@ -73,6 +75,17 @@ def cmd_prompts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_counterfactual(args: argparse.Namespace) -> int:
+    report, summary = save_counterfactual_dataset(
+        args.out, WorldConfig(seed=args.seed), args.scenes, split=args.split, start=args.start,
+        kinds=KINDS if args.kind == "both" else (args.kind,), seed=args.seed, with_questions=args.questions,
+        overwrite=args.overwrite, progress=not args.no_progress)
+    print_written(report, "image-contrast (scene-world counterfactual)")
+    print(f"  pairs by edit: {json.dumps(summary.pairs_by_kind)}; scenes skipped: {json.dumps(summary.skipped)}")
+    print(f"  summary: {report.path / SUMMARY_FILE}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- parsers
 FEEDBACK = ("Dense-DPO pairs: a model's answers on scenes, corrected by the world",
             "Describe held-out scenes and answer existence questions with a model, then correct every absent "
@@ -84,6 +97,13 @@ PROMPTS = ("scene-world prompt set for PPO (describe, yes/no, safety)",
            "Prompts with the scene's facts (for a Fact-RM) and, for yes/no questions, the answer as reference "
            "(Fact-RLHF's symbolic reward); safety prompts cover harmful requests, hazard questions and benign "
            "questions.")
+
+COUNTERFACTUAL = ("image-contrast pairs: each scene against itself with one object removed or recoloured",
+                  "mDPO / ImageDPO-style pairs whose two sides hold the same answer (the true scene's detailed "
+                  "description) with two images: the true scene (chosen) and the same scene with one object "
+                  "removed or recoloured (rejected), rendered from exact annotations, so the preference can only "
+                  "be learnt by looking. Scenes without a visible edit are skipped and counted in "
+                  f"OUT/{SUMMARY_FILE}.")
 
 
 def add_feedback_flags(p: argparse.ArgumentParser) -> None:
@@ -119,7 +139,26 @@ def add_prompts_flags(p: argparse.ArgumentParser) -> None:
     add_output_flags(p)
 
 
-#: The dataset builders, by their ``mmalign world`` name: (help, description, add the flags, run).
+def add_counterfactual_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output dataset folder")
+    add_output_flags(p)
+    p.add_argument("--scenes", type=int, default=1000, help="number of scenes (default: 1000)")
+    p.add_argument("--split", default="train", choices=["train", "eval"],
+                   help="world split (default: train; its scenes start at the scene VLM's training scenes, the "
+                   "eval split's at the demo's feedback scenes, never at the benchmark scenes)")
+    p.add_argument("--start", type=int, default=None, help="first scene number (default: see --split)")
+    p.add_argument("--kind", default="both", choices=[*KINDS, "both"],
+                   help="remove one object instance, recolour one object with a colour no other instance of "
+                   "its category has, or both (one pair each per scene; default: both)")
+    p.add_argument("--questions", action="store_true",
+                   help="also pair the world's question about the edited object whose answer the edit changes "
+                   "(existence, count or colour)")
+    p.add_argument("--seed", type=int, default=0, help="world seed and seed of the edits (default: 0)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+#: The dataset builders that were ``mmalign data build scene-NAME`` (still accepted there, hidden), by their
+#: ``mmalign world`` name: (help, description, add the flags, run).
 BUILDERS = {
     "feedback": (*FEEDBACK, add_feedback_flags, cmd_feedback),
     "safety": (*SAFETY, add_safety_flags, cmd_safety),
@@ -171,3 +210,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p = cmds.add_parser(name, help=help_text, description=description)
         add_flags(p)
         p.set_defaults(func=run)
+
+    help_text, description = COUNTERFACTUAL
+    p = cmds.add_parser("counterfactual", help=help_text, description=description)
+    add_counterfactual_flags(p)
+    p.set_defaults(func=cmd_counterfactual)
