@@ -12,7 +12,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from mmalign.cli import bench, core, data, experiments, plan, score, studio, train, world
+from mmalign.cli import bench, core, data, experiments, loop, plan, score, studio, train, world
 from mmalign.data_builders.schema import terminal_safe
 
 DESCRIPTION = """\
@@ -21,7 +21,7 @@ segment-level Dense DPO (RLHF-V), factual reward models and PPO (LLaVA-RLHF),
 Safe RLHF-V, all trainable with 4-bit QLoRA, plus hallucination benchmarks.
 """
 
-COMMAND_MODULES = [core, train, score, data, bench, world, studio, plan, experiments]
+COMMAND_MODULES = [core, train, loop, score, data, bench, world, studio, plan, experiments]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,12 @@ from typing import Any
 import yaml
 
 from mmalign.cli.common import add_model_flags, add_output_flags, load_model, print_written
-from mmalign.cli.judging import add_judge_client_flags, judge_endpoint_settings
+from mmalign.cli.judging import (
+    add_judge_client_flags,
+    check_judge_choice,
+    claim_judge,
+    judge_endpoint_settings,
+)
 from mmalign.cli.world import BUILDERS as WORLD_BUILDERS
 from mmalign.data_builders.corrections import CorrectionStats, read_corrections
 from mmalign.data_builders.importers import IMPORTERS, import_dataset
@@ -29,7 +34,6 @@ from mmalign.data_builders.storage import (
     write_dataset,
 )
 from mmalign.io import check_output
-from mmalign.judge_client import JudgeClient, JudgeEndpoint
 
 SCHEMA_HINT = "canonical schema: docs/data.md (images, prompt, chosen, rejected + optional columns)"
 
@@ -98,32 +102,13 @@ def _ai_feedback_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any]
 
 def cmd_build_ai_feedback(args: argparse.Namespace) -> int:
     from mmalign.data_builders.ai_feedback import AIFeedbackBuilder, build_ai_feedback
-    from mmalign.data_builders.claims import (
-        AdapterJudge,
-        AdapterSplitter,
-        EndpointJudge,
-        EndpointSplitter,
-        SentenceSplitter,
-    )
 
     config, endpoint_settings = _ai_feedback_settings(args)
-    if (endpoint_settings is None) == (args.judge is None):
-        raise ValueError("give exactly one judge: --judge MODEL (local) or --judge-url URL "
-                         "(or judge_endpoint in --config)")
     inputs = (args.prompts, args.policy, args.judge, args.images, args.config)
+    check_judge_choice(args, endpoint_settings)
     check_output(args.out, replaces=DATASET, overwrite=args.overwrite, inputs=inputs)  # before loading models
-    if endpoint_settings is not None:
-        if "model" not in endpoint_settings:
-            raise ValueError("an endpoint judge needs a model name (--judge-model or judge_endpoint.model)")
-        # The cache lives beside the output folder, which is replaced when the build ends.
-        endpoint_settings.setdefault("cache", f"{str(args.out).rstrip('/')}.judge-cache.jsonl")
-        client = JudgeClient(JudgeEndpoint.from_dict(endpoint_settings))
-        judge: Any = EndpointJudge(client)
-        splitter: Any = EndpointSplitter(client) if args.splitter == "judge" else SentenceSplitter()
-    else:
-        judge_adapter = load_model(args, args.judge)
-        judge = AdapterJudge(judge_adapter)
-        splitter = AdapterSplitter(judge_adapter) if args.splitter == "judge" else SentenceSplitter()
+    # The cache lives beside the output folder, which is replaced when the build ends.
+    judge, splitter = claim_judge(args, endpoint_settings, cache=f"{str(args.out).rstrip('/')}.judge-cache.jsonl")
     builder = AIFeedbackBuilder(load_model(args, args.policy), judge, splitter, config)
     report = build_ai_feedback(args.prompts, args.out, builder, image_root=args.images, lenient=args.lenient,
                                overwrite=args.overwrite, inputs=inputs)

@@ -62,3 +62,34 @@ def judge_endpoint_settings(args: argparse.Namespace, *, endpoint: bool) -> dict
         flags = ", ".join("--" + flag.replace("_", "-") for flag, field in _FIELDS.items() if field in settings)
         raise ValueError(f"{flags}: only for a judge endpoint (--judge-url)")
     return settings
+
+
+def check_judge_choice(args: argparse.Namespace, endpoint_settings: dict[str, Any] | None) -> None:
+    """Exactly one claim judge: a local model (``--judge``) or an endpoint with a model name."""
+    if (endpoint_settings is None) == (args.judge is None):
+        raise ValueError("give exactly one judge: --judge MODEL (local) or --judge-url URL "
+                         "(or judge_endpoint in --config)")
+    if endpoint_settings is not None and "model" not in endpoint_settings:
+        raise ValueError("an endpoint judge needs a model name (--judge-model or judge_endpoint.model)")
+
+
+def claim_judge(args: argparse.Namespace, endpoint_settings: dict[str, Any] | None, *, cache: str) -> tuple[Any, Any]:
+    """The RLAIF-V claim judge and splitter the flags ask for: an endpoint (its replies cached in
+    ``cache`` unless the settings name a file) or a local judge model loaded with the model flags."""
+    from mmalign.cli.common import load_model
+    from mmalign.data_builders.claims import (
+        AdapterJudge,
+        AdapterSplitter,
+        EndpointJudge,
+        EndpointSplitter,
+        SentenceSplitter,
+    )
+    from mmalign.judge_client import JudgeClient
+
+    check_judge_choice(args, endpoint_settings)
+    if endpoint_settings is not None:
+        client = JudgeClient(JudgeEndpoint.from_dict({"cache": cache, **endpoint_settings}))
+        return EndpointJudge(client), EndpointSplitter(client) if args.splitter == "judge" else SentenceSplitter()
+    judge_adapter = load_model(args, args.judge)
+    return (AdapterJudge(judge_adapter),
+            AdapterSplitter(judge_adapter) if args.splitter == "judge" else SentenceSplitter())
