@@ -86,6 +86,7 @@ class Benchmark(ABC):
     answer_field: str = "text"  # field the answer text is written to in the answers file
     progress: bool = True  # progress bars for work done while scoring (e.g. judging)
     answers_format: str = "mmalign"  # format of the answers read (set by read_answers)
+    scores_answers: bool = True  # False: it measures the model itself (log-probs): no answers file to score
 
     def default_generation(self) -> GenerationConfig:
         return GenerationConfig()
@@ -117,6 +118,13 @@ class Benchmark(ABC):
     def generation_protocol(self) -> dict[str, Any]:
         """Settings besides decoding that shape the answers (e.g. the prompt suffix)."""
         return {}
+
+    def collect(self, adapter: Any, generation: GenerationConfig, *, cache: Path | None, model_name: str,
+                progress: bool) -> list[dict[str, Any]]:
+        """The records :meth:`score` reads, made with ``adapter``: the answers it generates to
+        :meth:`items` (cached in ``cache``). A benchmark that also measures the model another
+        way (log-probs of given responses) extends this."""
+        return generate_answers(adapter, self, generation, cache=cache, model_name=model_name, progress=progress)
 
     @abstractmethod
     def answer_key(self, record: Mapping[str, Any], where: str) -> str:
@@ -294,14 +302,15 @@ def run_benchmark(
     """
     if (adapter is None) == (answers is None):
         raise ValueError("give exactly one of adapter (to generate answers) or answers (to score a file)")
+    if answers is not None and not benchmark.scores_answers:
+        raise ValueError(f"{benchmark.name} measures the model itself: give adapter=, there are no answers to score")
     workdir = Path(out) if out is not None else None
     benchmark.progress = progress
     if adapter is not None:
         generation = generation or benchmark.default_generation()
         name = model_name or _model_label(adapter)
-        records = generate_answers(
+        records = benchmark.collect(
             adapter,
-            benchmark,
             generation,
             cache=workdir / "answers.jsonl" if workdir is not None else None,
             model_name=name,
