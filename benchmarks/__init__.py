@@ -10,6 +10,11 @@ answers through a model adapter (batched, resumable) or reads an answers file, a
 
 from mmalign.benchmarks.amber import AmberBenchmark, AmberConfig, run_amber
 from mmalign.benchmarks.chair import ChairBenchmark, ChairConfig, load_ground_truth, run_chair
+from mmalign.benchmarks.image_reliance import (
+    ImageRelianceBenchmark,
+    ImageRelianceConfig,
+    run_image_reliance,
+)
 from mmalign.benchmarks.judges import GenerativeJudge, HTTPJudge
 from mmalign.benchmarks.mmhal import MMHalBenchmark, MMHalConfig, run_mmhal
 from mmalign.benchmarks.objhal import ObjHalBenchmark, ObjHalConfig, run_objhal
@@ -36,6 +41,7 @@ BENCHMARKS: dict[str, tuple[type[Benchmark], type]] = {
         (AmberBenchmark, AmberConfig),
         (MMHalBenchmark, MMHalConfig),
         (SafetyBenchmark, SafetyConfig),
+        (ImageRelianceBenchmark, ImageRelianceConfig),
     )
 }
 
@@ -50,6 +56,8 @@ __all__ = [
     "ChairConfig",
     "GenerationConfig",
     "HTTPJudge",
+    "ImageRelianceBenchmark",
+    "ImageRelianceConfig",
     "Item",
     "MMHalBenchmark",
     "MMHalConfig",
@@ -69,6 +77,7 @@ __all__ = [
     "run_amber",
     "run_benchmark",
     "run_chair",
+    "run_image_reliance",
     "run_mmhal",
     "run_objhal",
     "run_pope",

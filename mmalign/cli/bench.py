@@ -57,6 +57,11 @@ SUMMARIES: dict[str, tuple[str, str]] = {
     "safety": ("unsafe rate (cost model) and helpfulness (reward model)",
                "Score answers with saved cost / reward models: unsafe rate per harm category, mean cost, "
                "mean reward."),
+    "image-reliance": ("does the model use the image? preference pairs with blank, shuffled, corrupted images",
+                       "Score preference pairs with their true images and with blank, shuffled and corrupted ones: "
+                       "preference accuracy, margins (and the DPO implicit reward with LoRA adapters) per condition, "
+                       "and the image reliance log p(chosen | true) - log p(chosen | condition), 0 for a model that "
+                       "ignores the image; optionally POPE with and without the image."),
 }
 
 
@@ -144,26 +149,32 @@ def config_flags(config: type) -> list[ConfigFlag]:
 # --------------------------------------------------------------------------- shared flags
 
 
-def add_source_flags(p: argparse.ArgumentParser, *, answers_nargs: str | None = None) -> None:
-    """Answers source, output, generation and model-loading flags: the same for every benchmark."""
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="checkpoint folder, model card or hub id to generate answers with")
-    source.add_argument("--answers", nargs=answers_nargs, help="score this answers file (JSON or JSON Lines) instead"
-                        + (", several files, or SPLIT=FILE pairs" if answers_nargs else ""))
-    p.add_argument("--format", dest="answers_format", choices=ANSWER_FORMATS, default="auto",
-                   help="layout of --answers: mmalign's answers.jsonl, LLaVA's answer or caption files "
-                   "(model_vqa_loader), lmms-eval's --log_samples records; auto: told apart by their fields "
-                   "(default: auto)")
+def add_source_flags(p: argparse.ArgumentParser, *, answers_nargs: str | None = None, answers: bool = True) -> None:
+    """Answers source, output, generation and model-loading flags: the same for every benchmark
+    (without ``--answers`` for one that measures the model itself)."""
+    if answers:
+        source = p.add_mutually_exclusive_group(required=True)
+        source.add_argument("--model", help="checkpoint folder, model card or hub id to generate answers with")
+        source.add_argument("--answers", nargs=answers_nargs, help="score this answers file (JSON or JSON Lines) "
+                            "instead" + (", several files, or SPLIT=FILE pairs" if answers_nargs else ""))
+        p.add_argument("--format", dest="answers_format", choices=ANSWER_FORMATS, default="auto",
+                       help="layout of --answers: mmalign's answers.jsonl, LLaVA's answer or caption files "
+                       "(model_vqa_loader), lmms-eval's --log_samples records; auto: told apart by their fields "
+                       "(default: auto)")
+    else:
+        p.add_argument("--model", required=True, help="checkpoint folder, model card or hub id to score")
     p.add_argument("--out", required=True, help="output folder for answers and reports")
     p.add_argument("--name", help="checkpoint label in the report (default: the model or answers file name)")
     g = p.add_argument_group("generation (with --model)")
-    g.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch (default: 8)")
+    g.add_argument("--batch-size", type=int, default=8,
+                   help="prompts per generation batch, or pairs per scoring batch (default: 8)")
     g.add_argument("--max-new-tokens", type=int, help="default: the benchmark's (128 for POPE, else 512)")
     g.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     g.add_argument("--temperature", type=float, default=1.0, help="(default: 1.0)")
     g.add_argument("--top-p", type=float, default=1.0, help="(default: 1.0)")
     g.add_argument("--seed", type=int, default=0, help="seed of sampled decoding (default: 0)")
-    add_model_flags(p, what="the models", title="model loading (--model and any judge or scoring model)")
+    add_model_flags(p, what="the models", adapter=True,
+                    title="model loading (--model and any judge or scoring model)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -238,20 +249,18 @@ def cmd_benchmark(name: str, flags: list[ConfigFlag], args: argparse.Namespace) 
     if name in EXTRA_FLAGS:
         values.update(EXTRA_FLAGS[name][1](args))
     benchmark = benchmark_type(config_type(**values))
-    generation = adapter = answers = None
     if args.model:
         defaults = benchmark.default_generation()
         generation = replace(
             defaults, batch_size=args.batch_size, do_sample=args.do_sample, temperature=args.temperature,
             top_p=args.top_p, seed=args.seed, max_new_tokens=args.max_new_tokens or defaults.max_new_tokens,
         )
-        adapter = load_model(args)
+        source: dict[str, Any] = {"adapter": load_model(args), "generation": generation}
     else:
-        answers = _answers_source(args.answers)
+        source = {"answers": _answers_source(args.answers), "answers_format": args.answers_format}
     result = run_benchmark(
-        benchmark, adapter=adapter, answers=answers, out=args.out, generation=generation,
-        model_name=args.name or (Path(args.model).name if args.model else None), progress=not args.no_progress,
-        answers_format=args.answers_format,
+        benchmark, out=args.out, model_name=args.name or (Path(args.model).name if args.model else None),
+        progress=not args.no_progress, **source,
     )
     rows = [[k, f"{v:.2f}" if isinstance(v, float) else v] for k, v in result.headline.items()]
     print(f"{result.benchmark} — {result.model}")
@@ -292,7 +301,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.set_defaults(func=lambda args: bench.print_help() or 0)
     bsub = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK")
 
-    for name, (_, config_type) in BENCHMARKS.items():
+    for name, (benchmark_type, config_type) in BENCHMARKS.items():
         fallback = (config_type.__doc__ or name).strip().split("\n\n")[0]
         help_text, description = SUMMARIES.get(name, (fallback.split(".")[0], fallback))
         p = bsub.add_parser(name, help=help_text, description=description, epilog=EPILOG)
@@ -302,7 +311,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name in EXTRA_FLAGS:
             EXTRA_FLAGS[name][0](p)
         split_answers = any(flag.convert is not None for flag in flags)  # SPLIT=FILE questions: answers alike
-        add_source_flags(p, answers_nargs="+" if split_answers else None)
+        add_source_flags(p, answers_nargs="+" if split_answers else None, answers=benchmark_type.scores_answers)
         p.set_defaults(func=partial(cmd_benchmark, name, flags))
 
     p = bsub.add_parser("report", help="compare several runs side by side (markdown, JSON, PNG chart)",
