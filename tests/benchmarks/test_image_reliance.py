@@ -188,6 +188,31 @@ def test_a_row_without_a_partner_is_skipped_under_shuffled_and_counted(tmp_path,
     assert set(result.metrics["conditions"]) == {"true", "shuffled"}
 
 
+def test_an_interrupted_run_resumes_and_writes_the_same_scores(pairs, tiny_llava, tmp_path, monkeypatch):
+    config = ImageRelianceConfig(pairs, conditions=["blank"], max_pairs=4)
+    generation = GenerationConfig(batch_size=2)
+    run_image_reliance(config, adapter=tiny_llava, out=tmp_path / "clean", generation=generation, progress=False)
+    calls = []
+    score = tiny_llava.response_logprobs
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # the second batch: 2 conditions x chosen, rejected per batch
+            raise InterruptedError("simulated interruption")
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_llava, "response_logprobs", failing)
+    with pytest.raises(InterruptedError):
+        run_image_reliance(config, adapter=tiny_llava, out=tmp_path / "resumed", generation=generation,
+                           progress=False)
+    assert len((tmp_path / "resumed" / "pair_scores.partial.jsonl").read_text().splitlines()) == 2
+    calls.clear()
+    run_image_reliance(config, adapter=tiny_llava, out=tmp_path / "resumed", generation=generation, progress=False)
+    assert len(calls) == 4  # only the unfinished batch
+    for name in ("pair_scores.jsonl", "report.json"):
+        assert (tmp_path / "resumed" / name).read_text() == (tmp_path / "clean" / name).read_text()
+
+
 # --------------------------------------------------------------------------- (d) DPO implicit reward margin
 def test_dpo_implicit_margin_uses_the_model_with_adapters_disabled(pairs, lora_llava):
     result = run_image_reliance(ImageRelianceConfig(pairs, beta=0.5, conditions=["blank"], max_pairs=3),
