@@ -241,7 +241,7 @@ def _recipe(config: LoopConfig, output_dir: Path, dataset: Path, seed: int):
     from mmalign.model_config import ModelConfig
 
     overrides = {**config.training, "output_dir": str(output_dir), "dataset_path": str(dataset),
-                 "precompute_ref_logps": True, "seed": seed}
+                 "precompute_ref_logps": True, "seed": seed}  # the world's seed is config.seed; training's may differ
     if config.model:
         overrides["model_name_or_path"] = config.model
     return load_recipe(config.recipe, (ModelConfig, DPOConfig), overrides)
@@ -284,7 +284,8 @@ def _train(config: LoopConfig, round_index: int, round_dir: Path, previous: Path
     from mmalign.dpo import DPOTrainer
     from mmalign.training import latest_valid_checkpoint
 
-    model_config, args = _recipe(config, round_dir / "train", round_dir / "pairs", config.seed + round_index)
+    seed = int(config.training.get("seed", config.seed)) + round_index  # a new LoRA / data order each round
+    model_config, args = _recipe(config, round_dir / "train", round_dir / "pairs", seed)
     pairs = load_preference_dataset(round_dir / "pairs")
     start = previous
     if config.opa_sft:

@@ -6,6 +6,7 @@ import argparse
 
 # the experiment modules keep their heavy imports inside functions: their arms and defaults are cheap to read
 from mmalign.experiments import dpo, grpo, ppo, reward_models
+from mmalign.experiments import loop as loop_experiment
 from mmalign.experiments.report import run_experiments, write_experiments_report
 
 DESCRIPTION = """\
@@ -16,6 +17,7 @@ with several seeds at equal data and compute:
   ppo            PPO with the Fact-RM vs a plain RM (hallucination after PPO);
                  reward-only PPO vs PPO-Lagrangian (unsafe rate, helpfulness)
   grpo           GRPO with the annotations as verifier vs the start policy and Dense DPO
+  loop           on-policy rounds (each round's pairs from the current policy) vs one offline round
   report         gather the results under OUT into OUT/report.md with charts and verdicts
   all            every experiment, then the report
 Every experiment resumes: finished stages and (seed, arm) results under OUT are reused, and
@@ -55,6 +57,13 @@ def cmd_ppo(args: argparse.Namespace) -> int:
 def cmd_grpo(args: argparse.Namespace) -> int:
     setting = grpo.quick_setting() if args.quick else grpo.Setting(steps=args.steps)
     grpo.run_grpo_experiment(f"{args.out}/grpo", args.seeds, args.arms, setting)
+    return _report(args.out)
+
+
+def cmd_loop(args: argparse.Namespace) -> int:
+    setting = (loop_experiment.quick_setting() if args.quick
+               else loop_experiment.Setting(rounds=args.rounds, scenes_per_round=args.scenes_per_round))
+    loop_experiment.run_loop_experiment(f"{args.out}/loop", args.seeds, args.arms, setting)
     return _report(args.out)
 
 
@@ -101,5 +110,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="arms to run per seed (default: all)")
     p.add_argument("--steps", type=int, default=grpo.Setting.steps,
                    help=f"GRPO iterations of 8 prompts x 4 answers per run (default: {grpo.Setting.steps})")
+    p = add("loop", "on-policy rounds vs one offline round at the same scenes and epochs (RLAIF-V, OPA-DPO)",
+            cmd_loop)
+    p.add_argument("--arms", nargs="+", default=list(loop_experiment.ARMS), choices=list(loop_experiment.ARMS),
+                   help="arms to run per seed (default: all)")
+    p.add_argument("--rounds", type=int, default=loop_experiment.Setting.rounds,
+                   help=f"rounds of the on-policy arm (default: {loop_experiment.Setting.rounds})")
+    p.add_argument("--scenes-per-round", type=int, default=loop_experiment.Setting.scenes_per_round,
+                   help=f"feedback scenes per round; the offline arm takes rounds x this at once "
+                        f"(default: {loop_experiment.Setting.scenes_per_round})")
     add("report", "write OUT/report.md (tables, charts, a verdict per claim) from the results under OUT",
         cmd_report, seeds=False)
