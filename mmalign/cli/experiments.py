@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 # the experiment modules keep their heavy imports inside functions: their arms and defaults are cheap to read
-from mmalign.experiments import dpo, grpo, ppo, reward_models
+from mmalign.experiments import dpo, grpo, mdpo, ppo, reward_models
 from mmalign.experiments import loop as loop_experiment
 from mmalign.experiments.report import run_experiments, write_experiments_report
 
@@ -17,6 +17,7 @@ with several seeds at equal data and compute:
   ppo            PPO with the Fact-RM vs a plain RM (hallucination after PPO);
                  reward-only PPO vs PPO-Lagrangian (unsafe rate, helpfulness)
   grpo           GRPO with the annotations as verifier vs the start policy and Dense DPO
+  mdpo           mDPO vs DPO: image reliance, POPE adversarial F1
   loop           on-policy rounds (each round's pairs from the current policy) vs one offline round
   report         gather the results under OUT into OUT/report.md with charts and verdicts
   all            every experiment, then the report
@@ -57,6 +58,12 @@ def cmd_ppo(args: argparse.Namespace) -> int:
 def cmd_grpo(args: argparse.Namespace) -> int:
     setting = grpo.quick_setting() if args.quick else grpo.Setting(steps=args.steps)
     grpo.run_grpo_experiment(f"{args.out}/grpo", args.seeds, args.arms, setting)
+    return _report(args.out)
+
+
+def cmd_mdpo(args: argparse.Namespace) -> int:
+    setting = mdpo.quick_setting() if args.quick else mdpo.Setting()
+    mdpo.run_mdpo_experiment(f"{args.out}/mdpo", args.seeds, args.arms, setting)
     return _report(args.out)
 
 
@@ -110,6 +117,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="arms to run per seed (default: all)")
     p.add_argument("--steps", type=int, default=grpo.Setting.steps,
                    help=f"GRPO iterations of 8 prompts x 4 answers per run (default: {grpo.Setting.steps})")
+    p = add("mdpo", "mDPO vs DPO on the same pairs and steps: image reliance, POPE adversarial F1", cmd_mdpo)
+    p.add_argument("--arms", nargs="+", default=list(mdpo.ARMS), choices=list(mdpo.ARMS),
+                   help="arms to run per seed (default: all)")
     p = add("loop", "on-policy rounds vs one offline round at the same scenes and epochs (RLAIF-V, OPA-DPO)",
             cmd_loop)
     p.add_argument("--arms", nargs="+", default=list(loop_experiment.ARMS), choices=list(loop_experiment.ARMS),

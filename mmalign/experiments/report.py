@@ -11,6 +11,8 @@ into its own folder under ``OUT`` and resumable there:
   reward-only PPO versus PPO-Lagrangian (Safe RLHF-V) (:mod:`.ppo`);
 - ``grpo``: GRPO with the world's annotations as verifier versus the start policy and
   Dense DPO (:mod:`.grpo`);
+- ``mdpo``: mDPO versus DPO on the same pairs: image reliance and POPE (:mod:`.mdpo`);
+- ``loop``: on-policy rounds versus one offline round at the same scenes (:mod:`.loop`);
 
 then :func:`write_experiments_report` gathers every table into ``OUT/report.md`` with bar
 charts and, for each claim, the difference between the two arms and a verdict. A verdict
@@ -29,9 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmalign.experiments import dpo, grpo, ppo, reward_models
+from mmalign.experiments import dpo, grpo, mdpo, ppo, reward_models
+from mmalign.experiments import loop as loop_experiment
 
-EXPERIMENTS = ("dpo", "reward-models", "ppo", "grpo")
+EXPERIMENTS = ("dpo", "reward-models", "ppo", "grpo", "mdpo", "loop")
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,16 @@ CLAIMS = (
     Claim("grpo", "GRPO (object F1) recalls more objects than Dense DPO", "Recall", "grpo-f1", "ddpo", "higher"),
     Claim("grpo", "GRPO with a yes/no reward answers POPE better than the start policy (F1)", "F1 (mean of splits)",
           "grpo-f1-yesno", "start", "higher"),
+    Claim("mdpo", "mDPO's answers depend on the image more than DPO's (log-prob lost per token, corrupted image)",
+          "reliance_per_token", "mdpo", "dpo", "higher"),
+    Claim("mdpo", "mDPO's reward margin depends on the image more than DPO's (true − corrupted image)",
+          "reward_margin_gap", "mdpo", "dpo", "higher"),
+    Claim("mdpo", "mDPO answers POPE adversarial better than DPO (F1)", "F1 adversarial", "mdpo", "dpo", "higher"),
+    Claim("loop", "On-policy rounds hallucinate less than one offline round (CHAIR_i)", "CHAIR_i", "on-policy",
+          "offline", "lower"),
+    Claim("loop", "On-policy rounds keep the recall of one offline round", "Recall", "on-policy", "offline", "equal"),
+    Claim("loop", "On-policy rounds answer POPE better than one offline round (F1)", "F1 (mean of splits)",
+          "on-policy", "offline", "higher"),
     Claim("dpo", "QLoRA matches LoRA on a bf16 base (POPE F1)", "F1 (mean of splits)", "ddpo-qlora",
           "ddpo-lora-bf16", "equal"),
     Claim("dpo", "QLoRA matches LoRA on a bf16 base (CHAIR_s)", "CHAIR_s", "ddpo-qlora", "ddpo-lora-bf16", "equal"),
@@ -109,7 +122,7 @@ def claim_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for claim in CLAIMS:
         arms = _rows(results.get(claim.experiment, {}))
-        if claim.arm in arms and claim.baseline in arms:
+        if claim.arm in arms and claim.baseline in arms and all(claim.metric in arms[a] for a in (claim.arm, claim.baseline)):
             diff, margin, word = verdict(arms[claim.arm], arms[claim.baseline], claim.metric, claim.better)
             rows.append({"claim": claim.text, "metric": claim.metric, "arm": claim.arm, "baseline": claim.baseline,
                          "difference": diff, "noise": margin, "verdict": word,
@@ -207,6 +220,12 @@ def write_experiments_report(out: str | Path) -> Path:
                   out / "grpo.png", "GRPO with verifiable rewards vs Dense DPO (held-out scenes)")
         lines += ["", "## 5. GRPO with the annotations as verifier versus Dense DPO", "",
                   (out / "grpo" / "results.md").read_text().strip(), "", "![](grpo.png)"]
+    if "mdpo" in results:
+        lines += ["", "## 6. mDPO versus DPO: preferences that depend on the image", "",
+                  (out / "mdpo" / "results.md").read_text().strip()]
+    if "loop" in results:
+        lines += ["", "## 7. On-policy rounds versus one offline round", "",
+                  (out / "loop" / "results.md").read_text().strip()]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     (out / "claims.json").write_text(json.dumps(rows, indent=1))
@@ -229,6 +248,11 @@ def run_experiments(out: str | Path, seeds: Sequence[int] = (0, 1, 2), experimen
                                                       setting=reward_models.quick_setting() if quick else None)
         elif name == "grpo":
             grpo.run_grpo_experiment(out / name, seeds, setting=grpo.quick_setting() if quick else None)
+        elif name == "mdpo":
+            mdpo.run_mdpo_experiment(out / name, seeds, setting=mdpo.quick_setting() if quick else None)
+        elif name == "loop":
+            loop_experiment.run_loop_experiment(out / name, seeds,
+                                                setting=loop_experiment.quick_setting() if quick else None)
         else:
             ppo.run_ppo_experiment(out / name, seeds, setting=ppo.quick_setting() if quick else None)
     return write_experiments_report(out)

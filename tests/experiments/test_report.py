@@ -175,3 +175,35 @@ def test_grpo_experiment_measures_its_arms_and_states_the_claims(tmp_path):
     assert len(against_start) == 3  # the claims against Dense DPO wait for its arm
     chair = next(c for c in against_start if c["metric"] == "CHAIR_i")
     assert chair["difference"] == pytest.approx(row["CHAIR_i"] - results["start"]["CHAIR_i"])
+
+
+def test_mdpo_and_loop_claims_get_verdicts_and_sections(tmp_path):
+    mdpo = {"dpo": {**row(0.10, 0.02, metric="reliance_per_token"), **row(0.5, 0.1, metric="reward_margin_gap"),
+                    **row(70.0, 1.0, metric="F1 adversarial")},
+            "mdpo": {**row(0.30, 0.02, metric="reliance_per_token"), **row(0.6, 0.1, metric="reward_margin_gap"),
+                     **row(69.0, 1.0, metric="F1 adversarial")}}
+    _write(tmp_path, "mdpo", {"summary": mdpo}, "MDPO TABLE\n")
+    loop = {"offline": {**row(20.0, 1.0, metric="CHAIR_i"), **row(70.0, 1.0, metric="Recall")},
+            "on-policy": {**row(15.0, 1.0, metric="CHAIR_i"), **row(70.5, 1.0, metric="Recall")}}
+    _write(tmp_path, "loop", {"summary": loop}, "LOOP TABLE\n")
+    text = experiments.write_experiments_report(tmp_path).read_text()
+    assert "## 6. mDPO versus DPO" in text and "MDPO TABLE" in text and "LOOP TABLE" in text
+    verdicts = {c["claim"]: c["verdict"] for c in json.loads((tmp_path / "claims.json").read_text())}
+    # reliance +0.20 against 2*sqrt(2*0.02²/3) = 0.033; the margin gap +0.1 against 0.163; F1 -1 against 1.63
+    assert verdicts["mDPO's answers depend on the image more than DPO's (log-prob lost per token, corrupted image)"] \
+        == "appeared"
+    assert verdicts["mDPO's reward margin depends on the image more than DPO's (true − corrupted image)"] \
+        == "within noise"
+    assert verdicts["mDPO answers POPE adversarial better than DPO (F1)"] == "within noise"
+    assert verdicts["On-policy rounds hallucinate less than one offline round (CHAIR_i)"] == "appeared"
+    assert verdicts["On-policy rounds keep the recall of one offline round"] == "appeared (equal within noise)"
+
+
+def test_unknown_mdpo_and_loop_arms_are_refused_before_any_work(tmp_path):
+    from mmalign.experiments import loop, mdpo
+
+    with pytest.raises(ValueError, match="unknown mDPO experiment arm"):
+        mdpo.run_mdpo_experiment(tmp_path, arms=["ipo"])
+    with pytest.raises(ValueError, match="unknown loop experiment arm"):
+        loop.run_loop_experiment(tmp_path, arms=["online"])
+    assert list(tmp_path.iterdir()) == []
