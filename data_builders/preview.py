@@ -134,6 +134,7 @@ def render_record(record: Mapping[str, Any], index: int, *, color: bool = False,
     safe = terminal_safe
     lines = [paint(f"── row {index} · source {safe(str(record.get('source') or '?'))} ──", "head"),
              f"images:   {_image_summary(record.get('images') or [])}",
+             *([f"rejected images: {_image_summary(record['rejected_images'])}"] if record.get("rejected_images") else []),
              *(safe(line) for line in _prompt_lines(record.get("prompt")))]
     if record.get("reference"):
         lines.append(safe(f"reference: {record['reference']}"))
@@ -237,6 +238,9 @@ def render_html(records: Sequence[Mapping[str, Any]], *, title: str = "mmalign d
     for i, record in enumerate(records):
         parts = [f"<h2>row {start + i} <small>{html.escape(record.get('source') or '')}</small></h2>",
                  "<div class=imgs>" + "".join(_thumbnail(img) for img in record.get("images") or []) + "</div>",
+                 *(["<div class=imgs><b>rejected images</b> "
+                    + "".join(_thumbnail(img) for img in record["rejected_images"]) + "</div>"]
+                   if record.get("rejected_images") else []),
                  "<p class=prompt>" + "<br>".join(html.escape(x) for x in _prompt_lines(record.get("prompt")))
                  + "</p>"]
         texts = _texts(record)

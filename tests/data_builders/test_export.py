@@ -121,6 +121,12 @@ def test_image_contrast_pairs_export_rejected_images_to_trl_and_ms_swift_and_not
     import_dataset("trl", tmp_path / "trl", tmp_path / "back")
     back = load_preference_dataset(tmp_path / "back")[0]
     assert back["rejected_images"][0].getpixel((0, 0)) == (0, 0, 0)
+    # data inspect and the HTML preview show them
+    from mmalign.data_builders.preview import render_html, render_record
+    from mmalign.data_builders.schema import validate_record
+
+    stored = validate_record(records[0])
+    assert "rejected images: 1" in render_record(stored, 0) and render_html([stored]).count("<img") == 2
 
 
 def test_export_is_atomic_and_replaces_only_an_earlier_export(pairs, png, tmp_path):
