@@ -104,7 +104,7 @@ def test_a_studio_round_waits_for_labels_then_trains_on_the_corrections(tmp_path
     project = StudioProject.create(project_dir)
     project.add_annotator("ann")
     config = tiny(tmp_path, rounds=1, feedback="studio", prompts_path=str(tmp_path / "prompts"),
-                  studio_project=str(project_dir), eval_scenes=0)
+                  studio_project=str(project_dir), eval_scenes=0, opa_sft=True)
     first = run_loop(config, progress=None)
     assert first.waiting and "2 answers" in first.waiting and not (tmp_path / "loop" / "round-0" / "pairs").exists()
     again = run_loop(config, progress=None)  # nothing labelled yet: still waiting, nothing added twice
@@ -114,11 +114,58 @@ def test_a_studio_round_waits_for_labels_then_trains_on_the_corrections(tmp_path
     for item in project.items():
         word = item.answer.split()[0]
         project.submit(annotator.id, item.id, {"corrections": [{"start": 0, "end": len(word), "text": "Truly"}]})
-    done = run_loop(config, progress=None)
+    started = {}
+    original_init = DPOTrainer.__init__
+
+    def init(self, model, args, train_dataset=None, **kw):
+        original_init(self, model, args, train_dataset=train_dataset, **kw)
+        started["lora"] = {k: v.clone() for k, v in get_peft_model_state_dict(model.model).items()}
+
+    DPOTrainer.__init__ = init
+    try:
+        done = run_loop(config, progress=None)
+    finally:
+        DPOTrainer.__init__ = original_init
     assert done.waiting is None
+    # OPA-DPO: SFT on the corrected answers first, and DPO starts from (and is referenced to) that policy
+    sft = load_file(tmp_path / "loop" / "round-0" / "sft-adapter" / "adapter_model.safetensors")
+    assert any(v.abs().sum() > 0 for k, v in sft.items() if "lora_B" in k)
+    for key, value in sft.items():
+        torch.testing.assert_close(started["lora"][key], value)
     pairs = load_preference_dataset(tmp_path / "loop" / "round-0" / "pairs")
     assert len(pairs) == 2 and all(c.startswith("Truly") for c in pairs["chosen"])
     assert (tmp_path / "loop" / "round-0" / "adapter" / "adapter_config.json").exists()
+
+
+class ScriptedPolicy:
+    def generate(self, images, prompts, **kwargs):
+        return [answer for _ in prompts for answer in ("A red cup. A red plate.", "A blue cup. A green plate.")]
+
+
+class WordJudge:
+    def judge(self, images, questions):
+        from mmalign.data_builders.claims import Verdict
+
+        return [Verdict(0.0, -1.0) if "red" in q.lower() else Verdict(-1.0, 0.0) for q in questions]
+
+
+def test_ai_feedback_takes_each_rounds_slice_of_the_prompt_set(tmp_path):
+    from PIL import Image
+
+    from mmalign.data_builders.ai_feedback import AIFeedbackConfig
+    from mmalign.loop import AIFeedback
+
+    records = [{"images": [Image.new("RGB", (8, 8), "red")], "prompt": f"Question {i}?", "meta": {"i": i}} for i in range(5)]
+    save_prompt_set(records, tmp_path / "prompts")
+    config = LoopConfig(output_dir=str(tmp_path / "o"), feedback="ai", prompts_path=str(tmp_path / "prompts"),
+                        prompts_per_round=2)
+    source = AIFeedback(WordJudge(), settings=AIFeedbackConfig(num_samples=2, max_pairs_per_prompt=1))
+    pairs = source.records(ScriptedPolicy(), 1, config)
+    assert [p["prompt"] for p in pairs] == ["Question 2?", "Question 3?"]
+    assert all(p["chosen"] == "A red cup. A red plate." for p in pairs) and source.last_stats["prompts"] == 2
+    assert [p["prompt"] for p in source.records(ScriptedPolicy(), 2, config)] == ["Question 4?"]
+    with pytest.raises(ValueError, match="holds fewer than 7 prompts"):
+        source.records(ScriptedPolicy(), 3, config)
 
 
 @pytest.mark.parametrize(("values", "words"), [
