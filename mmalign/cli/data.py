@@ -18,7 +18,7 @@ from mmalign.cli.judging import (
     add_judge_client_flags,
     check_judge_choice,
     claim_judge,
-    judge_endpoint_settings,
+    judge_endpoint,
 )
 from mmalign.cli.world import BUILDERS as WORLD_BUILDERS
 from mmalign.data_builders.corrections import CorrectionStats, read_corrections
@@ -90,14 +90,7 @@ def _ai_feedback_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any]
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.no_length_balance:
         values["balance_lengths"] = False
-    if args.judge_url:
-        endpoint = {**(endpoint or {}), "base_url": args.judge_url}
-    settings = judge_endpoint_settings(args, endpoint=endpoint is not None)
-    if endpoint is not None:
-        if args.judge_model:
-            endpoint["model"] = args.judge_model
-        endpoint.update(settings)
-    return AIFeedbackConfig.from_dict(values), endpoint
+    return AIFeedbackConfig.from_dict(values), judge_endpoint(args, endpoint)
 
 
 def cmd_build_ai_feedback(args: argparse.Namespace) -> int:

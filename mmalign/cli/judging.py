@@ -64,6 +64,19 @@ def judge_endpoint_settings(args: argparse.Namespace, *, endpoint: bool) -> dict
     return settings
 
 
+def judge_endpoint(args: argparse.Namespace, endpoint: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A config file's ``judge_endpoint`` mapping with the flags on top (``--judge-url`` makes
+    one), or ``None`` when there is no endpoint judge."""
+    if args.judge_url:
+        endpoint = {**(endpoint or {}), "base_url": args.judge_url}
+    settings = judge_endpoint_settings(args, endpoint=endpoint is not None)
+    if endpoint is not None:
+        if args.judge_model:
+            endpoint["model"] = args.judge_model
+        endpoint.update(settings)
+    return endpoint
+
+
 def check_judge_choice(args: argparse.Namespace, endpoint_settings: dict[str, Any] | None) -> None:
     """Exactly one claim judge: a local model (``--judge``) or an endpoint with a model name."""
     if (endpoint_settings is None) == (args.judge is None):

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from mmalign.cli.common import add_model_flags
-from mmalign.cli.judging import add_judge_client_flags, claim_judge, judge_endpoint_settings
+from mmalign.cli.judging import add_judge_client_flags, claim_judge, judge_endpoint
 
 #: flag destination -> LoopConfig field, for the flags that set one directly
 _FLAGS = {"out": "output_dir", "rounds": "rounds", "prompts_per_round": "prompts_per_round",
@@ -42,14 +42,7 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any],
         if not sep or not key:
             raise ValueError(f"--set: expected KEY=VALUE, got {item!r}")
         values.setdefault("training", {})[key] = yaml.safe_load(raw)
-    if args.judge_url:
-        endpoint = {**(endpoint or {}), "base_url": args.judge_url}
-    flags = judge_endpoint_settings(args, endpoint=endpoint is not None)
-    if endpoint is not None:
-        if args.judge_model:
-            endpoint["model"] = args.judge_model
-        endpoint.update(flags)
-    return values, ai_settings, endpoint
+    return values, ai_settings, judge_endpoint(args, endpoint)
 
 
 def cmd_loop(args: argparse.Namespace) -> int:

@@ -208,24 +208,30 @@ def test_ddpo_on_pairs_without_spans_warns_and_logs_the_share(tiny_dirs, pair_da
     assert caplog.text.count("carry corrected spans") == 1 and "has no chosen_spans / rejected_spans columns" in caplog.text
 
 
+def response_logps(adapter, images, rows, key, reference=False):
+    """Summed response log-probs of ``rows[key]`` with ``images``, and the response lengths,
+    through the adapter alone (the reference: its LoRA adapters off)."""
+    batch = adapter.encode(images, [r["prompt"] for r in rows], [r[key] for r in rows])
+    with torch.no_grad():
+        if reference:
+            with adapter.model.disable_adapter():
+                logps, mask = adapter.response_logprobs(batch)
+        else:
+            logps, mask = adapter.response_logprobs(batch)
+    return (logps * mask).sum(-1), mask.sum(-1)
+
+
 def _by_hand(adapter, dataset, reference=False):
     """Summed and mean response log-probs of chosen and rejected through the adapter alone."""
-    images, prompts = [r["images"] for r in dataset], [r["prompt"] for r in dataset]
+    rows = [dataset[i] for i in range(len(dataset))]
     out = []
     for key in ("chosen", "rejected"):
-        batch = adapter.encode(images, prompts, [r[key] for r in dataset])
-        with torch.no_grad():
-            if reference:
-                with adapter.model.disable_adapter():
-                    logps, mask = adapter.response_logprobs(batch)
-            else:
-                logps, mask = adapter.response_logprobs(batch)
-        total = (logps * mask).sum(-1)
-        out.append((total, total / mask.sum(-1)))
+        total, length = response_logps(adapter, [r["images"] for r in rows], rows, key, reference)
+        out.append((total, total / length))
     return out
 
 
-def _loss(adapter, dataset, tmp_path, **kw):
+def loss_of(adapter, dataset, tmp_path, **kw):
     args = DPOConfig(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True,
                      per_device_train_batch_size=len(dataset), **kw)
     trainer = DPOTrainer(adapter, args, train_dataset=dataset)
@@ -246,11 +252,11 @@ def test_mpo_mix_is_the_weighted_sum_computed_by_hand(tiny_dirs, pair_dataset, t
     delta = torch.cat([beta * hc, beta * hr]).mean()  # the first batch is the whole running mean
     bco = -F.logsigmoid(beta * hc - delta) - F.logsigmoid(-(beta * hr - delta))
     expected = (0.8 * sigmoid + 0.2 * bco - mean_c).mean()
-    got = _loss(adapter, pair_dataset, tmp_path, beta=beta, loss_type=["sigmoid", "bco_pair", "sft"],
+    got = loss_of(adapter, pair_dataset, tmp_path, beta=beta, loss_type=["sigmoid", "bco_pair", "sft"],
                 loss_weights=[0.8, 0.2, 1.0])
     assert got == pytest.approx(expected.item(), abs=1e-5)
     # the comma form is the same option
-    assert _loss(adapter, pair_dataset, tmp_path, beta=beta, loss_type="sigmoid,bco_pair,sft",
+    assert loss_of(adapter, pair_dataset, tmp_path, beta=beta, loss_type="sigmoid,bco_pair,sft",
                  loss_weights=[0.8, 0.2, 1.0]) == pytest.approx(got, abs=1e-5)
 
 
@@ -260,10 +266,10 @@ def test_simpo_and_orpo_use_no_reference(tiny_dirs, pair_dataset, tmp_path, monk
     adapter = make(tiny_dirs)
     (_, mean_c), (_, mean_r) = _by_hand(adapter, pair_dataset)
     monkeypatch.setattr(DPOTrainer, "reference_logprobs", lambda *a, **k: pytest.fail("reference computed"))
-    simpo = _loss(adapter, pair_dataset, tmp_path, beta=2.0, loss_type="simpo", simpo_gamma=0.5)
+    simpo = loss_of(adapter, pair_dataset, tmp_path, beta=2.0, loss_type="simpo", simpo_gamma=0.5)
     assert simpo == pytest.approx((-F.logsigmoid(2.0 * (mean_c - mean_r) - 0.5)).mean().item(), abs=1e-5)
     log_odds = (mean_c - mean_r) - (torch.log1p(-torch.exp(mean_c)) - torch.log1p(-torch.exp(mean_r)))
-    orpo = _loss(adapter, pair_dataset, tmp_path, beta=0.1, loss_type="orpo")
+    orpo = loss_of(adapter, pair_dataset, tmp_path, beta=0.1, loss_type="orpo")
     assert orpo == pytest.approx((-mean_c - 0.1 * F.logsigmoid(log_odds)).mean().item(), abs=1e-5)
 
 

@@ -11,7 +11,7 @@ from mmalign.dpo import DPOConfig, DPOTrainer
 from mmalign.dpo.collator import DPOCollator, ImageCorruption
 from mmalign.dpo.reference import precompute_reference_logps
 
-from .test_dpo_trainer import assert_same, make, perturb_lora, step
+from .test_dpo_trainer import assert_same, loss_of, make, perturb_lora, response_logps, step
 
 
 def _striped(color: str, seed: int) -> PILImage.Image:
@@ -30,22 +30,7 @@ def textured_pairs(pair_dataset):
 
 
 def _logps(adapter, images, rows, key, reference=False):
-    batch = adapter.encode(images, [r["prompt"] for r in rows], [r[key] for r in rows])
-    with torch.no_grad():
-        if reference:
-            with adapter.model.disable_adapter():
-                logps, mask = adapter.response_logprobs(batch)
-        else:
-            logps, mask = adapter.response_logprobs(batch)
-    return (logps * mask).sum(-1)
-
-
-def _loss(adapter, dataset, tmp_path, **kw):
-    args = DPOConfig(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True,
-                     per_device_train_batch_size=len(dataset), **kw)
-    trainer = DPOTrainer(adapter, args, train_dataset=dataset)
-    with torch.no_grad():
-        return trainer.compute_loss(adapter.model, trainer.collator([dataset[i] for i in range(len(dataset))])).item()
+    return response_logps(adapter, images, rows, key, reference)[0]
 
 
 def test_mdpo_loss_is_dpo_plus_conditional_plus_anchor_by_hand(tiny_dirs, textured_pairs, tmp_path):
@@ -61,15 +46,15 @@ def test_mdpo_loss_is_dpo_plus_conditional_plus_anchor_by_hand(tiny_dirs, textur
     beta, weight_c, weight_a, anchor = 0.5, 0.7, 0.3, 0.2
     expected = (-F.logsigmoid(beta * (h["c"] - h["r"])) - weight_c * F.logsigmoid(beta * (h["c"] - h["cc"]))
                 - weight_a * F.logsigmoid(beta * h["c"] - anchor)).mean()
-    got = _loss(adapter, textured_pairs, tmp_path, beta=beta, loss_type="mdpo", mdpo_corruption="mask",
+    got = loss_of(adapter, textured_pairs, tmp_path, beta=beta, loss_type="mdpo", mdpo_corruption="mask",
                 mdpo_corruption_strength=0.5, seed=3, mdpo_conditional_weight=weight_c, mdpo_anchor_weight=weight_a,
                 mdpo_anchor=anchor)
     assert got == pytest.approx(expected.item(), abs=1e-5)
     # the conditional term is really there: the corrupted images change the chosen answer's score
     assert not torch.allclose(h["c"], h["cc"], atol=1e-4)
     # and without it (and the anchor) mDPO is plain DPO
-    plain = _loss(adapter, textured_pairs, tmp_path, beta=beta)
-    assert _loss(adapter, textured_pairs, tmp_path, beta=beta, loss_type="mdpo", mdpo_conditional_weight=0.0,
+    plain = loss_of(adapter, textured_pairs, tmp_path, beta=beta)
+    assert loss_of(adapter, textured_pairs, tmp_path, beta=beta, loss_type="mdpo", mdpo_conditional_weight=0.0,
                  mdpo_anchor_weight=0.0) == pytest.approx(plain, abs=1e-6)
 
 
@@ -124,7 +109,7 @@ def test_rejected_images_score_the_rejected_side_with_its_own_images(tiny_dirs, 
     hr = (_logps(adapter, rejected_images, rows, "rejected")
           - _logps(adapter, rejected_images, rows, "rejected", reference=True))
     expected = -F.logsigmoid(0.1 * (hc - hr)).mean()
-    assert _loss(adapter, contrast_pairs, tmp_path) == pytest.approx(expected.item(), abs=1e-5)
+    assert loss_of(adapter, contrast_pairs, tmp_path) == pytest.approx(expected.item(), abs=1e-5)
     # the image contrast is what makes the same answer's two sides differ
     assert abs(hc[0] - hr[0]) > 1e-4
     plain = step(make(tiny_dirs), contrast_pairs, tmp_path, cache_image_features=False)
