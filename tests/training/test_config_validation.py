@@ -73,7 +73,7 @@ BAD = [
     (DPOConfig, "gamma", -5.0, "gamma must be a number > 0, got -5.0"),
     (DPOConfig, "label_smoothing", 0.5, "label_smoothing must be a number in [0, 0.5), got 0.5"),
     (DPOConfig, "label_smoothing", -0.1, "label_smoothing must be a number in [0, 0.5), got -0.1"),
-    (DPOConfig, "loss_type", "dpo", "loss_type must be one or more of sigmoid, ipo, hinge, robust, ddpo, bco_pair, simpo, orpo, sft, got 'dpo'"),
+    (DPOConfig, "loss_type", "dpo", "loss_type must be one or more of sigmoid, ipo, hinge, robust, ddpo, bco_pair, mdpo, simpo, orpo, sft, got 'dpo'"),
     (DPOConfig, "sft_weight", -1.0, "sft_weight must be a number >= 0, got -1.0"),
     (DPOConfig, "dynamic_beta_weight", -0.5, "dynamic_beta_weight must be a number >= 0, got -0.5"),
     (DPOConfig, "dynamic_beta_k", 0.0, "dynamic_beta_k must be a number > 0, got 0.0"),
@@ -191,7 +191,7 @@ def run_inputs(tiny_dirs, pairs_dir, sft_json, prompts_dir, save_scorers):
 #: only after it had loaded the model and written output_dir/mmalign_config.yaml
 REFUSED = [
     ("sft", ["--learning_rate", "-0.001"], "learning_rate must be a number > 0, got -0.001"),
-    ("dpo", ["--loss_type", "dpo"], "loss_type must be one or more of sigmoid, ipo, hinge, robust, ddpo, bco_pair, simpo, orpo, sft, got 'dpo'"),
+    ("dpo", ["--loss_type", "dpo"], "loss_type must be one or more of sigmoid, ipo, hinge, robust, ddpo, bco_pair, mdpo, simpo, orpo, sft, got 'dpo'"),
     ("dpo", ["--dynamic_beta", "true"], "dynamic_beta needs a 'reward_margin' column in the data"),
     ("dpo", ["--resume_from_checkpoint", "no-such-checkpoint"], "cannot resume from no-such-checkpoint: not a folder"),
     ("rm", ["--per_device_train_batch_size", "0"], "per_device_train_batch_size must be an integer >= 1, got 0"),
