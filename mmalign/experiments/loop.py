@@ -36,8 +36,8 @@ class Setting:
     """The budget: rounds × scenes per round feedback scenes in both arms, the demo's training knobs."""
 
     rounds: int = 3
-    scenes_per_round: int = 80
-    eval_scenes: int = 100
+    scenes_per_round: int = 40
+    eval_scenes: int = 50
     epochs: float = 2.0
     learning_rate: float = 1e-3
     batch_size: int = 16

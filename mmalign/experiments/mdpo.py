@@ -38,9 +38,9 @@ METRICS = (("F1 adversarial", "POPE F1 adv."), ("F1 (mean of splits)", "POPE F1"
 class Setting:
     """The budget on top of the demo's recipe: feedback scenes for training, held-out scenes."""
 
-    feedback_scenes: int = 240
-    eval_scenes: int = 100
-    reliance_scenes: int = 80
+    feedback_scenes: int = 100
+    eval_scenes: int = 50
+    reliance_scenes: int = 50
     epochs: float = 2.0
 
     def demo_config(self):
