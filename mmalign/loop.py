@@ -372,7 +372,7 @@ def write_loop_report(out: Path, rounds: Sequence[dict[str, Any]], config: LoopC
     from mmalign.utils import format_table
 
     metrics = [(key, label) for key, label in REPORTED if any(key in r for r in rounds)]
-    header = ["round", "pairs", *(f"{label} ({better(key)})" for key, label in metrics)]
+    header = ["round", "pairs", *(f"{label} ({better(key).split(' (')[0]})" for key, label in metrics)]
     table = format_table(header, [[r.get("round", 0), r.get("records", "-"),
                                    *(f"{r[key]:.3f}" if key in r else "-" for key, _ in metrics)] for r in rounds])
     atomic_write_text(out / "report.json", json.dumps({"config": asdict(config), "rounds": list(rounds)}, indent=1))
