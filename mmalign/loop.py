@@ -343,7 +343,8 @@ def run_loop(config: LoopConfig, feedback: FeedbackSource | None = None,
             if not records:
                 raise ValueError(f"round {k}: the feedback gave no pairs ({stats}); nothing to train on")
             save_preference_dataset(records, round_dir / "pairs")
-            policy = _release(policy)  # training loads its own copy: never two models in memory
+            policy = None  # training loads its own copy: never two models in memory
+            _free_memory()
         if not (round_dir / "adapter" / "adapter_config.json").exists():
             say(f"[round {k + 1}/{config.rounds}] training" + (" (SFT, then DPO)" if config.opa_sft else " (DPO)"))
             policy = _train(config, k, round_dir, previous)
@@ -358,13 +359,12 @@ def run_loop(config: LoopConfig, feedback: FeedbackSource | None = None,
     return LoopResult(rounds, write_loop_report(out, rounds, config))
 
 
-def _release(model: Any) -> None:
-    """Drop a model before the next one loads (and hand its GPU memory back)."""
+def _free_memory() -> None:
+    """Collect a dropped model before the next one loads (and hand its GPU memory back)."""
     import gc
 
     import torch
 
-    del model
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
