@@ -118,7 +118,8 @@ def run_loop_experiment(out: str | Path, seeds: Sequence[int] = (0, 1, 2), arms:
     base = next((m["base"] for r in runs for m in r["models"].values()), {})
     flat = [{**r, "models": {a: {k: v for k, v in m.items() if k != "base"} for a, m in r["models"].items()}}
             for r in runs]
-    results = {"setting": asdict(setting), "base": base, "runs": runs, "summary": summarise(flat)}
+    results = {"setting": asdict(setting), "base": {"base": base} if base else {}, "runs": runs,
+               "summary": summarise(flat)}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "results.md").write_text(markdown(results["summary"], setting, [r["seed"] for r in runs]))
     return results

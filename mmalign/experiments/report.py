@@ -84,6 +84,7 @@ CLAIMS = (
     Claim("mdpo", "mDPO's reward margin depends on the image more than DPO's (true − corrupted image)",
           "reward_margin_gap", "mdpo", "dpo", "higher"),
     Claim("mdpo", "mDPO answers POPE adversarial better than DPO (F1)", "F1 adversarial", "mdpo", "dpo", "higher"),
+    Claim("mdpo", "mDPO keeps plain DPO's caption hallucination (CHAIR_i)", "CHAIR_i", "mdpo", "dpo", "equal"),
     Claim("loop", "On-policy rounds hallucinate less than one offline round (CHAIR_i)", "CHAIR_i", "on-policy",
           "offline", "lower"),
     Claim("loop", "On-policy rounds keep the recall of one offline round", "Recall", "on-policy", "offline", "equal"),

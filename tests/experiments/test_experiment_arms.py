@@ -67,5 +67,5 @@ def test_loop_experiment_reports_each_round_and_shares_the_base(tmp_path):
     rounds = json.loads((tmp_path / "runs" / "on-policy-seed0" / "report.json").read_text())["rounds"]
     assert on_policy["round2 CHAIR_i"] == rounds[2]["CHAIR_i"] == on_policy["CHAIR_i"]
     assert "round2 CHAIR_i" not in offline and offline["pairs"] > 0
-    assert results["base"] == json.loads((tmp_path / "base-metrics.json").read_text())  # measured once
+    assert results["base"]["base"] == json.loads((tmp_path / "base-metrics.json").read_text())  # measured once
     assert "On-policy arm per round" in (tmp_path / "results.md").read_text()

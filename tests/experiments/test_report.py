@@ -86,7 +86,7 @@ def test_mdpo_and_loop_claims_get_verdicts_and_sections(tmp_path):
     _write(tmp_path, "mdpo", {"summary": mdpo}, "MDPO TABLE\n")
     loop = {"offline": {**row(20.0, 1.0, metric="CHAIR_i"), **row(70.0, 1.0, metric="Recall")},
             "on-policy": {**row(15.0, 1.0, metric="CHAIR_i"), **row(70.5, 1.0, metric="Recall")}}
-    _write(tmp_path, "loop", {"summary": loop}, "LOOP TABLE\n")
+    _write(tmp_path, "loop", {"base": {"base": row(21.0, 0.0, 1, metric="CHAIR_i")}, "summary": loop}, "LOOP TABLE\n")
     text = experiments.write_experiments_report(tmp_path).read_text()
     assert "## 6. mDPO versus DPO" in text and "MDPO TABLE" in text and "LOOP TABLE" in text
     verdicts = {c["claim"]: c["verdict"] for c in json.loads((tmp_path / "claims.json").read_text())}
