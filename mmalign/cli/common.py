@@ -19,6 +19,7 @@ output of the same command (see :func:`mmalign.io.check_output`).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from mmalign.data_builders.schema import RowErrors
@@ -113,3 +114,15 @@ def print_written(report: Any, what: str) -> None:
         print("  " + RowErrors(lenient=True, skipped=report.skipped).summary())
         for err in report.skipped[:10]:
             print(f"    {err}")
+
+
+def settings_file(path: str | None, what: str = "settings") -> dict[str, Any]:
+    """A ``--config`` YAML file's mapping (empty without a file); anything else is refused."""
+    import yaml
+
+    if not path:
+        return {}
+    loaded = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping of {what}")
+    return loaded

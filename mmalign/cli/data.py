@@ -8,12 +8,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from mmalign.cli.common import add_model_flags, add_output_flags, load_model, print_written
+from mmalign.cli.common import (
+    add_model_flags,
+    add_output_flags,
+    load_model,
+    print_written,
+    settings_file,
+)
 from mmalign.cli.judging import (
     add_judge_client_flags,
     check_judge_choice,
@@ -76,14 +79,8 @@ def _ai_feedback_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any]
     """The sampling config and the judge endpoint settings: YAML file first, flags override."""
     from mmalign.data_builders.ai_feedback import AIFeedbackConfig
 
-    values: dict[str, Any] = {}
-    endpoint: dict[str, Any] | None = None
-    if args.config:
-        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{args.config}: expected a mapping of settings")
-        endpoint = loaded.pop("judge_endpoint", None)
-        values.update(loaded)
+    values = settings_file(args.config)
+    endpoint: dict[str, Any] | None = values.pop("judge_endpoint", None)
     flags = {"num_samples": args.samples, "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
              "min_gap": args.min_gap, "max_pairs_per_prompt": args.max_pairs, "seed": args.seed,
              "prompts_per_batch": args.prompts_per_batch}

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from mmalign.cli.common import add_model_flags
+from mmalign.cli.common import add_model_flags, settings_file
 from mmalign.cli.judging import add_judge_client_flags, claim_judge, judge_endpoint
 
 #: flag destination -> LoopConfig field, for the flags that set one directly
@@ -26,12 +26,7 @@ _FLAGS = {"out": "output_dir", "rounds": "rounds", "prompts_per_round": "prompts
 
 def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
     """LoopConfig values, AI-feedback settings and the judge endpoint (or ``None``): file, then flags."""
-    values: dict[str, Any] = {}
-    if args.config:
-        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{args.config}: expected a mapping of loop settings")
-        values.update(loaded)
+    values = settings_file(args.config, "loop settings")
     ai_settings = values.pop("ai_feedback", None) or {}
     endpoint = values.pop("judge_endpoint", None)
     values.update({field: getattr(args, flag) for flag, field in _FLAGS.items() if getattr(args, flag) is not None})

@@ -3,6 +3,7 @@ log-probs of the chosen and rejected responses of a collated batch."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,3 +104,27 @@ def pair_logprobs(
     logps, mask = adapter.response_logprobs(pair, features, model=model)
     n = chosen.input_ids.shape[0]
     return logps[:n], mask[:n], logps[n:], mask[n:]
+
+
+def batch_features(batch: PairBatch, features_of: Callable[[EncodedBatch], Any]) -> dict[str, Any]:
+    """Image features (``features_of`` one sequence set) of each set with images of its own:
+    the chosen side always, the rejected side of image-contrast pairs, mDPO's corrupted side."""
+    features = {"chosen": features_of(batch.chosen)}
+    if batch.own_rejected_images:
+        features["rejected"] = features_of(batch.rejected)
+    if batch.corrupted is not None:
+        features["corrupted"] = features_of(batch.corrupted)
+    return features
+
+
+def batch_logprobs(model, adapter: VLMAdapter, batch: PairBatch, features: dict[str, Any], *,
+                   share_prefix: bool = False) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-token log-probs and masks of each sequence set: chosen and rejected in one forward
+    (shared prefix when they see the same images), mDPO's corrupted side in another."""
+    c, mc, r, mr = pair_logprobs(model, adapter, batch.chosen, batch.rejected, features.get("chosen"),
+                                 share_prefix=share_prefix, own_images=batch.own_rejected_images,
+                                 rejected_features=features.get("rejected"))
+    out = {"chosen": (c, mc), "rejected": (r, mr)}
+    if batch.corrupted is not None:
+        out["corrupted"] = adapter.response_logprobs(batch.corrupted, features.get("corrupted"), model=model)
+    return out

@@ -14,7 +14,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from mmalign.dpo.collator import DPOCollator, ImageCorruption
-from mmalign.dpo.logprobs import PairBatch, pair_logprobs
+from mmalign.dpo.logprobs import PairBatch, batch_features, batch_logprobs
 from mmalign.models.adapter import VLMAdapter
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -54,16 +54,11 @@ def precompute_reference_logps(
         rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         features = {k: v.to(adapter.device) for k, v in collator(rows).items()}
         batch = PairBatch.from_inputs(features, adapter)
-        own = batch.own_rejected_images
-        c, mc, r, mr = pair_logprobs(adapter.model, adapter, batch.chosen, batch.rejected, features_of(batch.chosen),
-                                     share_prefix=share_prefix, own_images=own,
-                                     rejected_features=features_of(batch.rejected) if own else None)
-        values = {"ref_chosen_logps": (c, mc), "ref_rejected_logps": (r, mr)}
-        if batch.corrupted is not None:
-            values["ref_corrupted_logps"] = adapter.response_logprobs(batch.corrupted, features_of(batch.corrupted))
+        values = batch_logprobs(adapter.model, adapter, batch, batch_features(batch, features_of),
+                                share_prefix=share_prefix)
         for j, index in enumerate(features["pair_index"].tolist()):
-            for name, (logps, mask) in values.items():
-                columns[name][start + index] = logps[j][mask[j]].float().cpu().tolist()
+            for side, (logps, mask) in values.items():
+                columns[f"ref_{side}_logps"][start + index] = logps[j][mask[j]].float().cpu().tolist()
     adapter.model.train(was_training)
     keep = [i for i, values in enumerate(columns["ref_chosen_logps"]) if values is not None]
     out = dataset.remove_columns([c for c in names if c in dataset.column_names])

@@ -25,7 +25,7 @@ from transformers import Trainer, set_seed
 
 from mmalign.dpo.collator import DPOCollator
 from mmalign.dpo.config import SMOOTHED_LOSSES, DPOConfig, mdpo_corruption
-from mmalign.dpo.logprobs import PairBatch, pair_logprobs
+from mmalign.dpo.logprobs import PairBatch, batch_features, batch_logprobs
 from mmalign.dpo.reference import precompute_reference_logps
 from mmalign.losses.dpo import (
     LOSS_TYPES,
@@ -141,24 +141,11 @@ class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, RecordsRunConf
 
     def _image_features(self, adapter: VLMAdapter, batch: PairBatch) -> dict[str, Any]:
         """Cached image features of each sequence set with images of its own (none without caching)."""
-        features = {"chosen": self._features(adapter, batch.chosen)}
-        if batch.own_rejected_images:
-            features["rejected"] = self._features(adapter, batch.rejected)
-        if batch.corrupted is not None:
-            features["corrupted"] = self._features(adapter, batch.corrupted)
-        return features
+        return batch_features(batch, lambda sequences: self._features(adapter, sequences))
 
     def sequence_logprobs(self, model, adapter: VLMAdapter, batch: PairBatch,
                           features: dict[str, Any]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Per-token log-probs and masks of each sequence set: chosen and rejected in one forward
-        (shared prefix when they see the same images), mDPO's corrupted side in another."""
-        c, mc, r, mr = pair_logprobs(model, adapter, batch.chosen, batch.rejected, features.get("chosen"),
-                                     share_prefix=self.args.share_prefix, own_images=batch.own_rejected_images,
-                                     rejected_features=features.get("rejected"))
-        out = {"chosen": (c, mc), "rejected": (r, mr)}
-        if batch.corrupted is not None:
-            out["corrupted"] = adapter.response_logprobs(batch.corrupted, features.get("corrupted"), model=model)
-        return out
+        return batch_logprobs(model, adapter, batch, features, share_prefix=self.args.share_prefix)
 
     def reference_logprobs(self, model, batch: PairBatch, features: dict[str, Any], inputs) -> dict[str, torch.Tensor]:
         """The reference's per-token log-probs of each sequence set: precomputed with the data,
