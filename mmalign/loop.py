@@ -287,12 +287,14 @@ def _train(config: LoopConfig, round_index: int, round_dir: Path, previous: Path
     seed = int(config.training.get("seed", config.seed)) + round_index  # a new LoRA / data order each round
     model_config, args = _recipe(config, round_dir / "train", round_dir / "pairs", seed)
     pairs = load_preference_dataset(round_dir / "pairs")
-    start = previous
-    if config.opa_sft:
-        if not (round_dir / "sft-adapter" / "adapter_config.json").exists():
-            _sft(_policy(model_config, previous), pairs, config, round_dir, args)
-        start = round_dir / "sft-adapter"
-    policy = _policy(model_config, start)  # the reference is this policy before DPO (precomputed log-probs)
+    sft_done = round_dir / "sft-adapter" / "adapter_config.json"
+    if config.opa_sft and sft_done.exists():  # SFT finished before a stop: DPO starts from its adapter
+        policy = _policy(model_config, sft_done.parent)
+    else:
+        policy = _policy(model_config, previous)
+        if config.opa_sft:
+            _sft(policy, pairs, config, round_dir, args)  # DPO goes on from this policy, not a reload of it
+    # the reference is the policy as DPO starts (its log-probs precomputed before training)
     trainer = DPOTrainer(policy, args, train_dataset=pairs)
     trainer.train(resume_from_checkpoint=latest_valid_checkpoint(args.output_dir))
     policy.save_adapter(round_dir / "adapter")
