@@ -23,6 +23,7 @@ experiments: $(STAMP)
 	$(EXP) dpo --out runs/experiments --seeds 3 4 --methods ddpo-qlora dpo-qlora
 	$(EXP) reward-models --out runs/experiments --seeds 0 1 2
 	$(EXP) ppo --out runs/experiments --seeds 0 1 2 3 4
+	$(EXP) grpo --out runs/experiments --seeds 0 1 2
 	$(EXP) mdpo --out runs/experiments --seeds 0 1 2
 	$(EXP) loop --out runs/experiments --seeds 0 1 2
 	$(EXP) report --out runs/experiments

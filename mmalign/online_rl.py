@@ -42,6 +42,7 @@ class LagrangeArguments:
     lambda_max: float | None = field(default=None, metadata={"help": "Upper bound of λ."})
     lambda_update_delay: int = field(default=0, metadata={"help": "Iterations before λ starts to move."})
     episode_cost_window: int = field(default=128, metadata={"help": "Answers in the sliding mean cost J_C."})
+    unsafe_cost: float = field(default=0.0, metadata={"help": "An answer with cost above this is unsafe (logged)."})
 
     def check_lagrange(self, c: Any) -> None:
         c.number("cost_threshold")
@@ -50,6 +51,7 @@ class LagrangeArguments:
         c.number("lambda_max", 0, low_open=True, optional=True)
         c.number("lambda_update_delay", 0, integer=True)
         c.number("episode_cost_window", 1, integer=True)
+        c.number("unsafe_cost")
         if not c.problems:
             c.rule(self.lambda_max is None or self.lambda_max >= self.lambda_init, "lambda_max",
                    f"lambda_max ({self.lambda_max}) must be at least lambda_init ({self.lambda_init})")
@@ -192,3 +194,54 @@ def check_scorer_paths(args: Any, *names: str) -> None:
         path = getattr(args, name)
         if path and not (Path(path) / HEAD_CONFIG).is_file():
             raise FileNotFoundError(f"{name} {path}: not a trained reward / cost model folder (no {HEAD_CONFIG})")
+
+
+#: (log key, panel title) of the curves people look at first; a panel appears when some run logged its key
+CURVES = (("cost", "mean cost of sampled answers"), ("lambda", "λ"), ("reward", "reward"),
+          ("kl", "KL to the reference (per answer)"), ("response_length", "answer length (tokens)"),
+          ("completion_length", "answer length (tokens)"))
+#: the per-iteration log a finished PPO or GRPO run keeps in its final folder
+RUN_LOGS = ("ppo_log.json", "grpo_log.json")
+
+
+def plot_rl_logs(runs: dict[str, list[dict[str, Any]]], out: str | Path, budget: float | None = None) -> Path:
+    """One panel per metric, one line per run; ``runs`` maps a name to its per-iteration log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(k, t) for k, t in CURVES if any(k in e for log in runs.values() for e in log)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
+        for i, (name, log) in enumerate(runs.items()):  # a run keeps its colour in every panel
+            points = [(e["step"], e[key]) for e in log if key in e and "step" in e]
+            if points:
+                ax.plot(*zip(*points), label=name, color=f"C{i % 10}")
+        if key == "cost" and budget is not None:
+            ax.axhline(budget, color="gray", linestyle="--", label="budget")
+        ax.set_title(title)
+        ax.set_xlabel("iteration")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return Path(out)
+
+
+def run_log(final: str | Path) -> tuple[Path, list[dict[str, Any]]]:
+    """The per-iteration log of a finished PPO or GRPO run (its final folder): file and entries."""
+    import json
+
+    for name in RUN_LOGS:
+        if (Path(final) / name).exists():
+            return Path(final) / name, json.loads((Path(final) / name).read_text())
+    raise FileNotFoundError(f"{final} holds no RL log ({' or '.join(RUN_LOGS)}): is it a finished PPO or GRPO run?")
+
+
+def plot_rl_run(final: str | Path, budget: float | None = None) -> Path | None:
+    """``ppo_curves.png`` / ``grpo_curves.png`` beside a finished run's log (cost against
+    ``budget``, λ, reward, KL, length); None when it logged nothing."""
+    file, log = run_log(final)
+    out = file.with_name(file.name.replace("_log.json", "_curves.png"))
+    return plot_rl_logs({Path(final).parent.name: log}, out, budget) if log else None

@@ -10,7 +10,8 @@ from mmalign.config_io import parse_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "mmalign" / "recipes").glob("*.yaml"))
 PREFIXES = {"sft-": "sft", "ddpo-": "dpo", "dpo-": "dpo", "rm-": "rm", "fact-rm-": "rm", "cost-": "cost",
-            "ppo-": "ppo", "safe-ppo-": "safe-ppo", "grpo-": "grpo"}
+            "ppo-": "ppo", "safe-ppo-": "safe-ppo", "grpo-": "grpo",
+            "safe-grpo-": "safe-grpo"}
 
 
 def method_of(path: Path) -> str:
@@ -26,7 +27,7 @@ def test_shipped_recipe_parses(recipe):
     gpu_only = [] if torch.cuda.is_available() else ["--bf16", "false"]  # GPU recipes, parsed on a CPU
     model, args = parse_recipe(types, ["--config", recipe.stem, "--output_dir", "elsewhere", *gpu_only],
                                prog="test")
-    if recipe.stem.startswith("safe-ppo-"):
+    if recipe.stem.startswith(("safe-ppo-", "safe-grpo-")):
         assert args.constrained and args.cost_threshold == -0.5
     assert model.model_name_or_path and args.output_dir == "elsewhere"
     if recipe.stem.startswith("cost-"):

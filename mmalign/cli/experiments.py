@@ -103,7 +103,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="models per seed (default: rm fact_rm cost; fact_rm_prompt puts the facts before the question)")
     p.add_argument("--epochs", type=float, default=reward_models.Setting.epochs,
                    help=f"epochs per model (default: {reward_models.Setting.epochs:g})")
-    p = add("ppo", "PPO with the Fact-RM vs a plain RM; reward-only PPO vs PPO-Lagrangian (Safe RLHF-V)", cmd_ppo)
+    p = add("ppo", "PPO with the Fact-RM vs a plain RM; reward-only vs Lagrangian PPO and GRPO (Safe RLHF-V)",
+            cmd_ppo)
     p.add_argument("--arms", nargs="+", default=list(ppo.ARMS), choices=list(ppo.ARMS),
                    help="arms to run per seed (default: all)")
     p.add_argument("--iterations", type=int, default=ppo.Setting.iterations,

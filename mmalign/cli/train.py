@@ -50,22 +50,25 @@ def _method_specs():
 def cmd_train(args: argparse.Namespace) -> int:
     # imports transformers (0.5 s): not for --help
     from mmalign.config_io import parse_recipe
-    from mmalign.ppo.plots import plot_ppo_run
+    from mmalign.online_rl import plot_rl_run
 
     types, run = _method_specs()[args.method]
-    forced = {"cost": ["--kind", "cost"], "ppo": ["--lagrangian", "false"], "safe-ppo": ["--lagrangian", "true"]}
+    forced = {"cost": ["--kind", "cost"], "ppo": ["--lagrangian", "false"], "safe-ppo": ["--lagrangian", "true"],
+              "safe-grpo": ["--lagrangian", "true"]}
     options = [*forced.get(args.method, []), *args.options]
     configs = parse_recipe(types, options, prog=f"mmalign train {args.method}")
     if args.method == "safe-ppo" and not configs[1].cost_model_path:
         raise ValueError("mmalign train safe-ppo: set cost_model_path (a trained cost model)")
-    if args.method == "safe-grpo" and not configs[1].cost_funcs:
-        raise ValueError("mmalign train safe-grpo: set cost_funcs (e.g. cost_model with cost_model_path)")
-    if args.method == "grpo" and configs[1].cost_funcs:
-        raise ValueError("mmalign train grpo: cost_funcs constrain the policy; use mmalign train safe-grpo")
+    if args.method == "safe-grpo" and not configs[1].constrained:
+        raise ValueError("mmalign train safe-grpo: set cost_funcs (e.g. cost_model with cost_model_path) and keep "
+                         "lagrangian true")
+    if args.method == "grpo" and configs[1].constrained:
+        raise ValueError("mmalign train grpo: cost_funcs constrain the policy; use mmalign train safe-grpo "
+                         "(or --lagrangian false to only log the cost)")
     out = run(*configs)
     if configs[1].process_index == 0:  # one line, also under torchrun / accelerate launch
-        if args.method in ("ppo", "safe-ppo"):  # curves for people; the trainer only writes the log
-            plot_ppo_run(out, configs[1].cost_threshold if configs[1].constrained else None)
+        if args.method in ("ppo", "safe-ppo", "grpo", "safe-grpo"):  # curves for people; trainers write the log
+            plot_rl_run(out, configs[1].cost_threshold if configs[1].constrained else None)
         print(f"training finished; final model in {out}")
     return 0
 

@@ -1,10 +1,12 @@
-"""PPO in the scene world: Fact-RM versus plain RM, reward-only PPO versus PPO-Lagrangian.
+"""Online RL against learned models in the scene world: Fact-RM versus plain RM, reward-only
+versus Lagrangian-constrained PPO, and the same constraint on critic-free GRPO.
 
 Fact-RLHF's ablation asks whether PPO against a factually augmented reward model leaves
 less hallucination than PPO against a plain one; Safe RLHF-V's claim is that PPO-Lagrangian
 keeps answers to harmful requests safe where reward-only PPO does not, without losing
-helpfulness. Run with ``mmalign experiments ppo --out DIR`` or
-:func:`run_ppo_experiment`.
+helpfulness. Safe GRPO-Lagrangian asks the same of group RL (group advantages of the reward
+and of the cost, the same λ), against reward-only GRPO that logs the cost without obeying
+it. Run with ``mmalign experiments ppo --out DIR`` or :func:`run_ppo_experiment`.
 
 Stages (each written under ``OUT`` and reused when present, so a crashed run resumes):
 
@@ -54,20 +56,27 @@ class Setting:
     learning_rate: float = 5e-4
     budget: float = -3.0
     lambda_init: float = 1.0
+    grpo_iterations: int = 30  # GRPO arms: iterations of grpo_prompts prompts x grpo_generations answers
+    grpo_prompts: int = 8
+    grpo_generations: int = 4
+    grpo_beta: float = 0.05
 
 
 def quick_setting() -> Setting:
     """Tiny sizes: every stage in about a minute (a smoke run, not evidence)."""
     return Setting(sft_scenes=64, safety_sft_scenes=64, feedback_scenes=8, safety_pair_scenes=16, prompt_scenes=8,
-                   eval_scenes=6, iterations=2, rollout_batch_size=8, minibatch=4, max_new_tokens=8)
+                   eval_scenes=6, iterations=2, rollout_batch_size=8, minibatch=4, max_new_tokens=8,
+                   grpo_iterations=2, grpo_prompts=2)
 
 
-#: arm -> (reward model, PPO-Lagrangian with the cost model, label). Every arm uses the same
-#: start policy, prompts, iterations and seeds; the cost model only logs in reward-only arms.
+#: arm -> (trainer, reward model, constrained by the cost model, label). Every arm uses the same
+#: start policy, prompts and seeds; the cost model only logs in reward-only arms.
 ARMS = {
-    "ppo": ("reward-model", False, "PPO, Fact-RM, reward only"),
-    "ppo-plain-rm": ("plain-reward-model", False, "PPO, plain RM, reward only"),
-    "safe-ppo": ("reward-model", True, "PPO-Lagrangian, Fact-RM + cost model"),
+    "ppo": ("ppo", "reward-model", False, "PPO, Fact-RM, reward only"),
+    "ppo-plain-rm": ("ppo", "plain-reward-model", False, "PPO, plain RM, reward only"),
+    "safe-ppo": ("ppo", "reward-model", True, "PPO-Lagrangian, Fact-RM + cost model"),
+    "grpo": ("grpo", "reward-model", False, "GRPO, Fact-RM, reward only"),
+    "safe-grpo": ("grpo", "reward-model", True, "Safe GRPO-Lagrangian, Fact-RM + cost model"),
 }
 
 
@@ -165,7 +174,7 @@ def ppo_run_config(setting: Setting, base: Path, models: dict[str, Path], prompt
     from mmalign.model_config import ModelConfig
     from mmalign.ppo import PPOConfig
 
-    reward_model, safe = ARMS[arm][:2]
+    _, reward_model, safe, _ = ARMS[arm]
     return load_recipe("safe-ppo-scene-vlm" if safe else "ppo-scene-vlm", (ModelConfig, PPOConfig), {
         "model_name_or_path": str(base), "output_dir": str(path), "dataset_path": str(prompts),
         "reward_model_path": str(models[reward_model]), "cost_model_path": str(models["cost-model"]),
@@ -177,15 +186,41 @@ def ppo_run_config(setting: Setting, base: Path, models: dict[str, Path], prompt
     })
 
 
-def stage_ppo(setting: Setting, base: Path, models: dict[str, Path], prompts: Path, out: Path, seed: int,
-              arm: str) -> Path:
+def grpo_run_config(setting: Setting, base: Path, models: dict[str, Path], prompts: Path, path: Path, seed: int,
+                    arm: str) -> tuple[Any, Any]:
+    """(ModelConfig, GRPOConfig) of a GRPO arm: the ``safe-grpo-scene-vlm`` recipe, the cost
+    only logged in the reward-only arm."""
+    from mmalign.config_io import load_recipe
+    from mmalign.grpo import GRPOConfig
+    from mmalign.model_config import ModelConfig
+
+    _, reward_model, safe, _ = ARMS[arm]
+    return load_recipe("safe-grpo-scene-vlm", (ModelConfig, GRPOConfig), {
+        "model_name_or_path": str(base), "output_dir": str(path), "dataset_path": str(prompts),
+        "reward_model_path": str(models[reward_model]), "cost_model_path": str(models["cost-model"]),
+        "lagrangian": safe, "max_steps": setting.grpo_iterations, "prompts_per_step": setting.grpo_prompts,
+        "num_generations": setting.grpo_generations,
+        "per_device_train_batch_size": setting.grpo_prompts * setting.grpo_generations // 2,
+        "max_new_tokens": setting.max_new_tokens, "beta": setting.grpo_beta, "learning_rate": setting.learning_rate,
+        "cost_threshold": setting.budget, "lambda_init": setting.lambda_init, "save_strategy": "steps",
+        "logging_steps": 1, "use_cpu": True, "seed": seed,
+    })
+
+
+def stage_rl(setting: Setting, base: Path, models: dict[str, Path], prompts: Path, out: Path, seed: int,
+             arm: str) -> Path:
+    """Train one (seed, arm) with PPO or GRPO; a finished run is reused, a stopped one resumes."""
+    from mmalign.grpo import run_grpo
     from mmalign.ppo import run_ppo
 
     path = out / f"{arm}-{seed}"
     if (path / "final").exists():
         return path / "final"
-    model_config, args = ppo_run_config(setting, base, models, prompts, path, seed, arm)
-    return run_ppo(model_config, args)  # seeds everything from args.seed
+    configs, run = ((ppo_run_config, run_ppo) if ARMS[arm][0] == "ppo" else (grpo_run_config, run_grpo))
+    model_config, args = configs(setting, base, models, prompts, path, seed, arm)
+    if any(path.glob("checkpoint-*")):
+        args.resume_from_checkpoint = "auto"
+    return run(model_config, args)  # seeds everything from args.seed
 
 
 def evaluate_policy(base: Path, adapter_path: Path | None, rm: Path, cm: Path, prompts: Path) -> dict[str, float]:
@@ -250,18 +285,18 @@ def mean_logs(logs: list[list[dict[str, Any]]]) -> list[dict[str, float]]:
 
 def plot_curves(runs: list[dict[str, Any]], setting: Setting, out: Path) -> Path | None:
     """Cost, λ, reward and KL per iteration: one line per arm, the mean over its seeds."""
-    from mmalign.ppo.plots import plot_ppo_logs
+    from mmalign.online_rl import plot_rl_logs, run_log
 
     logs: dict[str, list[list[dict[str, Any]]]] = {}
     for run in runs:
         for arm in run["models"]:
-            file = out / f"{arm}-{run['seed']}" / "final" / "ppo_log.json"
-            if arm in ARMS and file.exists():
-                logs.setdefault(arm, []).append(json.loads(file.read_text()))
+            final = out / f"{arm}-{run['seed']}" / "final"
+            if arm in ARMS and final.exists():
+                logs.setdefault(arm, []).append(run_log(final)[1])
     if not logs:
         return None
-    lines = {f"{ARMS[arm][2]} (mean of {len(group)})": mean_logs(group) for arm, group in logs.items()}
-    return plot_ppo_logs(lines, out / "curves.png", budget=setting.budget)
+    lines = {f"{ARMS[arm][3]} (mean of {len(group)})": mean_logs(group) for arm, group in logs.items()}
+    return plot_rl_logs(lines, out / "curves.png", budget=setting.budget)
 
 
 def run_ppo_experiment(out: str | Path, seeds: Sequence[int] = (0, 1, 2), arms: Sequence[str] = tuple(ARMS),
@@ -288,15 +323,16 @@ def run_ppo_experiment(out: str | Path, seeds: Sequence[int] = (0, 1, 2), arms: 
         for arm in arms:
             if result_file(out, seed, arm).exists():
                 continue
-            print(f"-- ppo: seed {seed}, {ARMS[arm][2]}: training, then the held-out evaluation", flush=True)
-            final = stage_ppo(setting, base, models, train_prompts, out, seed, arm)
+            print(f"-- ppo: seed {seed}, {ARMS[arm][3]}: training, then the held-out evaluation", flush=True)
+            final = stage_rl(setting, base, models, train_prompts, out, seed, arm)
             result = evaluate_policy(base, final, models["reward-model"], models["cost-model"], eval_prompts)
             result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             save_result(out, seed, arm, result)
             print(f"-- ppo: seed {seed}, {arm}: {result}", flush=True)
     runs = load_runs(out)
     start = json.loads(start_file.read_text())
-    results = {"setting": asdict(setting), "start": start, "runs": runs, "summary": summarise(runs)}
+    results = {"setting": asdict(setting), "start": start, "runs": runs, "summary": summarise(runs),
+               "limits": {"budget": {"mean_cost": setting.budget}}}  # what the claims compare the cost with
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "results.md").write_text(markdown(results))
     plot_curves(runs, setting, out)
@@ -316,7 +352,9 @@ def markdown(results: dict[str, Any]) -> str:
     seeds = [r["seed"] for r in results["runs"]]
     lines = [
         f"Held-out prompts from {setting['eval_scenes']} scenes; {setting['iterations']} PPO iterations of "
-        f"{setting['rollout_batch_size']} prompts, KL β {setting['kl_coef']:g}, cost budget {setting['budget']:g}; "
+        f"{setting['rollout_batch_size']} prompts, KL β {setting['kl_coef']:g}; {setting['grpo_iterations']} GRPO "
+        f"iterations of {setting['grpo_prompts']} prompts x {setting['grpo_generations']} answers, k3 KL β "
+        f"{setting['grpo_beta']:g}; cost budget {setting['budget']:g}; "
         f"seeds {', '.join(map(str, seeds))} (mean ± std over the seeds each arm has).",
         "",
         "| policy | seeds | " + " | ".join(COLUMNS.values()) + " |",
@@ -327,7 +365,7 @@ def markdown(results: dict[str, Any]) -> str:
         if arm in summary:
             row = summary[arm]
             cells = [f"{row[k]:.2f} ± {row[k + '_std']:.2f}" for k in COLUMNS]
-            lines.append(f"| {ARMS[arm][2]} | {row['seeds']:g} | " + " | ".join(cells) + " |")
+            lines.append(f"| {ARMS[arm][3]} | {row['seeds']:g} | " + " | ".join(cells) + " |")
     peaks = [m["peak_rss_mb"] for r in results["runs"] for m in r["models"].values() if "peak_rss_mb" in m]
     if peaks:
         lines.append(f"\nPeak RSS of a run's process (training and evaluation): {max(peaks):.0f} MB.")

@@ -70,6 +70,16 @@ CLAIMS = (
           "safe-ppo", "start", "higher"),
     Claim("ppo", "PPO-Lagrangian keeps the helpfulness of reward-only PPO (Fact-RM score)", "fact_rm_score",
           "safe-ppo", "ppo", "equal"),
+    Claim("ppo", "PPO-Lagrangian keeps the held-out mean cost within the budget", "mean_cost", "safe-ppo", "budget",
+          "lower"),
+    Claim("ppo", "Safe GRPO-Lagrangian answers harmful requests unsafely less often than reward-only GRPO",
+          "unsafe_rate_harmful_cost_model", "safe-grpo", "grpo", "lower"),
+    Claim("ppo", "Safe GRPO-Lagrangian keeps the held-out mean cost within the budget", "mean_cost", "safe-grpo",
+          "budget", "lower"),
+    Claim("ppo", "Safe GRPO-Lagrangian is more helpful than the start policy (Fact-RM score)", "fact_rm_score",
+          "safe-grpo", "start", "higher"),
+    Claim("ppo", "Safe GRPO-Lagrangian keeps the helpfulness of reward-only GRPO (Fact-RM score)", "fact_rm_score",
+          "safe-grpo", "grpo", "equal"),
     Claim("grpo", "GRPO (object F1) hallucinates less than the start policy (CHAIR_i)", "CHAIR_i", "grpo-f1", "start",
           "lower"),
     Claim("grpo", "GRPO (object F1) keeps the start policy's recall", "Recall", "grpo-f1", "start", "equal"),
@@ -112,8 +122,10 @@ def verdict(arm: dict[str, float], baseline: dict[str, float], metric: str, bett
 
 
 def _rows(result: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """An experiment's arms over seeds plus its single models (the base, the start policy) as one-seed rows."""
-    single = {**result.get("base", {}), **({"start": result["start"]} if "start" in result else {})}
+    """An experiment's arms over seeds plus its single models (the base, the start policy) and
+    limits (a cost budget) as one-seed rows."""
+    single = {**result.get("base", {}), **({"start": result["start"]} if "start" in result else {}),
+              **result.get("limits", {})}
     rows = {name: {**row, **{k + "_std": 0.0 for k in row}, "seeds": 1} for name, row in single.items()}
     return {**rows, **result.get("summary", {})}
 
@@ -205,12 +217,13 @@ def write_experiments_report(out: str | Path) -> Path:
                   (out / "reward-models" / "results.md").read_text().strip()]
     if "ppo" in results:
         ppo = results["ppo"]
-        arms = {"ppo": "PPO, Fact-RM", "ppo-plain-rm": "PPO, plain RM", "safe-ppo": "PPO-Lagrangian"}
+        arms = {"ppo": "PPO, Fact-RM", "ppo-plain-rm": "PPO, plain RM", "safe-ppo": "PPO-Lagrangian",
+                "grpo": "GRPO, Fact-RM", "safe-grpo": "Safe GRPO-Lagrangian"}
         plot_bars(_bars({"start": ppo["start"]}, ppo["summary"], arms,
                         {"caption_hallucination": "caption hallucination % ↓", "existence_accuracy": "yes/no acc. % ↑",
                          "unsafe_rate_harmful_cost_model": "unsafe on harmful % ↓", "fact_rm_score": "Fact-RM score ↑"}),
                   out / "ppo.png", "PPO arms (held-out prompts)")
-        lines += ["", "## 2b and 3. PPO with each reward model; reward-only PPO versus PPO-Lagrangian", "",
+        lines += ["", "## 2b and 3. PPO with each reward model; reward-only versus Lagrangian PPO and GRPO", "",
                   (out / "ppo" / "results.md").read_text().strip(), "", "![](ppo.png)", "",
                   "![](ppo/curves.png)"]
     if "grpo" in results:

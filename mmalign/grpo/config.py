@@ -22,9 +22,9 @@ class GRPOConfig(TrainingArguments, LagrangeArguments, GuardArguments, ResumeArg
     ``max_steps`` counts iterations: each samples ``num_generations`` completions for each of
     ``prompts_per_step`` prompts, scores them with the reward functions, computes group
     advantages and runs ``num_iterations`` passes (μ) of minibatches of
-    ``per_device_train_batch_size`` completions over them. With a cost (``cost_funcs`` or
-    ``cost_model_path``) and ``cost_threshold`` the run is Safe GRPO: the policy follows
-    (A_r − λ·A_c) / (1 + λ) and λ grows while the mean cost exceeds the threshold.
+    ``per_device_train_batch_size`` completions over them. With a cost (``cost_funcs``) and
+    ``cost_threshold`` the run is Safe GRPO: the policy follows (A_r − λ·A_c) / (1 + λ) and
+    λ grows while the mean cost exceeds the threshold (``lagrangian: false`` only logs the cost).
     """
 
     dataset_path: str = field(default="", metadata={"help": "Prompts: a saved prompt set (images, prompt, ...)."})
@@ -40,6 +40,9 @@ class GRPOConfig(TrainingArguments, LagrangeArguments, GuardArguments, ResumeArg
     cost_funcs: list[str] = field(
         default_factory=list, metadata={"help": "Cost functions (cost_model or module:function) for Safe GRPO."})
     cost_model_path: str | None = field(default=None, metadata={"help": "A trained cost model, for cost_model."})
+    lagrangian: bool = field(
+        default=True, metadata={"help": "With cost_funcs: constrain the policy by λ (Safe GRPO); false only logs "
+                                        "the cost (a reward-only run to compare against)."})
     num_generations: int = field(default=4, metadata={"help": "Completions sampled per prompt (the group size G)."})
     prompts_per_step: int = field(default=8, metadata={"help": "Prompts per iteration (completions: × G)."})
     num_iterations: int = field(default=1, metadata={"help": "Passes μ over each rollout batch."})
@@ -91,6 +94,7 @@ class GRPOConfig(TrainingArguments, LagrangeArguments, GuardArguments, ResumeArg
         c.text("reward_model_path", optional=True)
         c.text("cost_model_path", optional=True)
         c.flag("dynamic_sampling")
+        c.flag("lagrangian")
         c.flag("share_prefix", optional=True)
         c.number("num_generations", 2, integer=True)
         c.number("prompts_per_step", 1, integer=True)
@@ -140,5 +144,5 @@ class GRPOConfig(TrainingArguments, LagrangeArguments, GuardArguments, ResumeArg
 
     @property
     def constrained(self) -> bool:
-        """Safe GRPO: a cost that constrains the policy."""
-        return bool(self.cost_funcs)
+        """Safe GRPO: a cost that constrains the policy (not only logged)."""
+        return bool(self.cost_funcs) and self.lagrangian

@@ -297,11 +297,14 @@ class GRPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
         for name, values in sampled.per_function.items():
             if not torch.isnan(values).all():
                 log[f"rewards/{name}"] = float(values.nanmean())
-        if sampled.costs is not None:
+        if sampled.costs is not None:  # logged in reward-only runs too, to compare against
+            log.update({"cost": float(sampled.costs.mean()),
+                        "unsafe_rate": float((sampled.costs > args.unsafe_cost).float().mean())})
+        if sampled.costs is not None and args.lagrangian:
             lam = self.update_lambda(sampled.costs)
             cost_advantages = group_advantages(sampled.costs, g, args.advantage_estimator).advantages
             advantages = safe_advantages(advantages, cost_advantages, lam)
-            log.update({"cost": float(sampled.costs.mean()), "lambda": lam})
+            log["lambda"] = lam
         rollout = GroupRollout(sampled.batch, sampled.features, sampled.mask, sampled.old_logps, sampled.ref_logps,
                                advantages.to(sampled.mask.device))
         return rollout, log

@@ -57,7 +57,6 @@ class PPOConfig(TrainingArguments, LagrangeArguments, ShapingConfig, GuardArgume
     max_length: int | None = field(default=2048, metadata={"help": "Longest scoring sequence of the reward model."})
     shaping: bool = field(default=False, metadata={"help": "Add Fact-RLHF's shaping terms to the reward."})
     # Safe RLHF-V: PPO-Lagrangian
-    unsafe_cost: float = field(default=0.0, metadata={"help": "A response with cost above this is unsafe."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep image and text columns."})
     logging_steps: float = field(default=1, metadata={"help": "Log every N iterations."})
     save_strategy: str = field(default="steps", metadata={"help": "Checkpoint every save_steps iterations, or no."})
@@ -99,7 +98,6 @@ class PPOConfig(TrainingArguments, LagrangeArguments, ShapingConfig, GuardArgume
         c.number("length_coef")
         c.number("length_multiplier")
         self.check_lagrange(c)
-        c.number("unsafe_cost")
         c.choice("save_strategy", ("steps", "no"))
         c.rule(self.gradient_accumulation_steps == 1, "gradient_accumulation_steps",
                "gradient_accumulation_steps must be 1 for PPO: it steps once per minibatch of "

@@ -108,3 +108,23 @@ def test_unknown_mdpo_and_loop_arms_are_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="unknown loop experiment arm"):
         loop.run_loop_experiment(tmp_path, arms=["online"])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_safe_grpo_claims_compare_the_cost_with_the_budget_as_a_fixed_row():
+    cols = ("unsafe_rate_harmful_cost_model", "mean_cost", "fact_rm_score")
+
+    def arm(unsafe, cost, score, std=1.0):
+        return {**dict(zip(cols, (unsafe, cost, score))), **{c + "_std": std for c in cols}, "seeds": 3}
+
+    ppo_results = {"start": dict(zip(cols, (50.0, -1.0, 0.0))), "limits": {"budget": {"mean_cost": -3.0}},
+                   "summary": {"grpo": arm(60.0, -1.0, 2.0), "safe-grpo": arm(10.0, -4.0, 1.9)}}
+    rows = {r["claim"]: r for r in experiments.claim_rows({"ppo": ppo_results})}
+    budget = rows["Safe GRPO-Lagrangian keeps the held-out mean cost within the budget"]
+    # -4 against the fixed -3: the budget has no spread and counts as one seed -> 2*sqrt(1/3) = 1.15
+    assert budget["difference"] == -1.0 and budget["noise"] == pytest.approx(2 * math.sqrt(1 / 3))
+    assert budget["verdict"] == "within noise" and budget["seeds"] == 1
+    unsafe = rows["Safe GRPO-Lagrangian answers harmful requests unsafely less often than reward-only GRPO"]
+    assert unsafe["difference"] == -50.0 and unsafe["verdict"] == "appeared"
+    assert rows["Safe GRPO-Lagrangian keeps the helpfulness of reward-only GRPO (Fact-RM score)"]["verdict"] == \
+        "appeared (equal within noise)"
+    assert not any("PPO-Lagrangian" in claim and "Safe GRPO" not in claim for claim in rows)  # no PPO arms measured

@@ -25,6 +25,21 @@ def test_ppo_runs_are_the_arms_recipe_plus_the_setting(tmp_path, arm, recipe):
     assert (model.model_name_or_path, model.lora_r, model.lora_alpha) == ("base", 8, 16)
 
 
+@pytest.mark.parametrize("arm", ["grpo", "safe-grpo"])
+def test_safe_grpo_arms_are_one_recipe_with_the_constraint_on_or_only_logged(tmp_path, arm):
+    from mmalign.grpo import GRPOConfig
+
+    setting = ppo.Setting()
+    _, args = ppo.grpo_run_config(setting, Path("base"), MODELS, Path("prompts"), tmp_path / "run", 2, arm)
+    _, shipped = load_recipe("safe-grpo-scene-vlm", (ModelConfig, GRPOConfig))
+    assert args.reward_funcs == shipped.reward_funcs == ["reward_model"] and args.cost_funcs == ["cost_model"]
+    assert (args.reward_model_path, args.cost_model_path) == ("rm", "cm")
+    assert args.constrained is (arm == "safe-grpo") and args.cost_threshold == setting.budget
+    assert (args.max_steps, args.prompts_per_step, args.num_generations, args.beta) == (
+        setting.grpo_iterations, setting.grpo_prompts, setting.grpo_generations, setting.grpo_beta)
+    assert args.epsilon_high == shipped.epsilon_high and args.seed == 2
+
+
 @pytest.mark.parametrize("extra, recipe", [({}, "rm-scene-vlm"), ({"use_facts": True}, "fact-rm-scene-vlm"),
                                            ({"kind": "cost", "cost_signs": "graded"}, "cost-scene-vlm")])
 def test_reward_models_start_from_the_recipe_of_their_kind(tmp_path, extra, recipe):

@@ -119,6 +119,27 @@ def test_safe_grpo_raises_lambda_while_the_cost_is_over_budget(tiny_dirs, tmp_pa
     assert first["cost"] == pytest.approx(1.5)
 
 
+@pytest.mark.parametrize("lagrangian", [True, False])
+def test_the_cost_advantage_enters_with_lambda_or_is_only_logged(tiny_dirs, tmp_path, lagrangian):
+    def cost(prompts, completions, **_):
+        return [float(i % 4 == 0) - 0.5 for i in range(len(completions))]  # one unsafe answer per group
+
+    trainer = make(tiny_dirs, tmp_path, cost_threshold=-1.0, lambda_init=2.0, lambda_lr=0.0, unsafe_cost=0.0,
+                   lagrangian=lagrangian)
+    trainer.cost_funcs = [cost]
+    rollout, log = trainer.make_rollout()
+    rewards = torch.tensor([float(i % 3) for i in range(8)]).view(2, 4)
+    costs = torch.tensor([float(i % 4 == 0) - 0.5 for i in range(8)]).view(2, 4)
+
+    def by_hand(x):  # GRPO: (x - group mean) / (group std + 1e-4), the std unbiased as torch's
+        return ((x - x.mean(1, keepdim=True)) / (x.std(1, keepdim=True) + 1e-4)).flatten()
+
+    expected = (by_hand(rewards) - 2.0 * by_hand(costs)) / 3.0 if lagrangian else by_hand(rewards)
+    assert torch.allclose(rollout.advantages, expected, atol=1e-5)
+    assert log["cost"] == pytest.approx(-0.25) and log["unsafe_rate"] == pytest.approx(0.25)
+    assert ("lambda" in log) == lagrangian
+
+
 def test_a_resumed_run_ends_with_the_uninterrupted_runs_adapter(tiny_dirs, tmp_path):
     straight = make(tiny_dirs, tmp_path / "a", max_steps=2, save_strategy="steps", save_steps=1)
     straight.train()
@@ -156,8 +177,14 @@ def test_cli_trains_grpo_from_a_recipe(tiny_dirs, tmp_path, capsys):
     final = tmp_path / "run" / "final"
     assert (final / "adapter_model.safetensors").is_file() and (final / "grpo_log.json").is_file()
     assert (tmp_path / "run" / "checkpoint-2" / "grpo_state.json").is_file()
+    assert (final / "grpo_curves.png").stat().st_size > 10_000  # reward and length per iteration
     assert main(["train", "safe-grpo", "--config", "grpo-scene-vlm", "--dataset_path", str(tmp_path / "prompts")]) == 2
     assert "set cost_funcs" in capsys.readouterr().err
+    cost = ["--cost_funcs", "format", "--dataset_path", str(tmp_path / "prompts")]
+    assert main(["train", "grpo", "--config", "grpo-scene-vlm", *cost]) == 2  # a cost constrains: safe-grpo
+    assert "use mmalign train safe-grpo" in capsys.readouterr().err
+    assert main(["train", "safe-grpo", "--config", "grpo-scene-vlm", *cost, "--lagrangian", "false"]) == 2
+    assert "set cost_funcs" in capsys.readouterr().err  # safe-grpo always constrains
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl", "qwen2_5_vl"])
