@@ -26,7 +26,8 @@ from mmalign.scene.world import WorldConfig
 
 def cmd_make(args: argparse.Namespace) -> int:
     out = make_world(args.out, seed=args.seed, size=args.size, split=args.split, overwrite=args.overwrite)
-    print(f"wrote {args.size} {args.split} scenes with POPE, COCO (CHAIR), AMBER and MMHal files to {out}")
+    print(f"wrote {args.size} {args.split} scenes with POPE, COCO (CHAIR), AMBER, MMHal and VL-RewardBench files "
+          f"to {out}")
     return 0
 
 

@@ -18,6 +18,8 @@ LLaVA on the real data score the tiny scene model on a CPU, with no special case
     amber/annotations.json  amber/relation.json  amber/safe_words.txt
     mmhal/response_template.json
     objhal/questions.jsonl   Object HalBench-style description requests (COCO ground truth as CHAIR)
+    vl_rewardbench.jsonl     preference pairs in VL-RewardBench's layout, labelled by the annotations
+                             (scene.reward_pairs; image paths relative to the world folder)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 
 from mmalign.io import OutputKind, atomic_dir, check_output
 from mmalign.scene.render import render_png
+from mmalign.scene.reward_pairs import vl_rewardbench_records
 from mmalign.scene.safety import safety_prompts
 from mmalign.scene.text import NUMBER_WORDS, QA, TEMPLATES, captions, questions
 from mmalign.scene.world import (
@@ -425,6 +428,8 @@ def write_world(out: Path, scenes: list[Scene], config: WorldConfig) -> None:
     mmhal = mmhal_records(scenes, config)
     _write_json(out / "mmhal" / "response_template.json", mmhal)
     _write_jsonl(out / "objhal" / "questions.jsonl", objhal_questions(scenes))
+    reward_pairs = vl_rewardbench_records(scenes, config)
+    _write_jsonl(out / "vl_rewardbench.jsonl", reward_pairs)
 
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     _write_json(
@@ -446,6 +451,7 @@ def write_world(out: Path, scenes: list[Scene], config: WorldConfig) -> None:
                 "pope": {variant: len(rows) for variant, rows in pope.items()},
                 "amber_queries": len(queries),
                 "mmhal_records": len(mmhal),
+                "vl_rewardbench_pairs": len(reward_pairs),
             },
             "cooccurrence": _cooccurrence_report(scenes, config),
             "files": files,
