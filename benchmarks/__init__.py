@@ -1,8 +1,10 @@
-"""Hallucination and safety benchmarks with the official protocols.
+"""Hallucination, safety and reward-model benchmarks with the official protocols.
 
 Each benchmark module declares its formats, parsing and metrics; :mod:`.runner` generates
 answers through a model adapter (batched, resumable) or reads an answers file, and
-:mod:`.report` writes and compares reports.
+:mod:`.report` writes and compares reports. The reward-model benchmarks
+(:mod:`.reward_bench`: VL-RewardBench, Multimodal RewardBench) score preference pairs with a
+reward model instead of generating answers.
 
 >>> from mmalign.benchmarks import PopeConfig, run_pope
 >>> result = run_pope(PopeConfig("pope/"), answers="answers.jsonl", out="runs/pope")  # doctest: +SKIP
@@ -20,6 +22,14 @@ from mmalign.benchmarks.mmhal import MMHalBenchmark, MMHalConfig, run_mmhal
 from mmalign.benchmarks.objhal import ObjHalBenchmark, ObjHalConfig, run_objhal
 from mmalign.benchmarks.pope import PopeBenchmark, PopeConfig, load_pope, run_pope
 from mmalign.benchmarks.report import BenchmarkResult, compare_reports, load_report, write_report
+from mmalign.benchmarks.reward_bench import (
+    REWARD_BENCHMARKS,
+    RewardPair,
+    load_mm_rewardbench,
+    load_reward_scorer,
+    load_vl_rewardbench,
+    run_reward_bench,
+)
 from mmalign.benchmarks.runner import Benchmark, GenerationConfig, Item, run_benchmark
 from mmalign.benchmarks.safety import (
     SafetyBenchmark,
@@ -64,6 +74,8 @@ __all__ = [
     "ObjHalBenchmark",
     "ObjHalConfig",
     "ObjectVocabulary",
+    "REWARD_BENCHMARKS",
+    "RewardPair",
     "PopeBenchmark",
     "PopeConfig",
     "SafetyBenchmark",
@@ -71,9 +83,12 @@ __all__ = [
     "SceneJudge",
     "compare_reports",
     "load_ground_truth",
+    "load_mm_rewardbench",
     "load_pope",
     "load_report",
+    "load_reward_scorer",
     "load_scorer",
+    "load_vl_rewardbench",
     "run_amber",
     "run_benchmark",
     "run_chair",
@@ -81,6 +96,7 @@ __all__ = [
     "run_mmhal",
     "run_objhal",
     "run_pope",
+    "run_reward_bench",
     "run_safety",
     "write_report",
 ]

@@ -1,4 +1,5 @@
-"""``mmalign bench NAME | report``: one command per benchmark of :data:`mmalign.benchmarks.BENCHMARKS`.
+"""``mmalign bench NAME | report``: one command per benchmark of :data:`mmalign.benchmarks.BENCHMARKS`,
+and one per reward-model benchmark of :data:`mmalign.benchmarks.REWARD_BENCHMARKS`.
 
 Each ``mmalign bench NAME`` is generated from the benchmark's config dataclass: every field
 with ``metadata["help"]`` becomes a flag (``--field-name``, or ``metadata["flag"]``; type,
@@ -10,6 +11,8 @@ flags for them in :data:`EXTRA_FLAGS`.
 
 A command either generates answers with ``--model`` (resumable: rerun the same command after
 an interruption) or scores an existing ``--answers`` file, and writes the reports to ``--out``.
+A reward-model benchmark (``vl-rewardbench``, ``mm-rewardbench``) instead scores the
+benchmark's preference pairs with ``--reward-model`` (:func:`~mmalign.benchmarks.run_reward_bench`).
 """
 
 from __future__ import annotations
@@ -25,12 +28,15 @@ from typing import Any
 
 from mmalign.benchmarks import (
     BENCHMARKS,
+    REWARD_BENCHMARKS,
     GenerativeJudge,
     HTTPJudge,
     SceneJudge,
     compare_reports,
+    load_reward_scorer,
     load_scorer,
     run_benchmark,
+    run_reward_bench,
 )
 from mmalign.benchmarks.answers import ANSWER_FORMATS
 from mmalign.benchmarks.mmhal import JUDGE_TEMPLATE
@@ -62,6 +68,27 @@ SUMMARIES: dict[str, tuple[str, str]] = {
                        "preference accuracy, margins (and the DPO implicit reward with LoRA adapters) per condition, "
                        "and the image reliance log p(chosen | true) - log p(chosen | condition), 0 for a model that "
                        "ignores the image; optionally POPE with and without the image."),
+}
+
+#: (``--help`` line, description, the public file to give as ``--data``) of each reward benchmark.
+REWARD_SUMMARIES: dict[str, tuple[str, str, str]] = {
+    "vl-rewardbench": (
+        "VL-RewardBench: reward-model accuracy on human-ranked pairs",
+        "VL-RewardBench (CVPR 2025): score both responses of every pair with a reward model; a pair is right when "
+        "the human-preferred response (human_ranking 0) scores strictly higher, a tie is wrong. Reports the overall "
+        "accuracy, the macro average over the categories (general, hallucination, reasoning) and each category.",
+        "the dataset's parquet file (image bytes inside), the GitHub data.jsonl (image_path relative to "
+        "--image-folder), or JSON / JSON Lines in the same fields",
+    ),
+    "mm-rewardbench": (
+        "Multimodal RewardBench: reward-model accuracy on chosen / rejected pairs",
+        "Multimodal RewardBench (Yasunaga et al. 2025): score Output1 and Output2 of every record with a reward "
+        "model; a pair is right when the output named by Better scores strictly higher, a tie is wrong. Reports the "
+        "overall accuracy (all pairs pooled), each category and the official script's subcategories "
+        "(safety/bias, safety/toxicity, reasoning/math, reasoning/coding).",
+        "all_data.json from the benchmark's repository (a JSON list; JSON Lines too), Image paths relative to "
+        "--image-folder (the data/ folder)",
+    ),
 }
 
 
@@ -291,12 +318,48 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reward_benchmark(name: str, args: argparse.Namespace) -> int:
+    """Read the pairs (a bad record fails before any model loads), load the reward model,
+    score the pairs and report."""
+    REWARD_BENCHMARKS[name](args.data, args.image_folder)
+    scorer = load_reward_scorer(args.reward_model, args.reward_base, batch_size=args.batch_size,
+                                **model_kwargs(args))
+    result = run_reward_bench(name, args.data, scorer, image_dir=args.image_folder, out=args.out,
+                              batch_size=args.batch_size, model_name=args.name, progress=not args.no_progress)
+    rows = [[k, f"{v:.2f}" if isinstance(v, float) else v] for k, v in result.headline.items()]
+    print(f"{result.benchmark} — {result.model}")
+    print(format_table(["metric", "value"], rows))
+    print(f"\nreport: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def add_reward_bench_parser(bsub: argparse._SubParsersAction, name: str) -> None:
+    """``mmalign bench NAME`` for a reward-model benchmark."""
+    help_text, description, data = REWARD_SUMMARIES[name]
+    p = bsub.add_parser(name, help=help_text, description=description,
+                        epilog="Reports go to OUT/report.json, OUT/report.md and OUT/details.jsonl (each pair's "
+                        "scores); scores are cached in OUT/scores.jsonl, so rerunning an interrupted command resumes.")
+    p.add_argument("--data", required=True, help=data)
+    p.add_argument("--image-folder", help="folder the records' image paths are relative to (not needed when the "
+                   "images are inside the data file)")
+    p.add_argument("--reward-model", required=True, help="saved reward model (ScalarHeadModel folder)")
+    p.add_argument("--reward-base", help="base checkpoint of the reward model (default: the one it was trained on)")
+    p.add_argument("--out", required=True, help="output folder for the scores and reports")
+    p.add_argument("--name", help="label of the reward model in the report (default: its folder name)")
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per scoring batch (default: 8)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_model_flags(p, what="the reward model", title="model loading (--reward-model)")
+    p.set_defaults(func=partial(cmd_reward_benchmark, name))
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """``mmalign bench NAME`` for every registered benchmark, and ``mmalign bench report``."""
     bench = sub.add_parser(
-        "bench", help="hallucination and safety benchmarks (" + ", ".join(BENCHMARKS) + ", report)",
+        "bench", help="hallucination, safety and reward-model benchmarks ("
+        + ", ".join([*BENCHMARKS, *REWARD_BENCHMARKS]) + ", report)",
         description="Generate answers with a model and score them with the official protocols, or score an "
-        "answers file produced elsewhere; compare several checkpoints with 'bench report'.",
+        "answers file produced elsewhere; score a reward model on preference pairs (vl-rewardbench, "
+        "mm-rewardbench); compare several checkpoints with 'bench report'.",
     )
     bench.set_defaults(func=lambda args: bench.print_help() or 0)
     bsub = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK")
@@ -313,6 +376,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         split_answers = any(flag.convert is not None for flag in flags)  # SPLIT=FILE questions: answers alike
         add_source_flags(p, answers_nargs="+" if split_answers else None, answers=benchmark_type.scores_answers)
         p.set_defaults(func=partial(cmd_benchmark, name, flags))
+    for name in REWARD_BENCHMARKS:
+        add_reward_bench_parser(bsub, name)
 
     p = bsub.add_parser("report", help="compare several runs side by side (markdown, JSON, PNG chart)",
                         description="Read the report.json of each run folder and write comparison.md, "
