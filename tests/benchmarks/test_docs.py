@@ -14,7 +14,7 @@ def python_blocks(page: Path) -> str:
 
 def test_every_benchmark_has_a_page():
     names = {p.stem for p in PAGES}
-    assert {"pope", "chair", "objhal", "amber", "mmhal", "safety"} <= names
+    assert {"pope", "chair", "objhal", "amber", "mmhal", "safety", "reward-bench"} <= names
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)], ids=lambda p: p.name)
