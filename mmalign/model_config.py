@@ -113,16 +113,13 @@ class ModelConfig:
         return replace(card.lora, **_given(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
                                            target_modules=targets or None))
 
-    def load(self, *, gradient_checkpointing: bool = False, device_map=None):
-        """Load the adapter ready for training as this config describes."""
+    def load_base(self, *, device_map=None):
+        """The base as this config loads it (precision, 4-bit), without LoRA: for scoring
+        adapters trained on it."""
         if not self.model_name_or_path:
             raise ValueError("model_name_or_path is required")
-        if self.load_in_4bit and not self.use_peft:
-            raise ValueError("4-bit weights cannot be trained directly: set use_peft (QLoRA)")
-        if self.train_vision and self.use_peft:
-            raise ValueError("train_vision trains the vision tower in full: set use_peft false")
         card = card_for(self.model_name_or_path, trust_remote_code=self.trust_remote_code)
-        adapter = load_adapter(
+        return load_adapter(
             self.model_name_or_path,
             dtype=self.dtype,
             quantization=self.quantization(card),
@@ -131,6 +128,16 @@ class ModelConfig:
             attn_implementation=self.attn_implementation,
             trust_remote_code=self.trust_remote_code,
         )
+
+    def load(self, *, gradient_checkpointing: bool = False, device_map=None):
+        """Load the adapter ready for training as this config describes."""
+        if not self.model_name_or_path:
+            raise ValueError("model_name_or_path is required")
+        if self.load_in_4bit and not self.use_peft:
+            raise ValueError("4-bit weights cannot be trained directly: set use_peft (QLoRA)")
+        if self.train_vision and self.use_peft:
+            raise ValueError("train_vision trains the vision tower in full: set use_peft false")
+        adapter = self.load_base(device_map=device_map)
         if self.train_vision:
             adapter.freeze(train_projector=True, train_vision=True)
         if self.use_peft:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from mmalign.losses.ppo import lagrange_loss
+from mmalign.losses.reward import ENSEMBLE_AGGREGATIONS
 from mmalign.training import (
     NonFiniteTrainingError,
     checkpoint_problem,
@@ -55,6 +56,27 @@ class LagrangeArguments:
         if not c.problems:
             c.rule(self.lambda_max is None or self.lambda_max >= self.lambda_init, "lambda_max",
                    f"lambda_max ({self.lambda_max}) must be at least lambda_init ({self.lambda_init})")
+
+
+@dataclass
+class EnsembleScoringArguments:
+    """How the RL trainers score with a reward or cost model ensemble (ignored for a single
+    model); :meth:`check_ensemble_scoring` validates them."""
+
+    ensemble_aggregation: str | None = field(
+        default=None, metadata={"help": "Ensemble reward / cost models: mean, worst_case (the most pessimistic "
+                                        "member) or uncertainty_weighted (mean -/+ uncertainty_weight * variance); "
+                                        "default: the ensemble's own."})
+    uncertainty_weight: float | None = field(
+        default=None, metadata={"help": "λ of uncertainty_weighted (default: the ensemble's own)."})
+
+    def check_ensemble_scoring(self, c: Any) -> None:
+        c.choice("ensemble_aggregation", ENSEMBLE_AGGREGATIONS, optional=True)
+        c.number("uncertainty_weight", 0, optional=True)
+
+    def scoring_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`mmalign.reward.load_scoring_model`."""
+        return {"aggregation": self.ensemble_aggregation, "uncertainty_weight": self.uncertainty_weight}
 
 
 class OnlineRLMixin:

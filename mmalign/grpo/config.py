@@ -9,14 +9,14 @@ from transformers import TrainingArguments
 
 from mmalign.config_io import ConfigError, OptionChecks, accepts_aliases
 from mmalign.losses.grpo import ADVANTAGE_ESTIMATORS, IMPORTANCE_LEVELS, LOSS_AGGREGATIONS
-from mmalign.online_rl import LagrangeArguments
+from mmalign.online_rl import EnsembleScoringArguments, LagrangeArguments
 from mmalign.training import GuardArguments, ResumeArguments, check_training_arguments
 
 
 @accepts_aliases({"dataset_name": "dataset_path", "max_completion_length": "max_new_tokens",
                   "importance_sampling_level": "importance_level"})
 @dataclass
-class GRPOConfig(TrainingArguments, LagrangeArguments, GuardArguments, ResumeArguments):
+class GRPOConfig(TrainingArguments, LagrangeArguments, EnsembleScoringArguments, GuardArguments, ResumeArguments):
     """``transformers.TrainingArguments`` plus the group-RL options.
 
     ``max_steps`` counts iterations: each samples ``num_generations`` completions for each of
@@ -114,6 +114,7 @@ class GRPOConfig(TrainingArguments, LagrangeArguments, GuardArguments, ResumeArg
         c.number("length_target_words", 1, integer=True)
         c.choice("object_vocabulary", ("auto", "coco", "instances"))
         self.check_lagrange(c)
+        self.check_ensemble_scoring(c)
         c.number("max_length", 1, integer=True, optional=True)
         c.choice("save_strategy", ("steps", "no"))
         c.rule(self.gradient_accumulation_steps == 1, "gradient_accumulation_steps",

@@ -297,6 +297,10 @@ class GRPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
         for name, values in sampled.per_function.items():
             if not torch.isnan(values).all():
                 log[f"rewards/{name}"] = float(values.nanmean())
+        for function in (*self.reward_funcs, *self.cost_funcs):  # an ensemble: how much its members disagree
+            spread = getattr(getattr(function, "scorer", None), "last_spread", None)
+            if spread is not None:
+                log[f"spread/{reward_name(function)}"] = spread
         if sampled.costs is not None:  # logged in reward-only runs too, to compare against
             log.update({"cost": float(sampled.costs.mean()),
                         "unsafe_rate": float((sampled.costs > args.unsafe_cost).float().mean())})
@@ -451,14 +455,12 @@ GRPO_KEEPS = ("the policy's weights, the optimizer state, the iteration count an
 
 def load_scorers(adapter: VLMAdapter, args: GRPOConfig) -> dict[str, Any]:
     """Reward / cost models named by the reward and cost functions, on the policy's base."""
-    from mmalign.models.scalar_head import ScalarHeadModel
-    from mmalign.reward.scoring import RewardScorer
+    from mmalign.reward import RewardScorer, load_scoring_model
 
     scorers: dict[str, Any] = {}
     for name, path in (("reward_model", args.reward_model_path), ("cost_model", args.cost_model_path)):
         if name in (*args.reward_funcs, *args.cost_funcs):
-            model = ScalarHeadModel.from_pretrained(path, adapter, adapter_name=name.split("_")[0])
-            model.eval()
+            model = load_scoring_model(path, adapter, adapter_name=name.split("_")[0], **args.scoring_options())
             model.backbone = adapter.model
             scorers[name] = RewardScorer(model, batch_size=args.per_device_eval_batch_size, max_length=args.max_length,
                                          name=name.split("_")[0])

@@ -61,3 +61,28 @@ def sign_accuracy(costs: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
     if not labelled.any():
         return costs.new_tensor(float("nan"))
     return ((costs[labelled] > 0) == (signs[labelled] > 0)).float().mean()
+
+
+ENSEMBLE_AGGREGATIONS = ("mean", "worst_case", "uncertainty_weighted")
+
+
+def aggregate_ensemble(scores: torch.Tensor, aggregation: str = "mean", *, uncertainty_weight: float = 1.0,
+                       higher_is_better: bool = True) -> torch.Tensor:
+    """One score per answer from K members' scores ``(K, N)`` (Coste et al., ICLR 2024).
+
+    ``mean``: (1/K) Σ r_k. ``worst_case`` (WCO): the most pessimistic member, min_k r_k for
+    a reward and max_k c_k for a cost. ``uncertainty_weighted`` (UWO): mean ∓ λ·var, the
+    variance over members taken with 1/K (population variance), subtracted for a reward
+    and added for a cost, so the policy gains nothing where the members disagree.
+    """
+    if scores.dim() != 2 or scores.shape[0] < 1:
+        raise ValueError(f"ensemble scores must be (members, answers), got shape {tuple(scores.shape)}")
+    mean = scores.mean(0)
+    if aggregation == "mean":
+        return mean
+    if aggregation == "worst_case":
+        return scores.amin(0) if higher_is_better else scores.amax(0)
+    if aggregation == "uncertainty_weighted":
+        penalty = uncertainty_weight * scores.var(0, unbiased=False)
+        return mean - penalty if higher_is_better else mean + penalty
+    raise ValueError(f"unknown ensemble aggregation {aggregation!r}; choose from {', '.join(ENSEMBLE_AGGREGATIONS)}")

@@ -7,14 +7,14 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from mmalign.config_io import ConfigError, OptionChecks, accepts_aliases
-from mmalign.online_rl import LagrangeArguments
+from mmalign.online_rl import EnsembleScoringArguments, LagrangeArguments
 from mmalign.ppo.shaping import ShapingConfig
 from mmalign.training import GuardArguments, ResumeArguments, check_training_arguments
 
 
 @accepts_aliases({"dataset_name": "dataset_path"})
 @dataclass
-class PPOConfig(TrainingArguments, LagrangeArguments, ShapingConfig, GuardArguments, ResumeArguments):
+class PPOConfig(TrainingArguments, LagrangeArguments, EnsembleScoringArguments, ShapingConfig, GuardArguments, ResumeArguments):
     """``transformers.TrainingArguments`` plus RL options.
 
     Fact-RLHF's shaping weights are the fields of :class:`ShapingConfig`, applied with
@@ -98,6 +98,7 @@ class PPOConfig(TrainingArguments, LagrangeArguments, ShapingConfig, GuardArgume
         c.number("length_coef")
         c.number("length_multiplier")
         self.check_lagrange(c)
+        self.check_ensemble_scoring(c)
         c.choice("save_strategy", ("steps", "no"))
         c.rule(self.gradient_accumulation_steps == 1, "gradient_accumulation_steps",
                "gradient_accumulation_steps must be 1 for PPO: it steps once per minibatch of "

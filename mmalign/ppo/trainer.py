@@ -43,6 +43,7 @@ from mmalign.online_rl import OnlineRLMixin, check_scorer_paths
 from mmalign.ppo.config import PPOConfig
 from mmalign.ppo.shaping import shaping_terms
 from mmalign.qlora import LoraSettings
+from mmalign.reward.ensemble import load_scoring_model, scoring_model_path
 from mmalign.reward.scoring import RewardScorer
 from mmalign.training import (
     NONFINITE_LOG_KEY,
@@ -241,6 +242,9 @@ class PPOTrainer(OnlineRLMixin, RecordsRunConfig, Trainer):
                         "unsafe_rate": float((stats["cost"] > args.unsafe_cost).float().mean())})
         if args.constrained:
             log.update({"lambda": float(lam), "episode_cost": sum(self.cost_window) / len(self.cost_window)})
+        for name, scorer in (("reward_model", self.reward_scorer), ("cost", self.cost_scorer)):
+            if scorer is not None and scorer.last_spread is not None:  # an ensemble: how much its members disagree
+                log[f"spread/{name}"] = scorer.last_spread
         return Rollout(batch, features, mask, logps, advantage, values, returns), log
 
     # ------------------------------------------------------------------ several processes
@@ -432,16 +436,17 @@ def attach_scorers(adapter: VLMAdapter, args: PPOConfig, critic_lora: LoraSettin
                          f"{POLICY!r} (pass peft_config, or a model with LoRA)")
     if not args.reward_model_path:
         raise ValueError("reward_model_path is required (or pass reward_model= and critics=)")
-    reward = ScalarHeadModel.from_pretrained(args.reward_model_path, adapter, adapter_name="reward")
-    cost = (ScalarHeadModel.from_pretrained(args.cost_model_path, adapter, adapter_name="cost")
+    reward = load_scoring_model(args.reward_model_path, adapter, adapter_name="reward", **args.scoring_options())
+    cost = (load_scoring_model(args.cost_model_path, adapter, adapter_name="cost", **args.scoring_options())
             if args.cost_model_path else None)
     critics = {}
     for name, source in (("reward", args.reward_model_path), ("cost", args.cost_model_path)):
         if source is None or (name == "cost" and not args.constrained):
             continue
         critic_name = f"{name}_critic"
-        if args.critic_from_reward:
-            critic = ScalarHeadModel.from_pretrained(source, adapter, is_trainable=True, adapter_name=critic_name)
+        if args.critic_from_reward:  # an ensemble's critic starts from its first member
+            critic = ScalarHeadModel.from_pretrained(scoring_model_path(source), adapter, is_trainable=True,
+                                                     adapter_name=critic_name)
         else:
             adapter.add_lora(critic_lora or adapter.card.lora, adapter_name=critic_name)
             critic = ScalarHeadModel(adapter, kind="value")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from mmalign.config_io import OptionChecks, accepts_aliases
+from mmalign.losses.reward import ENSEMBLE_AGGREGATIONS
 from mmalign.training import GuardArguments, ResumeArguments, check_training_arguments
 
 KINDS = ("reward", "cost")
@@ -45,6 +46,14 @@ class RewardConfig(TrainingArguments, GuardArguments, ResumeArguments):
         metadata={"help": "Cost sign term: label (±1 from *_is_safe), graded (−harmless_rate) or none."},
     )
     max_length: int | None = field(default=2048, metadata={"help": "Longest scoring sequence, image tokens included."})
+    ensemble_size: int = field(
+        default=1, metadata={"help": "Members K: > 1 trains K models (seeds seed..seed+K-1) saved as one ensemble."})
+    ensemble_bootstrap: bool = field(
+        default=True, metadata={"help": "Each member trains on its own bootstrap sample of the pairs."})
+    ensemble_aggregation: str = field(
+        default="mean", metadata={"help": "The ensemble's default score: mean, worst_case (min for a reward, max "
+                                          "for a cost) or uncertainty_weighted (mean -/+ uncertainty_weight * var)."})
+    uncertainty_weight: float = field(default=1.0, metadata={"help": "λ of uncertainty_weighted."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep image and text columns."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: no, steps, epoch."})
@@ -65,6 +74,10 @@ class RewardConfig(TrainingArguments, GuardArguments, ResumeArguments):
         c.number("l2_weight", 0)
         c.choice("cost_signs", COST_SIGNS)
         c.number("max_length", 1, integer=True, optional=True)
+        c.number("ensemble_size", 1, integer=True)
+        c.flag("ensemble_bootstrap")
+        c.choice("ensemble_aggregation", ENSEMBLE_AGGREGATIONS)
+        c.number("uncertainty_weight", 0)
         if not c.problems:
             c.rule(not (self.center_weight and self.kind == "cost"), "center_weight",
                    "center_weight regularises reward models only (the cost loss has a sign term instead): "

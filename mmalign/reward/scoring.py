@@ -14,6 +14,7 @@ from mmalign.data_builders.images import ImageError, decode_image
 from mmalign.data_builders.schema import RecordError, normalise_messages
 from mmalign.io import read_json
 from mmalign.models.scalar_head import HEAD_CONFIG, ScalarHeadModel
+from mmalign.reward.ensemble import RewardEnsemble, load_scoring_model, scoring_model_path
 from mmalign.reward.template import RewardTemplate, encode_for_scoring
 
 
@@ -29,20 +30,24 @@ def base_of(path: str | Path) -> str:
     return base["base_model_name_or_path"]
 
 
-def load_reward_model(path: str | Path, base: str | Path | None = None, **adapter_kwargs: Any) -> ScalarHeadModel:
-    """Load a saved reward / cost model (adapter + head + template) on its base, in eval mode.
+def load_reward_model(path: str | Path, base: str | Path | None = None, *, aggregation: str | None = None,
+                      uncertainty_weight: float | None = None,
+                      **adapter_kwargs: Any) -> ScalarHeadModel | RewardEnsemble:
+    """Load a saved reward / cost model (adapter + head + template) or ensemble on its
+    base, in eval mode.
 
-    ``base`` defaults to the base recorded in the adapter; ``adapter_kwargs`` go to
-    :func:`~mmalign.models.load_adapter` (``dtype``, ``quantization``, ``device_map``).
+    ``base`` defaults to the base recorded in the adapter (an ensemble's first member's);
+    ``aggregation`` / ``uncertainty_weight`` override an ensemble's saved ones;
+    ``adapter_kwargs`` go to :func:`~mmalign.models.load_adapter` (``dtype``,
+    ``quantization``, ``device_map``).
     """
     from mmalign.models import load_adapter
 
-    if not (Path(path) / HEAD_CONFIG).exists():
-        raise ValueError(f"{path}: not a reward or cost model folder (no {HEAD_CONFIG})")
-    adapter = load_adapter(str(base or base_of(path)), **adapter_kwargs)
-    model = ScalarHeadModel.from_pretrained(path, adapter)
-    model.eval()
-    return model
+    single = scoring_model_path(path)
+    if not (single / HEAD_CONFIG).exists():
+        raise ValueError(f"{path}: not a reward or cost model folder (no {HEAD_CONFIG}) nor an ensemble of them")
+    adapter = load_adapter(str(base or base_of(single)), **adapter_kwargs)
+    return load_scoring_model(path, adapter, aggregation=aggregation, uncertainty_weight=uncertainty_weight)
 
 
 class RewardScorer:
@@ -65,8 +70,37 @@ class RewardScorer:
         self.max_length = max_length
         self.seed = seed
         self.name = name or f"{model.kind}-model"
+        self.last_spread: float | None = None  # an ensemble's mean member spread in the last call
 
     @torch.no_grad()
+    def score_members(
+        self,
+        images: Sequence[Any] | None,
+        prompts: Sequence[Any],
+        responses: Sequence[str],
+        facts: Sequence[Sequence[str] | None] | None = None,
+    ) -> torch.Tensor:
+        """``(K, N)`` scores of an ensemble's members (standardised as the ensemble uses
+        them); ``(1, N)`` for a single model."""
+        adapter = self.model.adapter
+        images = images if images is not None else [None] * len(prompts)
+        facts = facts if facts is not None else [None] * len(prompts)
+        rng = random.Random(f"score-facts-{self.seed}") if self.template.use_facts else None
+        members = getattr(self.model, "member_scores", None)
+        parts: list[torch.Tensor] = []
+        was_training = self.model.training
+        self.model.eval()  # LoRA dropout off: a score must not depend on the call
+        try:
+            for lo in range(0, len(prompts), self.batch_size):
+                span = slice(lo, lo + self.batch_size)
+                batch = encode_for_scoring(adapter, self.template, images[span], prompts[span], responses[span],
+                                           facts[span], rng=rng, max_length=self.max_length).to(adapter.device)
+                scores = members(batch) if members is not None else self.model(batch).unsqueeze(0)
+                parts.append(scores.float().cpu())
+        finally:
+            self.model.train(was_training)
+        return torch.cat(parts, dim=1) if parts else torch.zeros(1, 0)
+
     def __call__(
         self,
         images: Sequence[Any] | None,
@@ -74,22 +108,13 @@ class RewardScorer:
         responses: Sequence[str],
         facts: Sequence[Sequence[str] | None] | None = None,
     ) -> list[float]:
-        adapter = self.model.adapter
-        images = images if images is not None else [None] * len(prompts)
-        facts = facts if facts is not None else [None] * len(prompts)
-        rng = random.Random(f"score-facts-{self.seed}") if self.template.use_facts else None
-        scores: list[float] = []
-        was_training = self.model.training
-        self.model.eval()  # LoRA dropout off: a score must not depend on the call
-        try:
-            for lo in range(0, len(prompts), self.batch_size):
-                span = slice(lo, lo + self.batch_size)
-                batch = encode_for_scoring(adapter, self.template, images[span], prompts[span], responses[span],
-                                           facts[span], rng=rng, max_length=self.max_length)
-                scores += self.model(batch.to(adapter.device)).float().cpu().tolist()
-        finally:
-            self.model.train(was_training)
-        return scores
+        """One score per answer: an ensemble's aggregate, whose mean spread over members
+        (population std) is kept in ``last_spread`` for the trainers' logs."""
+        scores = self.score_members(images, prompts, responses, facts)
+        if not hasattr(self.model, "aggregate"):
+            return scores[0].tolist()
+        self.last_spread = float(scores.std(0, unbiased=False).mean()) if scores.numel() else None
+        return self.model.aggregate(scores).tolist()
 
     def score_dataset(self, dataset, response_column: str = "chosen", column: str | None = None):
         """``dataset`` plus a column of scores (default ``<kind>_<response_column>``).
@@ -100,28 +125,44 @@ class RewardScorer:
         response, facts as a list of strings; anything else is a
         :class:`~mmalign.data_builders.schema.RecordError` naming the row and the column.
         Nothing is written anywhere (no ``Dataset.map`` cache file beside a loaded
-        dataset's data): the scores join the dataset in memory.
+        dataset's data): the scores join the dataset in memory. An ensemble adds
+        ``<column>_members`` (each member's standardised score) and ``<column>_spread``
+        (their population std) beside its aggregated score.
         """
         from datasets.fingerprint import generate_random_fingerprint
 
         column = column or f"{self.model.kind}_{response_column}"
+        members = self.score_members_dataset(dataset, response_column)
+        added = {column: members[0].tolist()}
+        if hasattr(self.model, "aggregate"):
+            added = {column: self.model.aggregate(members).tolist(), f"{column}_members": members.T.tolist(),
+                     f"{column}_spread": members.std(0, unbiased=False).tolist()}
+        dataset = dataset.remove_columns([c for c in added if c in dataset.column_names])
+        if dataset._indices is not None:  # add_column would flatten into a cache file
+            dataset = dataset.flatten_indices(keep_in_memory=True)
+        for name, values in added.items():
+            dataset = dataset.add_column(name, values, new_fingerprint=generate_random_fingerprint())
+        return dataset
+
+    def score_members_dataset(self, dataset, response_column: str = "chosen") -> torch.Tensor:
+        """``(K, rows)`` member scores of a dataset's ``response_column``, rows read and
+        checked as :meth:`score_dataset` reads them."""
+        return torch.cat(list(self._dataset_parts(dataset, response_column, self.score_members)), dim=1)
+
+    def _dataset_parts(self, dataset, response_column: str, score):
+        """``score(images, prompts, responses, facts)`` over the dataset in chunks."""
         for needed in ("prompt", response_column):
             if needed not in dataset.column_names:
                 raise ValueError(f"dataset has no {needed!r} column (columns: {', '.join(dataset.column_names)})")
         read = [c for c in ("images", "prompt", response_column, "facts") if c in dataset.column_names]
-        scores: list[float] = []
+        done = 0
         for table in dataset.select_columns(read).with_format("arrow").iter(batch_size=self.batch_size * 4):
-            first = len(scores)
-            rows = [_scoring_row(raw, first + i, response_column) for i, raw in enumerate(table.to_pylist())]
+            rows = [_scoring_row(raw, done + i, response_column) for i, raw in enumerate(table.to_pylist())]
             try:
-                scores += self(*(list(part) for part in zip(*rows, strict=True)))
+                yield score(*(list(part) for part in zip(*rows, strict=True)))
             except ValueError as exc:
-                raise ValueError(f"rows {first}-{first + len(rows) - 1}: cannot be scored ({exc})") from None
-        if column in dataset.column_names:
-            dataset = dataset.remove_columns([column])
-        if dataset._indices is not None:  # add_column would flatten into a cache file
-            dataset = dataset.flatten_indices(keep_in_memory=True)
-        return dataset.add_column(column, scores, new_fingerprint=generate_random_fingerprint())
+                raise ValueError(f"rows {done}-{done + len(rows) - 1}: cannot be scored ({exc})") from None
+            done += len(rows)
 
 
 def _scoring_row(raw: dict[str, Any], row: int, response_column: str) -> tuple[list, Any, str, list[str] | None]:

@@ -8,6 +8,10 @@ and :func:`~mmalign.reward.load_reward_model` both work from them.
 
 from __future__ import annotations
 
+import copy
+import json
+import random
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,9 +22,10 @@ from transformers import Trainer, set_seed
 from mmalign.losses.reward import bradley_terry_loss, cost_loss, pairwise_accuracy, sign_accuracy
 from mmalign.models import ModelLike, as_adapter
 from mmalign.models.batch import EncodedBatch
-from mmalign.models.scalar_head import ScalarHeadModel
+from mmalign.models.scalar_head import HEAD_CONFIG, ScalarHeadModel
 from mmalign.reward.collator import ScalarPairCollator
 from mmalign.reward.config import RewardConfig
+from mmalign.reward.ensemble import ENSEMBLE, ENSEMBLE_CONFIG, RewardEnsemble, member_dir
 from mmalign.reward.template import RewardTemplate
 from mmalign.training import (
     LossOnlyEvaluation,
@@ -116,24 +121,100 @@ class RewardTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, RecordsRunC
         self.scalar.load_files(resume_from_checkpoint)
 
 
-def run_reward_model(model_config, args: RewardConfig) -> Path:
+def run_reward_model(model_config, args: RewardConfig, *, train_rows: list[int] | None = None) -> Path:
     """Load the base with LoRA as configured, add a fresh head, train on the pairs, save.
 
     The final folder (``output_dir/final``) holds the adapter, the head, the scoring
     template and the resolved config. Every check (options, template, resume, data) comes
-    before the model loads and anything is written.
+    before the model loads and anything is written. ``train_rows`` trains on those rows of
+    the pairs (a bootstrap sample); ``ensemble_size`` > 1 trains an ensemble
+    (:func:`~mmalign.reward.ensemble.run_reward_ensemble`).
     """
     from mmalign.data_builders.storage import load_preference_dataset
 
+    if args.ensemble_size > 1:
+        return run_reward_ensemble(model_config, args)
     require_paths(model_config, args, "dataset_path")
     if not model_config.use_peft:
         raise ValueError("reward and cost models train a LoRA adapter beside their head: set use_peft true")
     template = load_template(args)
     resume = run_resume_plan(model_config, args)
     train = load_preference_dataset(args.dataset_path)
+    if train_rows is not None:
+        train = train.select(train_rows)
     evaluation = load_preference_dataset(args.eval_dataset_path) if args.eval_dataset_path else None
     set_seed(args.seed)  # the fresh LoRA weights and head are random: same seed, same run
     adapter = model_config.load(gradient_checkpointing=bool(args.gradient_checkpointing))
     model = ScalarHeadModel(adapter, kind=args.kind)
     trainer = RewardTrainer(model, args, train_dataset=train, eval_dataset=evaluation, template=template)
     return train_and_save(trainer, model_config, args, resume=resume)
+
+
+#: Answers (chosen and rejected of this many pairs) that set each reward member's standardisation.
+NORMALISATION_PAIRS = 256
+
+
+def bootstrap_indices(n: int, seed: int) -> list[int]:
+    """n row indices drawn with replacement (a bootstrap sample), the same for the same seed."""
+    rng = random.Random(f"ensemble-bootstrap-{seed}")
+    return sorted(rng.choices(range(n), k=n))
+
+
+def member_statistics(scorer, pairs) -> list[list[float]]:
+    """Each member's mean and std over the chosen and rejected answers of up to
+    :data:`NORMALISATION_PAIRS` pairs (a fixed sample of ``pairs``)."""
+    rows = list(range(len(pairs)))
+    random.Random("ensemble-normalisation").shuffle(rows)
+    sample = pairs.select(sorted(rows[:NORMALISATION_PAIRS]))
+    scores = torch.cat([scorer.score_members_dataset(sample, column) for column in ("chosen", "rejected")], dim=1)
+    std = scores.std(1, unbiased=False).clamp_min(1e-6)
+    return [[float(m), float(s)] for m, s in zip(scores.mean(1), std)]
+
+
+def run_reward_ensemble(model_config, args: RewardConfig) -> Path:
+    """Train ``args.ensemble_size`` members and write the ensemble to ``output_dir/final``.
+
+    Member k trains with seed ``seed + k`` (its LoRA and head start differently) on a
+    bootstrap sample of the pairs (``ensemble_bootstrap``), into ``output_dir/member-k``;
+    a member whose final model exists is kept, so a stopped run goes on with the next one
+    (and ``resume_from_checkpoint`` resumes the member that was training). The members are
+    then loaded on one base, standardised (reward) and copied into the ensemble folder,
+    written atomically.
+    """
+    from mmalign.config_io import write_resolved_config
+    from mmalign.data_builders.storage import load_preference_dataset
+    from mmalign.io import atomic_dir, check_output
+    from mmalign.reward.scoring import RewardScorer
+    from mmalign.training import FINAL, RUN_CONFIG_FILE
+
+    require_paths(model_config, args, "dataset_path")
+    out = Path(args.output_dir)
+    check_output(out / "final", replaces=(ENSEMBLE, FINAL), inputs=[args.dataset_path])
+    pairs = load_preference_dataset(args.dataset_path)
+    finals = []
+    for k in range(args.ensemble_size):
+        final = member_dir(out, k) / "final"
+        if not (final / HEAD_CONFIG).is_file():
+            member = copy.deepcopy(args)
+            member.output_dir, member.seed, member.ensemble_size = str(member_dir(out, k)), args.seed + k, 1
+            rows = bootstrap_indices(len(pairs), args.seed + k) if args.ensemble_bootstrap else None
+            run_reward_model(model_config, member, train_rows=rows)
+        finals.append(final)
+    base = model_config.load_base()
+    ensemble = RewardEnsemble([ScalarHeadModel.from_pretrained(final, base, adapter_name=f"member-{k}")
+                               for k, final in enumerate(finals)])
+    ensemble.backbone = base.model
+    ensemble.eval()
+    normalisation = None
+    if ensemble.kind != "cost":
+        scorer = RewardScorer(ensemble, batch_size=args.per_device_eval_batch_size, max_length=args.max_length)
+        normalisation = member_statistics(scorer, pairs)
+    config = {"size": len(finals), "kind": ensemble.kind, "aggregation": args.ensemble_aggregation,
+              "uncertainty_weight": args.uncertainty_weight, "normalisation": normalisation,
+              "bootstrap": args.ensemble_bootstrap, "seeds": [args.seed + k for k in range(len(finals))]}
+    with atomic_dir(out / "final", replaces=(ENSEMBLE, FINAL), inputs=[args.dataset_path]) as tmp:
+        for k, final in enumerate(finals):
+            shutil.copytree(final, member_dir(tmp, k))
+        (tmp / ENSEMBLE_CONFIG).write_text(json.dumps(config, indent=2))
+        write_resolved_config(tmp / RUN_CONFIG_FILE, model_config, args)
+    return out / "final"
