@@ -285,13 +285,20 @@ def headline(benchmark: str, metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def load_reward_scorer(path: str | Path, base: str | Path | None = None, *, batch_size: int = 8,
+                       aggregation: str | None = None, uncertainty_weight: float | None = None,
                        **adapter_kwargs: Any) -> Scorer:
-    """A saved reward model as a scorer, on the base it was trained on unless ``base`` is given.
-    The one place a benchmark run loads a model, so another kind of scorer loads here too."""
+    """A saved reward model or ensemble as a scorer, on the base it was trained on unless
+    ``base`` is given; an ensemble scores with ``aggregation`` (default: its own), which its
+    name then carries, so cached scores of another aggregation are never reused."""
     from mmalign.reward import RewardScorer, load_reward_model
 
-    model = load_reward_model(path, base, **adapter_kwargs)
-    return RewardScorer(model, batch_size=batch_size, name=scorer_label(path))
+    model = load_reward_model(path, base, aggregation=aggregation, uncertainty_weight=uncertainty_weight,
+                              **adapter_kwargs)
+    name = scorer_label(path)
+    if hasattr(model, "aggregation"):
+        weight = f" λ={model.uncertainty_weight:g}" if model.aggregation == "uncertainty_weighted" else ""
+        name = f"{name} ({len(model)} members, {model.aggregation}{weight})"
+    return RewardScorer(model, batch_size=batch_size, name=name)
 
 
 def _pair_images(pair: RewardPair) -> list[Image.Image]:

@@ -29,6 +29,8 @@ _EXPORTS = {
     "RewardTemplate": "mmalign.reward",
     "RewardScorer": "mmalign.reward",
     "load_reward_model": "mmalign.reward",
+    "RewardEnsemble": "mmalign.reward",
+    "run_reward_model": "mmalign.reward",
 }
 
 __all__ = ["__version__", *_EXPORTS]

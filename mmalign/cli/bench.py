@@ -323,6 +323,7 @@ def cmd_reward_benchmark(name: str, args: argparse.Namespace) -> int:
     score the pairs and report."""
     REWARD_BENCHMARKS[name](args.data, args.image_folder)
     scorer = load_reward_scorer(args.reward_model, args.reward_base, batch_size=args.batch_size,
+                                aggregation=args.aggregation, uncertainty_weight=args.uncertainty_weight,
                                 **model_kwargs(args))
     result = run_reward_bench(name, args.data, scorer, image_dir=args.image_folder, out=args.out,
                               batch_size=args.batch_size, model_name=args.name, progress=not args.no_progress)
@@ -342,7 +343,11 @@ def add_reward_bench_parser(bsub: argparse._SubParsersAction, name: str) -> None
     p.add_argument("--data", required=True, help=data)
     p.add_argument("--image-folder", help="folder the records' image paths are relative to (not needed when the "
                    "images are inside the data file)")
-    p.add_argument("--reward-model", required=True, help="saved reward model (ScalarHeadModel folder)")
+    p.add_argument("--reward-model", required=True, help="saved reward model or ensemble folder")
+    p.add_argument("--aggregation", choices=["mean", "worst_case", "uncertainty_weighted"], default=None,
+                   help="an ensemble's score (default: its own): mean, worst_case or uncertainty_weighted")
+    p.add_argument("--uncertainty-weight", type=float, default=None,
+                   help="λ of uncertainty_weighted (default: the ensemble's own)")
     p.add_argument("--reward-base", help="base checkpoint of the reward model (default: the one it was trained on)")
     p.add_argument("--out", required=True, help="output folder for the scores and reports")
     p.add_argument("--name", help="label of the reward model in the report (default: its folder name)")

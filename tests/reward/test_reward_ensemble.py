@@ -170,3 +170,28 @@ def test_grpo_and_ppo_score_with_the_ensemble_and_its_aggregation(tiny_dirs, ens
     for (_, a), (_, b) in zip(sorted(critic_lora.items()), sorted(member_lora.items())):
         assert torch.equal(a, b)
     assert math.isfinite(RewardScorer(ensemble)(images, prompts, answers, facts)[0])
+
+
+def test_reward_benchmarks_score_an_ensemble_with_the_asked_aggregation(ensemble_run, tmp_path, capsys):
+    from pathlib import Path
+
+    from PIL import Image
+
+    from mmalign.benchmarks import load_vl_rewardbench
+    from mmalign.cli import main
+
+    _, _, _, final = ensemble_run
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "reward_bench"
+    argv = ["bench", "vl-rewardbench", "--data", str(fixtures / "vl_rewardbench.jsonl"), "--image-folder",
+            str(fixtures), "--reward-model", str(final), "--aggregation", "uncertainty_weighted",
+            "--uncertainty-weight", "0.5", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["model"] == "run/final (3 members, uncertainty_weighted λ=0.5)"
+    details = [json.loads(line) for line in (tmp_path / "run" / "details.jsonl").read_text().splitlines()]
+    pair = load_vl_rewardbench(fixtures / "vl_rewardbench.jsonl", fixtures)[0]
+    image = Image.open(pair.images[0]).convert("RGB")
+    members = RewardScorer(load_reward_model(final)).score_members([[image]] * 2, [pair.prompt] * 2,
+                                                                   [pair.chosen, pair.rejected])
+    expected = members.mean(0) - 0.5 * members.var(0, unbiased=False)
+    assert [details[0]["chosen_score"], details[0]["rejected_score"]] == pytest.approx(expected.tolist(), abs=1e-4)
