@@ -63,6 +63,9 @@ def cmd_load(args: argparse.Namespace) -> int:
         raise ValueError("--prompts needs --model (a card name such as scene-vlm, or a folder)")
     if args.limit is not None and args.limit < 0:
         raise ValueError(f"--limit must be 0 or more, got {args.limit}")
+    if bool(args.by_disagreement) != (args.top is not None) or (args.by_disagreement and not args.from_dataset):
+        raise ValueError("--by-disagreement (reward models or an ensemble) and --top N go together, with "
+                         "--from-dataset")
     project.check_assignment(overlap=args.overlap, overlap_annotators=args.overlap_annotators)
     if args.prompts:
         generation = GenerationConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
@@ -73,8 +76,11 @@ def cmd_load(args: argparse.Namespace) -> int:
         print(f"added {loaded.added} correction items with answers of {model_name}" + _already(loaded.skipped))
     else:
         source = open_items_source(args.from_dataset, args.split, kind="preference")
-        loaded = load_preference_items(project, source, mode=args.as_, limit=args.limit)
-        print(f"added {loaded.added} items ({args.as_}) from {args.from_dataset}" + _already(loaded.skipped))
+        loaded = load_preference_items(project, source, mode=args.as_, limit=args.limit,
+                                       by_disagreement=args.by_disagreement or (), top=args.top, base=args.reward_base,
+                                       batch_size=args.batch_size)
+        chosen = f", the {args.top} rows the reward models disagree on most," if args.by_disagreement else ""
+        print(f"added {loaded.added} items ({args.as_}){chosen} from {args.from_dataset}" + _already(loaded.skipped))
     if project.annotators():
         report = project.assign(overlap=args.overlap, overlap_annotators=args.overlap_annotators, seed=args.seed)
         print(f"assigned {report['items']} items ({report['shared']} shared): {report['assignments']} assignments")
@@ -250,7 +256,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="--from-dataset: what the rows become (default: corrections of rejected)")
     p.add_argument("--split", help="split, if the folder holds several")
     p.add_argument("--limit", type=int, help="use only the first N rows")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch (default: 8)")
+    p.add_argument("--by-disagreement", nargs="+", metavar="REWARD_MODEL",
+                   help="--from-dataset: load only the --top rows whose chosen-rejected margin these reward models "
+                        "(or one ensemble's members) disagree on most, with that disagreement as priority")
+    p.add_argument("--top", type=int, help="with --by-disagreement: how many rows to load")
+    p.add_argument("--reward-base", help="base checkpoint of the reward models (default: the one each records)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per generation (or scoring) batch (default: 8)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="longest generated answer (default: 128)")
     add_model_flags(p, adapter=True, title="model loading (with --prompts)")
     _overlap(p)
@@ -305,11 +316,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--by", help="who drops (recorded; default: the user running the command)")
     q.set_defaults(func=cmd_submissions_drop)
 
-    p = cmds.add_parser("rank", help="order queues by the disagreement of several reward models",
-                        description="Score every item with each reward model (a pair item: answer A minus answer B); the standard "
-                        "deviation of their standardised scores becomes the item's priority (highest first).")
+    p = cmds.add_parser("rank", help="order queues by the disagreement of several reward models or an ensemble",
+                        description="Score every item with each reward model or ensemble member (a pair item: answer A "
+                        "minus answer B); the standard deviation of their standardised scores becomes the item's "
+                        "priority (highest first).")
     _project(p)
-    p.add_argument("--reward-models", nargs="+", required=True, help="two or more reward-model folders")
+    p.add_argument("--reward-models", nargs="+", required=True,
+                   help="two or more reward-model folders, or an ensemble (train rm --ensemble_size K)")
     p.add_argument("--base", help="base checkpoint (default: the one recorded in each model)")
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=cmd_rank)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,23 +145,39 @@ def load_prompt_set(project: StudioProject, dataset: Any, adapter: Any,
 
 
 def load_preference_items(project: StudioProject, dataset: Any, *, mode: str = "corrections",
-                          limit: int | None = None) -> LoadReport:
+                          limit: int | None = None, by_disagreement: Sequence[str | Path] = (),
+                          top: int | None = None, base: str | Path | None = None,
+                          batch_size: int = 8) -> LoadReport:
     """Items from a canonical preference dataset, added in one transaction.
 
     ``corrections``: the ``rejected`` answer becomes a correction item; ``pairs``: chosen
     (answer A) vs rejected (answer B) becomes a pair item for dual labels; ``both``: both.
-    Items already in the project are skipped (and counted in the report).
+    Items already in the project are skipped (and counted in the report). With
+    ``by_disagreement`` (reward models or ensembles) only the ``top`` rows whose margin they
+    disagree on most are added, each with that disagreement as its priority (active
+    labelling: annotators label where the reward model is unsure).
     """
+    from mmalign.studio.active import most_disputed
+
     if mode not in PREFERENCE_MODES:
         raise ValueError(f"mode must be one of {PREFERENCE_MODES}, got {mode!r}")
     _check_limit(limit)
+    if bool(by_disagreement) != (top is not None):
+        raise ValueError("by_disagreement (reward models) and top (how many rows) go together")
+    candidates = list(_rows(dataset, limit))
+    priorities = None
+    if by_disagreement:
+        priorities = most_disputed(candidates, by_disagreement, top, base=base, batch_size=batch_size)
     items = []
-    for index, row in enumerate(_rows(dataset, limit)):
+    for index, row in enumerate(candidates):
+        if priorities is not None and index not in priorities:
+            continue
         for fld in ("prompt", "rejected") + (("chosen",) if mode != "corrections" else ()):
             if not row.get(fld):
                 raise ValueError(f"row {index}: field {fld!r} is missing or empty")
         common = {"images": image_bytes(row.get("images")), "prompt": row["prompt"],
-                  "source": row.get("source"), "meta": _meta(row, index)}
+                  "source": row.get("source"), "meta": _meta(row, index),
+                  "priority": priorities[index] if priorities is not None else 0.0}
         if mode in ("corrections", "both"):
             items.append({**common, "kind": "correction", "answer": row["rejected"]})
         if mode in ("pairs", "both"):

@@ -535,7 +535,7 @@ class StudioProject:
     # -- items
     def add_items(self, items: Iterable[Mapping[str, Any]]) -> int:
         """Insert items (``kind``, ``images``, ``prompt``, ``answer``[, ``answer_b``, ``source``,
-        ``meta``]) in one transaction; returns how many were added. Images may be bytes, PIL
+        ``meta``, ``priority``]) in one transaction; returns how many were added. Images may be bytes, PIL
         images, ``{"bytes", "path"}`` dicts or paths.
 
         An item identical to one already in the project (same kind, images, prompt and
@@ -556,7 +556,8 @@ class StudioProject:
             answer_b = answer_b if kind == "pair" else None
             key = item_fingerprint(kind, images, item["prompt"], answer, answer_b)
             rows.append((key, (kind, json.dumps(images), json.dumps(item["prompt"]), answer, answer_b,
-                               item.get("source"), json.dumps(dict(item.get("meta") or {})), now())))
+                               item.get("source"), json.dumps(dict(item.get("meta") or {})),
+                               float(item.get("priority") or 0.0), now())))
         with self.connection() as conn, self.transaction(conn):
             seen = {item_fingerprint(r["kind"], json.loads(r["images"]), json.loads(r["prompt"]), r["answer"],
                                      r["answer_b"])
@@ -566,8 +567,8 @@ class StudioProject:
                 if key not in seen:
                     seen.add(key)
                     new.append(row)
-            conn.executemany("INSERT INTO items(kind, images, prompt, answer, answer_b, source, meta, created) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", new)
+            conn.executemany("INSERT INTO items(kind, images, prompt, answer, answer_b, source, meta, priority, "
+                             "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", new)
         return len(new)
 
     @staticmethod
