@@ -209,13 +209,15 @@ class OnlineRLMixin:
 
 
 def check_scorer_paths(args: Any, *names: str) -> None:
-    """Each named reward / cost model folder, when set, must hold a trained scalar head."""
-    from mmalign.models.scalar_head import HEAD_CONFIG
+    """Each named reward / cost model folder, when set, must hold a trained scalar head (or
+    be an ensemble of them)."""
+    from mmalign.models.scalar_head import ENSEMBLE_CONFIG, HEAD_CONFIG
 
     for name in names:
         path = getattr(args, name)
-        if path and not (Path(path) / HEAD_CONFIG).is_file():
-            raise FileNotFoundError(f"{name} {path}: not a trained reward / cost model folder (no {HEAD_CONFIG})")
+        if path and not any((Path(path) / marker).is_file() for marker in (HEAD_CONFIG, ENSEMBLE_CONFIG)):
+            raise FileNotFoundError(f"{name} {path}: not a trained reward / cost model folder (no {HEAD_CONFIG}) "
+                                    f"nor an ensemble ({ENSEMBLE_CONFIG})")
 
 
 #: (log key, panel title) of the curves people look at first; a panel appears when some run logged its key

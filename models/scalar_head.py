@@ -26,6 +26,8 @@ from mmalign.models.batch import (
 
 HEAD_FILE = "scalar_head.safetensors"
 HEAD_CONFIG = "scalar_head.json"
+#: Marks a folder of several scalar-head models scored as one (``mmalign.reward.RewardEnsemble``).
+ENSEMBLE_CONFIG = "ensemble.json"
 #: What ``save_pretrained`` replaces: a saved reward / cost model (recognised by its head config).
 SCALAR_MODEL = OutputKind("reward / cost model", (HEAD_CONFIG,))
 

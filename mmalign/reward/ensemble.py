@@ -24,9 +24,8 @@ import torch
 from mmalign.io import OutputKind, read_json
 from mmalign.losses.reward import ENSEMBLE_AGGREGATIONS, aggregate_ensemble
 from mmalign.models.batch import EncodedBatch
-from mmalign.models.scalar_head import HEAD_CONFIG, ScalarHeadModel
+from mmalign.models.scalar_head import ENSEMBLE_CONFIG, HEAD_CONFIG, ScalarHeadModel
 
-ENSEMBLE_CONFIG = "ensemble.json"
 #: What writing an ensemble replaces: an earlier ensemble (or a single model) at that path.
 ENSEMBLE = OutputKind("reward / cost model ensemble", (ENSEMBLE_CONFIG,))
 

@@ -140,6 +140,7 @@ def test_grpo_and_ppo_score_with_the_ensemble_and_its_aggregation(tiny_dirs, ens
     from mmalign.grpo import GRPOConfig
     from mmalign.grpo.rewards import build_reward
     from mmalign.grpo.trainer import load_scorers
+    from mmalign.online_rl import check_scorer_paths
     from mmalign.ppo import PPOConfig
     from mmalign.ppo.trainer import attach_scorers
 
@@ -148,6 +149,7 @@ def test_grpo_and_ppo_score_with_the_ensemble_and_its_aggregation(tiny_dirs, ens
     grpo_args = GRPOConfig(output_dir=str(tmp_path / "g"), reward_funcs=["reward_model"], reward_model_path=str(final),
                            ensemble_aggregation="mean", max_steps=1, use_cpu=True, report_to="none",
                            per_device_train_batch_size=4, prompts_per_step=2, num_generations=2, max_length=512)
+    check_scorer_paths(grpo_args, "reward_model_path")  # an ensemble folder passes the runs' input check
     policy = model.load()
     scorers = load_scorers(policy, grpo_args)
     assert isinstance(scorers["reward_model"].model, RewardEnsemble)
