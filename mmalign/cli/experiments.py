@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 # the experiment modules keep their heavy imports inside functions: their arms and defaults are cheap to read
-from mmalign.experiments import dpo, grpo, mdpo, ppo, reward_models
+from mmalign.experiments import dpo, grpo, mdpo, overoptimisation, ppo, reward_models
 from mmalign.experiments import loop as loop_experiment
 from mmalign.experiments.report import run_experiments, write_experiments_report
 
@@ -19,6 +19,8 @@ with several seeds at equal data and compute:
   grpo           GRPO with the annotations as verifier vs the start policy and Dense DPO
   mdpo           mDPO vs DPO: image reliance, POPE adversarial F1
   loop           on-policy rounds (each round's pairs from the current policy) vs one offline round
+  overoptimisation  gold (annotations) vs proxy reward against KL for best-of-n and GRPO:
+                 single reward models of two data amounts vs ensembles (mean, worst case, uncertainty)
   report         gather the results under OUT into OUT/report.md with charts and verdicts
   all            every experiment, then the report
 Every experiment resumes: finished stages and (seed, arm) results under OUT are reused, and
@@ -71,6 +73,14 @@ def cmd_loop(args: argparse.Namespace) -> int:
     setting = (loop_experiment.quick_setting() if args.quick
                else loop_experiment.Setting(rounds=args.rounds, scenes_per_round=args.scenes_per_round))
     loop_experiment.run_loop_experiment(f"{args.out}/loop", args.seeds, args.arms, setting)
+    return _report(args.out)
+
+
+def cmd_overoptimisation(args: argparse.Namespace) -> int:
+    setting = overoptimisation.quick_setting() if args.quick else overoptimisation.Setting(
+        rl_iterations=args.rl_iterations)
+    overoptimisation.run_overoptimisation_experiment(f"{args.out}/overoptimisation", args.seeds, args.arms, setting,
+                                                     rl=not args.no_rl)
     return _report(args.out)
 
 
@@ -130,5 +140,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scenes-per-round", type=int, default=loop_experiment.Setting.scenes_per_round,
                    help=f"feedback scenes per round; the offline arm takes rounds x this at once "
                         f"(default: {loop_experiment.Setting.scenes_per_round})")
+    p = add("overoptimisation", "reward over-optimisation against a gold reward (the annotations): best-of-n and "
+            "GRPO against single reward models and ensembles (Gao et al.; Coste et al.)", cmd_overoptimisation)
+    arms = list(overoptimisation.proxies(overoptimisation.Setting()))
+    p.add_argument("--arms", nargs="+", default=arms, choices=arms, help="proxies to run per seed (default: all)")
+    p.add_argument("--rl-iterations", type=int, default=overoptimisation.Setting.rl_iterations,
+                   help=f"GRPO iterations against each proxy (default: {overoptimisation.Setting.rl_iterations})")
+    p.add_argument("--no-rl", action="store_true", help="best-of-n only (no GRPO runs)")
     add("report", "write OUT/report.md (tables, charts, a verdict per claim) from the results under OUT",
         cmd_report, seeds=False)

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmalign.experiments import dpo, grpo, mdpo, ppo, reward_models
+from mmalign.experiments import dpo, grpo, mdpo, overoptimisation, ppo, reward_models
 from mmalign.experiments import loop as loop_experiment
 
-EXPERIMENTS = ("dpo", "reward-models", "ppo", "grpo", "mdpo", "loop")
+EXPERIMENTS = ("dpo", "reward-models", "ppo", "grpo", "mdpo", "loop", "overoptimisation")
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,20 @@ CLAIMS = (
     Claim("loop", "On-policy rounds keep the recall of one offline round", "Recall", "on-policy", "offline", "equal"),
     Claim("loop", "On-policy rounds answer POPE better than one offline round (F1)", "F1 (mean of splits)",
           "on-policy", "offline", "higher"),
+    Claim("overoptimisation", "More preference data over-optimises less under best-of-n (gold at the "
+          "largest n)", "bon_gold_final", "rm-large", "rm-small", "higher"),
+    Claim("overoptimisation", "A worst-case ensemble over-optimises less than one reward model on the same data "
+          "(best-of-n gold)", "bon_gold_final", "ensemble-worst_case", "rm-small", "higher"),
+    Claim("overoptimisation", "An uncertainty-weighted ensemble over-optimises less than one reward model on the "
+          "same data (best-of-n gold)", "bon_gold_final", "ensemble-uncertainty_weighted", "rm-small", "higher"),
+    Claim("overoptimisation", "A mean ensemble over-optimises less than one reward model on the same data "
+          "(best-of-n gold)", "bon_gold_final", "ensemble-mean", "rm-small", "higher"),
+    Claim("overoptimisation", "GRPO against a worst-case ensemble ends with a better gold score than against one "
+          "reward model", "rl_gold_final", "ensemble-worst_case", "rm-small", "higher"),
+    Claim("overoptimisation", "GRPO against an uncertainty-weighted ensemble ends with a better gold score than "
+          "against one reward model", "rl_gold_final", "ensemble-uncertainty_weighted", "rm-small", "higher"),
+    Claim("overoptimisation", "GRPO against one reward model loses gold from its peak more than against a "
+          "worst-case ensemble", "rl_gold_drop", "rm-small", "ensemble-worst_case", "higher"),
     Claim("dpo", "QLoRA matches LoRA on a bf16 base (POPE F1)", "F1 (mean of splits)", "ddpo-qlora",
           "ddpo-lora-bf16", "equal"),
     Claim("dpo", "QLoRA matches LoRA on a bf16 base (CHAIR_s)", "CHAIR_s", "ddpo-qlora", "ddpo-lora-bf16", "equal"),
@@ -240,6 +254,10 @@ def write_experiments_report(out: str | Path) -> Path:
     if "loop" in results:
         lines += ["", "## 7. On-policy rounds versus one offline round", "",
                   (out / "loop" / "results.md").read_text().strip()]
+    if "overoptimisation" in results:
+        lines += ["", "## 8. Reward over-optimisation: one reward model versus ensembles", "",
+                  (out / "overoptimisation" / "results.md").read_text().strip(), "",
+                  "![](overoptimisation/curves.png)"]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     (out / "claims.json").write_text(json.dumps(rows, indent=1))
@@ -267,6 +285,9 @@ def run_experiments(out: str | Path, seeds: Sequence[int] = (0, 1, 2), experimen
         elif name == "loop":
             loop_experiment.run_loop_experiment(out / name, seeds,
                                                 setting=loop_experiment.quick_setting() if quick else None)
+        elif name == "overoptimisation":
+            overoptimisation.run_overoptimisation_experiment(
+                out / name, seeds, setting=overoptimisation.quick_setting() if quick else None)
         else:
             ppo.run_ppo_experiment(out / name, seeds, setting=ppo.quick_setting() if quick else None)
     return write_experiments_report(out)
