@@ -26,6 +26,7 @@ experiments: $(STAMP)
 	$(EXP) grpo --out runs/experiments --seeds 0 1 2
 	$(EXP) mdpo --out runs/experiments --seeds 0 1 2
 	$(EXP) loop --out runs/experiments --seeds 0 1 2
+	$(EXP) overoptimisation --out runs/experiments --seeds 0 1 2
 	$(EXP) report --out runs/experiments
 
 test: $(STAMP)
