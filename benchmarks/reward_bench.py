@@ -104,6 +104,20 @@ def _records(path: Path) -> list[dict[str, Any]]:
     return read_records(path)
 
 
+def _keyed(records: Sequence[dict[str, Any]], path: Path, key_field: str):
+    """(where, key, record) of each record: ``where`` names the file, record number and key
+    for error messages; a missing or repeated key is an error."""
+    seen: set[str] = set()
+    for i, record in enumerate(records):
+        where = f"{path} record {i}"
+        key = str(require(record, key_field, where, (str, int)))
+        where = f"{where} ({key_field} {key})"
+        if key in seen:
+            raise ValueError(f"{where}: duplicate {key_field}")
+        seen.add(key)
+        yield where, key, record
+
+
 def _text(record: Mapping[str, Any], name: str, where: str) -> str:
     value = require(record, name, where, str)
     if not value.strip():
@@ -154,14 +168,7 @@ def load_vl_rewardbench(path: str | Path, image_dir: str | Path | None = None) -
     path = Path(path)
     folder = Path(image_dir) if image_dir is not None else None
     pairs: list[RewardPair] = []
-    seen: set[str] = set()
-    for i, record in enumerate(_records(path)):
-        where = f"{path} record {i}"
-        key = str(require(record, "id", where, (str, int)))
-        where = f"{where} (id {key})"
-        if key in seen:
-            raise ValueError(f"{where}: duplicate id")
-        seen.add(key)
+    for where, key, record in _keyed(_records(path), path, "id"):
         responses = require(record, "response", where, list)
         if len(responses) != 2 or not all(isinstance(r, str) for r in responses):
             raise ValueError(f"{where}: field 'response' must be a list of two strings, got {responses!r}")
@@ -198,14 +205,7 @@ def load_mm_rewardbench(path: str | Path, image_dir: str | Path | None = None) -
     path = Path(path)
     folder = Path(image_dir) if image_dir is not None else None
     pairs: list[RewardPair] = []
-    seen: set[str] = set()
-    for i, record in enumerate(read_records(path)):
-        where = f"{path} record {i}"
-        key = str(require(record, "ID", where, (str, int)))
-        where = f"{where} (ID {key})"
-        if key in seen:
-            raise ValueError(f"{where}: duplicate ID")
-        seen.add(key)
+    for where, key, record in _keyed(read_records(path), path, "ID"):
         better = require(record, "Better", where, str)
         if better not in ("Output1", "Output2"):
             raise ValueError(f"{where}: field 'Better' must be 'Output1' or 'Output2', got {better!r}")
