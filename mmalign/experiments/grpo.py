@@ -90,6 +90,7 @@ def run_arm(setting: Setting, arm: str, seed: int, world: Path, out: Path) -> di
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
+    (run_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history))  # reward, length per iteration
     headline = evaluate_scene_model(policy, world, run_dir / "eval", f"{arm}-seed{seed}", progress=False)
     last = trainer.state.log_history[-1]
     return {**headline, "train_seconds": seconds, "final_reward": last.get("reward", float("nan"))}
