@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mmalign.benchmarks import BENCHMARKS
+from mmalign.benchmarks import BENCHMARKS, REWARD_BENCHMARKS
 from mmalign.benchmarks.chair import CAPTION_PROMPT
 from mmalign.cli import build_parser, main
 from mmalign.cli.common import load_model, model_kwargs
@@ -90,7 +90,7 @@ def test_load_model_loads_in_4bit_with_the_adapter_on_the_main_model_only(tmp_pa
 # ---------------------------------------------------------------------------- bench from the registry
 def test_bench_commands_are_generated_from_the_registry():
     bench = command("bench")
-    assert set(subcommands(bench)) == listed(bench) == {*BENCHMARKS, "report"}
+    assert set(subcommands(bench)) == listed(bench) == {*BENCHMARKS, *REWARD_BENCHMARKS, "report"}
     for name, (_, config) in BENCHMARKS.items():
         dests = {a.dest for a in command("bench", name)._actions}
         exposed = [f.name for f in dataclasses.fields(config) if "help" in f.metadata]
