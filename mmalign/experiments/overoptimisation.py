@@ -39,8 +39,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from mmalign.experiments.seeds import load_runs, result_file, save_result, summarise
 from mmalign.scene.ranges import REWARD_TRAIN, RL_EVAL, RL_PROMPTS
 
@@ -242,6 +240,8 @@ def best_of_n_curve(setting: Setting, out: Path, seed: int, proxy: Path, aggrega
 def rl_curve(setting: Setting, out: Path, seed: int, arm: str, proxy: Path, aggregation: str | None,
              prompts: dict[str, Path]) -> list[dict[str, float]]:
     """GRPO against the proxy from the start policy; gold, proxy and KL at every checkpoint."""
+    import torch
+
     from mmalign.config_io import load_recipe
     from mmalign.data_builders.storage import load_preference_dataset
     from mmalign.grpo import GRPOConfig, run_grpo
@@ -288,7 +288,7 @@ def rl_curve(setting: Setting, out: Path, seed: int, arm: str, proxy: Path, aggr
     return curve
 
 
-def _sequence_kl(adapter, samples) -> torch.Tensor:
+def _sequence_kl(adapter, samples):
     """Σ over each sampled answer of log π(y_t) − log π₀(y_t): an unbiased KL estimate."""
     policy, mask = adapter.response_logprobs(samples.batch, samples.image_features)
     with adapter.adapters_disabled():
