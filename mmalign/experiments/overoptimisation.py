@@ -173,10 +173,15 @@ class Judge:
 
         self.vocabulary = resolve_vocabulary("auto", sorted({o for row in prompts["objects"] for o in row}))
 
-    def gold(self, answers: Sequence[str], objects: Sequence[Sequence[str]]) -> list[float]:
+    def grounding(self, answers: Sequence[str], objects: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+        """Per answer: object precision (1 − its CHAIR_i), recall (CHAIR's coverage), F1, words."""
         from mmalign.grpo.rewards import grounding_scores
 
-        return [grounding_scores(a, o, self.vocabulary)["f1"] for a, o in zip(answers, objects)]
+        return [{**grounding_scores(a, o, self.vocabulary), "words": float(len(a.split()))}
+                for a, o in zip(answers, objects)]
+
+    def gold(self, answers: Sequence[str], objects: Sequence[Sequence[str]]) -> list[float]:
+        return [g["f1"] for g in self.grounding(answers, objects)]
 
 
 def proxy_scorer(path: Path, adapter, aggregation: str | None):
@@ -219,20 +224,21 @@ def best_of_n_curve(setting: Setting, out: Path, seed: int, proxy: Path, aggrega
     texts = json.loads(pool_file.read_text())
     s = setting.samples
     repeat = [i for i in range(len(prompts)) for _ in range(s)]
-    gold = Judge(prompts).gold(texts, [prompts[i]["objects"] for i in repeat])
+    grounding = Judge(prompts).grounding(texts, [prompts[i]["objects"] for i in repeat])
     scorer = proxy_scorer(proxy, adapter, aggregation)
     scores = scorer([prompts[i]["images"] for i in repeat], [prompts[i]["prompt"] for i in repeat], texts)
+    values = {"gold": [g["f1"] for g in grounding], "proxy": scores,
+              **{k: [g[k] for g in grounding] for k in ("precision", "recall", "words")}}
     curve = []
     n = 1
     while n <= setting.max_n:
-        golds, proxies_ = [], []
+        expected: dict[str, list[float]] = {k: [] for k in values}
         for p in range(len(prompts)):
             span = slice(p * s, (p + 1) * s)
             weights = best_of_n_weights(scores[span], n)
-            golds.append(sum(w * g for w, g in zip(weights, gold[span])))
-            proxies_.append(sum(w * v for w, v in zip(weights, scores[span])))
-        curve.append({"n": n, "kl": best_of_n_kl(n), "gold": statistics.fmean(golds),
-                      "proxy": statistics.fmean(proxies_)})
+            for key, column in values.items():
+                expected[key].append(sum(w * v for w, v in zip(weights, column[span])))
+        curve.append({"n": n, "kl": best_of_n_kl(n), **{k: statistics.fmean(v) for k, v in expected.items()}})
         n *= 2
     return curve
 
@@ -281,10 +287,11 @@ def rl_curve(setting: Setting, out: Path, seed: int, arm: str, proxy: Path, aggr
                 texts, batches = sample_answers(adapter, held, num_samples=1, max_new_tokens=setting.max_new_tokens,
                                                 seed=seed + 1000)
                 kl = statistics.fmean(float(v) for b in batches for v in _sequence_kl(adapter, b))
-        gold = judge.gold(texts, held["objects"])
+        grounding = judge.grounding(texts, held["objects"])
         score = scorer(held["images"], held["prompt"], texts)
-        curve.append({"step": step, "kl": kl, "gold": statistics.fmean(gold), "proxy": statistics.fmean(score),
-                      "words": statistics.fmean(len(t.split()) for t in texts)})
+        curve.append({"step": step, "kl": kl, "gold": statistics.fmean(g["f1"] for g in grounding),
+                      "proxy": statistics.fmean(score),
+                      **{k: statistics.fmean(g[k] for g in grounding) for k in ("precision", "recall", "words")}})
     return curve
 
 
@@ -302,6 +309,9 @@ def summary_metrics(bon: list[dict[str, float]], rl: list[dict[str, float]]) -> 
     result = {"bon_gold_start": bon[0]["gold"], "bon_gold_final": bon[-1]["gold"],
               "bon_gold_drop": max(p["gold"] for p in bon) - bon[-1]["gold"],
               "bon_proxy_gain": bon[-1]["proxy"] - bon[0]["proxy"]}
+    for key in ("precision", "recall", "words"):
+        if key in bon[-1]:
+            result[f"bon_{key}_change"] = bon[-1][key] - bon[0][key]
     if rl:
         result.update({"rl_gold_start": rl[0]["gold"], "rl_gold_final": rl[-1]["gold"],
                        "rl_gold_drop": max(p["gold"] for p in rl) - rl[-1]["gold"],
@@ -321,7 +331,9 @@ def run_arm(setting: Setting, out: Path, seed: int, arm: str, rl: bool) -> dict[
 
 
 COLUMNS = {"bon_gold_final": "best-of-n gold (n max)", "bon_gold_drop": "best-of-n gold drop from peak",
-           "bon_proxy_gain": "best-of-n proxy gain", "rl_gold_final": "GRPO gold (last)",
+           "bon_proxy_gain": "best-of-n proxy gain", "bon_precision_change": "best-of-n precision change",
+           "bon_recall_change": "best-of-n recall change", "bon_words_change": "best-of-n words change",
+           "rl_gold_final": "GRPO gold (last)",
            "rl_gold_drop": "GRPO gold drop from peak", "rl_proxy_gain": "GRPO proxy gain",
            "rl_kl_final": "GRPO KL (last)", "rl_words_final": "GRPO words (last)"}
 
