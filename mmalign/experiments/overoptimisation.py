@@ -7,8 +7,12 @@ annotations. The gold score of a description is its object F1 against the annota
 objects (the objects CHAIR finds in it, through the same extraction as CHAIR; precision is
 one minus the answer's CHAIR_i).
 
-Proxies, trained per seed on the start policy's corrected answers (plain reward models, no
-facts in the prompt, so they must judge from the image as a deployed reward model does):
+Proxies are plain reward models (no facts in the prompt, so they judge from the image as a
+deployed reward model does), trained per seed on preference pairs of ``Setting.pairs``:
+``gold`` (Gao et al.'s setting: two of the start policy's sampled descriptions of a scene,
+the one with the higher gold score chosen, so the proxy learns the gold reward from finite
+data) or ``corrections`` (the start policy's answers against their corrections by the world,
+the pairs the demo trains on, whose preference is not the gold score's):
 
 - ``rm-small``, ``rm-large``: one reward model on the pairs of ``Setting.small_scenes`` or
   ``large_scenes`` feedback scenes;
@@ -48,6 +52,9 @@ AGGREGATIONS = ("mean", "worst_case", "uncertainty_weighted")
 @dataclass
 class Setting:
     model: str = "scene-vlm"
+    pairs: str = "gold"  # or "corrections"
+    pair_samples: int = 4  # gold pairs: answers sampled per scene, best against worst
+    min_gold_gap: float = 0.05  # gold pairs: a smaller gap is no preference
     small_scenes: int = 60  # feedback scenes of the proxies' pairs
     large_scenes: int = 240
     ensemble_size: int = 4
@@ -65,7 +72,7 @@ class Setting:
 
 def quick_setting() -> Setting:
     """Tiny sizes (a smoke run of the same code, not evidence)."""
-    return Setting(small_scenes=6, large_scenes=12, ensemble_size=2, rm_epochs=1.0, eval_scenes=3, samples=4, max_n=4,
+    return Setting(pair_samples=3, small_scenes=6, large_scenes=12, ensemble_size=2, rm_epochs=1.0, eval_scenes=3, samples=4, max_n=4,
                    prompt_scenes=8, rl_iterations=2, rl_eval_every=1, max_new_tokens=12)
 
 
@@ -100,24 +107,56 @@ def best_of_n_kl(n: int) -> float:
 
 
 # ---------------------------------------------------------------------------------- stages
+def gold_pair_records(setting: Setting, adapter, scenes: int) -> list[dict[str, Any]]:
+    """Per scene, ``pair_samples`` descriptions sampled from the start policy; the best by
+    gold score is chosen over the worst when they differ by at least ``min_gold_gap``."""
+    from datasets import Dataset
+
+    from mmalign.scene.feedback import scene_prompt_records
+    from mmalign.scene.world import WorldConfig
+
+    rows = scene_prompt_records(WorldConfig(), scenes, kinds=("describe",), **REWARD_TRAIN.take(scenes))
+    prompts = Dataset.from_list([{"images": r["images"], "prompt": r["prompt"]} for r in rows])
+    texts, _ = sample_answers(adapter, prompts, num_samples=setting.pair_samples,
+                              max_new_tokens=setting.max_new_tokens, seed=0)
+    judge = Judge([r["objects"] for r in rows])
+    records = []
+    k = setting.pair_samples
+    for i, row in enumerate(rows):
+        answers = texts[i * k : (i + 1) * k]
+        gold = judge.gold(answers, [row["objects"]] * k)
+        best, worst = max(range(k), key=lambda j: gold[j]), min(range(k), key=lambda j: gold[j])
+        if gold[best] - gold[worst] >= setting.min_gold_gap:
+            records.append({"images": row["images"], "prompt": row["prompt"], "chosen": answers[best],
+                            "rejected": answers[worst], "facts": row["facts"], "source": "scene-world/gold-pairs",
+                            "meta": {**row["meta"], "gold_chosen": gold[best], "gold_rejected": gold[worst]}})
+    return records
+
+
 def stage_pairs(setting: Setting, out: Path) -> dict[int, Path]:
-    """The start policy's corrected answers on the largest number of feedback scenes; each
-    smaller amount is the pairs of its first scenes."""
+    """The proxies' pairs on the largest number of feedback scenes; each smaller amount is
+    the pairs of its first scenes."""
     from mmalign.data_builders.storage import load_preference_dataset, save_preference_dataset
     from mmalign.models import load_adapter
     from mmalign.scene.feedback import scene_feedback_records
     from mmalign.scene.world import WorldConfig
 
+    if setting.pairs not in ("gold", "corrections"):
+        raise ValueError(f"pairs must be gold or corrections, got {setting.pairs!r}")
     paths = {n: out / f"pairs-{n}" for n in (setting.small_scenes, setting.large_scenes)}
     if all(p.exists() for p in paths.values()):
         return paths
     largest = max(paths)
     everything = out / f"pairs-{largest}"
     if not everything.exists():
-        print(f"-- overoptimisation: the start policy's corrected answers on {largest} scenes", flush=True)
-        records, stats = scene_feedback_records(load_adapter(setting.model), WorldConfig(), largest,
-                                                **REWARD_TRAIN.take(largest))
-        print(f"   {stats}", flush=True)
+        print(f"-- overoptimisation: {setting.pairs} pairs of the start policy's answers on {largest} scenes",
+              flush=True)
+        adapter = load_adapter(setting.model)
+        if setting.pairs == "gold":
+            records = gold_pair_records(setting, adapter, largest)
+        else:
+            records, stats = scene_feedback_records(adapter, WorldConfig(), largest, **REWARD_TRAIN.take(largest))
+            print(f"   {stats}", flush=True)
         save_preference_dataset(records, everything)
     data = load_preference_dataset(everything)
     scenes = list(dict.fromkeys(_meta(m)["scene"] for m in data["meta"]))
@@ -168,10 +207,11 @@ def stage_proxy(setting: Setting, pairs: Path, out: Path, seed: int, ensemble: b
 class Judge:
     """Gold (object F1 against the annotations) and a proxy's score of answers to prompts."""
 
-    def __init__(self, prompts):
+    def __init__(self, objects: Sequence[Sequence[str]]):
+        """``objects``: the annotated objects of every prompt (the vocabulary's words)."""
         from mmalign.grounding.objects import resolve_vocabulary
 
-        self.vocabulary = resolve_vocabulary("auto", sorted({o for row in prompts["objects"] for o in row}))
+        self.vocabulary = resolve_vocabulary("auto", sorted({o for row in objects for o in row}))
 
     def grounding(self, answers: Sequence[str], objects: Sequence[Sequence[str]]) -> list[dict[str, float]]:
         """Per answer: object precision (1 − its CHAIR_i), recall (CHAIR's coverage), F1, words."""
@@ -224,7 +264,7 @@ def best_of_n_curve(setting: Setting, out: Path, seed: int, proxy: Path, aggrega
     texts = json.loads(pool_file.read_text())
     s = setting.samples
     repeat = [i for i in range(len(prompts)) for _ in range(s)]
-    grounding = Judge(prompts).grounding(texts, [prompts[i]["objects"] for i in repeat])
+    grounding = Judge(prompts["objects"]).grounding(texts, [prompts[i]["objects"] for i in repeat])
     scorer = proxy_scorer(proxy, adapter, aggregation)
     scores = scorer([prompts[i]["images"] for i in repeat], [prompts[i]["prompt"] for i in repeat], texts)
     values = {"gold": [g["f1"] for g in grounding], "proxy": scores,
@@ -267,7 +307,7 @@ def rl_curve(setting: Setting, out: Path, seed: int, arm: str, proxy: Path, aggr
             args.resume_from_checkpoint = "auto"
         run_grpo(model_config, args)
     held = load_preference_dataset(prompts["eval"])
-    judge = Judge(held)
+    judge = Judge(held["objects"])
     adapter = load_adapter(setting.model)
     scorer = proxy_scorer(proxy, adapter, aggregation)
     checkpoints = sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
@@ -342,7 +382,8 @@ def markdown(results: dict[str, Any]) -> str:
     setting, summary = results["setting"], results["summary"]
     seeds = sorted({r["seed"] for r in results["runs"]})
     lines = [
-        f"Gold: object F1 of held-out descriptions ({setting['eval_scenes']} scenes) against the annotations. "
+        f"Gold: object F1 of held-out descriptions ({setting['eval_scenes']} scenes) against the annotations; "
+        f"proxies trained on {setting['pairs']} pairs. "
         f"Best-of-n up to n = {setting['max_n']} from {setting['samples']} answers per prompt; GRPO "
         f"{setting['rl_iterations']} iterations (lr {setting['rl_learning_rate']:g}, no KL term) against each "
         f"proxy. Proxies: plain reward models on the pairs of {setting['small_scenes']} (small) or "

@@ -32,15 +32,13 @@ def test_best_of_n_kl_by_hand():
 
 
 def test_gold_is_object_f1_from_chairs_own_counts():
-    from datasets import Dataset
 
     from mmalign.benchmarks.chair import score_caption
     from mmalign.scene.text import detailed_description
     from mmalign.scene.world import WorldConfig, scene_at
 
     scenes = [scene_at(WorldConfig(), i, "eval") for i in range(1, 6)]
-    prompts = Dataset.from_dict({"objects": [s.categories for s in scenes]})
-    judge = oo.Judge(prompts)
+    judge = oo.Judge([s.categories for s in scenes])
     captions = [detailed_description(s, WorldConfig()) for s in scenes]
     absent = sorted({c for s in scenes[1:] for c in s.categories} - set(scenes[0].categories))[:2]
     captions[0] += f" There is also a {absent[0]} and a {absent[1]}."  # mentions the annotations refute
@@ -71,3 +69,25 @@ def test_summary_metrics_and_claims_name_real_arms():
         assert {claim.arm, claim.baseline} <= arms, claim.text
     with pytest.raises(ValueError, match="unknown over-optimisation proxy"):
         oo.run_overoptimisation_experiment("unused", arms=["rm-medium"])
+
+
+def test_gold_pairs_choose_the_best_sampled_description_over_the_worst(monkeypatch):
+    from mmalign.scene.feedback import scene_prompt_records
+    from mmalign.scene.ranges import REWARD_TRAIN
+    from mmalign.scene.world import WorldConfig
+
+    rows = scene_prompt_records(WorldConfig(), 2, kinds=("describe",), **REWARD_TRAIN.take(2))
+    first, second = rows[0]["objects"], rows[1]["objects"]
+    absent = sorted({c for r in rows for c in r["objects"]} ^ set(first))[0]
+    texts = [f"A {first[0]}.", f"A {' and a '.join(first)}.", f"A {absent}.",  # scene 1: F1 below 1, 1, 0
+             f"A {second[0]}.", f"A {second[0]}.", f"A {second[0]}."]       # scene 2: all equal -> no pair
+
+    def fake_sample(adapter, prompts, *, num_samples, max_new_tokens, seed):
+        assert num_samples == 3 and len(prompts) == 2
+        return texts, []
+
+    monkeypatch.setattr(oo, "sample_answers", fake_sample)
+    records = oo.gold_pair_records(oo.Setting(pair_samples=3), None, 2)
+    assert len(records) == 1
+    assert records[0]["chosen"] == texts[1] and records[0]["rejected"] == texts[2]
+    assert records[0]["meta"]["gold_chosen"] == 1.0 and records[0]["meta"]["gold_rejected"] == 0.0
