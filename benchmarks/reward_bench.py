@@ -290,12 +290,12 @@ def load_reward_scorer(path: str | Path, base: str | Path | None = None, *, batc
     """A saved reward model or ensemble as a scorer, on the base it was trained on unless
     ``base`` is given; an ensemble scores with ``aggregation`` (default: its own), which its
     name then carries, so cached scores of another aggregation are never reused."""
-    from mmalign.reward import RewardScorer, load_reward_model
+    from mmalign.reward import RewardEnsemble, RewardScorer, load_reward_model
 
     model = load_reward_model(path, base, aggregation=aggregation, uncertainty_weight=uncertainty_weight,
                               **adapter_kwargs)
     name = scorer_label(path)
-    if hasattr(model, "aggregation"):
+    if isinstance(model, RewardEnsemble):
         weight = f" λ={model.uncertainty_weight:g}" if model.aggregation == "uncertainty_weighted" else ""
         name = f"{name} ({len(model)} members, {model.aggregation}{weight})"
     return RewardScorer(model, batch_size=batch_size, name=name)

@@ -39,6 +39,7 @@ import json
 import math
 import statistics
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -317,16 +318,12 @@ def rl_curve(setting: Setting, out: Path, seed: int, arm: str, proxy: Path, aggr
         if folder is not None:
             adapter.load_adapter(folder, adapter_name=name)
             adapter.use_adapter(name)
+        start = folder is None  # the start policy: the base with every adapter off
+        with torch.no_grad(), adapter.adapters_disabled() if start else nullcontext():
+            texts, batches = sample_answers(adapter, held, num_samples=1, max_new_tokens=setting.max_new_tokens,
+                                            seed=seed + 1000)
         with torch.no_grad():
-            if folder is None:
-                with adapter.adapters_disabled():
-                    texts, batches = sample_answers(adapter, held, num_samples=1,
-                                                    max_new_tokens=setting.max_new_tokens, seed=seed + 1000)
-                kl = 0.0
-            else:
-                texts, batches = sample_answers(adapter, held, num_samples=1, max_new_tokens=setting.max_new_tokens,
-                                                seed=seed + 1000)
-                kl = statistics.fmean(float(v) for b in batches for v in _sequence_kl(adapter, b))
+            kl = 0.0 if start else statistics.fmean(float(v) for b in batches for v in _sequence_kl(adapter, b))
         grounding = judge.grounding(texts, held["objects"])
         score = scorer(held["images"], held["prompt"], texts)
         curve.append({"step": step, "kl": kl, "gold": statistics.fmean(g["f1"] for g in grounding),

@@ -155,17 +155,22 @@ class RewardEnsemble:
         ``<adapter_name>-0`` …, default the kind); ``aggregation`` and ``uncertainty_weight``
         default to the saved ones."""
         config = read_ensemble_config(path)
-        members = []
-        for k in range(config["size"]):
-            name = f"{adapter_name or config['kind']}-{k}"
-            member = ScalarHeadModel.from_pretrained(member_dir(path, k), adapter, adapter_name=name)
-            member.eval()
-            members.append(member)
+        return cls.from_members([member_dir(path, k) for k in range(config["size"])], adapter,
+                                adapter_name=adapter_name or config["kind"], normalisation=config.get("normalisation"),
+                                aggregation=aggregation or config["aggregation"],
+                                uncertainty_weight=config["uncertainty_weight"] if uncertainty_weight is None
+                                else uncertainty_weight)
+
+    @classmethod
+    def from_members(cls, folders: Sequence[str | Path], adapter, *, adapter_name: str,
+                     **options: Any) -> RewardEnsemble:
+        """Saved reward / cost models as one ensemble on ``adapter`` (LoRA adapters
+        ``<adapter_name>-0`` …), in eval mode; ``options`` as the constructor's."""
+        members = [ScalarHeadModel.from_pretrained(folder, adapter, adapter_name=f"{adapter_name}-{k}")
+                   for k, folder in enumerate(folders)]
         for member in members:  # loading later members may rewrap the base
             member.backbone = adapter.model
-        return cls(members, normalisation=config.get("normalisation"),
-                   aggregation=aggregation or config["aggregation"],
-                   uncertainty_weight=config["uncertainty_weight"] if uncertainty_weight is None else uncertainty_weight)
+        return cls(members, **options).eval()
 
 
 def load_scoring_model(path: str | Path, adapter, *, adapter_name: str | None = None, aggregation: str | None = None,

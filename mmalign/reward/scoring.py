@@ -86,7 +86,7 @@ class RewardScorer:
         images = images if images is not None else [None] * len(prompts)
         facts = facts if facts is not None else [None] * len(prompts)
         rng = random.Random(f"score-facts-{self.seed}") if self.template.use_facts else None
-        members = getattr(self.model, "member_scores", None)
+        ensemble = isinstance(self.model, RewardEnsemble)
         parts: list[torch.Tensor] = []
         was_training = self.model.training
         self.model.eval()  # LoRA dropout off: a score must not depend on the call
@@ -95,7 +95,7 @@ class RewardScorer:
                 span = slice(lo, lo + self.batch_size)
                 batch = encode_for_scoring(adapter, self.template, images[span], prompts[span], responses[span],
                                            facts[span], rng=rng, max_length=self.max_length).to(adapter.device)
-                scores = members(batch) if members is not None else self.model(batch).unsqueeze(0)
+                scores = self.model.member_scores(batch) if ensemble else self.model(batch).unsqueeze(0)
                 parts.append(scores.float().cpu())
         finally:
             self.model.train(was_training)
@@ -111,7 +111,7 @@ class RewardScorer:
         """One score per answer: an ensemble's aggregate, whose mean spread over members
         (population std) is kept in ``last_spread`` for the trainers' logs."""
         scores = self.score_members(images, prompts, responses, facts)
-        if not hasattr(self.model, "aggregate"):
+        if not isinstance(self.model, RewardEnsemble):
             return scores[0].tolist()
         self.last_spread = float(scores.std(0, unbiased=False).mean()) if scores.numel() else None
         return self.model.aggregate(scores).tolist()
@@ -134,7 +134,7 @@ class RewardScorer:
         column = column or f"{self.model.kind}_{response_column}"
         members = self.score_members_dataset(dataset, response_column)
         added = {column: members[0].tolist()}
-        if hasattr(self.model, "aggregate"):
+        if isinstance(self.model, RewardEnsemble):
             added = {column: self.model.aggregate(members).tolist(), f"{column}_members": members.T.tolist(),
                      f"{column}_spread": members.std(0, unbiased=False).tolist()}
         dataset = dataset.remove_columns([c for c in added if c in dataset.column_names])

@@ -200,11 +200,7 @@ def run_reward_ensemble(model_config, args: RewardConfig) -> Path:
             rows = bootstrap_indices(len(pairs), args.seed + k) if args.ensemble_bootstrap else None
             run_reward_model(model_config, member, train_rows=rows)
         finals.append(final)
-    base = model_config.load_base()
-    ensemble = RewardEnsemble([ScalarHeadModel.from_pretrained(final, base, adapter_name=f"member-{k}")
-                               for k, final in enumerate(finals)])
-    ensemble.backbone = base.model
-    ensemble.eval()
+    ensemble = RewardEnsemble.from_members(finals, model_config.load_base(), adapter_name="member")
     normalisation = None
     if ensemble.kind != "cost":
         scorer = RewardScorer(ensemble, batch_size=args.per_device_eval_batch_size, max_length=args.max_length)
