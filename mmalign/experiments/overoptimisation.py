@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from mmalign.experiments.seeds import load_runs, result_file, save_result, summarise
-from mmalign.scene.ranges import REWARD_TRAIN, RL_EVAL, RL_PROMPTS
+from mmalign.scene.ranges import REWARD_EVAL, REWARD_TRAIN, RL_EVAL, RL_PROMPTS, SceneRange
 
 AGGREGATIONS = ("mean", "worst_case", "uncertainty_weighted")
 
@@ -58,6 +58,7 @@ class Setting:
     min_gold_gap: float = 0.05  # gold pairs: a smaller gap is no preference
     small_scenes: int = 60  # feedback scenes of the proxies' pairs
     large_scenes: int = 240
+    heldout_scenes: int = 120  # held-out gold pairs: each proxy's pairwise accuracy
     ensemble_size: int = 4
     uncertainty_weight: float = 1.0
     rm_epochs: float = 2.0
@@ -73,8 +74,9 @@ class Setting:
 
 def quick_setting() -> Setting:
     """Tiny sizes (a smoke run of the same code, not evidence)."""
-    return Setting(pair_samples=3, small_scenes=6, large_scenes=12, ensemble_size=2, rm_epochs=1.0, eval_scenes=3, samples=4, max_n=4,
-                   prompt_scenes=8, rl_iterations=2, rl_eval_every=1, max_new_tokens=12)
+    return Setting(pair_samples=3, small_scenes=6, large_scenes=12, heldout_scenes=6, ensemble_size=2, rm_epochs=1.0,
+                   eval_scenes=3, samples=4, max_n=4, prompt_scenes=8, rl_iterations=2, rl_eval_every=1,
+                   max_new_tokens=12)
 
 
 def proxies(setting: Setting) -> dict[str, dict[str, Any]]:
@@ -108,15 +110,17 @@ def best_of_n_kl(n: int) -> float:
 
 
 # ---------------------------------------------------------------------------------- stages
-def gold_pair_records(setting: Setting, adapter, scenes: int) -> list[dict[str, Any]]:
-    """Per scene, ``pair_samples`` descriptions sampled from the start policy; the best by
-    gold score is chosen over the worst when they differ by at least ``min_gold_gap``."""
+def gold_pair_records(setting: Setting, adapter, scenes: int,
+                      scene_range: SceneRange = REWARD_TRAIN) -> list[dict[str, Any]]:
+    """Per scene of ``scene_range``, ``pair_samples`` descriptions sampled from the start
+    policy; the best by gold score is chosen over the worst when they differ by at least
+    ``min_gold_gap``."""
     from datasets import Dataset
 
     from mmalign.scene.feedback import scene_prompt_records
     from mmalign.scene.world import WorldConfig
 
-    rows = scene_prompt_records(WorldConfig(), scenes, kinds=("describe",), **REWARD_TRAIN.take(scenes))
+    rows = scene_prompt_records(WorldConfig(), scenes, kinds=("describe",), **scene_range.take(scenes))
     prompts = Dataset.from_list([{"images": r["images"], "prompt": r["prompt"]} for r in rows])
     texts, _ = sample_answers(adapter, prompts, num_samples=setting.pair_samples,
                               max_new_tokens=setting.max_new_tokens, seed=0)
@@ -166,6 +170,38 @@ def stage_pairs(setting: Setting, out: Path) -> dict[int, Path]:
             keep = set(scenes[:n])
             save_preference_dataset([r for r in data if _meta(r["meta"])["scene"] in keep], path)
     return paths
+
+
+def stage_heldout_pairs(setting: Setting, out: Path) -> Path:
+    """Gold pairs on held-out reward-model scenes: how well each proxy learned the gold
+    preference before any optimiser leans on it."""
+    from mmalign.data_builders.storage import save_preference_dataset
+    from mmalign.models import load_adapter
+
+    path = out / "pairs-heldout"
+    if not path.exists():
+        print(f"-- overoptimisation: held-out gold pairs on {setting.heldout_scenes} scenes", flush=True)
+        adapter = load_adapter(setting.model)
+        save_preference_dataset(gold_pair_records(setting, adapter, setting.heldout_scenes, REWARD_EVAL), path)
+    return path
+
+
+def pair_accuracy(chosen: Sequence[float], rejected: Sequence[float]) -> float:
+    """Share of pairs whose chosen answer scores strictly higher (a tie is wrong, as in the
+    reward-model benchmarks)."""
+    if len(chosen) != len(rejected) or not chosen:
+        raise ValueError(f"{len(chosen)} chosen and {len(rejected)} rejected scores")
+    return sum(c > r for c, r in zip(chosen, rejected)) / len(chosen)
+
+
+def heldout_accuracy(setting: Setting, proxy: Path, aggregation: str | None, pairs_path: Path) -> float:
+    from mmalign.data_builders.storage import load_preference_dataset
+    from mmalign.models import load_adapter
+
+    pairs = load_preference_dataset(pairs_path)
+    scorer = proxy_scorer(proxy, load_adapter(setting.model), aggregation)
+    return pair_accuracy(scorer(pairs["images"], pairs["prompt"], pairs["chosen"]),
+                         scorer(pairs["images"], pairs["prompt"], pairs["rejected"]))
 
 
 def _meta(meta: Any) -> dict[str, Any]:
@@ -362,12 +398,13 @@ def run_arm(setting: Setting, out: Path, seed: int, arm: str, rl: bool) -> dict[
     pairs = stage_pairs(setting, out)[spec["scenes"]]
     prompts = stage_prompts(setting, out)
     proxy = stage_proxy(setting, pairs, out, seed, ensemble="aggregation" in spec)
+    accuracy = heldout_accuracy(setting, proxy, spec.get("aggregation"), stage_heldout_pairs(setting, out))
     bon = best_of_n_curve(setting, out, seed, proxy, spec.get("aggregation"), prompts["eval"])
     curve = rl_curve(setting, out, seed, arm, proxy, spec.get("aggregation"), prompts) if rl else []
-    return {**summary_metrics(bon, curve), "bon_curve": bon, "rl_curve": curve}
+    return {"heldout_accuracy": accuracy, **summary_metrics(bon, curve), "bon_curve": bon, "rl_curve": curve}
 
 
-COLUMNS = {"bon_gold_final": "best-of-n gold (n max)", "bon_gold_drop": "best-of-n gold drop from peak",
+COLUMNS = {"heldout_accuracy": "held-out pair accuracy", "bon_gold_final": "best-of-n gold (n max)", "bon_gold_drop": "best-of-n gold drop from peak",
            "bon_proxy_gain": "best-of-n proxy gain", "bon_precision_change": "best-of-n precision change",
            "bon_recall_change": "best-of-n recall change", "bon_words_change": "best-of-n words change",
            "rl_gold_final": "GRPO gold (last)",
