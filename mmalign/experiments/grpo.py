@@ -8,6 +8,9 @@ fresh 4-bit QLoRA adapter and evaluated on the same held-out scenes (POPE, CHAIR
 - ``grpo-f1``: the object-F1 reward on description prompts (the demo's GRPO);
 - ``grpo-f1-yesno``: object F1 on descriptions plus the exact-answer reward on existence
   questions, one prompt set holding both;
+- ``grpo-precision``: object precision weighted twice recall, plus the length reward (full
+  credit from 40 words): a hallucinated object costs more than a missed one, and answers
+  that shrink below 40 words lose reward;
 - ``ddpo``: Dense DPO on the demo's correction pairs with the demo's recipe (the offline
   baseline), with its training time next to GRPO's.
 
@@ -39,6 +42,7 @@ from mmalign.experiments.seeds import load_runs, measure_missing, summarise
 ARMS: dict[str, tuple[tuple[str, ...], dict[str, float]]] = {
     "grpo-f1": (("describe",), {"object_f1": 1.0}),
     "grpo-f1-yesno": (("describe", "exist"), {"object_f1": 1.0, "answer_match": 1.0}),
+    "grpo-precision": (("describe",), {"object_precision": 2.0, "object_recall": 1.0, "length": 0.5}),
     "ddpo": ((), {}),
 }
 METRICS = (*dpo.METRICS, ("train_seconds", "train s"))

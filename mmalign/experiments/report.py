@@ -241,7 +241,8 @@ def write_experiments_report(out: str | Path) -> Path:
                   (out / "ppo" / "results.md").read_text().strip(), "", "![](ppo.png)", "",
                   "![](ppo/curves.png)"]
     if "grpo" in results:
-        arms = {"grpo-f1": "GRPO, object F1", "grpo-f1-yesno": "GRPO, object F1 + yes/no", "ddpo": "Dense DPO"}
+        arms = {"grpo-f1": "GRPO, object F1", "grpo-f1-yesno": "GRPO, object F1 + yes/no",
+                "grpo-precision": "GRPO, precision-weighted", "ddpo": "Dense DPO"}
         plot_bars(_bars({"start": results["grpo"]["start"]}, results["grpo"]["summary"], arms,
                         {"F1 (mean of splits)": "POPE F1 ↑", "CHAIR_i": "CHAIR_i ↓", "Recall": "CHAIR recall ↑",
                          "Length (words)": "words"}),
