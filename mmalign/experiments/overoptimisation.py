@@ -415,12 +415,15 @@ COLUMNS = {"heldout_accuracy": "held-out pair accuracy", "bon_gold_final": "best
 def markdown(results: dict[str, Any]) -> str:
     setting, summary = results["setting"], results["summary"]
     seeds = sorted({r["seed"] for r in results["runs"]})
+    rl = any(m["rl_curve"] for r in results["runs"] for m in r["models"].values())
+    grpo = (f"; GRPO {setting['rl_iterations']} iterations (lr {setting['rl_learning_rate']:g}, no KL term) "
+            "against each proxy" if rl else "")
     lines = [
         f"Gold: object F1 of held-out descriptions ({setting['eval_scenes']} scenes) against the annotations; "
-        f"proxies trained on {setting['pairs']} pairs. "
-        f"Best-of-n up to n = {setting['max_n']} from {setting['samples']} answers per prompt; GRPO "
-        f"{setting['rl_iterations']} iterations (lr {setting['rl_learning_rate']:g}, no KL term) against each "
-        f"proxy. Proxies: plain reward models on the pairs of {setting['small_scenes']} (small) or "
+        f"proxies trained on {setting['pairs']} pairs, their accuracy measured on gold pairs of "
+        f"{setting['heldout_scenes']} held-out scenes. "
+        f"Best-of-n up to n = {setting['max_n']} from {setting['samples']} answers per prompt{grpo}. "
+        f"Proxies: plain reward models on the pairs of {setting['small_scenes']} (small) or "
         f"{setting['large_scenes']} (large) feedback scenes; ensembles of {setting['ensemble_size']} on the small "
         f"data, λ = {setting['uncertainty_weight']:g}. Seeds "
         f"{', '.join(map(str, seeds))} (mean ± std).",
