@@ -100,6 +100,10 @@ CLAIMS = (
     Claim("loop", "On-policy rounds keep the recall of one offline round", "Recall", "on-policy", "offline", "equal"),
     Claim("loop", "On-policy rounds answer POPE better than one offline round (F1)", "F1 (mean of splits)",
           "on-policy", "offline", "higher"),
+    Claim("overoptimisation", "A reward model on 4x the pairs ranks held-out gold pairs better",
+          "heldout_accuracy", "rm-large", "rm-small", "higher"),
+    Claim("overoptimisation", "An ensemble (mean) ranks held-out gold pairs better than one reward model on the "
+          "same pairs", "heldout_accuracy", "ensemble-mean", "rm-small", "higher"),
     Claim("overoptimisation", "More preference data over-optimises less under best-of-n (gold at the "
           "largest n)", "bon_gold_final", "rm-large", "rm-small", "higher"),
     Claim("overoptimisation", "A worst-case ensemble over-optimises less than one reward model on the same data "
