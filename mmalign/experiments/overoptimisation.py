@@ -444,7 +444,8 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def plot_curves(results: dict[str, Any], path: Path) -> Path | None:
-    """Gold and proxy against KL, best-of-n and GRPO: one line per proxy, the mean over seeds."""
+    """Gold and proxy against √KL (Gao et al.'s distance), best-of-n and GRPO: one line per
+    proxy, the mean over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -465,11 +466,11 @@ def plot_curves(results: dict[str, Any], path: Path) -> Path | None:
             if not curves:
                 continue
             length = min(len(c) for c in curves)
-            xs = [statistics.fmean(c[j]["kl"] for c in curves) for j in range(length)]
+            xs = [math.sqrt(max(0.0, statistics.fmean(c[j]["kl"] for c in curves))) for j in range(length)]
             ys = [statistics.fmean(c[j][key] for c in curves) for j in range(length)]
             ax.plot(xs, ys, marker="o", label=arm, color=f"C{i % 10}")
         ax.set_title(title)
-        ax.set_xlabel("KL from the start policy (nats)")
+        ax.set_xlabel("√KL from the start policy (√nats)")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
