@@ -186,22 +186,19 @@ def stage_heldout_pairs(setting: Setting, out: Path) -> Path:
     return path
 
 
-def pair_accuracy(chosen: Sequence[float], rejected: Sequence[float]) -> float:
-    """Share of pairs whose chosen answer scores strictly higher (a tie is wrong, as in the
-    reward-model benchmarks)."""
-    if len(chosen) != len(rejected) or not chosen:
-        raise ValueError(f"{len(chosen)} chosen and {len(rejected)} rejected scores")
-    return sum(c > r for c, r in zip(chosen, rejected)) / len(chosen)
-
-
 def heldout_accuracy(setting: Setting, proxy: Path, aggregation: str | None, pairs_path: Path) -> float:
+    """Share of held-out gold pairs the proxy orders correctly (a tie is wrong)."""
+    import torch
+
     from mmalign.data_builders.storage import load_preference_dataset
+    from mmalign.losses.reward import pairwise_accuracy
     from mmalign.models import load_adapter
 
     pairs = load_preference_dataset(pairs_path)
     scorer = proxy_scorer(proxy, load_adapter(setting.model), aggregation)
-    return pair_accuracy(scorer(pairs["images"], pairs["prompt"], pairs["chosen"]),
-                         scorer(pairs["images"], pairs["prompt"], pairs["rejected"]))
+    chosen = scorer(pairs["images"], pairs["prompt"], pairs["chosen"])
+    rejected = scorer(pairs["images"], pairs["prompt"], pairs["rejected"])
+    return pairwise_accuracy(torch.tensor(chosen), torch.tensor(rejected)).item()
 
 
 def _meta(meta: Any) -> dict[str, Any]:
@@ -404,7 +401,8 @@ def run_arm(setting: Setting, out: Path, seed: int, arm: str, rl: bool) -> dict[
     return {"heldout_accuracy": accuracy, **summary_metrics(bon, curve), "bon_curve": bon, "rl_curve": curve}
 
 
-COLUMNS = {"heldout_accuracy": "held-out pair accuracy", "bon_gold_final": "best-of-n gold (n max)", "bon_gold_drop": "best-of-n gold drop from peak",
+COLUMNS = {"heldout_accuracy": "held-out pair accuracy", "bon_gold_final": "best-of-n gold (n max)",
+           "bon_gold_drop": "best-of-n gold drop from peak",
            "bon_proxy_gain": "best-of-n proxy gain", "bon_precision_change": "best-of-n precision change",
            "bon_recall_change": "best-of-n recall change", "bon_words_change": "best-of-n words change",
            "rl_gold_final": "GRPO gold (last)",

@@ -71,12 +71,6 @@ def test_summary_metrics_and_claims_name_real_arms():
         oo.run_overoptimisation_experiment("unused", arms=["rm-medium"])
 
 
-def test_pair_accuracy_counts_a_tie_as_wrong():
-    assert oo.pair_accuracy([1.0, 0.5, 2.0, -1.0], [0.0, 0.5, 3.0, -2.0]) == 0.5
-    with pytest.raises(ValueError, match="2 chosen and 1 rejected"):
-        oo.pair_accuracy([1.0, 2.0], [0.0])
-
-
 def test_gold_pairs_choose_the_best_sampled_description_over_the_worst(monkeypatch):
     from mmalign.scene.feedback import scene_prompt_records
     from mmalign.scene.ranges import REWARD_TRAIN
