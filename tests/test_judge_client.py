@@ -60,6 +60,7 @@ def server():
                 script.bodies.append(body)
                 script.auth.append(self.headers.get("Authorization"))
                 script.in_flight += 1
+                self.counted = True
                 script.max_in_flight = max(script.max_in_flight, script.in_flight)
                 script.cond.notify_all()
                 if len(script.bodies) <= script.hold:
@@ -80,11 +81,17 @@ def server():
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up waiting (a timeout test)
             finally:
-                with script.cond:
-                    script.in_flight -= 1
+                if self.counted:
+                    with script.cond:
+                        script.in_flight -= 1
 
         def _send(self, status, payload, headers):
             data = json.dumps(payload).encode()
+            # The request leaves flight before its reply is written: once the client reads
+            # the reply it may send the next request, which must not count as overlapping.
+            with script.cond:
+                script.in_flight -= 1
+            self.counted = False
             self.send_response(status)
             for name, value in {"Content-Type": "application/json", "Content-Length": str(len(data)),
                                 **headers}.items():
