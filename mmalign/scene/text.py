@@ -248,7 +248,7 @@ QA_KINDS = (
 def absent_partners(scene: Scene, config: WorldConfig) -> list[str]:
     """Partners missing although their trigger is present: what a biased model hallucinates."""
     present = set(scene.counts)
-    return [b for a, b in config.cooccurrence if a in present and b not in present]
+    return list(dict.fromkeys(b for a, b in config.cooccurrence if a in present and b not in present))
 
 
 def questions(scene: Scene, config: WorldConfig) -> list[QA]:

@@ -107,10 +107,11 @@ MAX_COUNT = 3  # a category appears 1..3 times in a scene
 class WorldConfig:
     """Everything that shapes a world. Saved in ``world.json`` so a world can be rebuilt.
 
-    ``cooccurrence`` lists (trigger, partner) pairs; when the trigger is in a scene, the
-    partner is put in with probability ``cooccurrence_p[split]`` and otherwise kept out, so
-    P(partner | trigger) equals that number exactly in expectation. Each category may take
-    part in at most one pair, which keeps the pairs independent.
+    ``cooccurrence`` lists (trigger, partner) pairs; when any of a partner's triggers is in a
+    scene, the partner is put in with probability ``cooccurrence_p[split]`` and otherwise kept
+    out, so P(partner | a trigger) equals that number exactly in expectation. A partner may
+    have several triggers (COCO's dining table comes with cups, bottles and books alike), a
+    trigger has one partner, and no category is both, which keeps the draws independent.
     """
 
     seed: int = 0
@@ -139,6 +140,10 @@ class WorldConfig:
     # that the trigger implies its partner, and names the partner where it is absent: the
     # co-occurrence hallucination POPE's adversarial split and CHAIR measure.
     partner_hidden_p: float = 0.3
+    # Relative weights for drawing a scene's categories (a category not listed weighs 1;
+    # empty draws uniformly). Real datasets are long-tailed, and the objects a model has
+    # seen most are the ones it names when unsure: POPE's "popular" split asks about them.
+    category_weights: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         def check(ok: bool, message: str) -> None:
@@ -157,9 +162,19 @@ class WorldConfig:
             set(self.hazards) <= set(self.categories) & set(HAZARD_SPECS),
             f"hazards {self.hazards} must be categories among {sorted(HAZARD_SPECS)}",
         )
-        paired = [c for pair in self.cooccurrence for c in pair]
-        check(set(paired) <= set(self.categories), f"pairs use unknown categories {paired}")
-        check(len(set(paired)) == len(paired), "a category may be in at most one pair")
+        triggers = [a for a, _ in self.cooccurrence]
+        partners = {b for _, b in self.cooccurrence}
+        check(
+            set(triggers) | partners <= set(self.categories),
+            f"pairs use unknown categories {self.cooccurrence}",
+        )
+        check(len(set(triggers)) == len(triggers), "a trigger may have only one partner")
+        check(not partners & set(triggers), "a category cannot be both a trigger and a partner")
+        check(
+            set(self.category_weights) <= set(self.categories)
+            and all(w > 0 for w in self.category_weights.values()),
+            f"category_weights must give positive weights to categories: {self.category_weights}",
+        )
         check(
             bool(self.cooccurrence_p)
             and all(0.0 <= p <= 1.0 for p in self.cooccurrence_p.values()),
@@ -180,6 +195,14 @@ class WorldConfig:
     @property
     def splits(self) -> tuple[str, ...]:
         return tuple(self.cooccurrence_p)
+
+    @property
+    def partner_triggers(self) -> dict[str, tuple[str, ...]]:
+        """Each partner with its triggers, in the order the pairs first name them."""
+        grouped: dict[str, tuple[str, ...]] = {}
+        for trigger, partner in self.cooccurrence:
+            grouped[partner] = grouped.get(partner, ()) + (trigger,)
+        return grouped
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (tuples become lists)."""
@@ -300,10 +323,10 @@ def scene_at(config: WorldConfig, image_id: int, split: str = "train") -> Scene:
     p = config.cooccurrence_p[split]
     rng = random.Random(f"mmalign-scene/{config.seed}/{split}/{image_id}")
 
-    present = rng.sample(config.categories, rng.randint(1, config.max_categories))
+    present = _draw_categories(config, rng)
     brought: set[str] = set()  # partners present because of their trigger
-    for trigger, partner in config.cooccurrence:
-        if trigger in present:
+    for partner, triggers in config.partner_triggers.items():
+        if any(trigger in present for trigger in triggers):
             if rng.random() < p:
                 if partner not in present:
                     present.append(partner)
@@ -343,16 +366,32 @@ def scene_at(config: WorldConfig, image_id: int, split: str = "train") -> Scene:
     )
 
 
+def _draw_categories(config: WorldConfig, rng: random.Random) -> list[str]:
+    """The 1..max_categories categories a scene starts from, by ``category_weights``."""
+    n = rng.randint(1, config.max_categories)
+    if not config.category_weights:
+        return rng.sample(config.categories, n)
+    pool = list(config.categories)
+    weights = [config.category_weights.get(c, 1.0) for c in pool]
+    drawn = []
+    for _ in range(n):
+        i = rng.choices(range(len(pool)), weights=weights)[0]
+        drawn.append(pool.pop(i))
+        weights.pop(i)
+    return drawn
+
+
 def _hide_partners(config: WorldConfig, objects: list[SceneObject], brought: set[str], key: str) -> list[SceneObject]:
-    """Put each single brought partner behind its trigger with ``partner_hidden_p``: small,
-    centred in the trigger's box, in the trigger's cell (its own cell is freed). A separate
-    random stream, so scenes without hidden partners are the same as before the option."""
+    """Put each single brought partner behind the first instance of one of its triggers with
+    ``partner_hidden_p``: small, centred in the trigger's box, in the trigger's cell (its own
+    cell is freed). A separate random stream, so scenes without hidden partners are the same
+    as before the option."""
     if not config.partner_hidden_p:
         return objects
     rng = random.Random(f"mmalign-hidden/{key}")
-    for trigger, partner in config.cooccurrence:
+    for partner, triggers in config.partner_triggers.items():
         mine = [o for o in objects if o.category == partner]
-        front = next((o for o in objects if o.category == trigger), None)
+        front = next((o for o in objects if o.category in triggers), None)
         if partner not in brought or len(mine) != 1 or front is None or rng.random() >= config.partner_hidden_p:
             continue
         x, y, w, h = front.bbox
