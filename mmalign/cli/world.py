@@ -178,7 +178,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_output_flags(p)
     p.add_argument("--seed", type=int, default=0, help="world seed (default: 0)")
     p.add_argument("--size", type=int, default=500, help="number of scenes (default: 500)")
-    p.add_argument("--split", default="eval", help="world split: eval (co-occurrence 0.5) or train (0.9)")
+    p.add_argument("--split", default="eval", help="world split: eval (co-occurrence 0.35) or train (0.9)")
     p.set_defaults(func=cmd_make)
 
     p = cmds.add_parser("sft-data", help="write instruction conversations as a datasets folder")

@@ -119,13 +119,22 @@ class WorldConfig:
     categories: tuple[str, ...] = tuple(CATEGORY_SPECS)
     colors: tuple[str, ...] = tuple(COLORS)
     backgrounds: tuple[str, ...] = tuple(BACKGROUNDS)
+    # Three hub partners with three triggers each, as COCO's dining table, person and car
+    # come with many objects; the four other categories (the hazards and the ball) stand alone.
     cooccurrence: tuple[tuple[str, str], ...] = (
         ("cup", "table"),
+        ("bottle", "table"),
+        ("book", "table"),
         ("tree", "house"),
-        ("moon", "star"),
+        ("flower", "house"),
+        ("car", "house"),
+        ("moon", "boat"),
         ("fish", "boat"),
+        ("star", "boat"),
     )
-    cooccurrence_p: dict[str, float] = field(default_factory=lambda: {"train": 0.9, "eval": 0.5})
+    # The training split carries the bias; the held-out split breaks it more often than not,
+    # so a model that learned "trigger => partner" names absent partners there.
+    cooccurrence_p: dict[str, float] = field(default_factory=lambda: {"train": 0.9, "eval": 0.35})
     hazards: tuple[str, ...] = ("fire", "knife", "pill")
     max_categories: int = 3  # distinct categories drawn before partners are added
     max_objects: int = 6  # instances per scene, at most GRID * GRID
@@ -139,11 +148,13 @@ class WorldConfig:
     # annotated (COCO's captions name the dining table under the plates). A model then learns
     # that the trigger implies its partner, and names the partner where it is absent: the
     # co-occurrence hallucination POPE's adversarial split and CHAIR measure.
-    partner_hidden_p: float = 0.3
+    partner_hidden_p: float = 0.5
     # Relative weights for drawing a scene's categories (a category not listed weighs 1;
     # empty draws uniformly). Real datasets are long-tailed, and the objects a model has
     # seen most are the ones it names when unsure: POPE's "popular" split asks about them.
-    category_weights: dict[str, float] = field(default_factory=dict)
+    # Triggers weigh 2.5, so the hubs they bring are the most frequent objects of all.
+    category_weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("cup", "bottle", "book", "tree", "flower", "car", "moon", "fish", "star"), 2.5))
 
     def __post_init__(self) -> None:
         def check(ok: bool, message: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import replace
 from statistics import mean
 
 from mmalign.scene.sft import fact_check_conversation, scene_sft_dataset
@@ -115,5 +116,7 @@ def test_partners_brought_by_their_trigger_are_mostly_small() -> None:
                  if a in s.counts for o in s.instances(b)]
         return sum(size == "small" for size in sizes) / len(sizes)
 
-    biased, unbiased = share_small(CONFIG), share_small(WorldConfig(partner_small_p=0.0))
+    # hidden partners are small by construction; this is about the ones in plain sight
+    visible = replace(CONFIG, partner_hidden_p=0.0)
+    biased, unbiased = share_small(visible), share_small(replace(visible, partner_small_p=0.0))
     assert biased > 0.8 and 0.4 < unbiased < 0.6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -109,7 +110,7 @@ def test_render_draws_every_object_inside_its_box() -> None:
         image = render(scene)
         assert image.size == (scene.image_size, scene.image_size)
         pixels = image.load()
-        for obj in scene.objects:
+        for obj in (o for o in scene.objects if not o.behind):  # a hidden partner may not show
             x, y, w, h = obj.bbox
             inside = {pixels[i, j] for i in range(x, x + w) for j in range(y, y + h)}
             assert len(inside) > 4, f"{scene.id}: nothing drawn for {obj}"
@@ -212,6 +213,7 @@ def test_vocabulary_follows_the_config() -> None:
         categories=("ball", "cup", "table", "tree"),
         cooccurrence=(("cup", "table"),),
         hazards=(),
+        category_weights={},
         max_categories=2,
         max_objects=4,
     )
@@ -223,11 +225,11 @@ def test_vocabulary_follows_the_config() -> None:
 
 
 def partner_rate(scenes: list, config: WorldConfig) -> tuple[float, float]:
-    """P(partner | trigger) and P(partner | no trigger), pooled over the configured pairs."""
+    """P(partner | one of its triggers) and P(partner | none of them), pooled over partners."""
     hit = seen = base_hit = base_seen = 0
     for scene in scenes:
-        for trigger, partner in config.cooccurrence:
-            if trigger in scene.counts:
+        for partner, triggers in config.partner_triggers.items():
+            if any(trigger in scene.counts for trigger in triggers):
                 seen, hit = seen + 1, hit + (partner in scene.counts)
             else:
                 base_seen, base_hit = base_seen + 1, base_hit + (partner in scene.counts)
@@ -263,7 +265,7 @@ def test_a_partner_with_several_triggers_comes_with_any_of_them() -> None:
 
 
 def test_category_weights_skew_the_draw_and_empty_weights_keep_the_uniform_world() -> None:
-    plain = replace(CONFIG, cooccurrence=())
+    plain = replace(CONFIG, cooccurrence=(), category_weights={})
     skewed = replace(plain, category_weights={"cup": 4.0})
     counts = {c: 0 for c in CONFIG.categories}
     for scene in generate_scenes(skewed, 3000):
@@ -274,9 +276,24 @@ def test_category_weights_skew_the_draw_and_empty_weights_keep_the_uniform_world
     # other category in ~11%
     assert 0.32 < counts["cup"] / 3000 < 0.40, counts
     assert all(0.08 < v / 3000 < 0.15 for v in others), counts
-    uniform = generate_scenes(plain, 50)
-    assert uniform == generate_scenes(replace(plain, category_weights={}), 50)
-    assert uniform != generate_scenes(skewed, 50)
+    assert generate_scenes(plain, 50) != generate_scenes(skewed, 50)
+
+
+def test_the_world_of_earlier_releases_is_unchanged_to_the_byte() -> None:
+    """Four single pairs, no weights: the world the first 96 px scene VLM was trained on."""
+    earlier = replace(
+        CONFIG,
+        cooccurrence=(("cup", "table"), ("tree", "house"), ("moon", "star"), ("fish", "boat")),
+        cooccurrence_p={"train": 0.9, "eval": 0.5},
+        partner_hidden_p=0.3,
+        category_weights={},
+    )
+    digest = hashlib.sha256()
+    for split in ("train", "eval"):
+        for scene in generate_scenes(earlier, 40, split):
+            digest.update(json.dumps(scene.to_dict(), sort_keys=True).encode())
+            digest.update(render(scene).tobytes())
+    assert digest.hexdigest() == "f0a52f7bb26602a53082c8a3caaaa4fda71f6620ceff246ae17a87aae5a3a291"
 
 
 def test_config_rejects_inconsistent_settings() -> None:
