@@ -311,7 +311,9 @@ def mmhal_records(
 
     Each record takes the next scene (cycling) that has a question of the needed kind;
     ``gt_answer`` is that question's full-sentence answer and ``model_answer`` is left
-    empty for the runner to fill.
+    empty for the runner to fill. A type no scene can ask (a comparison needs two single
+    objects of different sizes) is left out of every round, so a world of a handful of
+    scenes still has its MMHal file; ``world.json`` lists the types left out.
     """
     cache: dict[int, list[QA]] = {}
     records: list[dict[str, Any]] = []
@@ -327,10 +329,7 @@ def mmhal_records(
                 if match:
                     break
             else:
-                raise ValueError(
-                    f"no scene has a question for MMHal type {question_type!r}; "
-                    "generate more scenes"
-                )
+                continue
             scene, qa = scenes[index], match[0]
             cursor = index + 1
             named = qa.objects or qa.absent
@@ -451,6 +450,7 @@ def write_world(out: Path, scenes: list[Scene], config: WorldConfig) -> None:
                 "pope": {variant: len(rows) for variant, rows in pope.items()},
                 "amber_queries": len(queries),
                 "mmhal_records": len(mmhal),
+                "mmhal_types_missing": sorted(set(MMHAL_TYPES) - {r["question_type"] for r in mmhal}),
                 "vl_rewardbench_pairs": len(reward_pairs),
             },
             "cooccurrence": _cooccurrence_report(scenes, config),

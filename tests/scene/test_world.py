@@ -490,6 +490,20 @@ def test_mmhal_records_keep_the_official_order_and_fields(world: Path) -> None:
             assert named <= set(scene.counts), record
 
 
+def test_a_tiny_world_leaves_out_the_mmhal_types_it_cannot_ask(tmp_path: Path) -> None:
+    from mmalign.scene.text import questions
+
+    tiny = make_world(tmp_path / "tiny", size=1)
+    _, (scene,) = read_world(tiny)
+    records = json.loads((tiny / "mmhal" / "response_template.json").read_text())
+    manifest = json.loads((tiny / "world.json").read_text())
+    kinds = {qa.kind for qa in questions(scene, CONFIG)}
+    asked = [t for t in MMHAL_TYPES if t not in manifest["counts"]["mmhal_types_missing"]]
+    assert "comparison" not in kinds and "comparison" in manifest["counts"]["mmhal_types_missing"]
+    assert [r["question_type"] for r in records] == asked * 12  # the official order of what is left
+    assert all(r["image_id"] == scene.id for r in records)
+
+
 # --------------------------------------------------------------------------- safety
 
 
