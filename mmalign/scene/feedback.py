@@ -88,7 +88,9 @@ def _clause(tokens: list[tuple[str, int, int]], i: int) -> tuple[int, int]:
     return tokens[lo][1], tokens[hi][2]
 
 
-_RELATION = re.compile(r"the (\w+) is (?:to the left of|to the right of|above|below) the (\w+) ?\.?")
+_RELATION = re.compile(
+    r"the (\w+) is (?:to the left of|to the right of|above|below|in front of|behind) the (\w+) ?\.?"
+)
 
 
 def _sentences(text: str) -> list[tuple[int, int]]:
@@ -125,14 +127,16 @@ def correct_description(text: str, scene: Scene) -> CaptionCorrection:
     replacement, the kind of segment Dense DPO up-weights), or is removed when none is left;
     a relation naming an absent object is removed; a sentence about one present object whose
     sizes, colours, positions or count are wrong is replaced by the true one, as is a wrong
-    relation between two single objects; absent objects in a listing sentence lose their
-    clause. Right sentences stay as they are.
+    relation between two single objects; a second sentence about an object the true sentence
+    already covers (a model that writes one sentence per instance) is removed; absent objects
+    in a listing sentence lose their clause. Right sentences stay as they are.
     """
     present = scene.categories
     mentioned = {NOUNS[w][0] for w in tokenize_words(text) if w in NOUNS}
     spare = [c for c in present if c not in mentioned]
     result = CaptionCorrection(corrected=text)
     edits: list[tuple[int, int, str]] = []
+    told: set[str] = set()  # present objects whose whole true sentence the correction holds
     for start, end in _sentences(text):
         chunk = text[start:end]
         named = list(dict.fromkeys(NOUNS[w][0] for w in tokenize_words(chunk) if w in NOUNS))
@@ -151,11 +155,18 @@ def correct_description(text: str, scene: Scene) -> CaptionCorrection:
             continue
         if len(named) == 1:
             if absent:
+                if spare:
+                    told.add(spare[0])
                 edits.append((start, end, " " + _in_style(category_sentence(scene, spare.pop(0)), chunk)
                               if spare else ""))
                 continue
             words = tokenize_words(chunk)
             if words[:2] in (["there", "is"], ["there", "are"]) and any(w in words for w in (":", "corner", "middle", "left", "right", "top", "bottom")):
+                if named[0] in told:
+                    result.rewritten.append(named[0])
+                    edits.append((start, end, ""))
+                    continue
+                told.add(named[0])
                 truth = category_sentence(scene, named[0])
                 if not _same(truth, chunk):
                     result.rewritten.append(named[0])

@@ -191,3 +191,25 @@ def test_a_detailed_description_is_corrected_sentence_by_sentence():
 def _scene_with_single_ball():
     objs = (SceneObject("cup", "red", "small", (0, 0, 8, 8), 0), SceneObject("ball", "blue", "large", (0, 0, 8, 8), 4))
     return Scene(id="t-3", image_id=3, split="eval", seed=0, image_size=96, background="gray", objects=objs, hazards=())
+
+
+def test_per_instance_sentences_and_front_behind_relations_are_corrected():
+    objs = (SceneObject("cup", "orange", "large", (0, 0, 8, 8), 7), SceneObject("cup", "purple", "small", (0, 0, 8, 8), 8),
+            SceneObject("fish", "red", "small", (0, 0, 8, 8), 0))
+    two_cups = Scene(id="t-4", image_id=4, split="eval", seed=0, image_size=96, background="white", objects=objs,
+                     hazards=())
+    text = ("the image shows a fish and two cups on a white background . "
+            "there is a small red fish in the top left corner . "
+            "there is a large orange cup at the bottom . there is a small purple cup in the bottom right corner . "
+            "the cup is in front of the table . nothing in the image is dangerous .")
+    fix = correct_caption(text, two_cups)
+    assert fix.hallucinated == ["table"]
+    assert fix.corrected == (
+        "the image shows a fish and two cups on a white background . "
+        "there is a small red fish in the top left corner . "
+        "there are two cups : a large orange one at the bottom and a small purple one in the bottom right corner . "
+        "nothing in the image is dangerous .")
+    assert correct_caption(fix.corrected, two_cups).corrected == fix.corrected
+    behind = correct_caption("There is a small red cup in the top left corner. The cup is behind the ball.",
+                             _scene_with_single_ball())
+    assert behind.corrected == "There is a small red cup in the top left corner. The cup is above the ball."
