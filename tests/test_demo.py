@@ -9,7 +9,7 @@ from mmalign.demo import DemoConfig, run_demo
 
 @pytest.mark.slow
 def test_demo_runs_every_stage_and_resumes(tmp_path):
-    config = DemoConfig(eval_scenes=4, feedback_scenes=4, epochs=1, batch_size=8, learning_rate=1e-3)
+    config = DemoConfig(method="ddpo", eval_scenes=4, feedback_scenes=4, epochs=1, batch_size=8, learning_rate=1e-3)
     messages: list[str] = []
     report = run_demo(tmp_path, config, progress=messages.append)
     assert [m[:5] for m in messages] == ["[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"]
@@ -96,7 +96,7 @@ def test_demo_killed_between_stages_resumes_from_the_next_stage(tmp_path, capsys
     from mmalign.cli import main
 
     out = tmp_path / "demo"
-    argv = ["demo", "--out", str(out), "--eval-scenes", "4", "--feedback-scenes", "4", "--epochs", "1"]
+    argv = ["demo", "--out", str(out), "--method", "ddpo", "--eval-scenes", "4", "--feedback-scenes", "4", "--epochs", "1"]
     with (tmp_path / "killed.log").open("w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "mmalign", *argv], stdout=log, stderr=subprocess.STDOUT,
                                 env=dict(os.environ, PYTHONUNBUFFERED="1"))
