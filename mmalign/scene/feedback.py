@@ -155,10 +155,11 @@ def correct_description(text: str, scene: Scene) -> CaptionCorrection:
             continue
         if len(named) == 1:
             if absent:
-                if spare:
+                if spare:  # rewritten about a present object the description left out
                     told.add(spare[0])
-                edits.append((start, end, " " + _in_style(category_sentence(scene, spare.pop(0)), chunk)
-                              if spare else ""))
+                    edits.append((start, end, " " + _in_style(category_sentence(scene, spare.pop(0)), chunk)))
+                else:
+                    edits.append((start, end, ""))
                 continue
             words = tokenize_words(chunk)
             if words[:2] in (["there", "is"], ["there", "are"]) and any(w in words for w in (":", "corner", "middle", "left", "right", "top", "bottom")):

@@ -264,7 +264,7 @@ def test_a_partner_with_several_triggers_comes_with_any_of_them() -> None:
         assert both and abs(sum("table" in s.counts for s in both) / len(both) - p) < 0.12
 
 
-def test_category_weights_skew_the_draw_and_empty_weights_keep_the_uniform_world() -> None:
+def test_category_weights_skew_the_draw() -> None:
     plain = replace(CONFIG, cooccurrence=(), category_weights={})
     skewed = replace(plain, category_weights={"cup": 4.0})
     counts = {c: 0 for c in CONFIG.categories}
