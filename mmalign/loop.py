@@ -280,6 +280,8 @@ def _sft(policy, pairs, config: LoopConfig, round_dir: Path, args) -> None:
 
 def _train(config: LoopConfig, round_index: int, round_dir: Path, previous: Path | None) -> Any:
     """SFT (OPA-DPO) and DPO of one round; returns the trained policy, saved to ``round_dir/adapter``."""
+    from transformers import set_seed
+
     from mmalign.data_builders.storage import load_preference_dataset
     from mmalign.dpo import DPOTrainer
     from mmalign.training import latest_valid_checkpoint
@@ -287,6 +289,7 @@ def _train(config: LoopConfig, round_index: int, round_dir: Path, previous: Path
     seed = int(config.training.get("seed", config.seed)) + round_index  # a new LoRA / data order each round
     model_config, args = _recipe(config, round_dir / "train", round_dir / "pairs", seed)
     pairs = load_preference_dataset(round_dir / "pairs")
+    set_seed(seed)  # the fresh LoRA's matrices (the trainer seeds only once the model exists)
     sft_done = round_dir / "sft-adapter" / "adapter_config.json"
     if config.opa_sft and sft_done.exists():  # SFT finished before a stop: DPO starts from its adapter
         policy = _policy(model_config, sft_done.parent)

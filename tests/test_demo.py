@@ -54,6 +54,27 @@ def test_demo_policy_loads_each_precision_with_a_trainable_lora():
         demo_policy(config, precision="int8")
 
 
+def test_demo_policy_lora_comes_from_the_seed_not_the_process_random_state():
+    """The trainers seed once the model exists; the fresh LoRA must already repeat (it did not,
+    and two identical demo runs differed by four recall points)."""
+    import torch
+
+    from mmalign.demo import demo_policy
+
+    def lora(seed):
+        policy = demo_policy(DemoConfig(), seed=seed)
+        return {n: p.detach().clone() for n, p in policy.model.named_parameters() if p.requires_grad}
+
+    torch.manual_seed(1)
+    first = lora(0)
+    torch.rand(100)  # another process, another starting state
+    again = lora(0)
+    other = lora(1)
+    assert first.keys() == again.keys() == other.keys()
+    assert all(torch.equal(first[n], again[n]) for n in first)
+    assert any(not torch.equal(first[n], other[n]) for n in first if "lora_A" in n)
+
+
 def test_pairs_are_marked_done_only_with_their_statistics(tmp_path, monkeypatch):
     """A demo killed while building its pairs must not leave the pairs (the stage's marker)
     without the statistics the report reads: the statistics are written first."""

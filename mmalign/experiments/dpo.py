@@ -85,7 +85,7 @@ def run_method(config: DemoConfig, method: str, seed: int, world: Path, pairs: P
 
     loss_type, precision, changes = METHODS[method]
     data = reference_data(config, pairs, precision, out)
-    policy = demo_policy(config, precision=precision)
+    policy = demo_policy(config, precision=precision, seed=seed)
     run_dir = out / "runs" / f"{method}-seed{seed}"
     args = replace(demo_training_args(config, run_dir / "train", pairs, loss_type=loss_type, seed=seed), **changes)
     trainer = DPOTrainer(policy, args, train_dataset=data)

@@ -87,7 +87,7 @@ def run_arm(setting: Setting, arm: str, seed: int, world: Path, out: Path) -> di
 
     kinds, rewards = ARMS[arm]
     prompts = prompt_set(config, kinds, out)
-    policy = demo_policy(config)
+    policy = demo_policy(config, seed=seed)
     run_dir = out / "runs" / f"{arm}-seed{seed}"
     trainer = GRPOTrainer(policy, demo_grpo_args(config, run_dir / "train", prompts, rewards=rewards, seed=seed),
                           load_preference_dataset(prompts))

@@ -84,7 +84,7 @@ def run_arm(setting: Setting, arm: str, seed: int, world: Path, pairs: Path, hel
     config = setting.demo_config()
     run_dir = out / "runs" / f"{arm}-seed{seed}"
     args = demo_training_args(config, run_dir / "train", pairs, loss_type=ARMS[arm], seed=seed)
-    policy = demo_policy(config)
+    policy = demo_policy(config, seed=seed)
     trainer = DPOTrainer(policy, args, train_dataset=load_preference_dataset(pairs))
     trainer.train()
     result: dict[str, Any] = dict(evaluate_scene_model(policy, world, run_dir / "eval", f"{arm}-seed{seed}",
