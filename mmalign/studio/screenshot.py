@@ -121,7 +121,7 @@ def demo_project(root: Path, scenes: int = 8, model: str = "scene-vlm") -> tuple
     project = StudioProject.create(root)
     token = project.add_annotator("alice")
     records = scene_prompt_records(WorldConfig(seed=0), scenes, split="eval", kinds=["describe"])
-    load_prompt_set(project, records, load_adapter(model), GenerationConfig(batch_size=scenes, max_new_tokens=32),
+    load_prompt_set(project, records, load_adapter(model), GenerationConfig(batch_size=scenes, max_new_tokens=128),
                     model_name=model, progress=False)
     project.assign()
     return project, token
@@ -129,7 +129,8 @@ def demo_project(root: Path, scenes: int = 8, model: str = "scene-vlm") -> tuple
 
 def first_hallucination(project: Any) -> tuple[int, str, int, int, str]:
     """The first item whose answer names an object category the scene does not hold:
-    ``(item id, answer, start, end, a category the scene does hold)``."""
+    ``(item id, answer, start, end, a category the scene holds)``; the category is one the
+    answer left out where there is one, as an annotator would correct it."""
     import re
 
     from mmalign.scene.world import WorldConfig, scene_at
@@ -140,7 +141,8 @@ def first_hallucination(project: Any) -> tuple[int, str, int, int, str]:
         for category in config.categories:
             found = re.search(rf"\b{category}s?\b", item.answer)
             if found and category not in present:
-                return item.id, item.answer, found.start(), found.end(), present[0]
+                missed = [c for c in present if not re.search(rf"\b{c}s?\b", item.answer)]
+                return item.id, item.answer, found.start(), found.end(), (missed or present)[0]
     raise RuntimeError("the model named no missing object in these scenes; try more --scenes")
 
 
@@ -151,7 +153,7 @@ def take_screenshot(out: Path, scenes: int = 8) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         project, token = demo_project(Path(tmp) / "project", scenes)
         item_id, answer, start, end, truth = first_hallucination(project)
-        with serving(project) as base, start_chromium(1100, 860) as driver:
+        with serving(project) as base, start_chromium(1100, 1000) as driver:
             sign_in(driver, base, token)
             driver.get(f"{base}/item/{item_id}")
             drag_select(driver, driver.find_element(By.ID, "answer"), start, end)
