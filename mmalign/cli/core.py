@@ -71,8 +71,10 @@ def cmd_selftest(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     config = DemoConfig(method=args.method, eval_scenes=args.eval_scenes, feedback_scenes=args.feedback_scenes,
-                        seed=args.seed, model=args.model, epochs=args.epochs, learning_rate=args.learning_rate,
-                        replace_absent=args.replace_absent, grpo_steps=args.grpo_steps)
+                        seed=args.seed, model=args.model, epochs=args.epochs, replace_absent=args.replace_absent,
+                        grpo_steps=args.grpo_steps,
+                        **({} if args.learning_rate is None else
+                           {"grpo_learning_rate" if args.method == "grpo" else "learning_rate": args.learning_rate}))
     report = run_demo(args.out, config)
     print(f"\nreport: {report}")
     return 0
@@ -143,8 +145,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--feedback-scenes", type=int, default=demo.feedback_scenes,
                    help=f"scenes for feedback pairs (default: {demo.feedback_scenes})")
     p.add_argument("--epochs", type=float, default=demo.epochs, help=f"Dense DPO epochs (default: {demo.epochs:g})")
-    p.add_argument("--learning-rate", type=float, default=demo.learning_rate,
-                   help=f"LoRA learning rate (default: {demo.learning_rate:g})")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help=f"LoRA learning rate of the chosen method (default: {demo.grpo_learning_rate:g} for grpo, "
+                   f"{demo.learning_rate:g} for ddpo)")
     p.add_argument("--replace-absent", action="store_true",
                    help="correct a hallucinated object by naming a present one instead of removing its clause")
     p.add_argument("--seed", type=int, default=demo.seed)

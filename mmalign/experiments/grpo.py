@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ class Setting:
 
     def demo_config(self) -> DemoConfig:
         return DemoConfig(eval_scenes=self.eval_scenes, feedback_scenes=self.prompt_scenes, grpo_steps=self.steps,
-                          learning_rate=self.learning_rate)
+                          grpo_learning_rate=self.learning_rate)
 
 
 def quick_setting() -> Setting:
@@ -79,7 +79,6 @@ def run_arm(setting: Setting, arm: str, seed: int, world: Path, out: Path) -> di
     """Train one (arm, seed) and evaluate it on the held-out scenes."""
     config = setting.demo_config()
     if arm == "ddpo":  # the demo's Dense DPO as it is (its own learning rate)
-        config = replace(config, learning_rate=DemoConfig().learning_rate)
         _, pairs = dpo.build_data(config, out)
         return dpo.run_method(config, "ddpo-qlora", seed, world, pairs, out)
     from mmalign.data_builders.storage import load_preference_dataset
@@ -110,7 +109,7 @@ def markdown(summary: dict[str, dict[str, float]], base: dict[str, float], seeds
     lines = [
         f"Held-out scenes: {setting.eval_scenes}; prompts from {setting.prompt_scenes} feedback scenes; seeds "
         f"{', '.join(map(str, seeds))} (mean ± std); GRPO: {setting.steps} iterations of 8 prompts x 4 answers, "
-        f"lr {setting.learning_rate:g}; Dense DPO: the demo's pairs and recipe.",
+        f"lr {setting.learning_rate:g}, KL β {setting.demo_config().grpo_beta:g}; Dense DPO: the demo's pairs and recipe.",
         "",
         "| model | seeds | " + " | ".join(label for _, label in METRICS) + " |",
         "|---|---|" + "---|" * len(METRICS),

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from mmalign.config_io import load_recipe
+from mmalign.demo import DemoConfig
 from mmalign.experiments import ppo, reward_models
 from mmalign.model_config import ModelConfig
 from mmalign.ppo import PPOConfig
@@ -61,7 +62,7 @@ def test_grpo_runs_are_the_recipe_with_the_arms_rewards(tmp_path):
         kinds, rewards = grpo.ARMS[arm]
         args = demo_grpo_args(setting.demo_config(), tmp_path / "run", tmp_path / "prompts", rewards=rewards, seed=4)
         assert (args.reward_funcs, args.reward_weights) == (list(rewards), list(rewards.values()))
-        assert (args.max_steps, args.learning_rate, args.seed) == (7, 3e-4, 4)
+        assert (args.max_steps, args.learning_rate, args.seed, args.beta) == (7, 3e-4, 4, DemoConfig().grpo_beta)
         assert (args.num_generations, args.loss_aggregation, args.epsilon_high) == (
             shipped.num_generations, shipped.loss_aggregation, shipped.epsilon_high)
     assert grpo.ARMS["grpo-f1-yesno"][0] == ("describe", "exist")
