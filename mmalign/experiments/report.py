@@ -18,8 +18,8 @@ then :func:`write_experiments_report` gathers every table into ``OUT/report.md``
 charts and, for each claim, the difference between the two arms and a verdict. A verdict
 compares the difference of the means with twice its standard error over seeds
 (``sqrt(s_a²/n_a + s_b²/n_b)``): *appeared* when the difference goes the claimed way by
-more than that, *reversed* when it goes the other way by more, *within noise* otherwise.
-With three seeds this is a rough screen, not a significance test.
+more than that, *reversed* when it goes the other way by more, *within noise* otherwise;
+with one seed on each side there is no verdict. With three seeds this is a rough screen, not a significance test.
 """
 
 from __future__ import annotations
@@ -128,9 +128,13 @@ CLAIMS = (
 
 
 def verdict(arm: dict[str, float], baseline: dict[str, float], metric: str, better: str) -> tuple[float, float, str]:
-    """Difference of the means (arm − baseline), twice its standard error, and the verdict."""
+    """Difference of the means (arm − baseline), twice its standard error, and the verdict.
+
+    With one seed on each side there is no spread to compare against: no verdict."""
     diff = arm[metric] - baseline[metric]
     margin = 2 * math.sqrt(arm[metric + "_std"] ** 2 / arm["seeds"] + baseline[metric + "_std"] ** 2 / baseline["seeds"])
+    if max(arm["seeds"], baseline["seeds"]) < 2:
+        return diff, margin, "one seed: no verdict"
     if better == "equal":
         return diff, margin, "appeared (equal within noise)" if abs(diff) <= margin else "did not appear"
     signed = -diff if better == "lower" else diff

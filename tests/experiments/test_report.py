@@ -32,6 +32,13 @@ def test_verdict_uses_each_arms_own_seed_count():
     assert margin == pytest.approx(2 * math.sqrt(4 / 4 + 9 / 1))
 
 
+def test_one_seed_on_each_side_gets_no_verdict():
+    """A single seed has no spread: a 5-point gap between two one-seed arms is not 'appeared'."""
+    diff, margin, verdict = experiments.verdict(row(65.0, 0.0, seeds=1), row(60.0, 0.0, seeds=1), "m", "higher")
+    assert (diff, margin, verdict) == (5.0, 0.0, "one seed: no verdict")
+    assert experiments.verdict(row(65.0, 1.0, seeds=2), row(60.0, 0.0, seeds=1), "m", "higher")[2] == "appeared"
+
+
 def _write(folder, name, results, table):
     (folder / name).mkdir(parents=True)
     (folder / name / "results.json").write_text(json.dumps(results))
