@@ -124,18 +124,14 @@ def demo_base(config: DemoConfig, *, precision: str = "nf4"):
 def demo_policy(config: DemoConfig, *, precision: str = "nf4", seed: int | None = None):
     """The base with a fresh LoRA, in 4-bit NF4 (QLoRA) or unquantised float32 / bfloat16.
 
-    The LoRA's random matrices come from ``seed`` (``config.seed`` unless given): the trainers
-    seed only after the model exists, and torch's own starting seed differs per process."""
-    from transformers import set_seed
-
+    The LoRA's random matrices come from ``seed`` (``config.seed`` unless given)."""
     from mmalign.model_config import ModelConfig
 
     _check_precision(precision)
-    set_seed(config.seed if seed is None else seed)
     four_bit = precision == "nf4"
     lora = {"lora_r": config.lora_r, "lora_alpha": 2 * config.lora_r} if config.lora_r else {}
     return ModelConfig(model_name_or_path=config.model, load_in_4bit=four_bit, bnb_4bit_compute_dtype="float32",
-                       dtype="float32" if four_bit else precision, **lora).load()
+                       dtype="float32" if four_bit else precision, **lora).load(seed=config.seed if seed is None else seed)
 
 
 def build_grpo_prompts(config: DemoConfig, prompts_dir: Path, stats_file: Path,

@@ -256,9 +256,10 @@ def _base(model_config):
                         quantization=model_config.quantization(card))
 
 
-def _policy(model_config, adapter: Path | None):
-    """The base of the recipe with ``adapter`` (the previous round's) loaded trainable, or a fresh LoRA."""
-    return replace(model_config, adapter_path=str(adapter) if adapter else None).load()
+def _policy(model_config, adapter: Path | None, seed: int):
+    """The base of the recipe with ``adapter`` (the previous round's) loaded trainable, or a
+    fresh LoRA drawn from ``seed``."""
+    return replace(model_config, adapter_path=str(adapter) if adapter else None).load(seed=seed)
 
 
 def _sft(policy, pairs, config: LoopConfig, round_dir: Path, args) -> None:
@@ -280,8 +281,6 @@ def _sft(policy, pairs, config: LoopConfig, round_dir: Path, args) -> None:
 
 def _train(config: LoopConfig, round_index: int, round_dir: Path, previous: Path | None) -> Any:
     """SFT (OPA-DPO) and DPO of one round; returns the trained policy, saved to ``round_dir/adapter``."""
-    from transformers import set_seed
-
     from mmalign.data_builders.storage import load_preference_dataset
     from mmalign.dpo import DPOTrainer
     from mmalign.training import latest_valid_checkpoint
@@ -289,12 +288,11 @@ def _train(config: LoopConfig, round_index: int, round_dir: Path, previous: Path
     seed = int(config.training.get("seed", config.seed)) + round_index  # a new LoRA / data order each round
     model_config, args = _recipe(config, round_dir / "train", round_dir / "pairs", seed)
     pairs = load_preference_dataset(round_dir / "pairs")
-    set_seed(seed)  # the fresh LoRA's matrices (the trainer seeds only once the model exists)
     sft_done = round_dir / "sft-adapter" / "adapter_config.json"
     if config.opa_sft and sft_done.exists():  # SFT finished before a stop: DPO starts from its adapter
-        policy = _policy(model_config, sft_done.parent)
+        policy = _policy(model_config, sft_done.parent, seed)
     else:
-        policy = _policy(model_config, previous)
+        policy = _policy(model_config, previous, seed)
         if config.opa_sft:
             _sft(policy, pairs, config, round_dir, args)  # DPO goes on from this policy, not a reload of it
     # the reference is the policy as DPO starts (its log-probs precomputed before training)
@@ -337,7 +335,7 @@ def run_loop(config: LoopConfig, feedback: FeedbackSource | None = None,
         policy = None
         if not (round_dir / "pairs" / "mmalign_dataset.json").exists():
             say(f"[round {k + 1}/{config.rounds}] sampling the policy's answers and collecting {config.feedback} feedback")
-            policy = _policy(model_config, previous)
+            policy = _policy(model_config, previous, config.seed + k)
             try:
                 records = feedback.records(policy, k, config)
             except RoundWaiting as wait:
@@ -357,7 +355,7 @@ def run_loop(config: LoopConfig, feedback: FeedbackSource | None = None,
         row = {"round": k + 1, **json.loads((round_dir / "feedback-stats.json").read_text())}
         if config.eval_scenes:
             def evaluate(policy=policy, previous=previous, k=k):
-                return _evaluate(policy or _policy(model_config, previous), config, out, f"round-{k}")
+                return _evaluate(policy or _policy(model_config, previous, config.seed), config, out, f"round-{k}")
             row.update(_stage_json(round_dir / "metrics.json", evaluate, say,
                                    f"[round {k + 1}/{config.rounds}] evaluating"))
         rounds.append(row)

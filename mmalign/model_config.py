@@ -129,8 +129,16 @@ class ModelConfig:
             trust_remote_code=self.trust_remote_code,
         )
 
-    def load(self, *, gradient_checkpointing: bool = False, device_map=None):
-        """Load the adapter ready for training as this config describes."""
+    def load(self, *, seed: int | None = None, gradient_checkpointing: bool = False, device_map=None):
+        """Load the adapter ready for training as this config describes.
+
+        ``seed`` seeds every generator first, so a fresh LoRA (and whatever the caller draws
+        next, such as a reward head) repeats: trainers seed only once the model exists, and
+        torch's own starting seed differs per process. ``None`` draws from the current state."""
+        if seed is not None:
+            from transformers import set_seed
+
+            set_seed(seed)
         if not self.model_name_or_path:
             raise ValueError("model_name_or_path is required")
         if self.load_in_4bit and not self.use_peft:

@@ -44,9 +44,9 @@ def test_a_two_round_loop_resumes_after_a_kill_between_rounds(tmp_path, monkeypa
             raise Killed("killed between round 1's pairs and its training")
         return original_train(config, round_index, round_dir, previous)
 
-    def policy(model_config, adapter):
+    def policy(model_config, adapter, seed):
         calls["policy"].append(adapter)
-        return original_policy(model_config, adapter)
+        return original_policy(model_config, adapter, seed)
 
     monkeypatch.setattr(loop_module.SceneFeedback, "records", records)
     monkeypatch.setattr(loop_module, "_train", train)

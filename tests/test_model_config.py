@@ -28,3 +28,23 @@ def test_set_fields_win_one_by_one_and_the_card_is_not_changed():
 def test_a_checkpoint_folder_gets_its_familys_default_card(tiny_dirs):
     assert card_for(tiny_dirs["llava"]).name == get_card("llava-1.5-7b").name
     assert card_for("scene-vlm").name == "scene-vlm"
+
+
+def test_a_fresh_lora_comes_from_the_seed_not_the_process_random_state(tiny_dirs):
+    """Trainers seed once the model exists, and torch's starting seed differs per process:
+    ``load(seed=...)`` must make the fresh LoRA repeat whatever the global state was."""
+    import torch
+
+    config = ModelConfig(model_name_or_path=str(tiny_dirs["llava"]), lora_r=4, lora_target_modules=["q_proj"])
+
+    def lora(seed):
+        adapter = config.load(seed=seed)
+        return {n: p.detach().clone() for n, p in adapter.model.named_parameters() if "lora_A" in n}
+
+    torch.manual_seed(1)
+    first = lora(0)
+    torch.rand(100)  # another process, another starting state
+    again, other = lora(0), lora(1)
+    assert first and first.keys() == again.keys() == other.keys()
+    assert all(torch.equal(first[n], again[n]) for n in first)
+    assert all(not torch.equal(first[n], other[n]) for n in first)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, set_seed
+from transformers import Trainer
 
 from mmalign.dpo.collator import DPOCollator
 from mmalign.dpo.config import SMOOTHED_LOSSES, DPOConfig, mdpo_corruption
@@ -326,8 +326,7 @@ def run_dpo(model_config, args: DPOConfig) -> Path:
     train = load_preference_dataset(args.dataset_path)
     evaluation = load_preference_dataset(args.eval_dataset_path) if args.eval_dataset_path else None
     check_dpo_data(args, dataset_path=train, eval_dataset_path=evaluation)
-    set_seed(args.seed)  # the fresh LoRA weights are random: same seed, same run
-    adapter = model_config.load(gradient_checkpointing=bool(args.gradient_checkpointing))
+    adapter = model_config.load(seed=args.seed, gradient_checkpointing=bool(args.gradient_checkpointing))
     reference = None
     if args.reference_model_path:
         reference = load_adapter(args.reference_model_path, dtype=model_config.dtype,

@@ -90,15 +90,12 @@ def reward_run_config(setting: Setting, data: Path, out: Path, seed: int, **rewa
 
 
 def train_model(setting: Setting, data: Path, out: Path, seed: int, **reward_args: Any):
-    from transformers import set_seed
-
     from mmalign.data_builders.storage import load_preference_dataset
     from mmalign.models import ScalarHeadModel
     from mmalign.reward import RewardTrainer
 
     model_config, args = reward_run_config(setting, data, out, seed, **reward_args)
-    set_seed(seed)
-    model = ScalarHeadModel(model_config.load(), kind=args.kind)
+    model = ScalarHeadModel(model_config.load(seed=seed), kind=args.kind)
     RewardTrainer(model, args, train_dataset=load_preference_dataset(data)).train()
     model.eval()
     return model

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, set_seed
+from transformers import Trainer
 from transformers.trainer_utils import TrainOutput
 
 from mmalign.grpo.config import GRPOConfig
@@ -486,7 +486,6 @@ def run_grpo(model_config, args: GRPOConfig) -> Path:
     check_grpo_inputs(model_config, args)
     resume = run_resume_plan(model_config, args, checked=args.resume_checked, keeps=GRPO_KEEPS)
     prompts = load_preference_dataset(args.dataset_path)
-    set_seed(args.seed)
-    adapter = model_config.load(gradient_checkpointing=bool(args.gradient_checkpointing))
+    adapter = model_config.load(seed=args.seed, gradient_checkpointing=bool(args.gradient_checkpointing))
     trainer = GRPOTrainer(adapter, args, prompts, scorers=load_scorers(adapter, args))
     return train_and_save(trainer, model_config, args, resume=resume)

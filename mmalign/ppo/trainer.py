@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, set_seed
+from transformers import Trainer
 from transformers.trainer_utils import TrainOutput
 
 from mmalign.io import ADAPTER, OutputKind, atomic_dir
@@ -422,7 +422,7 @@ def build_models(model_config, args: PPOConfig):
     """Policy (LoRA ``default``), reward / cost models and critics, all on one base."""
     if not model_config.use_peft:
         raise ValueError("PPO trains LoRA adapters on a shared base: set use_peft true")
-    adapter = model_config.load(gradient_checkpointing=bool(args.gradient_checkpointing))
+    adapter = model_config.load(seed=args.seed, gradient_checkpointing=bool(args.gradient_checkpointing))
     return adapter, *attach_scorers(adapter, args, model_config.lora(adapter.card))
 
 
@@ -491,7 +491,6 @@ def run_ppo(model_config, args: PPOConfig) -> Path:
     check_ppo_inputs(model_config, args)
     resume = run_resume_plan(model_config, args, checked=args.resume_checked, keeps=PPO_KEEPS)
     prompts = load_preference_dataset(args.dataset_path)  # a prompt set: images, prompt, facts, reference
-    set_seed(args.seed)  # the fresh LoRA weights are random: same seed, same run (on every process)
     adapter, reward, cost, critics = build_models(model_config, args)
     trainer = PPOTrainer(adapter, args, prompts, reward, cost, critics)
     return train_and_save(trainer, model_config, args, resume=resume)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, set_seed
+from transformers import Trainer
 
 from mmalign.losses.reward import bradley_terry_loss, cost_loss, pairwise_accuracy, sign_accuracy
 from mmalign.models import ModelLike, as_adapter
@@ -143,8 +143,7 @@ def run_reward_model(model_config, args: RewardConfig, *, train_rows: list[int] 
     if train_rows is not None:
         train = train.select(train_rows)
     evaluation = load_preference_dataset(args.eval_dataset_path) if args.eval_dataset_path else None
-    set_seed(args.seed)  # the fresh LoRA weights and head are random: same seed, same run
-    adapter = model_config.load(gradient_checkpointing=bool(args.gradient_checkpointing))
+    adapter = model_config.load(seed=args.seed, gradient_checkpointing=bool(args.gradient_checkpointing))
     model = ScalarHeadModel(adapter, kind=args.kind)
     trainer = RewardTrainer(model, args, train_dataset=train, eval_dataset=evaluation, template=template)
     return train_and_save(trainer, model_config, args, resume=resume)

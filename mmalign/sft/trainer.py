@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, set_seed
+from transformers import Trainer
 
 from mmalign.models import ModelLike, as_adapter
 from mmalign.models.batch import EncodedBatch
@@ -76,7 +76,6 @@ def run_sft(model_config, args: SFTConfig) -> Path:
     resume = run_resume_plan(model_config, args)
     train = load_sft_dataset(args.dataset_path, args.image_folder)
     evaluation = load_sft_dataset(args.eval_dataset_path, args.image_folder) if args.eval_dataset_path else None
-    set_seed(args.seed)  # the fresh LoRA weights are random: same seed, same run
-    adapter = model_config.load(gradient_checkpointing=bool(args.gradient_checkpointing))
+    adapter = model_config.load(seed=args.seed, gradient_checkpointing=bool(args.gradient_checkpointing))
     trainer = SFTTrainer(adapter, args, train_dataset=train, eval_dataset=evaluation)
     return train_and_save(trainer, model_config, args, resume=resume)
