@@ -48,10 +48,12 @@ class PretrainConfig:
     vision_word_temperature: float = 0.05
     # Stage 2's instruction mix (``scene_sft_dataset``): shares of description rows, of
     # existence drills (the question-to-image lookup a description does not teach: learned
-    # slowly, so half the rows), of fact checking, the rest mixed questions.
+    # slowly, so half the rows), of fact checking, of fact reading (facts that may be another
+    # scene's, so only reading answers), the rest mixed questions.
     describe_share: float = 0.3
     existence_share: float = 0.5
     facts_share: float = 0.05
+    reading_share: float = 0.0
     # Stage 2 keeps the stage-1 tower frozen: trained at the language model's learning rate
     # it forgets what it saw (a linear probe of object presence on its features fell to chance).
     train_vision: bool = False
@@ -220,7 +222,7 @@ def pretrain_scene_vlm(out_dir: str | Path, config: PretrainConfig | None = None
     vision_losses = pretrain_vision_tower(model, processor, world, config) if config.vision_steps else []
     data = scene_sft_dataset(world, config.n_scenes, split=PRETRAIN.take(config.n_scenes)["split"], turns=config.turns,
                              describe_share=config.describe_share, existence_share=config.existence_share,
-                             facts_share=config.facts_share, seed=config.seed)
+                             facts_share=config.facts_share, reading_share=config.reading_share, seed=config.seed)
     with tempfile.TemporaryDirectory() as tmp:
         init = Path(tmp) / "init"
         model.save_pretrained(init)

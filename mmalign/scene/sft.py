@@ -23,6 +23,7 @@ from mmalign.scene.text import (
     existence_qas,
     fact_statements,
     facts_block,
+    facts_existence_questions,
     questions,
     scene_facts,
 )
@@ -79,6 +80,28 @@ def fact_check_conversation(scene, config: WorldConfig, rng: random.Random, turn
     return messages
 
 
+def fact_reading_conversation(scene, facts_scene, config: WorldConfig, rng: random.Random,
+                              turns: int) -> list[dict]:
+    """The image of ``scene``, the facts of ``facts_scene``, then statements and existence
+    questions answered from the facts alone.
+
+    When the facts are the pictured scene's, the image answers too, and a model trained only
+    on such rows never learns to read: the first shipped scene VLM checked statements at its
+    60 % "no" prior, with or without the facts. Facts of another scene leave reading as the
+    only way to answer, which is the skill a factually augmented reward model needs."""
+    checks = [(TEMPLATES["fact_check_q"].format(statement=s), true)
+              for s, true in fact_statements(facts_scene, config, rng)]
+    checks += facts_existence_questions(facts_scene, config, rng)
+    messages = []
+    for i, (question, true) in enumerate(rng.sample(checks, min(turns, len(checks)))):
+        content = _text(question if i else f"{facts_block(scene_facts(facts_scene))}\n{question}")
+        if i == 0:
+            content = [{"type": "image", "text": None}, *content]
+        messages.append({"role": "user", "content": content})
+        messages.append({"role": "assistant", "content": _text(TEMPLATES["yes" if true else "no"])})
+    return messages
+
+
 def existence_drill(scene, config: WorldConfig, rng: random.Random, turns: int) -> list[dict]:
     """Existence questions only, half about present objects and half about absent ones, in
     random order, mostly with POPE's short answer: the question-to-image matching that
@@ -104,7 +127,7 @@ def existence_drill(scene, config: WorldConfig, rng: random.Random, turns: int) 
 def scene_sft_dataset(
     config: WorldConfig, n_scenes: int, *, split: str = "train", turns: int = 3, seed: int = 0,
     describe_share: float = 0.3, detail_share: float = 0.7, facts_share: float = 0.1, existence_share: float = 0.0,
-    start: int = 1,
+    reading_share: float = 0.0, reading_other_share: float = 0.5, start: int = 1,
 ) -> Dataset:
     """``n_scenes`` rows of (image, conversation) drawn from the world's ``split``.
 
@@ -113,7 +136,9 @@ def scene_sft_dataset(
     levels of detail (what CHAIR measures). ``facts_share`` of the rows list the scene's facts
     and ask whether statements agree with them, the reading skill instruction-tuned language
     models bring to a factually augmented reward model. ``existence_share`` of the rows are
-    existence drills (:func:`existence_drill`). The rest are question turns of every kind.
+    existence drills (:func:`existence_drill`). ``reading_share`` of the rows are
+    :func:`fact_reading_conversation`, ``reading_other_share`` of them with the facts of
+    another scene of the range. The rest are question turns of every kind.
     Scenes ``start`` .. ``start + n_scenes - 1`` of ``split`` are used.
     """
     rng = random.Random(f"scene-sft-{seed}-{split}")
@@ -130,6 +155,10 @@ def scene_sft_dataset(
             messages = fact_check_conversation(scene, config, rng, turns)
         elif draw < describe_share + facts_share + existence_share:
             messages = existence_drill(scene, config, rng, 2 * turns)
+        elif draw < describe_share + facts_share + existence_share + reading_share:
+            other = rng.random() < reading_other_share
+            facts_scene = scene_at(config, rng.randrange(start, start + n_scenes), split) if other else scene
+            messages = fact_reading_conversation(scene, facts_scene, config, rng, turns)
         else:
             messages = scene_conversation(questions(scene, config), rng, turns)
         rows_messages.append(messages)

@@ -74,6 +74,7 @@ TEMPLATES: dict[str, str] = {
     "facts_header": "Facts about the image:",
     "fact_line": "- {fact}",
     "fact_check_q": "Is this statement true according to the facts? {statement}",
+    "facts_exist_q": "According to the facts, is there {article} {category} in the image?",
     # LLaVA-1.5's suffix for short answers (POPE protocol), so the tokenizer knows its words
     "short_answer": "Answer the question using a single word or phrase.",
     # benchmark-style prompts (AMBER wording)
@@ -440,6 +441,17 @@ def fact_statements(scene: Scene, config: WorldConfig, rng: random.Random) -> li
         missing = (absent_partners(scene, config) or [rng.choice(absent)])[0]
         out += [(count_sentence(missing, 1), False), (sentence("absent_a", category=missing), True)]
     return out
+
+
+def facts_existence_questions(scene: Scene, config: WorldConfig, rng: random.Random) -> list[tuple[str, bool]]:
+    """"According to the facts, is there ...?" for every present category (yes) and as many
+    absent ones (no), missing co-occurrence partners first: the lookup a factually augmented
+    reward model does when an answer names an object."""
+    partners = absent_partners(scene, config)
+    others = [c for c in config.categories if c not in scene.counts and c not in partners]
+    absent = (partners + rng.sample(others, len(others)))[: len(scene.counts)]
+    return [(sentence("facts_exist_q", article=_article(c), category=c), c in scene.counts)
+            for c in [*scene.counts, *absent]]
 
 
 # --------------------------------------------------------------------------- vocabulary

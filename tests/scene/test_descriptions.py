@@ -7,13 +7,14 @@ import re
 from dataclasses import replace
 from statistics import mean
 
-from mmalign.scene.sft import fact_check_conversation, scene_sft_dataset
+from mmalign.scene.sft import fact_check_conversation, fact_reading_conversation, scene_sft_dataset
 from mmalign.scene.text import (
     NUMBER_WORDS,
     WHERE_PHRASES,
     detail_sentences,
     detailed_description,
     fact_statements,
+    facts_block,
     scene_facts,
 )
 from mmalign.scene.world import (
@@ -23,6 +24,7 @@ from mmalign.scene.world import (
     SceneObject,
     WorldConfig,
     generate_scenes,
+    scene_at,
 )
 
 CONFIG = WorldConfig()
@@ -120,3 +122,24 @@ def test_partners_brought_by_their_trigger_are_mostly_small() -> None:
     visible = replace(CONFIG, partner_hidden_p=0.0)
     biased, unbiased = share_small(visible), share_small(replace(visible, partner_small_p=0.0))
     assert biased > 0.8 and 0.4 < unbiased < 0.6
+
+
+def test_fact_reading_rows_are_answered_from_the_listed_facts_not_the_image() -> None:
+    pictured, listed = generate_scenes(CONFIG, 2, split="train")
+    messages = fact_reading_conversation(pictured, listed, CONFIG, random.Random(3), turns=40)
+    first = messages[0]["content"]
+    assert first[0]["type"] == "image"
+    assert first[1]["text"].startswith(facts_block(scene_facts(listed)) + "\n")
+    asked = 0
+    for question, answer in zip(messages[0::2], messages[1::2]):
+        match = re.search(r"According to the facts, is there an? (\w+) in the image\?", question["content"][-1]["text"])
+        if match:
+            asked += 1
+            assert answer["content"][0]["text"] == ("Yes" if match[1] in listed.counts else "No")
+    assert asked == 2 * len(listed.counts)  # every listed category and as many absent ones
+    rows = scene_sft_dataset(CONFIG, 300, describe_share=0.0, facts_share=0.0, reading_share=1.0)
+    firsts = [row["messages"][0]["content"][-1]["text"] for row in rows]
+    own = [first.startswith(facts_block(scene_facts(scene_at(CONFIG, i + 1, "train"))) + "\n")
+           for i, first in enumerate(firsts)]
+    assert all(first.startswith("Facts about the image:") for first in firsts)
+    assert 0.4 < sum(own) / len(own) < 0.6  # the rest list another scene's facts

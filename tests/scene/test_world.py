@@ -31,6 +31,7 @@ from mmalign.scene.text import (
     detailed_description,
     fact_statements,
     facts_block,
+    facts_existence_questions,
     questions,
     scene_facts,
     tokenize,
@@ -194,6 +195,7 @@ def test_vocabulary_covers_every_text_the_world_writes(world: Path) -> None:
         texts.append(detailed_description(scene, CONFIG))
         texts.append(facts_block(scene_facts(scene)))
         texts += [statement for statement, _ in fact_statements(scene, CONFIG, random.Random(0))]
+        texts += [question for question, _ in facts_existence_questions(scene, CONFIG, random.Random(0))]
         texts += [
             t for qa in questions(scene, CONFIG) for t in (qa.question, qa.answer, qa.full_answer)
         ]
