@@ -48,3 +48,31 @@ def test_word_aligned_stage_one_trains_tower_and_projector_against_fixed_word_em
     assert any(k.startswith("model.multi_modal_projector.") for k in changed)
     assert not any("language_model" in k or "lm_head" in k for k in changed)  # the words stay where they are
     assert losses[-1] < losses[0]
+
+
+def test_fact_reading_accuracy_asks_about_the_pictured_scenes_facts_then_another_scenes():
+    from mmalign.experiments.pretrain_scene_vlm import fact_reading_accuracy
+    from mmalign.scene.ranges import BENCHMARK
+    from mmalign.scene.text import facts_block, scene_facts
+
+    class Always:
+        def __init__(self, answer):
+            self.answer, self.prompts = answer, []
+
+        def generate(self, images, prompts, max_new_tokens):
+            self.prompts += prompts
+            return [self.answer] * len(prompts)
+
+    world = WorldConfig()
+    no, yes = Always("No"), Always(" yes.")
+    said_no, said_yes = fact_reading_accuracy(no, world, 20), fact_reading_accuracy(yes, world, 20)
+    assert (said_no["own_yes_ratio"], said_yes["other_yes_ratio"]) == (0, 100)
+    for kind in ("own", "other"):
+        assert said_no[f"{kind}_accuracy"] + said_yes[f"{kind}_accuracy"] == 100
+        assert 50 <= said_no[f"{kind}_accuracy"] < 90  # more false statements than true ones
+    own, other = no.prompts[:40], no.prompts[40:]
+    assert no.prompts == yes.prompts and len(other) == 40
+    for i in range(20):
+        pictured = facts_block(scene_facts(scene_at(world, BENCHMARK.start + i, BENCHMARK.split)))
+        assert all(p.startswith(pictured + "\n") for p in own[2 * i : 2 * i + 2])
+        assert not any(p.startswith(pictured + "\n") for p in other[2 * i : 2 * i + 2])
