@@ -40,10 +40,20 @@ def cmd_sft_data(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the instruction mix of pretraining's second stage, one flag each
+MIX_SHARES = {
+    "describe_share": "description rows",
+    "existence_share": "existence drills",
+    "facts_share": "fact checking against the pictured scene's facts",
+    "reading_share": "fact reading (facts of the pictured scene or another one, answered from the facts)",
+}
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     config = PretrainConfig(seed=args.seed, n_scenes=args.n_scenes, epochs=args.epochs,
                             batch_size=args.batch_size, learning_rate=args.learning_rate,
-                            vision_steps=args.vision_steps, train_vision=args.train_vision)
+                            vision_steps=args.vision_steps, train_vision=args.train_vision,
+                            **{name: getattr(args, name) for name in MIX_SHARES})
     out = pretrain_scene_vlm(args.out, config, overwrite=args.overwrite)
     print(f"pretrained scene VLM written to {out}")
     return 0
@@ -205,6 +215,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--learning-rate", type=float, default=d.learning_rate, help=f"(default: {d.learning_rate})")
     p.add_argument("--train-vision", action="store_true",
                    help="also train the vision tower in stage 2 (default: keep the stage-1 tower frozen)")
+    for name, rows in MIX_SHARES.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name),
+                       help=f"share of stage 2's rows that are {rows} (default: {getattr(d, name)}); "
+                       "the rows no share claims are mixed questions")
     p.set_defaults(func=cmd_pretrain)
 
     for name, (help_text, description, add_flags, run) in BUILDERS.items():

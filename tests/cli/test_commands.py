@@ -211,3 +211,17 @@ def test_docs_use_the_current_spellings():
         text = page.read_text()
         assert "--load-4bit" not in text and "data build scene-" not in text, page.name
         assert not re.search(r"(?<![\w-])--compute-dtype", text), page.name
+
+
+def test_world_pretrain_takes_the_instruction_mix_from_its_flags(monkeypatch, tmp_path):
+    import mmalign.cli.world as world_cli
+    from mmalign.experiments.pretrain_scene_vlm import PretrainConfig
+
+    made = []
+    monkeypatch.setattr(world_cli, "pretrain_scene_vlm", lambda out, config, overwrite: made.append(config) or out)
+    args = parse("world", "pretrain", "--out", str(tmp_path / "vlm"), "--existence-share", "0.4", "--reading-share", "0.15")
+    assert args.func(args) == 0
+    assert made == [PretrainConfig(existence_share=0.4, reading_share=0.15)]
+    args = parse("world", "pretrain", "--out", str(tmp_path / "vlm"))
+    args.func(args)
+    assert made[-1] == PretrainConfig()  # the flags' defaults are the shipped recipe
