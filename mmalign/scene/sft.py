@@ -66,18 +66,8 @@ def _single_turn(prompt: str, answer: str) -> list[dict]:
 
 def fact_check_conversation(scene, config: WorldConfig, rng: random.Random, turns: int) -> list[dict]:
     """The scene's facts listed in the first turn, then statements to check against them."""
-    statements = fact_statements(scene, config, rng)
-    messages = []
-    for i, (statement, true) in enumerate(rng.sample(statements, min(turns, len(statements)))):
-        question = TEMPLATES["fact_check_q"].format(statement=statement)
-        if i == 0:
-            question = f"{facts_block(scene_facts(scene))}\n{question}"
-        content = _text(question)
-        if i == 0:
-            content = [{"type": "image", "text": None}, *content]
-        messages.append({"role": "user", "content": content})
-        messages.append({"role": "assistant", "content": _text(TEMPLATES["yes" if true else "no"])})
-    return messages
+    checks = [(TEMPLATES["fact_check_q"].format(statement=s), true) for s, true in fact_statements(scene, config, rng)]
+    return _yes_no_on_facts(scene, checks, rng, turns)
 
 
 def fact_reading_conversation(scene, facts_scene, config: WorldConfig, rng: random.Random,
@@ -92,6 +82,12 @@ def fact_reading_conversation(scene, facts_scene, config: WorldConfig, rng: rand
     checks = [(TEMPLATES["fact_check_q"].format(statement=s), true)
               for s, true in fact_statements(facts_scene, config, rng)]
     checks += facts_existence_questions(facts_scene, config, rng)
+    return _yes_no_on_facts(facts_scene, checks, rng, turns)
+
+
+def _yes_no_on_facts(facts_scene, checks: list[tuple[str, bool]], rng: random.Random, turns: int) -> list[dict]:
+    """Up to ``turns`` of ``checks`` answered yes / no; the first turn holds the image and
+    lists the facts of ``facts_scene`` before its question."""
     messages = []
     for i, (question, true) in enumerate(rng.sample(checks, min(turns, len(checks)))):
         content = _text(question if i else f"{facts_block(scene_facts(facts_scene))}\n{question}")
