@@ -124,8 +124,7 @@ def markdown(summary: dict[str, dict[str, float]], base: dict[str, dict[str, flo
     lora = "the model card's LoRA" if config.lora_r is None else f"LoRA r={config.lora_r}"
     lines = [
         f"Held-out scenes: {config.eval_scenes}; pairs from {config.feedback_scenes} feedback scenes; seeds "
-        f"{', '.join(map(str, seeds))} (mean ± std over the seeds each method has); "
-        f"{lora}, "
+        f"{', '.join(map(str, seeds))} (mean ± std over the seeds each method has); {lora}, "
         f"lr {config.learning_rate:g}, {config.epochs:g} epochs, β {config.beta:g}, γ {config.gamma:g} (Dense DPO), "
         f"SFT term {config.sft_weight:g}.",
         "",

@@ -277,8 +277,7 @@ def fact_reading_accuracy(adapter, world: WorldConfig | None = None, n_scenes: i
     from mmalign.scene.ranges import BENCHMARK
     from mmalign.scene.render import render
     from mmalign.scene.text import (
-        TEMPLATES,
-        fact_statements,
+        fact_check_questions,
         facts_block,
         facts_existence_questions,
         scene_facts,
@@ -291,8 +290,7 @@ def fact_reading_accuracy(adapter, world: WorldConfig | None = None, n_scenes: i
     for i in range(n_scenes):
         scene = scene_at(world, BENCHMARK.start + i, BENCHMARK.split)
         for kind, listed in (("own", scene), ("other", scene_at(world, BENCHMARK.start + n_scenes + i, BENCHMARK.split))):
-            checks = [(TEMPLATES["fact_check_q"].format(statement=s), true)
-                      for s, true in rng.sample(fact_statements(listed, world, rng), 1)]
+            checks = rng.sample(fact_check_questions(listed, world, rng), 1)
             checks += rng.sample(facts_existence_questions(listed, world, rng), 1)
             block = facts_block(scene_facts(listed))
             rows[kind] += [(scene, f"{block}\n{question}", true) for question, true in checks]

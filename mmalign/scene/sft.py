@@ -21,7 +21,7 @@ from mmalign.scene.text import (
     captions,
     detailed_description,
     existence_qas,
-    fact_statements,
+    fact_check_questions,
     facts_block,
     facts_existence_questions,
     questions,
@@ -66,8 +66,7 @@ def _single_turn(prompt: str, answer: str) -> list[dict]:
 
 def fact_check_conversation(scene, config: WorldConfig, rng: random.Random, turns: int) -> list[dict]:
     """The scene's facts listed in the first turn, then statements to check against them."""
-    checks = [(TEMPLATES["fact_check_q"].format(statement=s), true) for s, true in fact_statements(scene, config, rng)]
-    return _yes_no_on_facts(scene, checks, rng, turns)
+    return _yes_no_on_facts(scene, fact_check_questions(scene, config, rng), rng, turns)
 
 
 def fact_reading_conversation(scene, facts_scene, config: WorldConfig, rng: random.Random,
@@ -79,9 +78,7 @@ def fact_reading_conversation(scene, facts_scene, config: WorldConfig, rng: rand
     on such rows never learns to read: the first shipped scene VLM checked statements at its
     60 % "no" prior, with or without the facts. Facts of another scene leave reading as the
     only way to answer, which is the skill a factually augmented reward model needs."""
-    checks = [(TEMPLATES["fact_check_q"].format(statement=s), true)
-              for s, true in fact_statements(facts_scene, config, rng)]
-    checks += facts_existence_questions(facts_scene, config, rng)
+    checks = fact_check_questions(facts_scene, config, rng) + facts_existence_questions(facts_scene, config, rng)
     return _yes_no_on_facts(facts_scene, checks, rng, turns)
 
 

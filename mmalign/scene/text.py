@@ -443,6 +443,11 @@ def fact_statements(scene: Scene, config: WorldConfig, rng: random.Random) -> li
     return out
 
 
+def fact_check_questions(scene: Scene, config: WorldConfig, rng: random.Random) -> list[tuple[str, bool]]:
+    """:func:`fact_statements` asked as "Is this statement true according to the facts? ...", with their truth."""
+    return [(TEMPLATES["fact_check_q"].format(statement=s), true) for s, true in fact_statements(scene, config, rng)]
+
+
 def facts_existence_questions(scene: Scene, config: WorldConfig, rng: random.Random) -> list[tuple[str, bool]]:
     """"According to the facts, is there ...?" for every present category (yes) and as many
     absent ones (no), missing co-occurrence partners first: the lookup a factually augmented
