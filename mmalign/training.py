@@ -527,6 +527,83 @@ def use_new_learning_rate(optimizer: Any, scheduler: Any, learning_rate: float) 
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
+def model_keys(model: Any, checkpoint_keys: list[str]) -> dict[str, str]:
+    """Checkpoint key → the model's own key, renamed as ``from_pretrained`` renames them.
+
+    ``save_pretrained`` writes some models under their original key names (a LLaVA's
+    ``language_model.model.*`` for the model's ``model.language_model.*``). A key that would
+    need a tensor conversion (fused or split weights) is kept, so it shows up as unmatched."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import (
+            WeightConverter,
+            WeightRenaming,
+            rename_source_key,
+        )
+    except ImportError:  # a transformers without weight conversions saves the model's own keys
+        return {key: key for key in checkpoint_keys}
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    own = dict.fromkeys(model.state_dict())
+    renamed = {}
+    for key in checkpoint_keys:
+        new, converter = rename_source_key(key, renamings, converters, model.base_model_prefix, own)
+        renamed[key] = key if converter is not None or (new not in own and key in own) else new
+    return renamed
+
+
+class ResumesFullModels:
+    """Mixin for ``transformers.Trainer``: resuming a fully fine-tuned model loads its weights.
+
+    ``Trainer`` loads a full model's checkpoint with a non-strict ``load_state_dict`` on the
+    saved key names; for models that ``save_pretrained`` writes under their original names
+    (LLaVA, Qwen2-VL, ...) nothing matches, only a warning is logged, and training would go
+    on from the starting weights with the restored optimizer. Here the keys are renamed as
+    ``from_pretrained`` does, shard by shard, and any weight left unloaded is an error.
+    """
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        from peft import PeftModel
+        from safetensors.torch import load_file
+
+        model = self.model if model is None else model
+        folder = Path(resume_from_checkpoint)
+        index = folder / "model.safetensors.index.json"
+        if index.is_file():
+            files = sorted({folder / name for name in json.loads(index.read_text())["weight_map"].values()})
+        else:
+            files = [folder / "model.safetensors"]
+        if isinstance(model, PeftModel) or self.is_fsdp_enabled or not all(f.is_file() for f in files):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
+        missing = set(model.state_dict())
+        unexpected: list[str] = []
+        for file in files:
+            weights = load_file(file, device="cpu")
+            renamed = model_keys(model, list(weights))
+            result = model.load_state_dict({renamed[k]: v for k, v in weights.items()}, strict=False)
+            missing -= {renamed[k] for k in weights} - set(result.unexpected_keys)
+            unexpected += result.unexpected_keys
+        model.tie_weights()
+        missing -= tied_keys(model)
+        if missing or unexpected:
+            raise ValueError(f"cannot resume from {folder}: its weights do not match the model (missing: "
+                             f"{sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})")
+
+
+def tied_keys(model: Any) -> set[str]:
+    """State-dict keys that share their tensor with an earlier key (a tied LM head), which
+    ``save_pretrained`` leaves out."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if tensor.data_ptr() in seen:
+            tied.add(name)
+        seen.setdefault(tensor.data_ptr(), name)
+    return tied
+
+
 class RecordsRunConfig:
     """Mixin for ``transformers.Trainer``: every checkpoint records the run's settings.
 

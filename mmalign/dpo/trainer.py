@@ -48,6 +48,7 @@ from mmalign.training import (
     LossOnlyEvaluation,
     NonFiniteGuard,
     RecordsRunConfig,
+    ResumesFullModels,
     StepMetrics,
     require_paths,
     run_resume_plan,
@@ -64,7 +65,7 @@ def _pad_to(t: torch.Tensor, width: int, value: float | int | bool) -> torch.Ten
 
 
 
-class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, RecordsRunConfig, Trainer):
+class DPOTrainer(StepMetrics, LossOnlyEvaluation, NonFiniteGuard, RecordsRunConfig, ResumesFullModels, Trainer):
     """Preference optimisation on an adapter; the reference is the base with LoRA off by default."""
 
     def __init__(

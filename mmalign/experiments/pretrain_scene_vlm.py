@@ -13,7 +13,6 @@ co-occurring objects appear together 90% of the time.
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,64 +198,110 @@ def scene_vlm_vocabulary(world: WorldConfig) -> list[str]:
     return sorted(set(world_vocabulary(world)) | {t for text in texts for t in tokenize(text)} - {"{", "}"})
 
 
+def pretrain_work_dir(out_dir: str | Path) -> Path:
+    """Where an unfinished pretraining into ``out_dir`` keeps its progress: ``<out_dir>.pretraining``."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f"{out_dir.name}.pretraining")
+
+
+def _check_work_recipe(work: Path, recipe: dict[str, Any]) -> None:
+    """Refuse to resume progress that other settings made (it would mix two recipes)."""
+    import yaml
+
+    from mmalign.training import format_changes
+
+    stored_file = work / "pretrain_recipe.yaml"
+    if not stored_file.is_file():
+        if any(work.iterdir()):
+            raise ValueError(f"{work} holds files but no pretrain_recipe.yaml: not an unfinished pretraining; "
+                             "move it away or choose another --out")
+        return
+    stored = yaml.safe_load(stored_file.read_text())
+    changes = {k: (stored.get(k), recipe.get(k)) for k in sorted(stored.keys() | recipe.keys())
+               if stored.get(k) != recipe.get(k)}
+    if changes:
+        raise ValueError(f"{work} holds an unfinished pretraining with other settings ({format_changes(changes)}); "
+                         "run again with its settings to finish it, or remove the folder to start afresh")
+
+
 def pretrain_scene_vlm(out_dir: str | Path, config: PretrainConfig | None = None,
-                       world: WorldConfig | None = None, *, overwrite: bool = False) -> Path:
+                       world: WorldConfig | None = None, *, overwrite: bool = False,
+                       save_steps: int = 250) -> Path:
     """Build and pretrain a scene VLM; write it (weights, processor, recipe) to ``out_dir``.
 
     ``out_dir`` is checked first: an existing folder is replaced if it is a model (or
-    empty), any other only with ``overwrite``."""
+    empty), any other only with ``overwrite``. Progress is kept in ``<out_dir>.pretraining``
+    (the stage-1 model, then a stage-2 checkpoint every ``save_steps`` steps), so a run
+    that was killed resumes where it stopped when called again with the same settings,
+    and ends with the same weights; the folder is removed once the model is written.
+    """
     check_output(out_dir, replaces=MODEL, overwrite=overwrite)
+    import shutil
+
     import torch
     from transformers import set_seed
 
-    from mmalign.config_io import write_resolved_config
+    from mmalign.config_io import resolved_config, write_resolved_config
     from mmalign.model_config import ModelConfig
     from mmalign.models.scene_vlm import SceneVLMConfig, build_scene_vlm
     from mmalign.scene.sft import scene_sft_dataset
     from mmalign.sft import SFTConfig, SFTTrainer
+    from mmalign.training import latest_valid_checkpoint
 
     config = config or PretrainConfig()
     world = world or WorldConfig(seed=config.seed)
-    set_seed(config.seed)
     model_cfg = SceneVLMConfig(**config.model)
-    model, processor = build_scene_vlm(scene_vlm_vocabulary(world), model_cfg)
-    vision_losses = pretrain_vision_tower(model, processor, world, config) if config.vision_steps else []
+    work = pretrain_work_dir(out_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    _check_work_recipe(work, resolved_config(config, world, model_cfg))
+    write_resolved_config(work / "pretrain_recipe.yaml", config, world, model_cfg)
+
+    stage1 = work / "stage1"
+    if not stage1.is_dir():  # written atomically: present means complete
+        set_seed(config.seed)
+        model, processor = build_scene_vlm(scene_vlm_vocabulary(world), model_cfg)
+        vision_losses = pretrain_vision_tower(model, processor, world, config) if config.vision_steps else []
+        with atomic_dir(stage1, replaces=MODEL) as tmp:
+            model.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+            (tmp / "vision_losses.json").write_text(json.dumps(vision_losses))
+        del model
+    vision_losses = json.loads((stage1 / "vision_losses.json").read_text())
+
     data = scene_sft_dataset(world, config.n_scenes, split=PRETRAIN.take(config.n_scenes)["split"], turns=config.turns,
                              describe_share=config.describe_share, existence_share=config.existence_share,
                              facts_share=config.facts_share, reading_share=config.reading_share, seed=config.seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        init = Path(tmp) / "init"
-        model.save_pretrained(init)
-        processor.save_pretrained(init)
-        model_config = ModelConfig(
-            model_name_or_path=str(init), use_peft=False, train_projector=True,
-            train_vision=config.train_vision,
-        )
-        adapter = model_config.load()
-        args = SFTConfig(
-            output_dir=str(Path(tmp) / "run"),
-            per_device_train_batch_size=config.batch_size,
-            num_train_epochs=config.epochs,
-            learning_rate=config.learning_rate,
-            warmup_steps=config.warmup_steps,
-            weight_decay=config.weight_decay,
-            lr_scheduler_type="cosine",
-            logging_steps=50,
-            save_strategy="no",
-            max_length=model_cfg.max_positions,
-            seed=config.seed,
-            data_seed=config.seed,
-            report_to="none",
-        )
-        trainer = SFTTrainer(adapter, args, train_dataset=data)
-        trainer.train()
-        trained = adapter.model.to(getattr(torch, config.save_dtype))
-        with atomic_dir(out_dir, replaces=MODEL, overwrite=overwrite) as final:
-            trained.save_pretrained(final, safe_serialization=True)
-            adapter.processor.save_pretrained(final)
-            write_resolved_config(final / "pretrain_recipe.yaml", config, world, model_cfg)
-            (final / "pretrain_log.json").write_text(json.dumps(
-                {"vision_losses": vision_losses, "sft_log": trainer.state.log_history}, indent=1))
+    model_config = ModelConfig(
+        model_name_or_path=str(stage1), use_peft=False, train_projector=True, train_vision=config.train_vision,
+    )
+    adapter = model_config.load()
+    args = SFTConfig(
+        output_dir=str(work / "run"),
+        per_device_train_batch_size=config.batch_size,
+        num_train_epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        lr_scheduler_type="cosine",
+        logging_steps=50,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=2,  # the newest may be half-written when the run is killed
+        max_length=model_cfg.max_positions,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to="none",
+    )
+    trainer = SFTTrainer(adapter, args, train_dataset=data)
+    trainer.train(resume_from_checkpoint=latest_valid_checkpoint(args.output_dir))
+    trained = adapter.model.to(getattr(torch, config.save_dtype))
+    with atomic_dir(out_dir, replaces=MODEL, overwrite=overwrite) as final:
+        trained.save_pretrained(final, safe_serialization=True)
+        adapter.processor.save_pretrained(final)
+        write_resolved_config(final / "pretrain_recipe.yaml", config, world, model_cfg)
+        (final / "pretrain_log.json").write_text(json.dumps(
+            {"vision_losses": vision_losses, "sft_log": trainer.state.log_history}, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
     return Path(out_dir)
 
 

@@ -16,6 +16,7 @@ from mmalign.training import (
     LossOnlyEvaluation,
     NonFiniteGuard,
     RecordsRunConfig,
+    ResumesFullModels,
     require_paths,
     run_resume_plan,
     train_and_save,
@@ -33,7 +34,7 @@ def sft_loss(logps: torch.Tensor, mask: torch.Tensor, num_items: int | torch.Ten
     return total / (num_items if num_items is not None else mask.sum().clamp(min=1))
 
 
-class SFTTrainer(LossOnlyEvaluation, NonFiniteGuard, RecordsRunConfig, Trainer):
+class SFTTrainer(LossOnlyEvaluation, NonFiniteGuard, RecordsRunConfig, ResumesFullModels, Trainer):
     """Trains ``adapter.model`` (LoRA adapters, or the weights themselves) on conversations.
 
     The loss only projects hidden states of positions that predict assistant tokens to

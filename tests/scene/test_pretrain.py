@@ -1,7 +1,9 @@
 """The scene VLM's pretraining: stage-1 patch labels and the word-aligned first stage."""
 
+import json
 from dataclasses import replace
 
+import pytest
 import torch
 
 from mmalign.experiments.pretrain_scene_vlm import (
@@ -76,3 +78,52 @@ def test_fact_reading_accuracy_asks_about_the_pictured_scenes_facts_then_another
         pictured = facts_block(scene_facts(scene_at(world, BENCHMARK.start + i, BENCHMARK.split)))
         assert all(p.startswith(pictured + "\n") for p in own[2 * i : 2 * i + 2])
         assert not any(p.startswith(pictured + "\n") for p in other[2 * i : 2 * i + 2])
+
+
+def _tiny_recipe(**changes) -> PretrainConfig:
+    return PretrainConfig(n_scenes=48, turns=1, epochs=1.0, batch_size=8, warmup_steps=1, vision_steps=3,
+                          vision_batch_size=4, model=TINY, **changes)
+
+
+def test_a_killed_pretraining_resumes_from_its_checkpoint_to_the_same_weights(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from mmalign.experiments import pretrain_scene_vlm as pretraining
+    from mmalign.sft import SFTTrainer
+
+    recipe = _tiny_recipe()
+    straight = pretraining.pretrain_scene_vlm(tmp_path / "straight", recipe, WORLD, save_steps=2)
+    assert not pretraining.pretrain_work_dir(straight).exists()  # removed once the model is written
+
+    step = SFTTrainer.training_step
+    calls = []
+
+    def dies_at_the_fourth_step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(SFTTrainer, "training_step", dies_at_the_fourth_step)
+    out = tmp_path / "resumed"
+    try:
+        pretraining.pretrain_scene_vlm(out, recipe, WORLD, save_steps=2)
+    except KeyboardInterrupt:
+        pass
+    assert not out.exists()
+    work = pretraining.pretrain_work_dir(out)
+    assert sorted(p.name for p in (work / "run").iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-2"]
+
+    # resumed: stage 1 is not run again, stage 2 goes on from step 2, and a run with other settings is refused
+    monkeypatch.setattr(SFTTrainer, "training_step", step)
+    monkeypatch.setattr(pretraining, "pretrain_vision_tower", lambda *a: 1 / 0)
+    with pytest.raises(ValueError, match=r"other settings \(learning_rate 0.001 → 0.002\)"):
+        pretraining.pretrain_scene_vlm(out, _tiny_recipe(learning_rate=2e-3), WORLD, save_steps=2)
+    pretraining.pretrain_scene_vlm(out, recipe, WORLD, save_steps=2)
+    assert not work.exists()
+    a, b = load_file(straight / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    logged = json.loads((out / "pretrain_log.json").read_text())
+    assert logged == json.loads((straight / "pretrain_log.json").read_text()) or \
+        [e.get("loss") for e in logged["sft_log"]] == [e.get("loss") for e in json.loads(
+            (straight / "pretrain_log.json").read_text())["sft_log"]]
