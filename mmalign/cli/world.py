@@ -1,4 +1,4 @@
-"""``mmalign world make | sft-data | pretrain | feedback | safety | prompts | counterfactual``: the built-in
+"""``mmalign world make | sft-data | pretrain | measure | feedback | safety | prompts | counterfactual``: the built-in
 synthetic scene world.
 
 ``feedback``, ``safety`` and ``prompts`` were ``mmalign data build scene-feedback |
@@ -47,6 +47,18 @@ MIX_SHARES = {
     "facts_share": "fact checking against the pictured scene's facts",
     "reading_share": "fact reading (facts of the pictured scene or another one, answered from the facts)",
 }
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    from mmalign.experiments.scene_vlm_card import measure_scene_vlm, measured_block
+    from mmalign.utils import format_table
+
+    measured = measure_scene_vlm(load_model(args), args.world, args.out, model_name=args.model,
+                                 fact_reading_scenes=args.fact_reading_scenes, progress=not args.no_progress)
+    print(format_table(["measure", "value"], [[k, f"{v:.2f}"] for k, v in measured.items()]))
+    print(f"\nfor the model card ({args.out}/measured.json):\n")
+    print(measured_block(measured))
+    return 0
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -220,6 +232,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help=f"share of stage 2's rows that are {rows} (default: {getattr(d, name)}); "
                        "the rows no share claims are mixed questions")
     p.set_defaults(func=cmd_pretrain)
+
+    p = cmds.add_parser("measure", help="every number of a scene VLM's model card, on a world folder",
+                        description="Run POPE, CHAIR (with the share of hallucinated objects that are "
+                        "co-occurrence partners), Object HalBench, AMBER, MMHal-Bench (judged by the scene's "
+                        "ground truth) and fact reading on a world written by 'mmalign world make', greedy, "
+                        "and print the card's [measured] block. Reports go to OUT/<benchmark>; answers are "
+                        "cached there, so a stopped run goes on.")
+    p.add_argument("--model", default="scene-vlm", help="the scene VLM (default: the shipped scene-vlm)")
+    p.add_argument("--world", required=True, help="a world folder (mmalign world make --out WORLD --size 500)")
+    p.add_argument("--out", required=True, help="folder for the benchmark reports and measured.json")
+    p.add_argument("--fact-reading-scenes", type=int, default=200,
+                   help="held-out scenes for fact reading, two questions each per kind of facts (default: 200)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_model_flags(p)
+    p.set_defaults(func=cmd_measure)
 
     for name, (help_text, description, add_flags, run) in BUILDERS.items():
         p = cmds.add_parser(name, help=help_text, description=description)

@@ -117,7 +117,8 @@ def test_generated_flags_carry_the_fields_types_defaults_and_choices(capsys):
 
 # ---------------------------------------------------------------------------- the scene world
 def test_scene_world_commands_live_under_world_and_the_former_names_are_hidden():
-    assert listed(command("world")) == {"make", "sft-data", "pretrain", "feedback", "safety", "prompts", "counterfactual"}
+    assert listed(command("world")) == {"make", "sft-data", "pretrain", "measure", "feedback", "safety", "prompts",
+                                       "counterfactual"}
     build = command("data", "build")
     assert listed(build) == {"corrections", "ai-feedback", "safety-pairs"}
     assert {"scene-feedback", "scene-safety", "scene-prompts"} <= set(subcommands(build))
