@@ -12,7 +12,11 @@ import json
 
 from mmalign.cli.common import add_model_flags, add_output_flags, load_model, print_written
 from mmalign.data_builders.storage import DATASET, save_preference_dataset, save_prompt_set
-from mmalign.experiments.pretrain_scene_vlm import PretrainConfig, pretrain_scene_vlm
+from mmalign.experiments.pretrain_scene_vlm import (
+    PretrainConfig,
+    pretrain_scene_vlm,
+    read_pretrain_recipe,
+)
 from mmalign.io import check_output
 from mmalign.scene.counterfactual import KINDS, SUMMARY_FILE, save_counterfactual_dataset
 from mmalign.scene.exports import make_world
@@ -40,6 +44,10 @@ def cmd_sft_data(args: argparse.Namespace) -> int:
     return 0
 
 
+#: PretrainConfig fields with a flag of their own (given flags override --config)
+PRETRAIN_FLAGS = ("seed", "n_scenes", "epochs", "batch_size", "learning_rate", "vision_steps", "train_vision",
+                  "describe_share", "existence_share", "facts_share", "reading_share")
+
 #: the instruction mix of pretraining's second stage, one flag each
 MIX_SHARES = {
     "describe_share": "description rows",
@@ -62,11 +70,14 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    config = PretrainConfig(seed=args.seed, n_scenes=args.n_scenes, epochs=args.epochs,
-                            batch_size=args.batch_size, learning_rate=args.learning_rate,
-                            vision_steps=args.vision_steps, train_vision=args.train_vision,
-                            **{name: getattr(args, name) for name in MIX_SHARES})
-    out = pretrain_scene_vlm(args.out, config, overwrite=args.overwrite)
+    from dataclasses import replace
+
+    config, world = read_pretrain_recipe(args.config) if args.config else (PretrainConfig(), None)
+    flags = {name: getattr(args, name) for name in PRETRAIN_FLAGS}
+    config = replace(config, **{name: value for name, value in flags.items() if value is not None})
+    if world is not None and args.seed is not None:
+        world = replace(world, seed=args.seed)
+    out = pretrain_scene_vlm(args.out, config, world, overwrite=args.overwrite)
     print(f"pretrained scene VLM written to {out}")
     return 0
 
@@ -214,21 +225,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = cmds.add_parser("pretrain", help="pretrain a tiny scene VLM from scratch (how the shipped one was made)",
                         description="Build a fresh LLaVA over the world's vocabulary and train all of it with "
-                        "the SFT trainer on the training split. Defaults reproduce the shipped weights.")
+                        "the SFT trainer on the training split. Defaults reproduce the shipped weights; "
+                        "--config models/scene-vlm/pretrain_recipe.yaml repeats any recorded recipe. Progress "
+                        "is kept in OUT.pretraining: the same command after a crash resumes from there.")
     p.add_argument("--out", required=True, help="output folder")
     add_output_flags(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", help="a pretrain_recipe.yaml (pretraining, world and model settings); "
+                   "flags given as well override it")
     d = PretrainConfig()
-    p.add_argument("--n-scenes", type=int, default=d.n_scenes, help=f"training scenes (default: {d.n_scenes})")
-    p.add_argument("--epochs", type=float, default=d.epochs, help=f"passes over the scenes (default: {d.epochs})")
-    p.add_argument("--vision-steps", type=int, default=d.vision_steps,
+    p.add_argument("--seed", type=int, help=f"(default: {d.seed})")
+    p.add_argument("--n-scenes", type=int, help=f"training scenes (default: {d.n_scenes})")
+    p.add_argument("--epochs", type=float, help=f"passes over the scenes (default: {d.epochs})")
+    p.add_argument("--vision-steps", type=int,
                    help=f"stage-1 patch-classification steps of the vision tower (default: {d.vision_steps})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default: {d.batch_size})")
-    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help=f"(default: {d.learning_rate})")
-    p.add_argument("--train-vision", action="store_true",
+    p.add_argument("--batch-size", type=int, help=f"(default: {d.batch_size})")
+    p.add_argument("--learning-rate", type=float, help=f"(default: {d.learning_rate})")
+    p.add_argument("--train-vision", action="store_true", default=None,
                    help="also train the vision tower in stage 2 (default: keep the stage-1 tower frozen)")
     for name, rows in MIX_SHARES.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name),
+        p.add_argument(f"--{name.replace('_', '-')}", type=float,
                        help=f"share of stage 2's rows that are {rows} (default: {getattr(d, name)}); "
                        "the rows no share claims are mixed questions")
     p.set_defaults(func=cmd_pretrain)

@@ -60,6 +60,31 @@ class PretrainConfig:
     model: dict = field(default_factory=dict)  # SceneVLMConfig overrides
 
 
+def read_pretrain_recipe(path: str | Path) -> tuple[PretrainConfig, WorldConfig]:
+    """The settings a ``pretrain_recipe.yaml`` (written next to pretrained weights) records:
+    one flat mapping of pretraining, world and model fields. Passing them back to
+    :func:`pretrain_scene_vlm` repeats that pretraining; an unknown key is an error."""
+    import dataclasses
+
+    import yaml
+
+    from mmalign.io import read_text
+    from mmalign.models.scene_vlm import SceneVLMConfig
+
+    data = yaml.safe_load(read_text(path))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a pretraining recipe is a mapping of settings, got {type(data).__name__}")
+    names = {cls: {f.name for f in dataclasses.fields(cls)} for cls in (PretrainConfig, WorldConfig, SceneVLMConfig)}
+    unknown = sorted(set(data) - set().union(*names.values()))
+    if unknown:
+        raise ValueError(f"{path}: unknown recipe setting(s) {', '.join(unknown)}")
+    model_defaults = SceneVLMConfig()
+    model = dict(data.get("model") or {})
+    model.update({k: data[k] for k in names[SceneVLMConfig] if k in data and data[k] != getattr(model_defaults, k)})
+    config = PretrainConfig(**{k: data[k] for k in names[PretrainConfig] - {"model"} if k in data}, model=model)
+    return config, WorldConfig.from_dict({k: data[k] for k in names[WorldConfig] if k in data})
+
+
 def patch_labels(scene, image_size: int, patch: int, categories: list[str], colors: list[str],
                  backgrounds: list[str] = ()):
     """Per-patch targets: category, colour and size of the object covering most of the patch.

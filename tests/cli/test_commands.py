@@ -214,15 +214,23 @@ def test_docs_use_the_current_spellings():
         assert not re.search(r"(?<![\w-])--compute-dtype", text), page.name
 
 
-def test_world_pretrain_takes_the_instruction_mix_from_its_flags(monkeypatch, tmp_path):
+def test_world_pretrain_takes_the_instruction_mix_from_its_flags_and_a_recipe(monkeypatch, tmp_path):
     import mmalign.cli.world as world_cli
     from mmalign.experiments.pretrain_scene_vlm import PretrainConfig
+    from mmalign.scene.world import WorldConfig
 
     made = []
-    monkeypatch.setattr(world_cli, "pretrain_scene_vlm", lambda out, config, overwrite: made.append(config) or out)
+    monkeypatch.setattr(world_cli, "pretrain_scene_vlm",
+                        lambda out, config, world, overwrite: made.append((config, world)) or out)
     args = parse("world", "pretrain", "--out", str(tmp_path / "vlm"), "--existence-share", "0.4", "--reading-share", "0.15")
     assert args.func(args) == 0
-    assert made == [PretrainConfig(existence_share=0.4, reading_share=0.15)]
+    assert made == [(PretrainConfig(existence_share=0.4, reading_share=0.15), None)]
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("reading_share: 0.2\nepochs: 1.0\npartner_hidden_p: 0.3\ntext_layers: 2\n")
+    args = parse("world", "pretrain", "--out", str(tmp_path / "vlm"), "--config", str(recipe), "--reading-share", "0.3")
+    args.func(args)
+    assert made[-1] == (PretrainConfig(reading_share=0.3, epochs=1.0, model={"text_layers": 2}),
+                        WorldConfig(partner_hidden_p=0.3))  # the flag beats the recipe
     args = parse("world", "pretrain", "--out", str(tmp_path / "vlm"))
     args.func(args)
-    assert made[-1] == PretrainConfig()  # the flags' defaults are the shipped recipe
+    assert made[-1] == (PretrainConfig(), None)  # the flags' defaults are the shipped recipe

@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,3 +128,28 @@ def test_a_killed_pretraining_resumes_from_its_checkpoint_to_the_same_weights(tm
     assert logged == json.loads((straight / "pretrain_log.json").read_text()) or \
         [e.get("loss") for e in logged["sft_log"]] == [e.get("loss") for e in json.loads(
             (straight / "pretrain_log.json").read_text())["sft_log"]]
+
+
+def test_the_shipped_recipe_reads_back_into_the_settings_that_wrote_it(tmp_path):
+    import yaml
+
+    from mmalign.config_io import resolved_config
+    from mmalign.experiments.pretrain_scene_vlm import read_pretrain_recipe
+    from mmalign.models.scene_vlm import SceneVLMConfig
+
+    shipped = Path(__file__).parents[2] / "models" / "scene-vlm" / "pretrain_recipe.yaml"
+    config, world = read_pretrain_recipe(shipped)
+    stored, resolved = yaml.safe_load(shipped.read_text()), resolved_config(config, world, SceneVLMConfig(**config.model))
+    # a setting added after the recipe was written takes its default (reading_share 0 adds no rows)
+    assert {k: v for k, v in resolved.items() if k in stored} == stored
+    assert {k: resolved[k] for k in resolved.keys() - stored.keys()} in ({}, {"reading_share": 0.0})
+    assert world.category_weights["cup"] == 2.5 and config.existence_share == 0.5
+
+    changed = tmp_path / "recipe.yaml"
+    changed.write_text(yaml.safe_dump({"text_layers": 2, "reading_share": 0.2, "image_size": 48}))
+    config, world = read_pretrain_recipe(changed)
+    assert config.model == {"text_layers": 2, "image_size": 48} and config.reading_share == 0.2
+    assert world.image_size == 48
+    changed.write_text(yaml.safe_dump({"reading_shares": 0.2}))
+    with pytest.raises(ValueError, match="unknown recipe setting.*reading_shares"):
+        read_pretrain_recipe(changed)
