@@ -58,9 +58,10 @@ MIX_SHARES = {
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from mmalign.experiments.scene_vlm_card import measure_scene_vlm, measured_block
+    from mmalign.experiments.scene_vlm_card import measure_scene_vlm, measured_block, world_of
     from mmalign.utils import format_table
 
+    world_of(args.world)  # a wrong folder is refused before the model loads
     measured = measure_scene_vlm(load_model(args), args.world, args.out, model_name=args.model,
                                  fact_reading_scenes=args.fact_reading_scenes, progress=not args.no_progress)
     print(format_table(["measure", "value"], [[k, f"{v:.2f}"] for k, v in measured.items()]))

@@ -52,6 +52,17 @@ def partner_share(chair_details: list[dict[str, Any]], partner_triggers: dict[st
     return 100 * partners / hallucinated if hallucinated else 0.0
 
 
+def world_of(world_dir: str | Path):
+    """The ``WorldConfig`` a world folder was written with (``mmalign world make``)."""
+    from mmalign.scene.world import WorldConfig
+
+    path = Path(world_dir) / "world.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{world_dir} is not a world folder (no world.json): write one with "
+                                "'mmalign world make --out WORLD --size 500'")
+    return WorldConfig.from_dict(json.loads(path.read_text())["config"])
+
+
 def measure_scene_vlm(adapter, world_dir: str | Path, out: str | Path, *, model_name: str = "scene-vlm",
                       fact_reading_scenes: int = 200, progress: bool = True) -> dict[str, float]:
     """The card's numbers for ``adapter`` on the world folder ``world_dir`` (``mmalign world
@@ -73,10 +84,9 @@ def measure_scene_vlm(adapter, world_dir: str | Path, out: str | Path, *, model_
     from mmalign.benchmarks.runner import GenerationConfig
     from mmalign.experiments.pretrain_scene_vlm import fact_reading_accuracy
     from mmalign.io import atomic_write_text
-    from mmalign.scene.world import WorldConfig
 
     world_dir, out = Path(world_dir), Path(out)
-    world = WorldConfig.from_dict(json.loads((world_dir / "world.json").read_text())["config"])
+    world = world_of(world_dir)
     images = world_dir / "images"
     coco = {"instances": world_dir / "coco" / "instances.json", "captions": world_dir / "coco" / "captions.json"}
     short, long = GenerationConfig(max_new_tokens=4, batch_size=64), GenerationConfig(max_new_tokens=128, batch_size=64)
