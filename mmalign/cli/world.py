@@ -39,7 +39,8 @@ def cmd_sft_data(args: argparse.Namespace) -> int:
     from mmalign.scene.sft import save_scene_sft_dataset  # imports datasets (0.5 s): not for --help
 
     save_scene_sft_dataset(args.out, WorldConfig(seed=args.seed), args.size, split=args.split,
-                           turns=args.turns, seed=args.seed, overwrite=args.overwrite)
+                           turns=args.turns, seed=args.seed, overwrite=args.overwrite,
+                           **{name: getattr(args, name) for name in MIX_SHARES})
     print(f"wrote {args.size} instruction conversations ({args.split} split) to {args.out}")
     return 0
 
@@ -68,6 +69,10 @@ def cmd_measure(args: argparse.Namespace) -> int:
     print(f"\nfor the model card ({args.out}/measured.json):\n")
     print(measured_block(measured))
     return 0
+
+
+#: ``mmalign world sft-data``'s instruction mix: the defaults of ``scene_sft_dataset``
+SFT_DATA_MIX = {"describe_share": 0.3, "existence_share": 0.0, "facts_share": 0.1, "reading_share": 0.0}
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -222,6 +227,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="train", help="world split (default: train)")
     p.add_argument("--turns", type=int, default=3, help="question/answer turns per row (default: 3)")
     p.add_argument("--seed", type=int, default=0)
+    for name, rows in MIX_SHARES.items():
+        default = SFT_DATA_MIX[name]
+        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=default,
+                       help=f"share of the rows that are {rows} (default: {default}); the rows no share "
+                       "claims are mixed questions")
     p.set_defaults(func=cmd_sft_data)
 
     p = cmds.add_parser("pretrain", help="pretrain a tiny scene VLM from scratch (how the shipped one was made)",

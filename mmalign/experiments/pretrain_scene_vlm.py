@@ -334,11 +334,13 @@ def fact_reading_accuracy(adapter, world: WorldConfig | None = None, n_scenes: i
                           seed: int = 0, batch_size: int = 32) -> dict[str, float]:
     """How well a model answers from facts listed in its prompt, on held-out ``eval`` scenes.
 
-    Two statements or "according to the facts" questions per scene, greedy yes / no, first
-    against the pictured scene's own facts (``own``: the image could answer as well), then
-    against another scene's (``other``: only reading answers). Accuracy and yes-ratio in
-    percent; a model that does not read sits at its prior, about 60 % (most statements are
-    false twins) with a low yes-ratio.
+    Per scene one statement to check ("Is this statement true according to the facts? ...")
+    and one existence question ("According to the facts, is there a ...?"), greedy yes /
+    no, first against the pictured scene's own facts (``own``: the image could answer as
+    well), then against another scene's (``other``: only reading answers). Accuracy and
+    yes-ratio in percent, over both kinds and per kind (``other_existence_accuracy``: the
+    lookup a factually augmented reward model needs for yes/no answers; statements also
+    bind colours, counts and positions). A model that does not read sits at its prior.
     """
     import random
 
@@ -356,24 +358,27 @@ def fact_reading_accuracy(adapter, world: WorldConfig | None = None, n_scenes: i
 
     world = world or WorldConfig()
     rng = random.Random(f"fact-reading-{seed}")
-    rows: dict[str, list[tuple[Any, str, bool]]] = {"own": [], "other": []}
+    rows: dict[str, list[tuple[Any, str, str, bool]]] = {"own": [], "other": []}
     for i in range(n_scenes):
         scene = scene_at(world, BENCHMARK.start + i, BENCHMARK.split)
         for kind, listed in (("own", scene), ("other", scene_at(world, BENCHMARK.start + n_scenes + i, BENCHMARK.split))):
-            checks = rng.sample(fact_check_questions(listed, world, rng), 1)
-            checks += rng.sample(facts_existence_questions(listed, world, rng), 1)
+            checks = [("statement", *rng.sample(fact_check_questions(listed, world, rng), 1)[0]),
+                      ("existence", *rng.sample(facts_existence_questions(listed, world, rng), 1)[0])]
             block = facts_block(scene_facts(listed))
-            rows[kind] += [(scene, f"{block}\n{question}", true) for question, true in checks]
+            rows[kind] += [(scene, question_kind, f"{block}\n{question}", true) for question_kind, question, true in checks]
     result: dict[str, float] = {}
     with torch.no_grad():
         for kind, kind_rows in rows.items():
             said = []
             for lo in range(0, len(kind_rows), batch_size):
                 batch = kind_rows[lo : lo + batch_size]
-                answers = adapter.generate([[render(scene)] for scene, _, _ in batch], [p for _, p, _ in batch],
+                answers = adapter.generate([[render(scene)] for scene, *_ in batch], [p for _, _, p, _ in batch],
                                            max_new_tokens=2)
                 said += [a.strip().lower().startswith("yes") for a in answers]
-            truth = [true for _, _, true in kind_rows]
-            result[f"{kind}_accuracy"] = 100 * sum(s == t for s, t in zip(said, truth)) / len(truth)
+            right = [s == row[3] for s, row in zip(said, kind_rows)]
+            result[f"{kind}_accuracy"] = 100 * sum(right) / len(right)
             result[f"{kind}_yes_ratio"] = 100 * sum(said) / len(said)
+            for question_kind in ("existence", "statement"):
+                mine = [r for r, row in zip(right, kind_rows) if row[1] == question_kind]
+                result[f"{kind}_{question_kind}_accuracy"] = 100 * sum(mine) / len(mine)
     return result

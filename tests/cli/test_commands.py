@@ -235,3 +235,15 @@ def test_world_pretrain_takes_the_instruction_mix_from_its_flags_and_a_recipe(mo
     args = parse("world", "pretrain", "--out", str(tmp_path / "vlm"))
     args.func(args)
     assert made[-1] == (PretrainConfig(), None)  # the flags' defaults are the shipped recipe
+
+
+def test_world_sft_data_mix_flags_default_to_scene_sft_dataset():
+    import inspect
+
+    from mmalign.cli.world import MIX_SHARES
+    from mmalign.scene.sft import scene_sft_dataset
+
+    defaults = inspect.signature(scene_sft_dataset).parameters
+    args = parse("world", "sft-data", "--out", "o")
+    assert {name: getattr(args, name) for name in MIX_SHARES} == {name: defaults[name].default for name in MIX_SHARES}
+    assert parse("world", "sft-data", "--out", "o", "--reading-share", "0.5").reading_share == 0.5

@@ -73,6 +73,11 @@ def test_fact_reading_accuracy_asks_about_the_pictured_scenes_facts_then_another
     for kind in ("own", "other"):
         assert said_no[f"{kind}_accuracy"] + said_yes[f"{kind}_accuracy"] == 100
         assert 50 <= said_no[f"{kind}_accuracy"] < 90  # more false statements than true ones
+        for question in ("existence", "statement"):  # one of each per scene
+            assert said_no[f"{kind}_{question}_accuracy"] + said_yes[f"{kind}_{question}_accuracy"] == 100
+        per_kind = (said_no[f"{kind}_existence_accuracy"] + said_no[f"{kind}_statement_accuracy"]) / 2
+        assert said_no[f"{kind}_accuracy"] == pytest.approx(per_kind)
+    assert all("according to the facts, is there" in p.lower() for p in no.prompts[1::2])
     own, other = no.prompts[:40], no.prompts[40:]
     assert no.prompts == yes.prompts and len(other) == 40
     for i in range(20):
