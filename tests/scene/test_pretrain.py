@@ -91,48 +91,63 @@ def _tiny_recipe(**changes) -> PretrainConfig:
                           vision_batch_size=4, model=TINY, **changes)
 
 
-def test_a_killed_pretraining_resumes_from_its_checkpoint_to_the_same_weights(tmp_path, monkeypatch):
+@pytest.mark.parametrize("killed_at", [4, 9], ids=["in stage 2", "in stage 3"])
+def test_a_killed_pretraining_resumes_from_its_checkpoint_to_the_same_weights(killed_at, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
     from mmalign.experiments import pretrain_scene_vlm as pretraining
     from mmalign.sft import SFTTrainer
 
-    recipe = _tiny_recipe()
+    recipe = _tiny_recipe(stage3_scenes=24)  # stage 2: 6 steps of 8 rows, stage 3: 3 steps
     straight = pretraining.pretrain_scene_vlm(tmp_path / "straight", recipe, WORLD, save_steps=2)
     assert not pretraining.pretrain_work_dir(straight).exists()  # removed once the model is written
 
     step = SFTTrainer.training_step
     calls = []
 
-    def dies_at_the_fourth_step(self, *args, **kwargs):
+    def dies(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 4:
+        if len(calls) == killed_at:
             raise KeyboardInterrupt
         return step(self, *args, **kwargs)
 
-    monkeypatch.setattr(SFTTrainer, "training_step", dies_at_the_fourth_step)
+    monkeypatch.setattr(SFTTrainer, "training_step", dies)
     out = tmp_path / "resumed"
-    try:
+    with pytest.raises(KeyboardInterrupt):
         pretraining.pretrain_scene_vlm(out, recipe, WORLD, save_steps=2)
-    except KeyboardInterrupt:
-        pass
     assert not out.exists()
     work = pretraining.pretrain_work_dir(out)
-    assert sorted(p.name for p in (work / "run").iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-2"]
+    run = work / ("run" if killed_at < 7 else "run3")
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-2"]
+    assert (work / "stage2").is_dir() == (killed_at > 6)
 
-    # resumed: stage 1 is not run again, stage 2 goes on from step 2, and a run with other settings is refused
+    # resumed: stage 1 is not run again, training goes on from step 2; other settings are refused
     monkeypatch.setattr(SFTTrainer, "training_step", step)
     monkeypatch.setattr(pretraining, "pretrain_vision_tower", lambda *a: 1 / 0)
     with pytest.raises(ValueError, match=r"other settings \(learning_rate 0.001 → 0.002\)"):
-        pretraining.pretrain_scene_vlm(out, _tiny_recipe(learning_rate=2e-3), WORLD, save_steps=2)
+        pretraining.pretrain_scene_vlm(out, _tiny_recipe(stage3_scenes=24, learning_rate=2e-3), WORLD, save_steps=2)
     pretraining.pretrain_scene_vlm(out, recipe, WORLD, save_steps=2)
     assert not work.exists()
     a, b = load_file(straight / "model.safetensors"), load_file(out / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     logged = json.loads((out / "pretrain_log.json").read_text())
-    assert logged == json.loads((straight / "pretrain_log.json").read_text()) or \
-        [e.get("loss") for e in logged["sft_log"]] == [e.get("loss") for e in json.loads(
-            (straight / "pretrain_log.json").read_text())["sft_log"]]
+    assert set(logged) == {"vision_losses", "sft_log", "stage3_log"}
+    assert logged["vision_losses"] == json.loads((straight / "pretrain_log.json").read_text())["vision_losses"]
+
+
+def test_stage_three_trains_on_from_the_stage_two_model_and_its_mix_is_checked(tmp_path):
+    from safetensors.torch import load_file
+
+    from mmalign.experiments.pretrain_scene_vlm import pretrain_scene_vlm
+
+    two = pretrain_scene_vlm(tmp_path / "two", _tiny_recipe(), WORLD)
+    three = pretrain_scene_vlm(tmp_path / "three", _tiny_recipe(stage3_scenes=16), WORLD)
+    a, b = load_file(two / "model.safetensors"), load_file(three / "model.safetensors")
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    assert any("language_model" in k for k in changed) and not any("vision_tower" in k for k in changed)
+    assert "stage3_log" not in json.loads((two / "pretrain_log.json").read_text())
+    with pytest.raises(ValueError, match="stage3_mix: unknown share.*reading_shares"):
+        PretrainConfig(stage3_mix={"reading_shares": 0.5})
 
 
 def test_the_shipped_recipe_reads_back_into_the_settings_that_wrote_it(tmp_path):
@@ -145,9 +160,9 @@ def test_the_shipped_recipe_reads_back_into_the_settings_that_wrote_it(tmp_path)
     shipped = Path(__file__).parents[2] / "models" / "scene-vlm" / "pretrain_recipe.yaml"
     config, world = read_pretrain_recipe(shipped)
     stored, resolved = yaml.safe_load(shipped.read_text()), resolved_config(config, world, SceneVLMConfig(**config.model))
-    # a setting added after the recipe was written takes its default (reading_share 0 adds no rows)
+    # a setting added after the recipe was written takes the value that recipe meant
     assert {k: v for k, v in resolved.items() if k in stored} == stored
-    assert {k: resolved[k] for k in resolved.keys() - stored.keys()} in ({}, {"reading_share": 0.0})
+    assert config.reading_share == 0.0 and config.stage3_scenes == 0
     assert world.category_weights["cup"] == 2.5 and config.existence_share == 0.5
 
     changed = tmp_path / "recipe.yaml"
