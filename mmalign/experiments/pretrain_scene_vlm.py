@@ -22,7 +22,6 @@ from mmalign.scene.ranges import PRETRAIN
 from mmalign.scene.text import world_vocabulary
 from mmalign.scene.world import WorldConfig
 
-
 #: PretrainConfig fields that are stage 2's instruction mix (``scene_sft_dataset`` keywords)
 STAGE2_MIX = ("describe_share", "existence_share", "facts_share", "reading_share")
 
