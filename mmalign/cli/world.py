@@ -47,7 +47,7 @@ def cmd_sft_data(args: argparse.Namespace) -> int:
 
 #: PretrainConfig fields with a flag of their own (given flags override --config)
 PRETRAIN_FLAGS = ("seed", "n_scenes", "epochs", "batch_size", "learning_rate", "vision_steps", "train_vision",
-                  "describe_share", "existence_share", "facts_share", "reading_share")
+                  "describe_share", "existence_share", "facts_share", "reading_share", "stage3_scenes")
 
 #: the instruction mix of pretraining's second stage, one flag each
 MIX_SHARES = {
@@ -257,6 +257,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument(f"--{name.replace('_', '-')}", type=float,
                        help=f"share of stage 2's rows that are {rows} (default: {getattr(d, name)}); "
                        "the rows no share claims are mixed questions")
+    p.add_argument("--stage3-scenes", type=int,
+                   help=f"rows of stage 3, one pass of the stage-3 mix ({d.stage3_mix}) from the stage-2 model "
+                   f"(default: {d.stage3_scenes}; 0: no stage 3)")
     p.set_defaults(func=cmd_pretrain)
 
     p = cmds.add_parser("measure", help="every number of a scene VLM's model card, on a world folder",
