@@ -13,6 +13,7 @@ import json
 from mmalign.cli.common import add_model_flags, add_output_flags, load_model, print_written
 from mmalign.data_builders.storage import DATASET, save_preference_dataset, save_prompt_set
 from mmalign.experiments.pretrain_scene_vlm import (
+    STAGE2_MIX,
     PretrainConfig,
     pretrain_scene_vlm,
     read_pretrain_recipe,
@@ -47,9 +48,9 @@ def cmd_sft_data(args: argparse.Namespace) -> int:
 
 #: PretrainConfig fields with a flag of their own (given flags override --config)
 PRETRAIN_FLAGS = ("seed", "n_scenes", "epochs", "batch_size", "learning_rate", "vision_steps", "train_vision",
-                  "describe_share", "existence_share", "facts_share", "reading_share", "stage3_scenes")
+                  *STAGE2_MIX, "stage3_scenes")
 
-#: the instruction mix of pretraining's second stage, one flag each
+#: the instruction mix of pretraining's second stage (``STAGE2_MIX``), one flag each
 MIX_SHARES = {
     "describe_share": "description rows",
     "existence_share": "existence drills",

@@ -247,3 +247,10 @@ def test_world_sft_data_mix_flags_default_to_scene_sft_dataset():
     args = parse("world", "sft-data", "--out", "o")
     assert {name: getattr(args, name) for name in MIX_SHARES} == {name: defaults[name].default for name in MIX_SHARES}
     assert parse("world", "sft-data", "--out", "o", "--reading-share", "0.5").reading_share == 0.5
+
+
+def test_the_mix_flags_are_stage_twos_mix():
+    from mmalign.cli.world import MIX_SHARES
+    from mmalign.experiments.pretrain_scene_vlm import STAGE2_MIX
+
+    assert tuple(MIX_SHARES) == STAGE2_MIX
